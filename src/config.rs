@@ -1,0 +1,780 @@
+//! The TOML configuration: schema, defaults and validation with `file:line: key: message` errors.
+//!
+//! Store IT edits one file; every mistake must point at the line to fix, so both serde errors
+//! (unknown keys, wrong types) and semantic checks (bad ids, ranges, missing files) are reported
+//! with the file, the line and the dotted key path.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub sources: SourcesConfig,
+}
+
+/// Identity of this gateway and where it keeps state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub store_id: String,
+    pub gateway_id: String,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/storegw")
+}
+
+/// The central broker and how to talk to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`; overrides host/port/tls when set.
+    pub url: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub keep_alive: Dur,
+    pub topic_prefix: String,
+    pub batch_max_events: usize,
+    pub batch_max_bytes: ByteSize,
+    pub linger: Dur,
+    pub max_inflight: u16,
+    pub reconnect_min: Dur,
+    pub reconnect_max: Dur,
+    /// Events per second after an outage; 0 = unlimited.
+    pub drain_rate: u32,
+    pub status_interval: Dur,
+    pub shutdown_timeout: Dur,
+    pub connect_timeout: Dur,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: None,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            tls: false,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            username: None,
+            password_file: None,
+            keep_alive: Dur::secs(30),
+            topic_prefix: "storegw/v1".into(),
+            batch_max_events: 500,
+            batch_max_bytes: ByteSize(256 * 1024),
+            linger: Dur(Duration::from_millis(200)),
+            max_inflight: 32,
+            reconnect_min: Dur::secs(1),
+            reconnect_max: Dur::secs(120),
+            drain_rate: 0,
+            status_interval: Dur::secs(60),
+            shutdown_timeout: Dur::secs(5),
+            connect_timeout: Dur::secs(10),
+        }
+    }
+}
+
+/// The durable queue on disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub flush_interval: Dur,
+    pub cache_capacity: ByteSize,
+    pub ble: StreamCap,
+    pub wifi: StreamCap,
+    pub pos: StreamCap,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            flush_interval: Dur::secs(1),
+            cache_capacity: ByteSize(8 * 1024 * 1024),
+            ble: StreamCap {
+                max_bytes: ByteSize(256 * 1024 * 1024),
+                max_age: Dur::secs(3 * 86_400),
+            },
+            wifi: StreamCap {
+                max_bytes: ByteSize(128 * 1024 * 1024),
+                max_age: Dur::secs(3 * 86_400),
+            },
+            pos: StreamCap {
+                max_bytes: ByteSize(512 * 1024 * 1024),
+                max_age: Dur::secs(30 * 86_400),
+            },
+        }
+    }
+}
+
+/// Caps of one stream's spool tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamCap {
+    pub max_bytes: ByteSize,
+    pub max_age: Dur,
+}
+
+/// Pseudonymization settings (DESIGN §3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Device-key rotation period, aligned to local midnight when it divides a day.
+    pub rotation: Dur,
+    /// Counts below this are suppressed (reported as 0 with `suppressed: true`).
+    pub min_count: u32,
+    /// File holding the customer join key shared with the CDP (POS customer pseudonyms).
+    pub join_key_file: Option<PathBuf>,
+    /// Bytes of the HMAC kept for device pseudonyms (hex-encoded on the wire).
+    pub pseudonym_bytes: usize,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            rotation: Dur::secs(86_400),
+            min_count: 1,
+            join_key_file: None,
+            pseudonym_bytes: 8,
+        }
+    }
+}
+
+/// The loopback HTTP server: metrics, health and POS ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: "127.0.0.1:9380".into(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    /// `auto` (journald under systemd, text on a terminal), `text`, `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "auto".into(),
+        }
+    }
+}
+
+/// Every input feed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    pub sim: SimConfig,
+}
+
+/// The synthetic store used by the demo and for load.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    pub enabled: bool,
+    /// Events per second across all kinds.
+    pub rate: f64,
+    pub seed: u64,
+    pub beacons: u32,
+    pub registers: u32,
+    pub currency: String,
+    /// Stop after this many events (0 = never); used by tests and benchmarks.
+    pub limit: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            enabled: false,
+            rate: 50.0,
+            seed: 1,
+            beacons: 40,
+            registers: 4,
+            currency: "EUR".into(),
+            limit: 0,
+        }
+    }
+}
+
+/// A duration written as `500ms`, `30s`, `5m`, `24h` or `7d` (or an integer of seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    /// Whole seconds.
+    pub const fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+}
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (use e.g. 500ms, 30s, 5m, 24h, 7d)"))?;
+        let ms = match unit.trim() {
+            "ms" => n,
+            "" | "s" => n.saturating_mul(1000),
+            "m" | "min" => n.saturating_mul(60_000),
+            "h" => n.saturating_mul(3_600_000),
+            "d" => n.saturating_mul(86_400_000),
+            other => return Err(format!("unknown duration unit `{other}` (ms, s, m, h, d)")),
+        };
+        Ok(Dur(Duration::from_millis(ms)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as \"30s\" or an integer of seconds")
+        })? {
+            Raw::Int(n) => Ok(Dur::secs(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A size written as `64MiB`, `512KB`, `1GiB` or an integer of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size (use e.g. 512KiB, 64MiB, 1GiB)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1000,
+            "KiB" => 1024,
+            "MB" => 1_000_000,
+            "MiB" => 1024 * 1024,
+            "GB" => 1_000_000_000,
+            "GiB" => 1024 * 1024 * 1024,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` (B, KiB, MiB, GiB, KB, MB, GB)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a size such as \"64MiB\" or an integer of bytes")
+        })? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// One configuration problem, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}: {}", self.file, l, self.key, self.message),
+            None => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration file (never empty).
+#[derive(Debug, Clone)]
+pub struct ConfigError(pub Vec<ConfigIssue>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(vec![ConfigIssue {
+            file: file.clone(),
+            line: None,
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(&file, &text, path.parent())
+}
+
+/// Parses and validates configuration text; `file` names it in messages, `base` resolves
+/// relative paths of secret files.
+pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut cfg: Config = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        let key = line
+            .and_then(|l| key_path_at_line(text, l))
+            .unwrap_or_else(|| "(syntax)".into());
+        let message = e.message().trim().replace('\n', " ");
+        ConfigError(vec![ConfigIssue {
+            file: file.to_string(),
+            line,
+            key,
+            message,
+        }])
+    })?;
+    cfg.resolve_paths(base);
+    let issues: Vec<ConfigIssue> = validate(&cfg)
+        .into_iter()
+        .map(|(key, message)| ConfigIssue {
+            file: file.to_string(),
+            line: line_of_key(text, &key),
+            key,
+            message,
+        })
+        .collect();
+    if issues.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError(issues))
+    }
+}
+
+impl Config {
+    /// Secret and certificate paths are relative to the config file's directory.
+    fn resolve_paths(&mut self, base: Option<&Path>) {
+        let Some(base) = base else { return };
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p {
+                if path.is_relative() {
+                    *path = base.join(&path);
+                }
+            }
+        };
+        fix(&mut self.mqtt.ca_file);
+        fix(&mut self.mqtt.client_cert_file);
+        fix(&mut self.mqtt.client_key_file);
+        fix(&mut self.mqtt.password_file);
+        fix(&mut self.privacy.join_key_file);
+        if self.gateway.state_dir.is_relative() {
+            self.gateway.state_dir = base.join(&self.gateway.state_dir);
+        }
+    }
+
+    /// Directory of the sled spool.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.gateway.state_dir.join("spool")
+    }
+
+    /// Broker host, port and whether TLS is on, after applying `url`.
+    pub fn broker(&self) -> Result<(String, u16, bool), String> {
+        match &self.mqtt.url {
+            None => Ok((self.mqtt.host.clone(), self.mqtt.port, self.mqtt.tls)),
+            Some(url) => parse_broker_url(url),
+        }
+    }
+}
+
+/// Parses `mqtt://host[:port]` / `mqtts://host[:port]` (also `tcp://`, `ssl://`).
+pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("`{url}` is not a URL (mqtt://host:port or mqtts://host:port)"))?;
+    let tls = match scheme {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" | "tls" => true,
+        other => return Err(format!("unsupported scheme `{other}` (mqtt or mqtts)")),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('@') {
+        return Err(
+            "the URL may hold only host and port; credentials go in username/password_file".into(),
+        );
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?,
+        ),
+        _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    Ok((host, port, tls))
+}
+
+/// True for ids that are safe as one MQTT topic level (DESIGN §2).
+pub fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn check_file(issues: &mut Vec<(String, String)>, key: &str, p: &Option<PathBuf>) {
+    if let Some(path) = p {
+        if let Err(e) = std::fs::metadata(path) {
+            issues.push((key.into(), format!("cannot read `{}`: {e}", path.display())));
+        }
+    }
+}
+
+/// Semantic checks serde cannot express; returns (key path, message) pairs.
+fn validate(c: &Config) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = Vec::new();
+    let mut bad = |k: &str, m: String| v.push((k.to_string(), m));
+    if !valid_id(&c.gateway.store_id) {
+        bad(
+            "gateway.store_id",
+            format!("`{}` must match [A-Za-z0-9_-]{{1,64}}", c.gateway.store_id),
+        );
+    }
+    if !valid_id(&c.gateway.gateway_id) {
+        bad(
+            "gateway.gateway_id",
+            format!(
+                "`{}` must match [A-Za-z0-9_-]{{1,64}}",
+                c.gateway.gateway_id
+            ),
+        );
+    }
+    let m = &c.mqtt;
+    if let Some(url) = &m.url {
+        if let Err(e) = parse_broker_url(url) {
+            bad("mqtt.url", e);
+        }
+    } else if m.host.trim().is_empty() {
+        bad("mqtt.host", "must not be empty".into());
+    }
+    if m.port == 0 {
+        bad("mqtt.port", "must be 1-65535".into());
+    }
+    let p = &m.topic_prefix;
+    if p.is_empty()
+        || p.starts_with('/')
+        || p.ends_with('/')
+        || p.contains(['+', '#', '\0'])
+        || p.contains("//")
+    {
+        bad(
+            "mqtt.topic_prefix",
+            format!("`{p}` must be non-empty topic levels without wildcards or empty levels"),
+        );
+    }
+    if !(1..=10_000).contains(&m.batch_max_events) {
+        bad(
+            "mqtt.batch_max_events",
+            format!("{} is out of range 1-10000", m.batch_max_events),
+        );
+    }
+    if !(1024..=256 * 1024 * 1024).contains(&m.batch_max_bytes.0) {
+        bad(
+            "mqtt.batch_max_bytes",
+            "must be between 1KiB and 256MiB".into(),
+        );
+    }
+    if m.max_inflight == 0 || m.max_inflight > 1000 {
+        bad(
+            "mqtt.max_inflight",
+            format!("{} is out of range 1-1000", m.max_inflight),
+        );
+    }
+    if m.keep_alive.0 < Duration::from_secs(5) || m.keep_alive.0 > Duration::from_secs(65_535) {
+        bad("mqtt.keep_alive", "must be between 5s and 65535s".into());
+    }
+    if m.reconnect_min.0.is_zero() {
+        bad("mqtt.reconnect_min", "must be greater than 0".into());
+    }
+    if m.reconnect_max.0 < m.reconnect_min.0 {
+        bad(
+            "mqtt.reconnect_max",
+            "must not be smaller than mqtt.reconnect_min".into(),
+        );
+    }
+    if m.status_interval.0 < Duration::from_secs(1) {
+        bad("mqtt.status_interval", "must be at least 1s".into());
+    }
+    if m.client_key_file.is_some() != m.client_cert_file.is_some() {
+        bad(
+            "mqtt.client_cert_file",
+            "client_cert_file and client_key_file go together (mutual TLS)".into(),
+        );
+    }
+    if m.password_file.is_some() && m.username.is_none() {
+        bad(
+            "mqtt.username",
+            "password_file is set but username is missing".into(),
+        );
+    }
+    let tls_on = c.broker().map(|b| b.2).unwrap_or(m.tls);
+    if !tls_on && (m.ca_file.is_some() || m.client_cert_file.is_some()) {
+        bad(
+            "mqtt.tls",
+            "certificate files are set but TLS is off (set tls = true or use mqtts://)".into(),
+        );
+    }
+    check_file(&mut v, "mqtt.ca_file", &m.ca_file);
+    check_file(&mut v, "mqtt.client_cert_file", &m.client_cert_file);
+    check_file(&mut v, "mqtt.client_key_file", &m.client_key_file);
+    check_file(&mut v, "mqtt.password_file", &m.password_file);
+    check_file(&mut v, "privacy.join_key_file", &c.privacy.join_key_file);
+    let mut bad = |k: &str, m: String| v.push((k.to_string(), m));
+    let s = &c.spool;
+    if s.flush_interval.0.is_zero() || s.flush_interval.0 > Duration::from_secs(60) {
+        bad("spool.flush_interval", "must be between 1ms and 60s".into());
+    }
+    if s.cache_capacity.0 < 1024 * 1024 {
+        bad("spool.cache_capacity", "must be at least 1MiB".into());
+    }
+    for (name, cap) in [("ble", &s.ble), ("wifi", &s.wifi), ("pos", &s.pos)] {
+        if cap.max_bytes.0 < 64 * 1024 {
+            bad(
+                &format!("spool.{name}.max_bytes"),
+                "must be at least 64KiB".into(),
+            );
+        }
+        if cap.max_age.0 < Duration::from_secs(60) {
+            bad(
+                &format!("spool.{name}.max_age"),
+                "must be at least 1m".into(),
+            );
+        }
+    }
+    let pr = &c.privacy;
+    if pr.rotation.0 < Duration::from_secs(60) {
+        bad("privacy.rotation", "must be at least 1m".into());
+    }
+    if !(4..=32).contains(&pr.pseudonym_bytes) {
+        bad("privacy.pseudonym_bytes", "must be between 4 and 32".into());
+    }
+    if c.http.enabled && c.http.listen.parse::<std::net::SocketAddr>().is_err() {
+        bad(
+            "http.listen",
+            format!("`{}` is not an address:port", c.http.listen),
+        );
+    }
+    if !["trace", "debug", "info", "warn", "error"].contains(&c.log.level.as_str()) {
+        bad(
+            "log.level",
+            format!(
+                "`{}` is not one of trace, debug, info, warn, error",
+                c.log.level
+            ),
+        );
+    }
+    if !["auto", "text", "json", "journald"].contains(&c.log.format.as_str()) {
+        bad(
+            "log.format",
+            format!(
+                "`{}` is not one of auto, text, json, journald",
+                c.log.format
+            ),
+        );
+    }
+    let sim = &c.sources.sim;
+    if !(sim.rate > 0.0 && sim.rate <= 1_000_000.0) {
+        bad(
+            "sources.sim.rate",
+            "must be greater than 0 and at most 1000000 events/s".into(),
+        );
+    }
+    if sim.beacons == 0 || sim.registers == 0 {
+        bad(
+            "sources.sim.beacons",
+            "beacons and registers must be at least 1".into(),
+        );
+    }
+    if sim.currency.len() != 3 || !sim.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        bad(
+            "sources.sim.currency",
+            format!("`{}` is not an ISO 4217 code", sim.currency),
+        );
+    }
+    v
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map(|t| t.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// Walks the file tracking `[table]` headers; yields (line, dotted key) for each `key = value`.
+fn key_lines(text: &str) -> Vec<(usize, String)> {
+    let mut table = String::new();
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            let name = line
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            table = name.replace(' ', "").replace('"', "");
+            out.push((i + 1, table.clone()));
+        } else if let Some((k, _)) = line.split_once('=') {
+            if line.starts_with('#') {
+                continue;
+            }
+            let k = k.trim().trim_matches('"');
+            let full = if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            };
+            out.push((i + 1, full));
+        }
+    }
+    out
+}
+
+/// Line where a dotted key (or, failing that, its nearest enclosing table) is defined.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let lines = key_lines(text);
+    let mut k = key.to_string();
+    loop {
+        if let Some((l, _)) = lines.iter().find(|(_, name)| *name == k) {
+            return Some(*l);
+        }
+        match k.rsplit_once('.') {
+            Some((parent, _)) => k = parent.to_string(),
+            None => return None,
+        }
+    }
+}
+
+/// Dotted key defined at (or governing) a line.
+fn key_path_at_line(text: &str, line: usize) -> Option<String> {
+    key_lines(text)
+        .into_iter()
+        .take_while(|(l, _)| *l <= line)
+        .last()
+        .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(
+            "500ms".parse::<Dur>().ok(),
+            Some(Dur(Duration::from_millis(500)))
+        );
+        assert_eq!("2h".parse::<Dur>().ok(), Some(Dur::secs(7200)));
+        assert!("2x".parse::<Dur>().is_err());
+        assert_eq!("64MiB".parse::<ByteSize>().ok(), Some(ByteSize(64 << 20)));
+        assert!("9999999999GiB".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            parse_broker_url("mqtts://b.example:8884"),
+            Ok(("b.example".into(), 8884, true))
+        );
+        assert_eq!(parse_broker_url("mqtt://b"), Ok(("b".into(), 1883, false)));
+        assert!(parse_broker_url("http://b").is_err());
+        assert!(parse_broker_url("mqtt://u:p@b").is_err());
+    }
+
+    #[test]
+    fn error_names_line_and_key() {
+        let text = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g/1\"\n\n[mqtt]\nport = 1883\n";
+        let err = parse("x.toml", text, None).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("x.toml:3: gateway.gateway_id: `g/1` must match [A-Za-z0-9_-]{1,64}")
+        );
+        let text = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n[mqtt]\nprot = 1\n";
+        let err = parse("x.toml", text, None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("x.toml:5: mqtt.prot: unknown field `prot`"),
+            "{err}"
+        );
+    }
+}

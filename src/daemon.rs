@@ -1,0 +1,201 @@
+//! Wires the pipeline together: sources → spool writer → spool → uplink, plus the control plane.
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::ops::{http, metrics, status, systemd};
+use crate::spool::Spool;
+use crate::uplink::{self, UplinkSettings};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Capacity of the channel between sources and the spool writer (backpressure, not RAM growth).
+pub const SOURCE_CHANNEL: usize = 4096;
+
+/// A running pipeline; dropping it does not stop it, call [`Pipeline::shutdown`].
+pub struct Pipeline {
+    pub spool: Arc<Spool>,
+    sources: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+    uplink: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    shutdown_tx: watch::Sender<bool>,
+    flush_interval: Duration,
+}
+
+/// Moves events from the sources' channel into the spool in batches.
+async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>) {
+    let mut buf = Vec::with_capacity(1024);
+    while rx.recv_many(&mut buf, 1024).await > 0 {
+        write_batch(&spool, &mut buf);
+    }
+}
+
+fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
+    match spool.append(buf) {
+        Ok(_) => {
+            for e in buf.iter() {
+                metrics::global().events_in(e.stream(), 1);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, events = buf.len(), "spool append failed");
+            for ev in buf.iter() {
+                spool.count_drop(ev.stream(), "spool_error", 1);
+            }
+        }
+    }
+    buf.clear();
+}
+
+impl Pipeline {
+    /// Opens the spool and starts every configured source, the uplink and the HTTP server.
+    pub async fn start(cfg: &Config) -> Result<Pipeline, String> {
+        status::mark_started();
+        let settings = UplinkSettings::from_config(cfg)?;
+        let spool = Arc::new(
+            Spool::open(&cfg.spool_dir(), &cfg.gateway.gateway_id, &cfg.spool)
+                .map_err(|e| format!("spool: {e}"))?,
+        );
+        if let Some(r) = spool.recovered() {
+            tracing::error!("{r}");
+        }
+        let (tx, rx) = mpsc::channel::<Event>(SOURCE_CHANNEL);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut background = vec![tokio::spawn(
+            spool.clone().run_flusher(cfg.spool.flush_interval.0),
+        )];
+        let writer = tokio::spawn(spool_writer(spool.clone(), rx));
+        let mut sources = Vec::new();
+        if cfg.sources.sim.enabled {
+            sources.push(tokio::spawn(crate::source::sim::run(
+                cfg.sources.sim.clone(),
+                tx.clone(),
+            )));
+        }
+        drop(tx);
+        if cfg.http.enabled {
+            let router = http::base_router(spool.clone());
+            match http::serve(&cfg.http.listen, router).await {
+                Ok(h) => background.push(h),
+                Err(e) => tracing::error!("{e}; metrics and health endpoints are off"),
+            }
+        }
+        background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
+        let uplink = tokio::spawn(uplink::run(settings, spool.clone(), shutdown_rx));
+        systemd::ready();
+        tracing::info!(store = %cfg.gateway.store_id, gateway = %cfg.gateway.gateway_id, spool = %spool.path().display(), "storegw started");
+        Ok(Pipeline {
+            spool,
+            sources,
+            writer,
+            uplink,
+            background,
+            shutdown_tx,
+            flush_interval: cfg.spool.flush_interval.0,
+        })
+    }
+
+    /// Stops sources, spools what they produced, flushes, lets the uplink wait for in-flight
+    /// acknowledgements, publishes `offline` and disconnects.
+    pub async fn shutdown(self) {
+        systemd::stopping();
+        for s in &self.sources {
+            s.abort();
+        }
+        for s in self.sources {
+            let _ = s.await;
+        }
+        // The writer ends once every sender is gone, after spooling what was queued.
+        let _ = self.writer.await;
+        if let Err(e) = self.spool.flush().await {
+            tracing::error!(error = %e, "final spool flush failed");
+        }
+        let _ = self.shutdown_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.uplink).await;
+        for b in self.background {
+            b.abort();
+        }
+        if let Err(e) = self.spool.flush().await {
+            tracing::error!(error = %e, "final spool flush failed");
+        }
+        let _ = self.flush_interval;
+        tracing::info!("storegw stopped");
+    }
+}
+
+/// Periodic status file for `storegw status`, and the systemd watchdog fed only while healthy.
+async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
+    let wd = systemd::watchdog_interval();
+    let mut tick = tokio::time::interval(
+        wd.unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5)),
+    );
+    let path = cfg.gateway.state_dir.join("status.json");
+    loop {
+        tick.tick().await;
+        let payload = status::payload(
+            &cfg.gateway.store_id,
+            &cfg.gateway.gateway_id,
+            "running",
+            Some(&spool),
+        );
+        let tmp = path.with_extension("json.tmp");
+        if std::fs::write(&tmp, &payload)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            tracing::debug!(path = %path.display(), "cannot write status file");
+        }
+        let reasons = status::unhealthy_reasons(&spool);
+        if reasons.is_empty() {
+            if wd.is_some() {
+                systemd::pet();
+            }
+            systemd::status(&format!(
+                "spool depth {}, mqtt {}",
+                spool.total_depth(),
+                if metrics::global().connected() {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+            ));
+        } else {
+            systemd::status(&format!("unhealthy: {}", reasons.join("; ")));
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `storegw run`: start, run until a termination signal, drain.
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let p = Pipeline::start(&cfg).await?;
+    termination().await;
+    tracing::info!("termination signal: draining");
+    p.shutdown().await;
+    Ok(())
+}

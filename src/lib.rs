@@ -1,0 +1,11 @@
+//! storegw: the in-store edge gateway of the retail CDP (see README and DESIGN).
+
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod event;
+pub mod model;
+pub mod ops;
+pub mod source;
+pub mod spool;
+pub mod uplink;

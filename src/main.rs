@@ -1,0 +1,152 @@
+//! The storegw command line.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const DEFAULT_CONFIG: &str = "/etc/storegw/storegw.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "storegw",
+    version,
+    about = "In-store gateway: BLE beacons, Wi-Fi footfall and POS transactions to the CDP over MQTT"
+)]
+struct Cli {
+    /// Log format: auto (journald under systemd, text on a terminal), text or json.
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Run a simulated store against an embedded broker and show what arrives.
+    Demo {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Simulated events per second.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Validate a configuration file without starting anything.
+    CheckConfig {
+        #[arg(default_value = DEFAULT_CONFIG)]
+        path: PathBuf,
+    },
+    /// Spool depth, oldest age and drops, read from the state directory.
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(level: &str, format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STOREGW_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        "json" => b.json().try_init(),
+        _ => b.compact().try_init(),
+    };
+}
+
+fn load(path: &std::path::Path) -> Result<storegw::config::Config, ExitCode> {
+    storegw::config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let fmt_override = cli.log_format.clone();
+    match cli.cmd {
+        Cmd::CheckConfig { path } => match storegw::config::load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(
+                &cfg.log.level,
+                fmt_override.as_deref().unwrap_or(&cfg.log.format),
+            );
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            match rt.block_on(storegw::daemon::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("storegw: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Demo { duration, rate } => {
+            init_logging(
+                "warn,rumqttd=off",
+                fmt_override.as_deref().unwrap_or("text"),
+            );
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            match rt.block_on(storegw::demo::run(Duration::from_secs(duration), rate)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match storegw::ops::status::offline_report(&cfg) {
+                Ok(s) => {
+                    println!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

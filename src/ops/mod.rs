@@ -1,0 +1,6 @@
+//! The control plane: metrics, health, status payloads, systemd integration.
+
+pub mod http;
+pub mod metrics;
+pub mod status;
+pub mod systemd;

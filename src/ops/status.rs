@@ -1,0 +1,183 @@
+//! Source health registry and the retained status payload (DESIGN §2 `status`).
+
+use crate::event::{now_ms, rfc3339_ms, Stream, SCHEMA};
+use crate::spool::Spool;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// What one source reports about itself.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SourceHealth {
+    /// `starting`, `running`, `degraded`, `failed`, `stopped`.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_input: Option<String>,
+    pub restarts: u64,
+}
+
+static SOURCES: OnceLock<Mutex<BTreeMap<String, SourceHealth>>> = OnceLock::new();
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+fn sources() -> &'static Mutex<BTreeMap<String, SourceHealth>> {
+    SOURCES.get_or_init(Default::default)
+}
+
+/// Marks process start for the uptime figure.
+pub fn mark_started() {
+    let _ = STARTED.set(Instant::now());
+}
+
+/// Seconds since start.
+pub fn uptime_s() -> u64 {
+    STARTED.get().map(|s| s.elapsed().as_secs()).unwrap_or(0)
+}
+
+/// Sets a source's state and detail.
+pub fn set_source(name: &str, state: &str, detail: Option<String>) {
+    if let Ok(mut m) = sources().lock() {
+        let h = m.entry(name.to_string()).or_default();
+        if state != h.state {
+            match state {
+                "failed" | "degraded" => tracing::warn!(
+                    source = name,
+                    state,
+                    detail = detail.as_deref().unwrap_or(""),
+                    "source unhealthy"
+                ),
+                _ => tracing::info!(source = name, state, "source state"),
+            }
+        }
+        h.state = state.to_string();
+        h.detail = detail;
+    }
+    crate::ops::metrics::global().gauge(
+        "storegw_source_up",
+        &format!("source=\"{name}\""),
+        if state == "running" { 1.0 } else { 0.0 },
+    );
+}
+
+/// Records that a source saw input now.
+pub fn source_input(name: &str) {
+    if let Ok(mut m) = sources().lock() {
+        m.entry(name.to_string()).or_default().last_input = Some(rfc3339_ms(now_ms()));
+    }
+}
+
+/// Counts a restart of a source (e.g. the BLE scanner watchdog).
+pub fn source_restart(name: &str, what: &str) {
+    if let Ok(mut m) = sources().lock() {
+        m.entry(name.to_string()).or_default().restarts += 1;
+    }
+    crate::ops::metrics::global().count(
+        "storegw_source_restarts_total",
+        &format!("source=\"{name}\",what=\"{what}\""),
+        1,
+    );
+}
+
+/// Snapshot of every source.
+pub fn source_snapshot() -> BTreeMap<String, SourceHealth> {
+    sources().lock().map(|m| m.clone()).unwrap_or_default()
+}
+
+/// Reasons the gateway is unhealthy (empty = healthy); drives `/healthz` and the watchdog.
+pub fn unhealthy_reasons(spool: &Spool) -> Vec<String> {
+    let mut r = Vec::new();
+    for (name, h) in source_snapshot() {
+        if h.state == "failed" {
+            r.push(format!(
+                "source {name} failed: {}",
+                h.detail.unwrap_or_default()
+            ));
+        }
+    }
+    if spool.pos_backlog_too_old() {
+        r.push("POS backlog older than spool.pos.max_age".into());
+    }
+    r
+}
+
+/// The retained status document.
+pub fn payload(store: &str, gateway: &str, state: &str, spool: Option<&Spool>) -> Vec<u8> {
+    let now = now_ms();
+    let mut v = serde_json::json!({
+        "schema": SCHEMA,
+        "kind": "status",
+        "store": store,
+        "gateway": gateway,
+        "state": state,
+        "ts": rfc3339_ms(now),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": uptime_s(),
+        "sources": source_snapshot(),
+        // Anything before 2024 means the box booted without a time source.
+        "clock": { "sane": now > 1_704_067_200_000 },
+    });
+    if let Some(sp) = spool {
+        let mut depth = serde_json::Map::new();
+        for s in Stream::ALL {
+            depth.insert(
+                s.as_str().into(),
+                serde_json::to_value(sp.depth(s)).unwrap_or_default(),
+            );
+        }
+        v["spool"] = serde_json::Value::Object(depth);
+        v["spool_disk_bytes"] = sp.disk_bytes().into();
+        v["drops"] = serde_json::to_value(sp.drops()).unwrap_or_default();
+        let mut alarms: Vec<String> = unhealthy_reasons(sp);
+        if let Some(r) = sp.recovered() {
+            alarms.push(r.to_string());
+        }
+        v["alarms"] = alarms.into();
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// The `offline` document used as the MQTT last will.
+pub fn offline_payload(store: &str, gateway: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schema": SCHEMA, "kind": "status", "store": store, "gateway": gateway, "state": "offline",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .unwrap_or_default()
+}
+
+/// `storegw status`: opens the spool when no daemon holds it, else reads the status file the
+/// running daemon refreshes every few seconds.
+pub fn offline_report(cfg: &crate::config::Config) -> Result<String, String> {
+    let dir = cfg.spool_dir();
+    let status_file = cfg.gateway.state_dir.join("status.json");
+    if !dir.exists() {
+        return Err(format!(
+            "no spool at {} (has storegw run with this config?)",
+            dir.display()
+        ));
+    }
+    match Spool::open(&dir, &cfg.gateway.gateway_id, &cfg.spool) {
+        Ok(sp) => {
+            let p = payload(
+                &cfg.gateway.store_id,
+                &cfg.gateway.gateway_id,
+                "not running",
+                Some(&sp),
+            );
+            let v: serde_json::Value = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
+            Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
+        Err(e) => {
+            let text = std::fs::read(&status_file).map_err(|re| {
+                format!(
+                    "spool busy ({e}) and no status file {}: {re}",
+                    status_file.display()
+                )
+            })?;
+            let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+            Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The MQTT publisher: QoS 1 batches from the spool, deleted only on PUBACK (DESIGN §4).
+//!
+//! Each connection gets a fresh rumqttc event loop, so rumqttc never replays on its own: after a
+//! reconnect the uplink resends from the oldest unacknowledged event in the spool. Duplicates are
+//! therefore bounded by the in-flight window, and nothing leaves sled before its PUBACK.
+
+use crate::config::Config;
+use crate::event::{batch_payload, now_ms, topic, Stream};
+use crate::ops::{metrics, status};
+use crate::spool::Spool;
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    Transport,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Everything the uplink needs, resolved from the config once (secrets read, TLS built).
+#[derive(Clone)]
+pub struct UplinkSettings {
+    pub store: String,
+    pub gateway: String,
+    pub prefix: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub credentials: Option<(String, String)>,
+    pub keep_alive: Duration,
+    pub batch_max_events: usize,
+    pub batch_max_bytes: usize,
+    pub linger: Duration,
+    pub max_inflight: usize,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub drain_rate: u32,
+    pub status_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl UplinkSettings {
+    /// Resolves broker address, credentials and TLS from the config; errors name the key.
+    pub fn from_config(c: &Config) -> Result<UplinkSettings, String> {
+        let (host, port, tls_on) = c.broker().map_err(|e| format!("mqtt.url: {e}"))?;
+        let credentials = match (&c.mqtt.username, &c.mqtt.password_file) {
+            (Some(u), Some(p)) => {
+                let pw = std::fs::read_to_string(p)
+                    .map_err(|e| format!("mqtt.password_file: cannot read {}: {e}", p.display()))?;
+                Some((u.clone(), pw.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            (Some(u), None) => Some((u.clone(), String::new())),
+            _ => None,
+        };
+        let tls = if tls_on {
+            Some(Arc::new(tls_config(
+                c.mqtt.ca_file.as_deref(),
+                c.mqtt
+                    .client_cert_file
+                    .as_deref()
+                    .zip(c.mqtt.client_key_file.as_deref()),
+            )?))
+        } else {
+            None
+        };
+        Ok(UplinkSettings {
+            store: c.gateway.store_id.clone(),
+            gateway: c.gateway.gateway_id.clone(),
+            prefix: c.mqtt.topic_prefix.clone(),
+            host,
+            port,
+            tls,
+            credentials,
+            keep_alive: c.mqtt.keep_alive.0,
+            batch_max_events: c.mqtt.batch_max_events,
+            batch_max_bytes: c.mqtt.batch_max_bytes.0 as usize,
+            linger: c.mqtt.linger.0,
+            max_inflight: c.mqtt.max_inflight as usize,
+            reconnect_min: c.mqtt.reconnect_min.0,
+            reconnect_max: c.mqtt.reconnect_max.0,
+            drain_rate: c.mqtt.drain_rate,
+            status_interval: c.mqtt.status_interval.0,
+            shutdown_timeout: c.mqtt.shutdown_timeout.0,
+            connect_timeout: c.mqtt.connect_timeout.0,
+        })
+    }
+
+    /// Stable client id, so the broker keeps this gateway's session across reconnects.
+    pub fn client_id(&self) -> String {
+        format!("storegw-{}-{}", self.store, self.gateway)
+    }
+
+    fn topic(&self, stream: &str) -> String {
+        topic(&self.prefix, &self.store, &self.gateway, stream)
+    }
+}
+
+/// Builds a rustls client config (ring provider) from a CA file (or the system roots) and an
+/// optional client certificate and key for mutual TLS.
+pub fn tls_config(
+    ca_file: Option<&std::path::Path>,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let (ca_path, key) = match ca_file {
+        Some(p) => (p.to_path_buf(), "mqtt.ca_file"),
+        None => (
+            std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            "system CA bundle",
+        ),
+    };
+    let certs = CertificateDer::pem_file_iter(&ca_path)
+        .map_err(|e| format!("{key}: cannot read {}: {e}", ca_path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{key}: bad PEM in {}: {e}", ca_path.display()))?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "{key}: unusable CA certificate in {}: {e}",
+                ca_path.display()
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{key}: no certificate found in {}",
+            ca_path.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots);
+    match client {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, keyf)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("mqtt.client_cert_file: cannot read {}: {e}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    format!("mqtt.client_cert_file: bad PEM in {}: {e}", cert.display())
+                })?;
+            let key = PrivateKeyDer::from_pem_file(keyf).map_err(|e| {
+                format!(
+                    "mqtt.client_key_file: cannot read a private key from {}: {e}",
+                    keyf.display()
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("mqtt.client_key_file: key does not fit the certificate: {e}"))
+        }
+    }
+}
+
+struct InFlight {
+    stream: Option<Stream>,
+    seqs: Vec<u64>,
+    sent: Instant,
+}
+
+enum SessionEnd {
+    Lost(String),
+    Shutdown,
+}
+
+/// Full-jitter exponential backoff: uniform in [0, min(max, base·2^attempt)].
+pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let ceiling = min
+        .checked_mul(1u32 << attempt.min(20))
+        .unwrap_or(max)
+        .min(max);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(fastrand::u64(0..=ms.max(1)))
+}
+
+/// Publishes the spool until `shutdown` turns true, reconnecting forever with jittered backoff.
+pub async fn run(settings: UplinkSettings, spool: Arc<Spool>, mut shutdown: watch::Receiver<bool>) {
+    let mut attempt: u32 = 0;
+    let mut ever_connected = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match connect(&settings).await {
+            Ok((client, eventloop)) => {
+                attempt = 0;
+                if ever_connected {
+                    metrics::global().reconnect();
+                }
+                ever_connected = true;
+                metrics::global().set_connected(true);
+                tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), client_id = %settings.client_id(), "connected to broker");
+                let end = session(&settings, &spool, client, eventloop, &mut shutdown).await;
+                metrics::global().set_connected(false);
+                match end {
+                    SessionEnd::Shutdown => return,
+                    SessionEnd::Lost(e) => {
+                        tracing::warn!(error = %e, "broker connection lost; will resend unacknowledged events")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(broker = %format!("{}:{}", settings.host, settings.port), error = %e, attempt, "cannot connect to broker");
+            }
+        }
+        let wait = backoff(attempt, settings.reconnect_min, settings.reconnect_max);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn connect(s: &UplinkSettings) -> Result<(AsyncClient, EventLoop), String> {
+    let mut o = MqttOptions::new(s.client_id(), s.host.clone(), s.port);
+    o.set_clean_session(false)
+        .set_keep_alive(s.keep_alive)
+        .set_inflight(s.max_inflight.clamp(1, u16::MAX as usize) as u16)
+        .set_max_packet_size(1024 * 1024, s.batch_max_bytes + 64 * 1024)
+        .set_request_channel_capacity(s.max_inflight + 16)
+        .set_last_will(LastWill::new(
+            s.topic("status"),
+            status::offline_payload(&s.store, &s.gateway),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some((u, p)) = &s.credentials {
+        o.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &s.tls {
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    let (client, mut eventloop) = AsyncClient::new(o, s.max_inflight + 16);
+    let deadline = tokio::time::Instant::now() + s.connect_timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => return Err(format!("no CONNACK within {:?}", s.connect_timeout)),
+            Ok(Err(e)) => return Err(describe(&e)),
+            Ok(Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One line that says what is wrong, e.g. an untrusted broker certificate.
+fn describe(e: &rumqttc::ConnectionError) -> String {
+    let s = e.to_string();
+    if s.contains("UnknownIssuer") || s.contains("invalid peer certificate") {
+        format!("{s} (the broker's certificate is not signed by mqtt.ca_file)")
+    } else if s.contains("NotAuthorized") || s.contains("BadUserNamePassword") {
+        format!("{s} (check mqtt.username / mqtt.password_file)")
+    } else {
+        s
+    }
+}
+
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn allow(&mut self, n: usize) -> Option<Duration> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            None
+        } else {
+            Some(Duration::from_secs_f64(
+                (n as f64 - self.tokens) / self.rate,
+            ))
+        }
+    }
+}
+
+async fn session(
+    s: &UplinkSettings,
+    spool: &Arc<Spool>,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let mut cursor = [0u64; 3];
+    let mut unassigned: VecDeque<InFlight> = VecDeque::new();
+    let mut by_pkid: HashMap<u16, InFlight> = HashMap::new();
+    let mut rr = 0usize;
+    let mut limiter = RateLimit {
+        rate: s.drain_rate as f64,
+        tokens: s.batch_max_events as f64,
+        burst: s.batch_max_events.max(s.drain_rate as usize) as f64,
+        at: Instant::now(),
+    };
+    let mut status_tick = tokio::time::interval(s.status_interval);
+    let mut draining_since: Option<Instant> = None;
+    let status_topic = s.topic("status");
+    let publish_status = |state: &str, unassigned: &mut VecDeque<InFlight>| {
+        let payload = status::payload(&s.store, &s.gateway, state, Some(spool));
+        if client
+            .try_publish(status_topic.clone(), QoS::AtLeastOnce, true, payload)
+            .is_ok()
+        {
+            unassigned.push_back(InFlight {
+                stream: None,
+                seqs: Vec::new(),
+                sent: Instant::now(),
+            });
+        }
+    };
+    loop {
+        let inflight = unassigned.len() + by_pkid.len();
+        let mut wake_at: Option<tokio::time::Instant> = None;
+        if draining_since.is_none() {
+            let mut room = s.max_inflight.saturating_sub(inflight);
+            let mut idle_streams = 0;
+            while room > 0 && idle_streams < Stream::ALL.len() {
+                let stream = Stream::ALL[rr % Stream::ALL.len()];
+                let si = rr % Stream::ALL.len();
+                let batch =
+                    match spool.peek(stream, cursor[si], s.batch_max_events, s.batch_max_bytes) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(error = %e, "spool read failed");
+                            Vec::new()
+                        }
+                    };
+                if batch.is_empty() {
+                    idle_streams += 1;
+                    rr += 1;
+                    continue;
+                }
+                let age = Duration::from_millis((now_ms() - batch[0].enqueued_ms).max(0) as u64);
+                if batch.len() < s.batch_max_events && age < s.linger {
+                    let at = tokio::time::Instant::now() + (s.linger - age);
+                    wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+                    idle_streams += 1;
+                    rr += 1;
+                    continue;
+                }
+                if let Some(wait) = limiter.allow(batch.len()) {
+                    let at = tokio::time::Instant::now() + wait;
+                    wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+                    break;
+                }
+                let payload = batch_payload(
+                    &s.store,
+                    &s.gateway,
+                    now_ms(),
+                    batch.iter().map(|e| e.json()),
+                );
+                if client
+                    .try_publish(s.topic(stream.as_str()), QoS::AtLeastOnce, false, payload)
+                    .is_err()
+                {
+                    break;
+                }
+                cursor[si] = batch.last().map(|e| e.seq + 1).unwrap_or(cursor[si]);
+                unassigned.push_back(InFlight {
+                    stream: Some(stream),
+                    seqs: batch.iter().map(|e| e.seq).collect(),
+                    sent: Instant::now(),
+                });
+                room -= 1;
+                idle_streams = 0;
+                rr += 1;
+            }
+        } else if (unassigned.is_empty() && by_pkid.is_empty())
+            || draining_since.is_some_and(|d| d.elapsed() >= s.shutdown_timeout)
+        {
+            return finish(s, &client, &mut eventloop, by_pkid.len() + unassigned.len()).await;
+        }
+        let room_left =
+            unassigned.len() + by_pkid.len() < s.max_inflight && draining_since.is_none();
+        let wake =
+            wake_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(f) = unassigned.pop_front() {
+                        by_pkid.insert(pkid, f);
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(f) = by_pkid.remove(&ack.pkid) {
+                        if let Some(stream) = f.stream {
+                            if let Err(e) = spool.ack(stream, &f.seqs) {
+                                tracing::error!(error = %e, "spool delete after PUBACK failed");
+                            }
+                            metrics::global().events_out(stream, f.seqs.len() as u64);
+                            metrics::global().ack_latency(f.sent.elapsed().as_micros() as u64);
+                        }
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                    publish_status("online", &mut unassigned);
+                }
+                Ok(_) => {}
+                Err(e) => return SessionEnd::Lost(describe(&e)),
+            },
+            _ = spool.wait_appended(), if room_left => {}
+            _ = tokio::time::sleep_until(wake), if wake_at.is_some() => {}
+            _ = status_tick.tick() => publish_status("online", &mut unassigned),
+            _ = shutdown.changed(), if draining_since.is_none() => {
+                draining_since = Some(Instant::now());
+                tracing::info!(in_flight = unassigned.len() + by_pkid.len(), "shutting down: waiting for in-flight acknowledgements");
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
+        }
+    }
+}
+
+/// Publishes the retained `offline` status, waits briefly for its PUBACK and disconnects.
+async fn finish(
+    s: &UplinkSettings,
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    unacked: usize,
+) -> SessionEnd {
+    if unacked > 0 {
+        tracing::warn!(unacked_batches = unacked, "shutdown timeout: unacknowledged batches stay in the spool and are resent on the next start");
+    }
+    let _ = client.try_publish(
+        s.topic("status"),
+        QoS::AtLeastOnce,
+        true,
+        status::offline_payload(&s.store, &s.gateway),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut disconnect_sent = false;
+    while let Ok(ev) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
+        match ev {
+            Ok(MqttEvent::Incoming(Packet::PubAck(_))) if !disconnect_sent => {
+                disconnect_sent = true;
+                let _ = client.try_disconnect();
+            }
+            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => break,
+            Err(_) => break,
+            _ => {}
+        }
+    }
+    SessionEnd::Shutdown
+}
