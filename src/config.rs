@@ -690,7 +690,7 @@ fn key_lines(text: &str) -> Vec<(usize, String)> {
                 .next()
                 .unwrap_or("")
                 .trim();
-            table = name.replace(' ', "").replace('"', "");
+            table = name.replace([' ', '"'], "");
             out.push((i + 1, table.clone()));
         } else if let Some((k, _)) = line.split_once('=') {
             if line.starts_with('#') {
@@ -745,7 +745,7 @@ mod tests {
         assert_eq!("2h".parse::<Dur>().ok(), Some(Dur::secs(7200)));
         assert!("2x".parse::<Dur>().is_err());
         assert_eq!("64MiB".parse::<ByteSize>().ok(), Some(ByteSize(64 << 20)));
-        assert!("9999999999GiB".parse::<ByteSize>().is_err());
+        assert!("99999999999GiB".parse::<ByteSize>().is_err());
     }
 
     #[test]

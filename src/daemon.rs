@@ -33,16 +33,18 @@ async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>) {
 }
 
 fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
-    match spool.append(buf) {
-        Ok(_) => {
-            for e in buf.iter() {
-                metrics::global().events_in(e.stream(), 1);
-            }
+    // One append per stream, so a refused POS append never takes sensor events with it.
+    for stream in crate::event::Stream::ALL {
+        let part: Vec<Event> = buf.iter().filter(|e| e.stream() == stream).cloned().collect();
+        if part.is_empty() {
+            continue;
         }
-        Err(e) => {
-            tracing::error!(error = %e, events = buf.len(), "spool append failed");
-            for ev in buf.iter() {
-                spool.count_drop(ev.stream(), "spool_error", 1);
+        match spool.append(&part) {
+            Ok(_) => metrics::global().events_in(stream, part.len() as u64),
+            Err(crate::spool::SpoolError::Full { .. }) => {}
+            Err(e) => {
+                tracing::error!(error = %e, stream = %stream, events = part.len(), "spool append failed");
+                spool.count_drop(stream, "spool_error", part.len() as u64);
             }
         }
     }

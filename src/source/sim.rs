@@ -213,7 +213,7 @@ impl Simulator {
                 "register": register,
                 "time": rfc3339_ms(now),
                 "currency": self.cfg.currency,
-                "kind": "sale",
+                "type": "sale",
                 "source": "sim",
                 "lines": lines,
                 "totals": { "total_minor": sum, "tax_minor": tax, "lines_sum_minor": sum },
