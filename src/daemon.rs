@@ -35,7 +35,11 @@ async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>) {
 fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
     // One append per stream, so a refused POS append never takes sensor events with it.
     for stream in crate::event::Stream::ALL {
-        let part: Vec<Event> = buf.iter().filter(|e| e.stream() == stream).cloned().collect();
+        let part: Vec<Event> = buf
+            .iter()
+            .filter(|e| e.stream() == stream)
+            .cloned()
+            .collect();
         if part.is_empty() {
             continue;
         }

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod event;
 pub mod model;
 pub mod ops;
+pub mod privacy;
 pub mod source;
 pub mod spool;
 pub mod uplink;

@@ -80,6 +80,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    storegw::privacy::init_local_offset();
     let cli = Cli::parse();
     let fmt_override = cli.log_format.clone();
     match cli.cmd {

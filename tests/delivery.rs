@@ -15,7 +15,12 @@ async fn delivers_100k_events_each_id_seen_and_schema_valid() -> TestResult {
     let dir = tempfile::tempdir()?;
     let broker = Mosquitto::start(&dir.path().join("broker"), "")?;
     let sub = Subscriber::start(broker.port, "storegw/v1/#", 400, None).await;
-    let cfg = write_config(dir.path(), broker.port, "batch_max_events = 1000\nmax_inflight = 64", &sim(25_000, 100_000))?;
+    let cfg = write_config(
+        dir.path(),
+        broker.port,
+        "batch_max_events = 1000\nmax_inflight = 64",
+        &sim(25_000, 100_000),
+    )?;
     let gw = Gateway::start(&cfg, &dir.path().join("gw.log"))?;
     let got = sub.wait_for(100_000, Duration::from_secs(120)).await;
     assert_eq!(got, 100_000, "log:\n{}", gw.log_text());
@@ -24,7 +29,10 @@ async fn delivers_100k_events_each_id_seen_and_schema_valid() -> TestResult {
     assert_eq!(r.duplicates(), 0);
     assert!(r.counts.keys().all(|id| id.starts_with("gw1:")));
     for k in storegw::event::KINDS {
-        assert!(r.per_kind.get(k).copied().unwrap_or(0) > 0, "no {k} delivered");
+        assert!(
+            r.per_kind.get(k).copied().unwrap_or(0) > 0,
+            "no {k} delivered"
+        );
     }
     for p in &r.payloads {
         let errs = schemas.check_batch(p);
@@ -32,7 +40,11 @@ async fn delivers_100k_events_each_id_seen_and_schema_valid() -> TestResult {
     }
     assert!(!r.status.is_empty(), "no status message");
     for s in &r.status {
-        let errs: Vec<String> = schemas.status.iter_errors(s).map(|e| e.to_string()).collect();
+        let errs: Vec<String> = schemas
+            .status
+            .iter_errors(s)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errs.is_empty(), "status schema errors: {errs:?} in {s}");
     }
     Ok(())
@@ -63,7 +75,10 @@ async fn broker_restarted_five_times_loses_nothing() -> TestResult {
     assert_eq!(got, total as usize, "ids lost; log:\n{}", gw.log_text());
     let dups = sub.got.lock().map(|r| r.duplicates()).unwrap_or(0);
     eprintln!("broker restarts: 5, delivered {got}, duplicates {dups}");
-    assert!(dups <= (5 * batch * inflight) as u64, "duplicates {dups} exceed 5 × the in-flight window");
+    assert!(
+        dups <= (5 * batch * inflight) as u64,
+        "duplicates {dups} exceed 5 × the in-flight window"
+    );
     Ok(())
 }
 
@@ -76,17 +91,30 @@ async fn sigkill_mid_flow_loses_no_flushed_event() -> TestResult {
     let total = 6_000u64;
     // The simulator finishes in about a second; the drain-rate limit keeps publishing going for
     // several more, so the kill lands mid-flow with everything produced already flushed.
-    let cfg = write_config(dir.path(), broker.port, "drain_rate = 800\nbatch_max_events = 100", &sim(6_000, total))?;
+    let cfg = write_config(
+        dir.path(),
+        broker.port,
+        "drain_rate = 800\nbatch_max_events = 100",
+        &sim(6_000, total),
+    )?;
     let mut gw = Gateway::start(&cfg, &dir.path().join("gw.log"))?;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let before = sub.unique();
     gw.sigkill();
-    assert!(before > 0 && (before as u64) < total, "kill did not land mid-flow ({before})");
+    assert!(
+        before > 0 && (before as u64) < total,
+        "kill did not land mid-flow ({before})"
+    );
     // Restart without the simulator: only the spool's content is delivered.
     let cfg2 = write_config(dir.path(), broker.port, "batch_max_events = 500", "")?;
     let gw2 = Gateway::start(&cfg2, &dir.path().join("gw2.log"))?;
     let got = sub.wait_for(total as usize, Duration::from_secs(60)).await;
-    assert_eq!(got as u64, total, "delivered before kill {before}; log:\n{}", gw2.log_text());
+    assert_eq!(
+        got as u64,
+        total,
+        "delivered before kill {before}; log:\n{}",
+        gw2.log_text()
+    );
     Ok(())
 }
 
@@ -109,17 +137,32 @@ async fn broker_down_small_spool_drops_oldest_sensor_refuses_pos() -> TestResult
     let st = status_file(dir.path()).ok_or("no status file")?;
     let drops = &st["drops"];
     assert!(drops["ble"]["spool_full"].as_u64().unwrap_or(0) > 0, "{st}");
-    assert!(drops["wifi"]["spool_full"].as_u64().unwrap_or(0) > 0, "{st}");
-    assert!(drops["pos"]["refused_full"].as_u64().unwrap_or(0) > 0, "{st}");
-    assert!(drops["pos"].get("spool_full").is_none(), "POS must never be dropped: {st}");
+    assert!(
+        drops["wifi"]["spool_full"].as_u64().unwrap_or(0) > 0,
+        "{st}"
+    );
+    assert!(
+        drops["pos"]["refused_full"].as_u64().unwrap_or(0) > 0,
+        "{st}"
+    );
+    assert!(
+        drops["pos"].get("spool_full").is_none(),
+        "POS must never be dropped: {st}"
+    );
     for s in ["ble", "wifi", "pos"] {
-        assert!(st["spool"][s]["bytes"].as_u64().unwrap_or(u64::MAX) <= 64 * 1024, "{st}");
+        assert!(
+            st["spool"][s]["bytes"].as_u64().unwrap_or(u64::MAX) <= 64 * 1024,
+            "{st}"
+        );
     }
     gw.sigterm_and_wait(Duration::from_secs(10));
     // Now the broker comes up: what is left is delivered, and it is the newest sensor data.
     let _broker = Mosquitto::start_on(&dir.path().join("broker"), port, "")?;
     let sub = Subscriber::start(port, "storegw/v1/#", 0, None).await;
-    let depth: u64 = ["ble", "wifi", "pos"].iter().map(|s| st["spool"][s]["depth"].as_u64().unwrap_or(0)).sum();
+    let depth: u64 = ["ble", "wifi", "pos"]
+        .iter()
+        .map(|s| st["spool"][s]["depth"].as_u64().unwrap_or(0))
+        .sum();
     let _gw2 = Gateway::start(&cfg, &dir.path().join("gw2.log"))?;
     let got = sub.wait_for(depth as usize, Duration::from_secs(30)).await;
     assert!(got as u64 >= depth, "spooled {depth}, delivered {got}");

@@ -24,7 +24,9 @@ pub fn mosquitto_path() -> Option<PathBuf> {
 macro_rules! require_mosquitto {
     () => {
         if common::mosquitto_path().is_none() {
-            eprintln!("skipping: mosquitto not installed (apt-get install mosquitto; .ci/run does)");
+            eprintln!(
+                "skipping: mosquitto not installed (apt-get install mosquitto; .ci/run does)"
+            );
             return Ok(());
         }
     };
@@ -52,7 +54,11 @@ impl Mosquitto {
     }
 
     /// Starts on a given port (e.g. one a gateway already points at).
-    pub fn start_on(dir: &Path, port: u16, extra: &str) -> Result<Mosquitto, Box<dyn std::error::Error>> {
+    pub fn start_on(
+        dir: &Path,
+        port: u16,
+        extra: &str,
+    ) -> Result<Mosquitto, Box<dyn std::error::Error>> {
         let mut m = Mosquitto {
             port,
             dir: dir.to_path_buf(),
@@ -70,7 +76,10 @@ impl Mosquitto {
         let listener = if self.extra.contains("listener") {
             self.extra.replace("PORT", &self.port.to_string())
         } else {
-            format!("listener {} 127.0.0.1\nallow_anonymous true\n{}", self.port, self.extra)
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\n{}",
+                self.port, self.extra
+            )
         };
         // Running as root, mosquitto drops to its own user: let it write the persistence dir.
         let _ = Command::new("chmod").arg("777").arg(&self.dir).status();
@@ -123,7 +132,10 @@ fn libc_sigterm() -> i32 {
 
 /// Sends a signal through the `kill` command (keeps tests free of unsafe code).
 pub fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// What a subscriber received, by id.
@@ -153,8 +165,16 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    pub async fn start(port: u16, filter: &str, keep_payloads: usize, tls: Option<rumqttc::Transport>) -> Subscriber {
-        let got = Arc::new(Mutex::new(Received { keep_payloads, ..Default::default() }));
+    pub async fn start(
+        port: u16,
+        filter: &str,
+        keep_payloads: usize,
+        tls: Option<rumqttc::Transport>,
+    ) -> Subscriber {
+        let got = Arc::new(Mutex::new(Received {
+            keep_payloads,
+            ..Default::default()
+        }));
         let g = got.clone();
         let mut o = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
         o.set_clean_session(false)
@@ -178,7 +198,9 @@ impl Subscriber {
                         }
                     }
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else { continue };
+                        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
+                            continue;
+                        };
                         let Ok(mut r) = g.lock() else { continue };
                         if v["kind"] == "status" {
                             r.status.push(v);
@@ -189,7 +211,9 @@ impl Subscriber {
                             let c = r.counts.entry(id).or_default();
                             *c += 1;
                             if *c == 1 {
-                                *r.per_kind.entry(e["kind"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+                                *r.per_kind
+                                    .entry(e["kind"].as_str().unwrap_or_default().to_string())
+                                    .or_default() += 1;
                             }
                         }
                         if r.payloads.len() < r.keep_payloads {
@@ -240,7 +264,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(config: &Path, log: &Path) -> Result<Gateway, Box<dyn std::error::Error>> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_storegw"))
             .arg("run")
             .arg("--config")
@@ -248,7 +275,10 @@ impl Gateway {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()?;
-        Ok(Gateway { child, log: log.to_path_buf() })
+        Ok(Gateway {
+            child,
+            log: log.to_path_buf(),
+        })
     }
 
     pub fn sigkill(&mut self) {
@@ -281,7 +311,12 @@ impl Drop for Gateway {
 }
 
 /// A config for tests; `extra` is appended (sections must not repeat the ones given here).
-pub fn write_config(dir: &Path, port: u16, mqtt_extra: &str, rest: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+pub fn write_config(
+    dir: &Path,
+    port: u16,
+    mqtt_extra: &str,
+    rest: &str,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let path = dir.join("storegw.toml");
     std::fs::write(
         &path,
@@ -356,16 +391,27 @@ impl Schemas {
         for k in storegw::event::KINDS {
             kinds.insert(k.to_string(), load(&format!("{k}.schema.json"))?);
         }
-        Ok(Schemas { batch: load("batch.schema.json")?, status: load("status.schema.json")?, kinds })
+        Ok(Schemas {
+            batch: load("batch.schema.json")?,
+            status: load("status.schema.json")?,
+            kinds,
+        })
     }
 
     /// Validates a batch payload and every event in it; returns the errors.
     pub fn check_batch(&self, v: &serde_json::Value) -> Vec<String> {
-        let mut errs: Vec<String> = self.batch.iter_errors(v).map(|e| format!("batch: {e} at {}", e.instance_path)).collect();
+        let mut errs: Vec<String> = self
+            .batch
+            .iter_errors(v)
+            .map(|e| format!("batch: {e} at {}", e.instance_path))
+            .collect();
         for e in v["events"].as_array().into_iter().flatten() {
             let kind = e["kind"].as_str().unwrap_or_default();
             match self.kinds.get(kind) {
-                Some(s) => errs.extend(s.iter_errors(e).map(|x| format!("{kind}: {x} at {}", x.instance_path))),
+                Some(s) => errs.extend(
+                    s.iter_errors(e)
+                        .map(|x| format!("{kind}: {x} at {}", x.instance_path)),
+                ),
                 None => errs.push(format!("unknown kind {kind}")),
             }
         }
