@@ -204,6 +204,9 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SourcesConfig {
     pub sim: SimConfig,
+    pub ble: crate::source::ble::BleConfig,
+    pub wifi: crate::source::wifi::WifiConfig,
+    pub pos: crate::source::pos::PosConfig,
 }
 
 /// The synthetic store used by the demo and for load.
@@ -433,6 +436,9 @@ impl Config {
         fix(&mut self.mqtt.client_key_file);
         fix(&mut self.mqtt.password_file);
         fix(&mut self.privacy.join_key_file);
+        self.sources.ble.resolve_paths(base);
+        self.sources.wifi.resolve_paths(base);
+        self.sources.pos.resolve_paths(base);
         if self.gateway.state_dir.is_relative() {
             self.gateway.state_dir = base.join(&self.gateway.state_dir);
         }
@@ -667,6 +673,9 @@ fn validate(c: &Config) -> Vec<(String, String)> {
             format!("`{}` is not an ISO 4217 code", sim.currency),
         );
     }
+    c.sources.ble.validate(&mut v);
+    c.sources.wifi.validate(&mut v);
+    c.sources.pos.validate(&mut v);
     v
 }
 

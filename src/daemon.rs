@@ -20,7 +20,9 @@ pub struct Pipeline {
     writer: JoinHandle<()>,
     uplink: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
     shutdown_tx: watch::Sender<bool>,
+    sources_stop: watch::Sender<bool>,
     flush_interval: Duration,
 }
 
@@ -69,23 +71,31 @@ impl Pipeline {
         }
         let (tx, rx) = mpsc::channel::<Event>(SOURCE_CHANNEL);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (sources_stop, sources_stop_rx) = watch::channel(false);
         let mut background = vec![tokio::spawn(
             spool.clone().run_flusher(cfg.spool.flush_interval.0),
         )];
         let writer = tokio::spawn(spool_writer(spool.clone(), rx));
-        let mut sources = Vec::new();
-        if cfg.sources.sim.enabled {
-            sources.push(tokio::spawn(crate::source::sim::run(
-                cfg.sources.sim.clone(),
-                tx.clone(),
-            )));
-        }
-        drop(tx);
+        let ctx = crate::source::SourceContext {
+            cfg: Arc::new(cfg.clone()),
+            tx,
+            spool: spool.clone(),
+            devices: Arc::new(crate::privacy::DevicePseudonymizer::new(
+                cfg.privacy.rotation.0,
+                cfg.privacy.pseudonym_bytes,
+            )),
+            shutdown: sources_stop_rx,
+        };
+        let sources = crate::source::start_all(&ctx);
+        let source_routes = crate::source::http_routes(&ctx);
+        // The writer ends once every sender is gone: the context's copy must go too.
+        drop(ctx);
+        let mut http_task = None;
         if cfg.http.enabled {
-            let router = http::base_router(spool.clone());
+            let router = http::base_router(spool.clone()).merge(source_routes);
             match http::serve(&cfg.http.listen, router).await {
-                Ok(h) => background.push(h),
-                Err(e) => tracing::error!("{e}; metrics and health endpoints are off"),
+                Ok(h) => http_task = Some(h),
+                Err(e) => tracing::error!("{e}; metrics, health and POS ingest are off"),
             }
         }
         background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
@@ -98,7 +108,9 @@ impl Pipeline {
             writer,
             uplink,
             background,
+            http: http_task,
             shutdown_tx,
+            sources_stop,
             flush_interval: cfg.spool.flush_interval.0,
         })
     }
@@ -107,11 +119,21 @@ impl Pipeline {
     /// acknowledgements, publishes `offline` and disconnects.
     pub async fn shutdown(self) {
         systemd::stopping();
-        for s in &self.sources {
-            s.abort();
-        }
+        // Sources get a moment to emit what they aggregated (open windows), then are stopped.
+        let _ = self.sources_stop.send(true);
         for s in self.sources {
-            let _ = s.await;
+            let abort = s.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), s)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        // The HTTP server holds a sender for POS ingest: stop it so the writer can finish.
+        if let Some(h) = self.http {
+            h.abort();
+            let _ = h.await;
         }
         // The writer ends once every sender is gone, after spooling what was queued.
         let _ = self.writer.await;

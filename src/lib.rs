@@ -7,6 +7,7 @@ pub mod event;
 pub mod model;
 pub mod ops;
 pub mod privacy;
+pub mod replay;
 pub mod source;
 pub mod spool;
 pub mod uplink;

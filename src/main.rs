@@ -42,6 +42,28 @@ enum Cmd {
         #[arg(default_value = DEFAULT_CONFIG)]
         path: PathBuf,
     },
+    /// Run a recorded input through the pipeline; print the events (or publish them) and a
+    /// summary line.
+    Replay {
+        /// Android btsnoop HCI log, or JSON lines of advertising reports.
+        #[arg(long, group = "input")]
+        ble: Option<PathBuf>,
+        /// pcap or pcapng capture (radiotap or bare 802.11).
+        #[arg(long, group = "input")]
+        wifi: Option<PathBuf>,
+        /// POS export: POSLog XML, CSV, JSON lines, Square or Shopify JSON.
+        #[arg(long, group = "input")]
+        pos: Option<PathBuf>,
+        /// Input format where the content does not tell (poslog, csv, jsonl, square, shopify).
+        #[arg(long)]
+        format: Option<String>,
+        /// Configuration (thresholds, broker); the embedded demo config without it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Send the events to the configured broker instead of printing them.
+        #[arg(long)]
+        publish: bool,
+    },
     /// Spool depth, oldest age and drops, read from the state directory.
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -129,6 +151,44 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Replay {
+            ble,
+            wifi,
+            pos,
+            format,
+            config,
+            publish,
+        } => {
+            init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
+            let mut r = match storegw::replay::Replay::new(config.as_deref(), format, publish) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            let summary = match (ble, wifi, pos) {
+                (Some(p), _, _) => storegw::source::ble::replay(&p, &mut r),
+                (_, Some(p), _) => storegw::source::wifi::replay(&p, &mut r),
+                (_, _, Some(p)) => storegw::source::pos::replay(&p, &mut r),
+                _ => Err("give one input: --ble FILE, --wifi FILE or --pos FILE".into()),
+            };
+            let done = match summary {
+                Ok(s) => rt.block_on(r.finish(s)),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("replay: {e}");
                     ExitCode::FAILURE
                 }
             }
