@@ -1,5 +1,6 @@
 //! storegw: the in-store edge gateway of the retail CDP (see README and DESIGN).
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -64,6 +64,21 @@ enum Cmd {
         #[arg(long)]
         publish: bool,
     },
+    /// Measure throughput and footprint beside same-run baselines; writes a markdown report.
+    Bench {
+        /// Report path (the raw figures go next to it as .json).
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+        /// Events for the end-to-end and spool measurements.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Backlog size for the bytes-on-disk and drain measurements.
+        #[arg(long, default_value_t = 1_000_000)]
+        backlog: u64,
+        /// Seconds of the footprint run at typical store load.
+        #[arg(long, default_value_t = 60)]
+        footprint_secs: u64,
+    },
     /// Spool depth, oldest age and drops, read from the state directory.
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -189,6 +204,31 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("replay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Bench {
+            out,
+            events,
+            backlog,
+            footprint_secs,
+        } => {
+            init_logging("error", fmt_override.as_deref().unwrap_or("text"));
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            let opts = storegw::bench::BenchOptions {
+                out,
+                events,
+                backlog,
+                footprint_s: footprint_secs,
+            };
+            match rt.block_on(storegw::bench::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench: {e}");
                     ExitCode::FAILURE
                 }
             }
