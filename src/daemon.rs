@@ -26,15 +26,38 @@ pub struct Pipeline {
     flush_interval: Duration,
 }
 
-/// Moves events from the sources' channel into the spool in batches.
-async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>) {
-    let mut buf = Vec::with_capacity(1024);
-    while rx.recv_many(&mut buf, 1024).await > 0 {
-        write_batch(&spool, &mut buf);
+/// Moves events from the sources' channel into the spool: buffered up to one chunk per stream
+/// or one flush interval, then appended and flushed together. A power cut loses at most one
+/// flush interval of sensor events, and the SD card sees one fsync per interval, not per event.
+async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>, flush_interval: Duration) {
+    let mut buf: Vec<Event> = Vec::with_capacity(crate::spool::CHUNK_EVENTS);
+    let mut tick = tokio::time::interval(flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut buf, crate::spool::CHUNK_EVENTS) => {
+                if n == 0 {
+                    break;
+                }
+                if buf.len() >= crate::spool::CHUNK_EVENTS {
+                    write_batch(&spool, &mut buf);
+                }
+            }
+            _ = tick.tick() => {
+                write_batch(&spool, &mut buf);
+                if let Err(e) = spool.flush_if_dirty().await {
+                    tracing::error!(error = %e, "spool flush failed");
+                }
+            }
+        }
     }
+    write_batch(&spool, &mut buf);
 }
 
 fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
+    if buf.is_empty() {
+        return;
+    }
     // One append per stream, so a refused POS append never takes sensor events with it.
     for stream in crate::event::Stream::ALL {
         let part: Vec<Event> = buf
@@ -73,9 +96,9 @@ impl Pipeline {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (sources_stop, sources_stop_rx) = watch::channel(false);
         let mut background = vec![tokio::spawn(
-            spool.clone().run_flusher(cfg.spool.flush_interval.0),
+            spool.clone().run_purger(Duration::from_secs(10)),
         )];
-        let writer = tokio::spawn(spool_writer(spool.clone(), rx));
+        let writer = tokio::spawn(spool_writer(spool.clone(), rx, cfg.spool.flush_interval.0));
         let ctx = crate::source::SourceContext {
             cfg: Arc::new(cfg.clone()),
             tx,

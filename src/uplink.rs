@@ -158,7 +158,7 @@ pub fn tls_config(
 
 struct InFlight {
     stream: Option<Stream>,
-    seqs: Vec<u64>,
+    seqs: Vec<crate::spool::AckRef>,
     sent: Instant,
 }
 
@@ -371,7 +371,7 @@ async fn session(
                 cursor[si] = batch.last().map(|e| e.seq + 1).unwrap_or(cursor[si]);
                 unassigned.push_back(InFlight {
                     stream: Some(stream),
-                    seqs: batch.iter().map(|e| e.seq).collect(),
+                    seqs: batch.iter().map(|e| e.ack_ref()).collect(),
                     sent: Instant::now(),
                 });
                 room -= 1;

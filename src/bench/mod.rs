@@ -177,7 +177,7 @@ fn spool_vs_sled(dir: &Path, n: u64) -> Result<Vec<Row>, String> {
             if b.is_empty() {
                 break;
             }
-            let seqs: Vec<u64> = b.iter().map(|e| e.seq).collect();
+            let seqs: Vec<_> = b.iter().map(|e| e.ack_ref()).collect();
             spool.ack(s, &seqs).map_err(|e| e.to_string())?;
         }
     }
