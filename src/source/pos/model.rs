@@ -120,11 +120,12 @@ pub struct Reject {
 }
 
 impl Reject {
-    /// A plain parse/validation failure.
+    /// A plain parse/validation failure. Card numbers echoed from the input are cut out here,
+    /// since rejections go to logs, HTTP answers and `.error` files.
     pub fn new(at: impl Into<String>, reason: impl Into<String>) -> Reject {
         Reject {
-            at: at.into(),
-            reason: reason.into(),
+            at: super::card::scrub(&at.into()).0,
+            reason: super::card::scrub(&reason.into()).0,
             transaction_id: None,
             sensitive: false,
         }
