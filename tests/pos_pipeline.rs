@@ -601,9 +601,15 @@ async fn full_pos_spool_refuses_with_503_and_stores_nothing() -> R {
     };
     crypto();
     let dir = tempfile::tempdir()?;
-    // No broker: nothing drains, the 4 KiB POS spool fills up.
+    // No broker: nothing drains, the 64 KiB POS spool (the smallest allowed) fills up.
     let (http_port, api_port) = (common::free_port(), common::free_port());
-    let cfg = config(dir.path(), common::free_port(), http_port, api_port, "4KiB")?;
+    let cfg = config(
+        dir.path(),
+        common::free_port(),
+        http_port,
+        api_port,
+        "64KiB",
+    )?;
     let text = std::fs::read_to_string(&cfg)?;
     let cut = text.find("[[sources.pos.watch]]").unwrap_or(text.len());
     std::fs::write(&cfg, &text[..cut])?;
@@ -614,10 +620,12 @@ async fn full_pos_spool_refuses_with_503_and_stores_nothing() -> R {
     let c = reqwest::Client::new();
     let mut status = 0;
     let mut stored = 0;
+    let lines: Vec<Value> = (0..60)
+        .map(|i| json!({"sku": format!("SKU-{i:05}"), "description": "a fairly long item description for size", "qty": 1, "amount_minor": 100}))
+        .collect();
     for i in 0..200 {
         let tx = json!({"transaction_id": format!("T{i}"), "register": "R1", "currency": "EUR",
-            "lines": [{"sku": "A", "description": "something sold", "qty": 1, "amount_minor": 100}],
-            "totals": {"total_minor": 100}, "tenders": [{"type": "cash", "amount_minor": 100}]});
+            "lines": lines, "totals": {"total_minor": 6000}, "tenders": [{"type": "cash", "amount_minor": 6000}]});
         let r = c.post(&url).bearer_auth(TOKEN).json(&tx).send().await?;
         status = r.status().as_u16();
         if status != 201 {
@@ -629,7 +637,7 @@ async fn full_pos_spool_refuses_with_503_and_stores_nothing() -> R {
     assert!(stored > 0);
     // A refused transaction was not remembered as seen: the till's retry is not a "duplicate".
     let tx = json!({"transaction_id": format!("T{stored}"), "register": "R1",
-        "lines": [{"qty": 1, "amount_minor": 100}], "totals": {"total_minor": 100}});
+        "lines": lines, "totals": {"total_minor": 6000}});
     assert_eq!(
         c.post(&url)
             .bearer_auth(TOKEN)
@@ -639,6 +647,13 @@ async fn full_pos_spool_refuses_with_503_and_stores_nothing() -> R {
             .status(),
         503
     );
+    let m = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(m.contains("storegw_pos_refused_total"), "{m}");
     assert!(gw.sigterm_and_wait(Duration::from_secs(15)).is_some());
     Ok(())
 }
