@@ -234,10 +234,8 @@ fn body(
                     }
                 }
                 "Tender" => tx.tenders.push(tender(doc, item, exp)?),
-                "LoyaltyReward" => {
-                    if !tx.flags.iter().any(|f| f == "loyalty_reward") {
-                        tx.flags.push("loyalty_reward".into());
-                    }
+                "LoyaltyReward" if !tx.flags.iter().any(|f| f == "loyalty_reward") => {
+                    tx.flags.push("loyalty_reward".into());
                 }
                 _ => {}
             }
@@ -364,20 +362,16 @@ fn customer(rt: Node<'_, '_>) -> RawCustomer {
                 .filter(|t| !t.is_empty())
         };
         match n.tag_name().name() {
-            "LoyaltyID" | "LoyaltyAccountID" | "LoyaltyCardNumber" | "LoyaltyAccountNumber" => {
-                if c.loyalty_id.is_none() {
-                    c.loyalty_id = v();
-                }
+            "LoyaltyID" | "LoyaltyAccountID" | "LoyaltyCardNumber" | "LoyaltyAccountNumber"
+                if c.loyalty_id.is_none() =>
+            {
+                c.loyalty_id = v();
             }
-            "EMailAddress" | "EmailAddress" | "EMail" | "Email" => {
-                if c.email.is_none() {
-                    c.email = v();
-                }
+            "EMailAddress" | "EmailAddress" | "EMail" | "Email" if c.email.is_none() => {
+                c.email = v();
             }
-            "FullTelephoneNumber" | "TelephoneNumber" | "PhoneNumber" => {
-                if c.phone.is_none() {
-                    c.phone = v();
-                }
+            "FullTelephoneNumber" | "TelephoneNumber" | "PhoneNumber" if c.phone.is_none() => {
+                c.phone = v();
             }
             _ => {}
         }

@@ -60,9 +60,8 @@ fn order_txs(v: &Value, path: &str, o: &ParseOpts) -> Vec<Result<Tx, Reject>> {
         c.transaction_id = format!("{id}:cancel");
         c.kind = Some(TxType::Cancellation);
         c.original_transaction_id = Some(id.clone());
-        match a.str("cancelled_at") {
-            Ok(Some(t)) => c.time_ms = timefmt::parse(&t, o.offset_s).ok().or(c.time_ms),
-            _ => {}
+        if let Ok(Some(t)) = a.str("cancelled_at") {
+            c.time_ms = timefmt::parse(&t, o.offset_s).ok().or(c.time_ms);
         }
         out.push(Ok(c));
     }
