@@ -216,7 +216,7 @@ fn line(l: At<'_>, ret: bool) -> Result<Line, Reject> {
     let qty_text = l.str("quantity")?.unwrap_or_else(|| "1".into());
     let qty = money::parse_qty(&qty_text).map_err(|e| Reject::new(l.key_path("quantity"), e))?;
     let unit = minor(l, "base_price_money")?;
-    let amount = match minor(l, "gross_sales_money")? {
+    let amount = match minor(l, "gross_sales_money")?.or(minor(l, "gross_return_money")?) {
         Some(g) => g,
         None => match minor(l, "variation_total_price_money")? {
             Some(v) => v,
