@@ -173,6 +173,16 @@ pub const FORMATS: [&str; 6] = ["poslog", "csv", "json", "jsonl", "square", "sho
 impl PosConfig {
     /// Semantic checks: (dotted key path, message) pairs.
     pub fn validate(&self, issues: &mut Vec<(String, String)>) {
+        let mut issues_file: Vec<(String, String)> = Vec::new();
+        self.validate_keys(issues, &mut issues_file);
+        issues.append(&mut issues_file);
+    }
+
+    fn validate_keys(
+        &self,
+        issues: &mut Vec<(String, String)>,
+        issues_file: &mut Vec<(String, String)>,
+    ) {
         let mut bad = |k: &str, m: String| issues.push((format!("sources.pos.{k}"), m));
         if super::money::exponent(&self.default_currency).is_none() {
             bad(
@@ -206,6 +216,22 @@ impl PosConfig {
                 "http.token_file",
                 "required when sources.pos.http.enabled (the bearer token tills send)".into(),
             );
+        }
+        let mut check_file = |k: &str, p: &Option<PathBuf>| {
+            if let Some(path) = p {
+                if let Err(e) = std::fs::metadata(path) {
+                    issues_file.push((
+                        format!("sources.pos.{k}"),
+                        format!("cannot read `{}`: {e}", path.display()),
+                    ));
+                }
+            }
+        };
+        if self.http.enabled {
+            check_file("http.token_file", &self.http.token_file);
+        }
+        for (i, p) in self.poll.iter().enumerate() {
+            check_file(&format!("poll.{i}.token_file"), &p.token_file);
         }
         if self.http.body_limit.0 < 1024 {
             bad("http.body_limit", "must be at least 1KiB".into());
