@@ -324,6 +324,12 @@ impl Spool {
         &self.path
     }
 
+    /// A named side tree in the spool's database (e.g. the POS idempotency index), so what it
+    /// holds is made durable by the same [`Spool::flush`] as the events.
+    pub fn aux_tree(&self, name: &str) -> Result<sled::Tree, SpoolError> {
+        Ok(self.db.open_tree(format!("aux:{name}"))?)
+    }
+
     /// Appends events atomically per stream and assigns their ids; each stream's events become
     /// one chunk per [`CHUNK_EVENTS`]. Sensor streams evict their oldest chunks to stay under the
     /// cap; POS refuses with [`SpoolError::Full`] instead, and then nothing of the call is stored.

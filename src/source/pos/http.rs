@@ -1,0 +1,199 @@
+//! `POST /v1/pos/transactions`: tills push canonical JSON (one object or an array), JSON lines,
+//! or ARTS POSLog XML, chosen by Content-Type. The 2xx is sent only after the spool fsync.
+
+use super::config::PosHttpConfig;
+use super::ingest::{Ingest, StoreError};
+use super::model::{Reject, Tx};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use std::sync::Arc;
+
+struct HttpState {
+    ingest: Arc<Ingest>,
+    /// `None`: the token file could not be read; every request is refused.
+    token: Option<Vec<u8>>,
+    limit: usize,
+}
+
+/// The ingest route, ready to merge into the loopback server.
+pub fn routes(ingest: Arc<Ingest>, cfg: &PosHttpConfig) -> Router {
+    let token = match &cfg.token_file {
+        Some(p) => match std::fs::read(p) {
+            Ok(mut t) => {
+                while t.last().is_some_and(u8::is_ascii_whitespace) {
+                    t.pop();
+                }
+                if t.is_empty() {
+                    tracing::error!(file = %p.display(), "POS token file is empty; POS push refuses every request");
+                    None
+                } else {
+                    Some(t)
+                }
+            }
+            Err(e) => {
+                tracing::error!(file = %p.display(), error = %e, "cannot read POS token file; POS push refuses every request");
+                None
+            }
+        },
+        None => None,
+    };
+    let st = Arc::new(HttpState {
+        ingest,
+        token,
+        limit: usize::try_from(cfg.body_limit.0).unwrap_or(usize::MAX),
+    });
+    Router::new()
+        .route("/v1/pos/transactions", post(push))
+        // The route reads the body itself with its own limit (after the token check).
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(st)
+}
+
+/// Compares without an early exit, so response time says nothing about the token.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+fn json_err(code: StatusCode, body: serde_json::Value) -> Response {
+    (code, axum::Json(body)).into_response()
+}
+
+fn authorized(st: &HttpState, h: &HeaderMap) -> bool {
+    let Some(token) = &st.token else {
+        return false;
+    };
+    let given = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or("");
+    ct_eq(given.as_bytes(), token)
+}
+
+fn bad_request(r: &Reject) -> Response {
+    crate::ops::metrics::global().count("storegw_pos_rejected_total", "input=\"http\"", 1);
+    tracing::warn!(at = %r.at, reason = %r.reason, "POS push rejected");
+    json_err(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({"error": r.reason, "path": r.at, "transaction_id": r.transaction_id}),
+    )
+}
+
+async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
+    let (parts, body): (_, Body) = req.into_parts();
+    if !authorized(&st, &parts.headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(serde_json::json!({"error": "missing or wrong bearer token"})),
+        )
+            .into_response();
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        json_err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({"error": format!("body larger than {} bytes", st.limit)}),
+        )
+    };
+    if declared.is_some_and(|n| n > st.limit) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, st.limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let ctype = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let format = match ctype.as_str() {
+        "application/json" => "json",
+        "application/x-ndjson" | "application/jsonl" | "application/json-lines" => "jsonl",
+        "application/xml" | "text/xml" | "application/poslog+xml" => "poslog",
+        other => {
+            return json_err(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                serde_json::json!({"error": format!("Content-Type `{other}`: use application/json, application/x-ndjson or application/xml")}),
+            )
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return bad_request(&Reject::new("body", "not UTF-8"));
+    };
+    let parsed = match super::parse_input(text, format, &st.ingest.opts) {
+        Ok(p) => p,
+        Err(r) => return bad_request(&r),
+    };
+    let txs: Result<Vec<Tx>, Reject> = parsed.items.into_iter().collect();
+    let normalized = match txs.and_then(|t| st.ingest.normalize_all(t)) {
+        Ok(n) => n,
+        Err(r) => return bad_request(&r),
+    };
+    if normalized.is_empty() && parsed.skipped == 0 {
+        return bad_request(&Reject::new("body", "no transaction in the body"));
+    }
+    match st.ingest.store(normalized).await {
+        Ok(s) => {
+            let code = if s.accepted > 0 {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut v = serde_json::to_value(&s).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.insert("skipped".into(), parsed.skipped.into());
+            }
+            (code, axum::Json(v)).into_response()
+        }
+        Err(StoreError::Full(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "30")],
+            axum::Json(serde_json::json!({"error": e})),
+        )
+            .into_response(),
+        Err(StoreError::Invalid(r)) => bad_request(&r),
+        Err(StoreError::Storage(e)) => {
+            tracing::error!(error = %e, "POS push could not be stored");
+            json_err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "storage error; retry later"}),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq() {
+        assert!(super::ct_eq(b"secret", b"secret"));
+        assert!(!super::ct_eq(b"secret", b"secreT"));
+        assert!(!super::ct_eq(b"secret", b"secret2"));
+        assert!(!super::ct_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,150 @@
+//! The canonical transaction between a parser and the wire: every input format is parsed into
+//! a [`Tx`], and [`crate::source::pos::normalize`] turns a `Tx` into one `pos.transaction` event.
+
+use super::customer::RawCustomer;
+
+/// What a transaction is; refunds and cancellations carry negative amounts on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TxType {
+    Sale,
+    Refund,
+    Cancellation,
+}
+
+impl TxType {
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<TxType> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sale" => Some(TxType::Sale),
+            "refund" | "return" => Some(TxType::Refund),
+            "cancellation" | "cancel" | "void" => Some(TxType::Cancellation),
+            _ => None,
+        }
+    }
+
+    /// Whether amounts must be negative.
+    pub fn negative(self) -> bool {
+        !matches!(self, TxType::Sale)
+    }
+}
+
+/// A discount on a line or on the transaction; `amount_minor` is the reduction (positive on a
+/// sale).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Discount {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub amount_minor: i64,
+}
+
+/// One sold or returned item.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Line {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub qty: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit_price_minor: Option<i64>,
+    /// Extended amount before line discounts (qty × unit price as the source states it).
+    pub amount_minor: i64,
+    /// `sale` or `return` when the source says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub discounts: Vec<Discount>,
+}
+
+/// How a transaction was paid. Only the tender type and at most the card brand are kept.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Tender {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub amount_minor: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_brand: Option<String>,
+}
+
+/// Totals exactly as the source states them (never recomputed).
+#[derive(Debug, Clone, Default)]
+pub struct StatedTotals {
+    pub total: Option<i64>,
+    pub subtotal: Option<i64>,
+    pub tax: Option<i64>,
+    pub discount: Option<i64>,
+}
+
+/// A parsed transaction before scrubbing and pseudonymization. Raw customer identifiers live
+/// here, in RAM only.
+#[derive(Debug, Clone, Default)]
+pub struct Tx {
+    pub transaction_id: String,
+    pub register: String,
+    pub store_ref: Option<String>,
+    pub business_day: Option<String>,
+    /// Unix ms; `None` means "now" (the source did not say).
+    pub time_ms: Option<i64>,
+    pub currency: String,
+    pub kind: Option<TxType>,
+    pub original_transaction_id: Option<String>,
+    /// Input format (`poslog`, `csv`, `json`, `square`, `shopify`).
+    pub source: String,
+    pub channel: Option<String>,
+    pub lines: Vec<Line>,
+    /// Transaction-level discounts (not already inside the lines).
+    pub order_discount: i64,
+    /// Amounts in the total that are not lines: service charges, tips, shipping, or a
+    /// payment without itemization.
+    pub surcharge: i64,
+    /// Tax is included in line prices (VAT style): not added when checking the total.
+    pub tax_included: bool,
+    pub totals: StatedTotals,
+    pub tenders: Vec<Tender>,
+    pub customer: RawCustomer,
+    pub flags: Vec<String>,
+}
+
+/// Why an input record was refused, and where.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Reject {
+    /// Line number, JSON path or XML path of the offending field.
+    pub at: String,
+    pub reason: String,
+    /// The transaction id when it was already known (scrubbed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    /// True for card authentication data (CVV, track, PIN block): the whole input is refused.
+    #[serde(skip)]
+    pub sensitive: bool,
+}
+
+impl Reject {
+    /// A plain parse/validation failure. Card numbers echoed from the input are cut out here,
+    /// since rejections go to logs, HTTP answers and `.error` files.
+    pub fn new(at: impl Into<String>, reason: impl Into<String>) -> Reject {
+        Reject {
+            at: super::card::scrub(&at.into()).0,
+            reason: super::card::scrub(&reason.into()).0,
+            transaction_id: None,
+            sensitive: false,
+        }
+    }
+
+    /// Sensitive authentication data found.
+    pub fn sensitive(at: impl Into<String>, reason: impl Into<String>) -> Reject {
+        Reject {
+            sensitive: true,
+            ..Reject::new(at, reason)
+        }
+    }
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.reason)
+    }
+}
+
+/// A parser's output: transactions in input order, each parsed or refused on its own.
+pub type Parsed = Vec<Result<Tx, Reject>>;

@@ -1,0 +1,116 @@
+//! Transaction times as the sources write them: RFC 3339 with an offset, or naive local
+//! date-times (POSLog `EndDateTime`, UCI `InvoiceDate`) read with the configured store offset.
+
+/// Parses `YYYY-MM-DD[T ]HH:MM[:SS[.fff]][Z|±HH:MM]` or `M/D/YYYY H:MM[:SS]` into Unix ms.
+/// `naive_offset_s` applies when the text carries no offset.
+pub fn parse(text: &str, naive_offset_s: i32) -> Result<i64, String> {
+    let t = text.trim();
+    let err = || format!("`{text}` is not a date-time");
+    let (date, rest) = if t.contains('/') {
+        let (d, r) = t.split_once(' ').unwrap_or((t, ""));
+        let mut it = d.split('/');
+        let m: u8 = num(it.next()).ok_or_else(err)?;
+        let day: u8 = num(it.next()).ok_or_else(err)?;
+        let y: i32 = num(it.next()).ok_or_else(err)?;
+        ((y, m, day), r)
+    } else {
+        let d = t.get(..10).ok_or_else(err)?;
+        let mut it = d.split('-');
+        let y: i32 = num(it.next()).ok_or_else(err)?;
+        let m: u8 = num(it.next()).ok_or_else(err)?;
+        let day: u8 = num(it.next()).ok_or_else(err)?;
+        ((y, m, day), t.get(11..).unwrap_or(""))
+    };
+    let month = time::Month::try_from(date.1).map_err(|_| err())?;
+    let d = time::Date::from_calendar_date(date.0, month, date.2).map_err(|_| err())?;
+    // Split the time from the offset.
+    let (clock, offset_s) = split_offset(rest).ok_or_else(err)?;
+    let mut hms = clock.split(':');
+    let h: u8 = if clock.is_empty() {
+        0
+    } else {
+        num(hms.next()).ok_or_else(err)?
+    };
+    let mi: u8 = match hms.next() {
+        Some(x) => num(Some(x)).ok_or_else(err)?,
+        None => 0,
+    };
+    let (s, ms) = match hms.next() {
+        Some(x) => {
+            let (sec, frac) = x.split_once('.').unwrap_or((x, ""));
+            let s: u8 = num(Some(sec)).ok_or_else(err)?;
+            let mut ms = 0u32;
+            for (i, c) in frac.chars().take(3).enumerate() {
+                let dgt = c.to_digit(10).ok_or_else(err)?;
+                ms += dgt * 10u32.pow(2 - i as u32);
+            }
+            (s, ms)
+        }
+        None => (0, 0),
+    };
+    let tm = time::Time::from_hms_milli(h, mi, s, ms as u16).map_err(|_| err())?;
+    let odt = time::PrimitiveDateTime::new(d, tm).assume_utc();
+    let off = offset_s.unwrap_or(naive_offset_s);
+    Ok(odt.unix_timestamp() * 1000 + i64::from(ms) - i64::from(off) * 1000)
+}
+
+fn num<T: std::str::FromStr>(s: Option<&str>) -> Option<T> {
+    let s = s?.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Separates `HH:MM:SS.fff` from a trailing `Z` or `±HH:MM`.
+fn split_offset(rest: &str) -> Option<(&str, Option<i32>)> {
+    if let Some(c) = rest.strip_suffix('Z').or_else(|| rest.strip_suffix('z')) {
+        return Some((c, Some(0)));
+    }
+    if let Some(p) = rest.rfind(['+', '-']) {
+        let (c, off) = rest.split_at(p);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let body = off.get(1..)?;
+        let (oh, om) = match body.split_once(':') {
+            Some((a, b)) => (a, b),
+            None => (body.get(..2)?, body.get(2..).unwrap_or("0")),
+        };
+        let oh: i32 = num(Some(oh))?;
+        let om: i32 = num(Some(if om.is_empty() { "0" } else { om }))?;
+        return Some((c, Some(sign * (oh * 3600 + om * 60))));
+    }
+    Some((rest, None))
+}
+
+/// Parses a config offset like `+01:00`, `-05:00` or `Z` into seconds.
+pub fn parse_offset(s: &str) -> Result<i32, String> {
+    match split_offset(s.trim()) {
+        Some(("", Some(o))) if o.abs() <= 14 * 3600 => Ok(o),
+        _ => Err(format!("`{s}` is not a UTC offset like +01:00")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(parse("2020-01-17T20:47:53.293Z", 0), Ok(1579294073293));
+        assert_eq!(
+            parse("2008-01-10T11:00:00-05:00", 0),
+            parse("2008-01-10T16:00:00Z", 0)
+        );
+        assert_eq!(parse("2017-10-01T02:01:31", 0), Ok(1506823291000));
+        assert_eq!(
+            parse("2010-12-22 10:29:00", 3600),
+            parse("2010-12-22T09:29:00Z", 0)
+        );
+        assert_eq!(parse("12/1/2010 8:26", 0), parse("2010-12-01T08:26:00Z", 0));
+        assert!(parse("yesterday", 0).is_err());
+        assert!(parse("2010-13-01", 0).is_err());
+        assert_eq!(parse_offset("+01:00"), Ok(3600));
+        assert_eq!(parse_offset("Z"), Ok(0));
+        assert!(parse_offset("1h").is_err());
+    }
+}
