@@ -1,5 +1,10 @@
-//! The wifi feed (see the issue for this source). NOT BUILT YET: configuration accepted, source
-//! reports itself as failed when enabled.
+//! The Wi-Fi probe-request footfall source (docs/wifi.md).
+
+pub mod dot11;
+pub mod fcs;
+pub mod frame;
+pub mod pcap;
+pub mod radiotap;
 
 use crate::source::SourceContext;
 use serde::Deserialize;
@@ -28,8 +33,7 @@ pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
     Vec::new()
 }
 
-/// `storegw replay` for this source: runs `path` through the live pipeline stages, emits the
-/// events into `r`, and returns the summary line.
+/// `storegw replay` for this source.
 pub fn replay(
     _path: &std::path::Path,
     _r: &mut crate::replay::Replay,
