@@ -35,6 +35,11 @@ impl FrameControl {
         self.flags & 0x80 != 0
     }
 
+    /// Protected frame: the body is encrypted and cannot be walked.
+    pub fn protected(&self) -> bool {
+        self.flags & 0x40 != 0
+    }
+
     /// Retransmission of an earlier frame.
     pub fn retry(&self) -> bool {
         self.flags & 0x08 != 0
@@ -127,6 +132,18 @@ impl<'a> Iterator for Elements<'a> {
         self.rest = self.rest.get(2 + len as usize..).unwrap_or(&[]);
         Some((id, body))
     }
+}
+
+/// True when the elements exactly fill `b` (no element runs past the end).
+pub fn elements_complete(b: &[u8]) -> bool {
+    let mut rest = b;
+    while let (Some(_), Some(&len)) = (rest.first(), rest.get(1)) {
+        match rest.get(2 + len as usize..) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 fn mac_at(b: &[u8], at: usize) -> Option<Mac> {

@@ -69,8 +69,9 @@ pub fn decode(linktype: u16, data: &[u8], cut: bool, verify_fcs: bool) -> Decode
     if fc.version != 0 {
         return Decoded::Malformed(Malformed::Dot11(Dot11Error::BadVersion));
     }
+    let has_fcs_flag = rt.is_some_and(|r| r.fcs_at_end()) && !cut;
     if !fc.is_probe_request() {
-        return Decoded::Other;
+        return check_other(fc, frame, has_fcs_flag);
     }
     let has_fcs = rt.is_some_and(|r| r.fcs_at_end()) && !cut;
     let (body, mut status) = if has_fcs {
@@ -104,6 +105,51 @@ pub fn decode(linktype: u16, data: &[u8], cut: bool, verify_fcs: bool) -> Decode
         }),
         Err(e) => Decoded::Malformed(Malformed::Dot11(e)),
     }
+}
+
+/// Bytes of fixed fields before the elements of management subtypes that carry elements.
+fn mgmt_fixed_len(subtype: u8) -> Option<usize> {
+    match subtype {
+        0 => Some(4),      // association request
+        1 | 3 => Some(6),  // (re)association response
+        2 => Some(10),     // reassociation request
+        5 | 8 => Some(12), // probe response, beacon
+        4 => Some(0),      // probe request
+        _ => None,
+    }
+}
+
+/// Cheap structural check of a frame that is not a probe request, so damaged frames are
+/// counted: header length by type, and for management frames the element walk.
+fn check_other<'a>(fc: FrameControl, frame: &'a [u8], has_fcs: bool) -> Decoded<'a> {
+    let frame = if has_fcs {
+        match frame.len().checked_sub(4).and_then(|n| frame.get(..n)) {
+            Some(f) => f,
+            None => return Decoded::Malformed(Malformed::Dot11(Dot11Error::Truncated)),
+        }
+    } else {
+        frame
+    };
+    let min = match fc.ftype {
+        dot11::TYPE_MGMT | 2 => 24,
+        1 => 10,
+        _ => 0,
+    };
+    if frame.len() < min {
+        return Decoded::Malformed(Malformed::Dot11(Dot11Error::Truncated));
+    }
+    if fc.ftype == dot11::TYPE_MGMT && !fc.protected() {
+        if let Some(fixed) = mgmt_fixed_len(fc.subtype) {
+            let start = if fc.order() { 28 } else { 24 } + fixed;
+            let Some(elements) = frame.get(start..) else {
+                return Decoded::Malformed(Malformed::Dot11(Dot11Error::Truncated));
+            };
+            if !dot11::elements_complete(elements) {
+                return Decoded::Malformed(Malformed::Dot11(Dot11Error::Truncated));
+            }
+        }
+    }
+    Decoded::Other
 }
 
 #[cfg(test)]

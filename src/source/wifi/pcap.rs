@@ -287,7 +287,8 @@ impl<'a> Reader<'a> {
                                 }
                             }
                             14 => {
-                                if let Some(s) = val.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok())
+                                if let Some(s) =
+                                    val.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok())
                                 {
                                     iface.offset_s = if e.big {
                                         i64::from_be_bytes(s)
@@ -371,8 +372,20 @@ mod tests {
     use super::*;
 
     fn pcap(big: bool, nanos: bool, lt: u32, recs: &[(u32, u32, &[u8], u32)]) -> Vec<u8> {
-        let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
-        let w16 = |v: u16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let w32 = |v: u32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let w16 = |v: u16| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
         let mut b = Vec::new();
         b.extend(w32(if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 }));
         b.extend(w16(2));
@@ -420,7 +433,13 @@ mod tests {
     }
 
     fn block(big: bool, t: u32, body: &[u8]) -> Vec<u8> {
-        let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let w32 = |v: u32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
         let mut body = body.to_vec();
         while body.len() % 4 != 0 {
             body.push(0);
@@ -435,8 +454,20 @@ mod tests {
     }
 
     fn ng(big: bool) -> Vec<u8> {
-        let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
-        let w16 = |v: u16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let w32 = |v: u32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let w16 = |v: u16| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
         let mut f = Vec::new();
         let mut shb = Vec::new();
         shb.extend(w32(0x1a2b_3c4d));
@@ -464,7 +495,10 @@ mod tests {
         f.extend(block(big, 1, &idb));
         // An unknown block is skipped.
         f.extend(block(big, 0x0bad, b"zzzz"));
-        for (id, ts, d) in [(0u32, 1_500_000u64, &b"radio"[..]), (1, 2_000_000_123, b"bare")] {
+        for (id, ts, d) in [
+            (0u32, 1_500_000u64, &b"radio"[..]),
+            (1, 2_000_000_123, b"bare"),
+        ] {
             let mut epb = Vec::new();
             epb.extend(w32(id));
             epb.extend(w32((ts >> 32) as u32));
@@ -488,10 +522,16 @@ mod tests {
             let recs: Vec<_> = Reader::new(&f).expect("ng").collect();
             assert_eq!(recs.len(), 3, "big={big}");
             let a = recs[0].clone().expect("epb");
-            assert_eq!((a.linktype, a.ts_ns, a.data), (127, 1_500_000_000, &b"radio"[..]));
+            assert_eq!(
+                (a.linktype, a.ts_ns, a.data),
+                (127, 1_500_000_000, &b"radio"[..])
+            );
             assert_eq!(a.orig_len, 15);
             let b = recs[1].clone().expect("epb");
-            assert_eq!((b.linktype, b.ts_ns, b.data), (105, 2_000_000_123, &b"bare"[..]));
+            assert_eq!(
+                (b.linktype, b.ts_ns, b.data),
+                (105, 2_000_000_123, &b"bare"[..])
+            );
             let c = recs[2].clone().expect("spb");
             assert_eq!((c.linktype, c.data), (127, &b"spb"[..]));
         }

@@ -172,7 +172,9 @@ pub fn parse(buf: &[u8]) -> Result<Radiotap, RadiotapError> {
                             break 'words;
                         };
                         off = align_up(off, align);
-                        let f = hdr.get(off..off + size).ok_or(RadiotapError::FieldOverrun)?;
+                        let f = hdr
+                            .get(off..off + size)
+                            .ok_or(RadiotapError::FieldOverrun)?;
                         match idx {
                             1 => out.flags = f.first().copied(),
                             3 => {
@@ -296,8 +298,14 @@ mod tests {
     #[test]
     fn truncation_and_garbage() {
         assert_eq!(parse(&[0, 0, 8]), Err(RadiotapError::Truncated));
-        assert_eq!(parse(&[1, 0, 8, 0, 0, 0, 0, 0]), Err(RadiotapError::BadVersion));
-        assert_eq!(parse(&[0, 0, 4, 0, 0, 0, 0, 0]), Err(RadiotapError::FieldOverrun));
+        assert_eq!(
+            parse(&[1, 0, 8, 0, 0, 0, 0, 0]),
+            Err(RadiotapError::BadVersion)
+        );
+        assert_eq!(
+            parse(&[0, 0, 4, 0, 0, 0, 0, 0]),
+            Err(RadiotapError::FieldOverrun)
+        );
         // All-ones presence words never terminate within the header.
         let h = [0, 0, 12, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(parse(&h), Err(RadiotapError::FieldOverrun));
