@@ -1,11 +1,13 @@
 //! The Wi-Fi probe-request footfall source (docs/wifi.md): live AF_PACKET capture on a
 //! monitor-mode interface or replay of pcap/pcapng files, both through one [`pipeline`].
 
+pub mod capture;
 pub mod config;
 pub mod dot11;
 pub mod fcs;
 pub mod footfall;
 pub mod frame;
+pub mod live;
 pub mod pcap;
 pub mod pipeline;
 pub mod radiotap;
@@ -16,12 +18,15 @@ pub use config::WifiConfig;
 use crate::source::SourceContext;
 use tokio::task::JoinHandle;
 
-/// Starts the source's tasks when enabled.
+/// Starts live capture on the configured monitor interface when enabled.
 pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
-    if ctx.cfg.sources.wifi.enabled {
-        crate::ops::status::set_source("wifi", "failed", Some("live capture not built yet".into()));
+    if !ctx.cfg.sources.wifi.enabled {
+        return Vec::new();
     }
-    Vec::new()
+    vec![tokio::spawn(live::run(
+        ctx.clone(),
+        capture::LinkMode::FromDevice,
+    ))]
 }
 
 /// `storegw replay` for this source: runs `path` through the live pipeline stages, emits the
