@@ -181,15 +181,11 @@ pub fn parse(buf: &[u8]) -> Result<Radiotap, RadiotapError> {
                                 out.freq_mhz = Some(u16::from_le_bytes([f[0], f[1]]));
                                 out.channel_flags = Some(u16::from_le_bytes([f[2], f[3]]));
                             }
-                            5 => {
-                                if out.dbm_signal.is_none() {
-                                    out.dbm_signal = f.first().map(|&b| b as i8);
-                                }
+                            5 if out.dbm_signal.is_none() => {
+                                out.dbm_signal = f.first().map(|&b| b as i8);
                             }
-                            18 => {
-                                if out.freq_mhz.is_none() {
-                                    out.freq_mhz = Some(u16::from_le_bytes([f[4], f[5]]));
-                                }
+                            18 if out.freq_mhz.is_none() => {
+                                out.freq_mhz = Some(u16::from_le_bytes([f[4], f[5]]));
                             }
                             _ => {}
                         }
