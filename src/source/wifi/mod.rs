@@ -1,38 +1,39 @@
-//! The wifi feed (see the issue for this source). NOT BUILT YET: configuration accepted, source
-//! reports itself as failed when enabled.
+//! The Wi-Fi probe-request footfall source (docs/wifi.md): live AF_PACKET capture on a
+//! monitor-mode interface or replay of pcap/pcapng files, both through one [`pipeline`].
+
+pub mod capture;
+pub mod config;
+pub mod dot11;
+pub mod fcs;
+pub mod footfall;
+pub mod frame;
+pub mod live;
+pub mod pcap;
+pub mod pipeline;
+pub mod radiotap;
+mod replay;
+
+pub use config::WifiConfig;
 
 use crate::source::SourceContext;
-use serde::Deserialize;
 use tokio::task::JoinHandle;
 
-/// `[sources.wifi]` in the configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WifiConfig {
-    pub enabled: bool,
-}
-
-impl WifiConfig {
-    /// Semantic checks: (dotted key path, message) pairs.
-    pub fn validate(&self, _issues: &mut Vec<(String, String)>) {}
-
-    /// Makes relative paths relative to the config file's directory.
-    pub fn resolve_paths(&mut self, _base: &std::path::Path) {}
-}
-
-/// Starts the source's tasks when enabled.
+/// Starts live capture on the configured monitor interface when enabled.
 pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
-    if ctx.cfg.sources.wifi.enabled {
-        crate::ops::status::set_source("wifi", "failed", Some("not built yet".into()));
+    if !ctx.cfg.sources.wifi.enabled {
+        return Vec::new();
     }
-    Vec::new()
+    vec![tokio::spawn(live::run(
+        ctx.clone(),
+        capture::LinkMode::FromDevice,
+    ))]
 }
 
 /// `storegw replay` for this source: runs `path` through the live pipeline stages, emits the
 /// events into `r`, and returns the summary line.
 pub fn replay(
-    _path: &std::path::Path,
-    _r: &mut crate::replay::Replay,
+    path: &std::path::Path,
+    r: &mut crate::replay::Replay,
 ) -> Result<serde_json::Value, String> {
-    Err("replay of this source is not built yet".into())
+    replay::run(path, r)
 }

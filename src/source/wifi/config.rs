@@ -1,0 +1,186 @@
+//! `[sources.wifi]`: every knob of the probe-request source, with defaults and validation
+//! (documented key by key in config/storegw.toml and docs/wifi.md).
+
+use crate::config::Dur;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// What to do with a class of doubtful probe requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Count it in its own counter and keep it out of every device figure.
+    Drop,
+    /// Count it and treat it like any other probe request.
+    Keep,
+}
+
+/// `[sources.wifi]` in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WifiConfig {
+    pub enabled: bool,
+    /// Monitor-mode interface to capture on (radiotap link type).
+    pub interface: String,
+    /// Attach a kernel (classic BPF) filter so only probe requests reach user space.
+    pub bpf_filter: bool,
+    /// Channels to hop over (`iw dev IFACE set channel N`); empty = stay where the interface is.
+    pub channels: Vec<u16>,
+    /// Time on each channel when hopping.
+    pub hop_dwell: Dur,
+    /// Census window length; must divide a day so windows align to midnight.
+    pub window: Dur,
+    /// A device is in the store when its strongest probe in the window reaches this (dBm).
+    pub in_store_rssi: i16,
+    /// Check the CRC of frames that carry an FCS.
+    pub verify_fcs: bool,
+    /// Frames whose FCS is bad (corrupted receptions): counted in `bad_fcs`, then this.
+    pub bad_fcs: Policy,
+    /// Source addresses with the group bit set (no real transmitter has it).
+    pub group_source: Policy,
+    /// Emit `wifi.visit` sessions (opt-in).
+    pub visits: bool,
+    /// A visit is reported only when the device stayed above `in_store_rssi` this long.
+    pub min_dwell: Dur,
+    /// A device unseen this long has left: its session closes.
+    pub session_gap: Dur,
+    /// Devices tracked at once for visits (RAM bound); more are counted, not tracked.
+    pub max_tracked_devices: usize,
+}
+
+impl Default for WifiConfig {
+    fn default() -> Self {
+        WifiConfig {
+            enabled: false,
+            interface: "wlan1".into(),
+            bpf_filter: true,
+            channels: Vec::new(),
+            hop_dwell: Dur(Duration::from_millis(500)),
+            window: Dur::secs(60),
+            in_store_rssi: -70,
+            verify_fcs: true,
+            bad_fcs: Policy::Drop,
+            group_source: Policy::Drop,
+            visits: false,
+            min_dwell: Dur::secs(120),
+            session_gap: Dur::secs(300),
+            max_tracked_devices: 20_000,
+        }
+    }
+}
+
+/// Is `ch` a channel number `iw` accepts on 2.4 or 5 GHz?
+fn valid_channel(ch: u16) -> bool {
+    (1..=14).contains(&ch) || (32..=177).contains(&ch)
+}
+
+impl WifiConfig {
+    /// Semantic checks: (dotted key path, message) pairs.
+    pub fn validate(&self, issues: &mut Vec<(String, String)>) {
+        let mut bad = |k: &str, m: String| issues.push((format!("sources.wifi.{k}"), m));
+        let ifname = &self.interface;
+        if ifname.is_empty()
+            || ifname.len() > 15
+            || ifname
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        {
+            bad(
+                "interface",
+                format!(
+                    "`{ifname}` is not a Linux interface name (1-15 characters, no / : or spaces)"
+                ),
+            );
+        }
+        for &ch in &self.channels {
+            if !valid_channel(ch) {
+                bad(
+                    "channels",
+                    format!("{ch} is not a 2.4 GHz (1-14) or 5 GHz (32-177) channel"),
+                );
+            }
+        }
+        let dwell = self.hop_dwell.0;
+        if dwell < Duration::from_millis(50) || dwell > Duration::from_secs(3600) {
+            bad("hop_dwell", "must be between 50ms and 1h".into());
+        }
+        let w = self.window.0;
+        if w < Duration::from_secs(1)
+            || w > Duration::from_secs(86_400)
+            || w.subsec_millis() != 0
+            || 86_400 % w.as_secs().max(1) != 0
+        {
+            bad(
+                "window",
+                "must be whole seconds between 1s and 24h that divide a day (e.g. 60s, 5m, 15m, 1h)"
+                    .into(),
+            );
+        }
+        if !(-120..=0).contains(&self.in_store_rssi) {
+            bad(
+                "in_store_rssi",
+                format!("{} dBm is out of range -120..0", self.in_store_rssi),
+            );
+        }
+        if self.min_dwell.0 > Duration::from_secs(86_400) {
+            bad("min_dwell", "must be at most 24h".into());
+        }
+        if self.session_gap.0 < Duration::from_secs(10)
+            || self.session_gap.0 > Duration::from_secs(86_400)
+        {
+            bad("session_gap", "must be between 10s and 24h".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_tracked_devices) {
+            bad(
+                "max_tracked_devices",
+                "must be between 1 and 1000000".into(),
+            );
+        }
+    }
+
+    /// Makes relative paths relative to the config file's directory (the source has none).
+    pub fn resolve_paths(&mut self, _base: &std::path::Path) {}
+
+    /// Census window in milliseconds.
+    pub fn window_ms(&self) -> i64 {
+        (self.window.0.as_millis() as i64).max(1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_named() {
+        let mut v = Vec::new();
+        WifiConfig::default().validate(&mut v);
+        assert!(v.is_empty(), "{v:?}");
+        let c = WifiConfig {
+            interface: "wlan0/x".into(),
+            channels: vec![6, 15],
+            hop_dwell: Dur(Duration::from_millis(10)),
+            window: Dur::secs(7),
+            in_store_rssi: 5,
+            session_gap: Dur::secs(1),
+            max_tracked_devices: 0,
+            min_dwell: Dur::secs(90_000),
+            ..WifiConfig::default()
+        };
+        c.validate(&mut v);
+        let keys: Vec<&str> = v.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sources.wifi.interface",
+                "sources.wifi.channels",
+                "sources.wifi.hop_dwell",
+                "sources.wifi.window",
+                "sources.wifi.in_store_rssi",
+                "sources.wifi.min_dwell",
+                "sources.wifi.session_gap",
+                "sources.wifi.max_tracked_devices"
+            ]
+        );
+    }
+}

@@ -1,0 +1,431 @@
+//! Footfall from pseudonymous probe sightings: `wifi.census` per window and opt-in `wifi.visit`
+//! sessions. Driven by event time only (the caller advances the clock), so replay and live
+//! capture run the same code. Only pseudonyms ever enter this module; every piece of state is
+//! dropped when the device key rotates, so nothing links across a rotation.
+
+use super::config::WifiConfig;
+use crate::event::{rfc3339_ms, Event};
+use crate::model::{WifiCensus, WifiVisit};
+use crate::privacy::suppress;
+use std::collections::{BTreeMap, HashMap};
+
+/// One accepted probe request after the privacy stage.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub ts_ms: i64,
+    /// Device pseudonym (never a raw MAC).
+    pub device: String,
+    /// Key epoch of the pseudonym.
+    pub epoch: i64,
+    /// Locally administered source address.
+    pub randomized: bool,
+    pub rssi: Option<i8>,
+}
+
+/// Empty windows emitted at most in one stretch (a replay with a day-long gap stays short).
+const MAX_EMPTY_WINDOWS: i64 = 1440;
+
+#[derive(Default)]
+struct DevWindow {
+    randomized: bool,
+    max_rssi: Option<i8>,
+}
+
+struct Window {
+    idx: i64,
+    probes: u64,
+    devices: HashMap<String, DevWindow>,
+    hist: BTreeMap<i16, u64>,
+    no_rssi: u64,
+}
+
+impl Window {
+    fn new(idx: i64) -> Window {
+        Window {
+            idx,
+            probes: 0,
+            devices: HashMap::new(),
+            hist: BTreeMap::new(),
+            no_rssi: 0,
+        }
+    }
+}
+
+struct Session {
+    last_seen: i64,
+    in_first: Option<i64>,
+    in_last: i64,
+    peak: Option<i8>,
+    probes: u64,
+    randomized: bool,
+}
+
+/// Census windows and visit sessions.
+pub struct Footfall {
+    window_ms: i64,
+    threshold: i16,
+    min_count: u32,
+    visits: bool,
+    min_dwell_ms: i64,
+    gap_ms: i64,
+    max_tracked: usize,
+    epoch: Option<i64>,
+    /// The first window not yet emitted (the open one).
+    next_idx: Option<i64>,
+    cur: Option<Window>,
+    sessions: HashMap<String, Session>,
+    /// Devices not tracked for visits because `max_tracked_devices` was reached.
+    pub untracked: u64,
+    /// `wifi.census` events produced.
+    pub census_events: u64,
+    /// `wifi.visit` events produced.
+    pub visit_events: u64,
+}
+
+/// 10 dB histogram bucket: lower bound (`-67` → `-70`).
+fn bucket(rssi: i8) -> i16 {
+    (rssi as i16).div_euclid(10) * 10
+}
+
+impl Footfall {
+    /// Aggregator for one source configuration; `min_count` is `privacy.min_count`.
+    pub fn new(cfg: &WifiConfig, min_count: u32) -> Footfall {
+        Footfall {
+            window_ms: cfg.window_ms(),
+            threshold: cfg.in_store_rssi,
+            min_count,
+            visits: cfg.visits,
+            min_dwell_ms: cfg.min_dwell.0.as_millis() as i64,
+            gap_ms: (cfg.session_gap.0.as_millis() as i64).max(1),
+            max_tracked: cfg.max_tracked_devices,
+            epoch: None,
+            next_idx: None,
+            cur: None,
+            sessions: HashMap::new(),
+            untracked: 0,
+            census_events: 0,
+            visit_events: 0,
+        }
+    }
+
+    fn in_store(&self, rssi: Option<i8>) -> bool {
+        rssi.is_some_and(|r| r as i16 >= self.threshold)
+    }
+
+    /// Feeds one sighting; closed windows and sessions go to `out`.
+    pub fn observe(&mut self, s: Sighting, out: &mut Vec<Event>) {
+        if self.epoch.is_some_and(|e| e != s.epoch) {
+            // Key rotation: close everything and forget every pseudonym of the old key.
+            self.finish(out);
+        }
+        self.epoch = Some(s.epoch);
+        self.open_at(s.ts_ms);
+        self.advance(s.ts_ms, out);
+        let in_store = self.in_store(s.rssi);
+        let open = self.next_idx.unwrap_or(0);
+        let w = self.cur.get_or_insert_with(|| Window::new(open));
+        // A sighting older than the open window (clock step, reordered capture) counts in it.
+        w.probes += 1;
+        match s.rssi {
+            Some(r) => *w.hist.entry(bucket(r)).or_default() += 1,
+            None => w.no_rssi += 1,
+        }
+        let d = w.devices.entry(s.device.clone()).or_default();
+        d.randomized |= s.randomized;
+        d.max_rssi = match (d.max_rssi, s.rssi) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if !self.visits {
+            return;
+        }
+        if let Some(sess) = self.sessions.get(&s.device) {
+            if s.ts_ms - sess.last_seen > self.gap_ms {
+                if let Some(sess) = self.sessions.remove(&s.device) {
+                    self.emit_visit(&s.device, sess, out);
+                }
+            }
+        }
+        if !self.sessions.contains_key(&s.device) && self.sessions.len() >= self.max_tracked {
+            self.untracked += 1;
+            return;
+        }
+        let sess = self.sessions.entry(s.device).or_insert(Session {
+            last_seen: s.ts_ms,
+            in_first: None,
+            in_last: s.ts_ms,
+            peak: None,
+            probes: 0,
+            randomized: s.randomized,
+        });
+        sess.last_seen = sess.last_seen.max(s.ts_ms);
+        sess.probes += 1;
+        if in_store {
+            sess.in_first.get_or_insert(s.ts_ms);
+            sess.in_last = sess.in_last.max(s.ts_ms);
+            sess.peak = Some(sess.peak.map_or(s.rssi.unwrap_or(i8::MIN), |p| {
+                p.max(s.rssi.unwrap_or(i8::MIN))
+            }));
+        }
+    }
+
+    /// Starts windowing at `now_ms` even before the first sighting, so a quiet store still
+    /// reports zero-count windows (live capture calls it once at start).
+    pub fn open_at(&mut self, now_ms: i64) {
+        self.next_idx
+            .get_or_insert(now_ms.div_euclid(self.window_ms));
+    }
+
+    /// Moves event time to `now_ms`: emits windows that ended (empty ones as zeros) and closes
+    /// sessions whose device has been gone longer than the session gap. Live capture calls it
+    /// on a timer.
+    pub fn advance(&mut self, now_ms: i64, out: &mut Vec<Event>) {
+        let idx = now_ms.div_euclid(self.window_ms);
+        let Some(next) = self.next_idx else { return };
+        if idx <= next {
+            return;
+        }
+        match self.cur.take() {
+            Some(w) => self.emit_census(w, out),
+            None => self.emit_census(Window::new(next), out),
+        }
+        for i in (next + 1).max(idx - MAX_EMPTY_WINDOWS)..idx {
+            self.emit_census(Window::new(i), out);
+        }
+        self.next_idx = Some(idx);
+        if self.visits {
+            let gap = self.gap_ms;
+            let gone: Vec<String> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| now_ms - s.last_seen > gap)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                if let Some(s) = self.sessions.remove(&k) {
+                    self.emit_visit(&k, s, out);
+                }
+            }
+        }
+    }
+
+    /// Emits the open window and every qualifying session, and forgets all state (end of a
+    /// replay, shutdown, key rotation).
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        if let Some(w) = self.cur.take() {
+            self.emit_census(w, out);
+        }
+        self.next_idx = None;
+        let mut all: Vec<(String, Session)> = self.sessions.drain().collect();
+        all.sort_by_key(|(_, s)| s.last_seen);
+        for (k, s) in all {
+            self.emit_visit(&k, s, out);
+        }
+        self.epoch = None;
+    }
+
+    fn emit_census(&mut self, w: Window, out: &mut Vec<Event>) {
+        let k = self.min_count;
+        let devices = w.devices.len() as u64;
+        let randomized = w.devices.values().filter(|d| d.randomized).count() as u64;
+        let in_store = w
+            .devices
+            .values()
+            .filter(|d| self.in_store(d.max_rssi))
+            .count() as u64;
+        let (devices_s, s1) = suppress(devices, k);
+        // Below k devices every figure is withheld, so none can single a device out.
+        let all_hidden = s1;
+        let sup = |n: u64| -> (u64, bool) {
+            if all_hidden {
+                (0, n > 0)
+            } else {
+                suppress(n, k)
+            }
+        };
+        let (probes, s0) = sup(w.probes);
+        let (randomized, s2) = sup(randomized);
+        let passer_raw = devices.saturating_sub(in_store);
+        let (in_store, s3) = sup(in_store);
+        let (passer_by, s4) = sup(passer_raw);
+        let mut suppressed = s0 || s1 || s2 || s3 || s4;
+        let mut hist = BTreeMap::new();
+        for (b, n) in w
+            .hist
+            .iter()
+            .map(|(b, n)| (b.to_string(), *n))
+            .chain((w.no_rssi > 0).then(|| ("none".to_string(), w.no_rssi)))
+        {
+            let (n, s) = sup(n);
+            suppressed |= s;
+            hist.insert(b, n);
+        }
+        let start = w.idx * self.window_ms;
+        let share = if devices_s > 0 {
+            (randomized as f64 / devices_s as f64 * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        };
+        out.push(Event::new(
+            "wifi.census",
+            start + self.window_ms,
+            &WifiCensus {
+                window_start: rfc3339_ms(start),
+                window_s: (self.window_ms / 1000) as u32,
+                probe_requests: probes,
+                devices: devices_s,
+                randomized,
+                randomized_share: share.min(1.0),
+                in_store,
+                passer_by,
+                rssi_threshold_dbm: self.threshold,
+                rssi_histogram: hist,
+                suppressed,
+            },
+        ));
+        self.census_events += 1;
+    }
+
+    fn emit_visit(&mut self, device: &str, s: Session, out: &mut Vec<Event>) {
+        let (Some(first), Some(peak)) = (s.in_first, s.peak) else {
+            return; // never in the store: a passer-by, forgotten here
+        };
+        let dwell = s.in_last - first;
+        if dwell < self.min_dwell_ms {
+            return;
+        }
+        out.push(Event::new(
+            "wifi.visit",
+            s.in_last,
+            &WifiVisit {
+                device: device.to_string(),
+                first_seen: rfc3339_ms(first),
+                last_seen: rfc3339_ms(s.in_last),
+                dwell_s: dwell as f64 / 1000.0,
+                peak_rssi: peak as i16,
+                probe_requests: s.probes,
+                randomized: s.randomized,
+            },
+        ));
+        self.visit_events += 1;
+    }
+
+    /// Devices currently held for visit sessions (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Dur;
+
+    fn cfg(visits: bool) -> WifiConfig {
+        WifiConfig {
+            visits,
+            min_dwell: Dur::secs(60),
+            session_gap: Dur::secs(120),
+            ..WifiConfig::default()
+        }
+    }
+
+    fn s(ts: i64, dev: &str, rssi: Option<i8>, epoch: i64) -> Sighting {
+        Sighting {
+            ts_ms: ts,
+            device: dev.into(),
+            epoch,
+            randomized: dev.starts_with('r'),
+            rssi,
+        }
+    }
+
+    #[test]
+    fn census_counts_and_histogram() {
+        let mut f = Footfall::new(&cfg(false), 1);
+        let mut out = Vec::new();
+        let t0 = 1_700_000_040_000; // a window boundary (divisible by 60 s)
+        f.observe(s(t0 + 1000, "a", Some(-60), 1), &mut out);
+        f.observe(s(t0 + 2000, "a", Some(-75), 1), &mut out);
+        f.observe(s(t0 + 3000, "r1", Some(-85), 1), &mut out);
+        f.observe(s(t0 + 4000, "r2", None, 1), &mut out);
+        assert!(out.is_empty());
+        f.advance(t0 + 60_000, &mut out);
+        assert_eq!(out.len(), 1);
+        let c = &out[0].body;
+        assert_eq!(c["probe_requests"], 4);
+        assert_eq!(c["devices"], 3);
+        assert_eq!(c["randomized"], 2);
+        assert_eq!(c["in_store"], 1);
+        assert_eq!(c["passer_by"], 2);
+        assert_eq!(c["randomized_share"], 0.667);
+        assert_eq!(c["rssi_histogram"]["-60"], 1);
+        assert_eq!(c["rssi_histogram"]["-80"], 1);
+        assert_eq!(c["rssi_histogram"]["-90"], 1);
+        assert_eq!(c["rssi_histogram"]["none"], 1);
+        assert_eq!(c["window_s"], 60);
+        assert_eq!(c["suppressed"], false);
+        // Two empty windows later, then data: the empties are reported as zeros.
+        f.observe(s(t0 + 185_000, "a", Some(-50), 1), &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].body["devices"], 0);
+    }
+
+    #[test]
+    fn k_suppression_hides_small_windows() {
+        let mut f = Footfall::new(&cfg(false), 3);
+        let mut out = Vec::new();
+        f.observe(s(0, "a", Some(-60), 1), &mut out);
+        f.observe(s(10, "b", Some(-60), 1), &mut out);
+        f.finish(&mut out);
+        let c = &out[0].body;
+        assert_eq!(c["devices"], 0);
+        assert_eq!(c["probe_requests"], 0);
+        assert_eq!(c["in_store"], 0);
+        assert_eq!(c["rssi_histogram"]["-60"], 0);
+        assert_eq!(c["suppressed"], true);
+    }
+
+    #[test]
+    fn visits_only_for_in_store_devices_with_min_dwell() {
+        let mut f = Footfall::new(&cfg(true), 1);
+        let mut out = Vec::new();
+        // "a" in store 0..90 s; "p" passer-by (weak); "b" in store only 30 s.
+        for t in (0..=90).step_by(10) {
+            f.observe(s(t * 1000, "a", Some(-55), 1), &mut out);
+            f.observe(s(t * 1000, "p", Some(-85), 1), &mut out);
+        }
+        f.observe(s(5_000, "b", Some(-50), 1), &mut out);
+        f.observe(s(35_000, "b", Some(-52), 1), &mut out);
+        // Long silence closes the sessions.
+        f.advance(400_000, &mut out);
+        let visits: Vec<_> = out.iter().filter(|e| e.kind == "wifi.visit").collect();
+        assert_eq!(visits.len(), 1);
+        let v = &visits[0].body;
+        assert_eq!(v["device"], "a");
+        assert_eq!(v["dwell_s"], 90.0);
+        assert_eq!(v["peak_rssi"], -55);
+        assert_eq!(v["probe_requests"], 10);
+        assert_eq!(f.tracked(), 0);
+    }
+
+    #[test]
+    fn gap_splits_sessions_and_rotation_forgets() {
+        let mut f = Footfall::new(&cfg(true), 1);
+        let mut out = Vec::new();
+        for t in [0, 30, 70] {
+            f.observe(s(t * 1000, "a", Some(-50), 1), &mut out);
+        }
+        // 200 s gap > 120 s session gap: the first session closes, a new one starts.
+        for t in [270, 300, 340] {
+            f.observe(s(t * 1000, "a", Some(-50), 1), &mut out);
+        }
+        let n = out.iter().filter(|e| e.kind == "wifi.visit").count();
+        assert_eq!(n, 1);
+        // Key epoch changes: the open session and window are closed and forgotten.
+        f.observe(s(345_000, "a2", Some(-50), 2), &mut out);
+        let n = out.iter().filter(|e| e.kind == "wifi.visit").count();
+        assert_eq!(n, 2);
+        assert_eq!(f.tracked(), 1);
+    }
+}

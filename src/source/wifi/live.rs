@@ -1,0 +1,197 @@
+//! The live Wi-Fi task: capture socket → [`Pipeline`] → spool channel, a one-second timer that
+//! advances event time (so quiet windows are still reported), channel hopping, and recovery
+//! when the adapter disappears (retried every 10 s, visible in status).
+
+use super::capture::{Capture, CaptureError, LinkMode};
+use super::config::WifiConfig;
+use super::pipeline::{Pipeline, Stats};
+use crate::event::{now_ms, Event};
+use crate::ops::{metrics, status};
+use crate::source::SourceContext;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const RETRY: Duration = Duration::from_secs(10);
+/// Frames longer than this are cut (probe requests are a few hundred bytes).
+const SNAP: usize = 4096;
+
+/// Runs until shutdown: opens the interface, captures, retries on failure.
+pub async fn run(ctx: SourceContext, mode: LinkMode) {
+    let cfg = ctx.cfg.sources.wifi.clone();
+    let mut stop = ctx.shutdown.clone();
+    let mut p = Pipeline::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone(), false);
+    p.footfall.open_at(now_ms());
+    let mut reported = Stats::default();
+    loop {
+        status::set_source(
+            "wifi",
+            "starting",
+            Some(format!("opening {}", cfg.interface)),
+        );
+        let err = match Capture::open(&cfg.interface, mode, cfg.bpf_filter) {
+            Ok(cap) => {
+                status::set_source(
+                    "wifi",
+                    "running",
+                    Some(format!("capturing on {}", cfg.interface)),
+                );
+                tracing::info!(
+                    interface = %cfg.interface,
+                    linktype = cap.linktype,
+                    bpf = cfg.bpf_filter,
+                    "wifi capture started"
+                );
+                let hop = (!cfg.channels.is_empty()).then(|| tokio::spawn(hop(cfg.clone())));
+                let r = capture_loop(&ctx, &cap, &mut p, &mut reported).await;
+                if let Some(h) = hop {
+                    h.abort();
+                }
+                match r {
+                    Ok(()) => return, // shutdown
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        tracing::error!(interface = %cfg.interface, "{msg}");
+        status::set_source("wifi", "failed", Some(msg));
+        // Keep the windows ticking while the adapter is away.
+        let until = tokio::time::Instant::now() + RETRY;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let mut out = Vec::new();
+                    p.advance(now_ms(), &mut out);
+                    send(&ctx.tx, out).await;
+                }
+                _ = stopped(&mut stop) => {
+                    finish(&ctx, &mut p).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when shutdown is signalled (or the sender is gone).
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn finish(ctx: &SourceContext, p: &mut Pipeline) {
+    let mut out = Vec::new();
+    p.finish(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(2), send(&ctx.tx, out)).await;
+    status::set_source("wifi", "stopped", None);
+}
+
+async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
+    for e in out {
+        if tx.send(e).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Publishes counter increments since the last call.
+fn report(s: &Stats, last: &mut Stats) {
+    let m = metrics::global();
+    for (name, now, before) in [
+        ("storegw_wifi_frames_total", s.frames, last.frames),
+        (
+            "storegw_wifi_probe_requests_total",
+            s.probe_requests,
+            last.probe_requests,
+        ),
+        ("storegw_wifi_accepted_total", s.accepted, last.accepted),
+        ("storegw_wifi_malformed_total", s.malformed, last.malformed),
+        ("storegw_wifi_bad_fcs_total", s.bad_fcs, last.bad_fcs),
+        (
+            "storegw_wifi_group_source_total",
+            s.group_source,
+            last.group_source,
+        ),
+    ] {
+        if now > before {
+            m.count(name, "", now - before);
+        }
+    }
+    *last = *s;
+}
+
+/// Reads frames until shutdown (`Ok`) or a socket error (`Err`).
+async fn capture_loop(
+    ctx: &SourceContext,
+    cap: &Capture,
+    p: &mut Pipeline,
+    reported: &mut Stats,
+) -> Result<(), CaptureError> {
+    let mut stop = ctx.shutdown.clone();
+    let mut buf = vec![0u8; SNAP];
+    let mut out = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = cap.recv(&mut buf) => {
+                let mut r = Some(r?);
+                let now = now_ms();
+                // Drain what is queued before yielding, up to a bound.
+                let mut n = 0;
+                while let Some(got) = r {
+                    let data = buf.get(..got.len).unwrap_or(&[]);
+                    p.frame(cap.linktype, data, got.cut, now, &mut out);
+                    n += 1;
+                    r = if n < 256 { cap.try_recv(&mut buf)? } else { None };
+                }
+                send(&ctx.tx, std::mem::take(&mut out)).await;
+            }
+            _ = tick.tick() => {
+                p.advance(now_ms(), &mut out);
+                send(&ctx.tx, std::mem::take(&mut out)).await;
+                report(&p.stats, reported);
+                if p.stats.frames > 0 {
+                    status::source_input("wifi");
+                }
+            }
+            _ = stopped(&mut stop) => {
+                report(&p.stats, reported);
+                finish(ctx, p).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Channel hopping through `iw` (nl80211 from Rust would need a netlink implementation;
+/// `iw` is in every distribution and already needed to set monitor mode).
+async fn hop(cfg: WifiConfig) {
+    let mut warned = false;
+    loop {
+        for &ch in &cfg.channels {
+            let iface = cfg.interface.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("iw")
+                    .args(["dev", &iface, "set", "channel", &ch.to_string()])
+                    .output()
+            })
+            .await;
+            let failed = match r {
+                Ok(Ok(o)) if o.status.success() => None,
+                Ok(Ok(o)) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                Ok(Err(e)) => Some(format!("cannot run iw: {e}")),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = failed {
+                if !warned {
+                    tracing::warn!(interface = %cfg.interface, channel = ch, "channel hop failed: {why}");
+                    status::set_source("wifi", "degraded", Some(format!("channel hopping: {why}")));
+                    warned = true;
+                }
+            }
+            tokio::time::sleep(cfg.hop_dwell.0).await;
+        }
+    }
+}
