@@ -1,6 +1,10 @@
 //! The ble feed (see the issue for this source). NOT BUILT YET: configuration accepted, source
 //! reports itself as failed when enabled.
 
+pub mod adv;
+pub mod btsnoop;
+pub mod input;
+
 use crate::source::SourceContext;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
