@@ -1,28 +1,19 @@
-//! The ble feed (see the issue for this source). NOT BUILT YET: configuration accepted, source
-//! reports itself as failed when enabled.
+//! The BLE beacon source: decodes advertisements (live from BlueZ, or replayed from btsnoop
+//! logs), pseudonymizes addresses, and aggregates sightings, presence and census counts.
+//!
+//! One module per concept: `adv` (pure decoders), `btsnoop` and `input` (recorded input),
+//! `aggregate` (windows and sessions), `scan` (btleplug and the watchdog), `config`.
 
 pub mod adv;
+pub mod aggregate;
 pub mod btsnoop;
+pub mod config;
 pub mod input;
 
+pub use config::BleConfig;
+
 use crate::source::SourceContext;
-use serde::Deserialize;
 use tokio::task::JoinHandle;
-
-/// `[sources.ble]` in the configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BleConfig {
-    pub enabled: bool,
-}
-
-impl BleConfig {
-    /// Semantic checks: (dotted key path, message) pairs.
-    pub fn validate(&self, _issues: &mut Vec<(String, String)>) {}
-
-    /// Makes relative paths relative to the config file's directory.
-    pub fn resolve_paths(&mut self, _base: &std::path::Path) {}
-}
 
 /// Starts the source's tasks when enabled.
 pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
