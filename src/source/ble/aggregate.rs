@@ -344,7 +344,8 @@ impl Aggregator {
             }
             self.pending_tlm.insert(pseudonym.clone(), t);
         }
-        if self.cfg.census {
+        // Scan responses and other frames of a known beacon are not "other devices".
+        if self.cfg.census && !self.addr_beacon.contains_key(&pseudonym) {
             self.census_adverts += 1;
             let public = rep.addr_type % 2 == 0;
             if let Some(c) = a.company {
