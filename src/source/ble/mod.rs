@@ -9,18 +9,33 @@ pub mod aggregate;
 pub mod btsnoop;
 pub mod config;
 pub mod input;
+#[cfg(feature = "ble-live")]
+pub mod scan;
 
 pub use config::BleConfig;
 
 use crate::source::SourceContext;
 use tokio::task::JoinHandle;
 
-/// Starts the source's tasks when enabled.
+/// Starts the scanner when enabled. It must run inside the tokio runtime; failures to reach
+/// BlueZ are reported in status and retried, never returned.
 pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
-    if ctx.cfg.sources.ble.enabled {
-        crate::ops::status::set_source("ble", "failed", Some("not built yet".into()));
+    if !ctx.cfg.sources.ble.enabled {
+        return Vec::new();
     }
-    Vec::new()
+    #[cfg(feature = "ble-live")]
+    {
+        vec![tokio::spawn(scan::run(ctx.clone()))]
+    }
+    #[cfg(not(feature = "ble-live"))]
+    {
+        crate::ops::status::set_source(
+            "ble",
+            "failed",
+            Some("built without the ble-live feature: live scanning unavailable".into()),
+        );
+        Vec::new()
+    }
 }
 
 /// `storegw replay --ble FILE`: runs a btsnoop log or JSON lines of reports through the same
