@@ -17,10 +17,10 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// BlueZ splits one advertisement into several property signals: signals of one device closer
-/// than this are one advertisement (no BLE device advertises faster than every 20 ms).
-const COALESCE: Duration = Duration::from_millis(15);
-/// Bound of the per-device coalescing map (RAM only; cleared when exceeded).
+/// BlueZ splits one advertisement into several property signals: signals of one device within
+/// this are one advertisement (no BLE device advertises faster than every 20 ms).
+const COALESCE: Duration = Duration::from_millis(10);
+/// Bound of the per-device map (RAM only; cleared when exceeded).
 const MAX_TRACKED: usize = 20_000;
 
 /// Why a scanning session ended.
@@ -169,6 +169,39 @@ async fn send_all(ctx: &SourceContext, out: &mut Vec<Event>) -> bool {
     true
 }
 
+/// What the scanner remembers of a device between BlueZ signals (RAM only, source stage).
+struct Dev {
+    addr: [u8; 6],
+    addr_type: u8,
+    rssi: Option<i16>,
+    tx_power: Option<i16>,
+    mfg: HashMap<u16, Vec<u8>>,
+    svc: HashMap<u128, Vec<u8>>,
+    /// First signal of an advertisement not yet passed on.
+    pending: Option<Instant>,
+}
+
+async fn fetch(adapter: &Adapter, id: &PeripheralId) -> Option<Dev> {
+    let p = adapter.peripheral(id).await.ok()?;
+    let props = p.properties().await.ok()??;
+    Some(Dev {
+        addr: props.address.into_inner(),
+        addr_type: match props.address_type {
+            Some(AddressType::Public) => 0,
+            _ => 1,
+        },
+        rssi: props.rssi,
+        tx_power: props.tx_power_level,
+        mfg: props.manufacturer_data,
+        svc: props
+            .service_data
+            .into_iter()
+            .map(|(u, d)| (u.as_u128(), d))
+            .collect(),
+        pending: None,
+    })
+}
+
 /// One scanning session on an open adapter, until shutdown or the watchdog gives up on it.
 async fn session(
     ctx: &SourceContext,
@@ -183,10 +216,12 @@ async fn session(
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(COALESCE);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stall = cfg.stall_timeout.0;
     let mut last_advert = Instant::now();
     let mut scan_restarted = false;
-    let mut recent: HashMap<PeripheralId, Instant> = HashMap::new();
+    let mut devs: HashMap<PeripheralId, Dev> = HashMap::new();
     let mut ad = Vec::with_capacity(64);
     let mut out = Vec::new();
     loop {
@@ -195,56 +230,71 @@ async fn session(
                 let Some(ev) = ev else {
                     return End::Reopen("adapter event stream ended".into());
                 };
-                let (id, rssi_now) = match ev {
-                    CentralEvent::DeviceDiscovered(id) => (id, None),
-                    CentralEvent::RssiUpdate { id, rssi } => (id, Some(rssi)),
-                    CentralEvent::ManufacturerDataAdvertisement { id, .. } => (id, None),
-                    CentralEvent::ServiceDataAdvertisement { id, .. } => (id, None),
+                let id = match &ev {
+                    CentralEvent::DeviceDiscovered(id)
+                    | CentralEvent::RssiUpdate { id, .. }
+                    | CentralEvent::ManufacturerDataAdvertisement { id, .. }
+                    | CentralEvent::ServiceDataAdvertisement { id, .. } => id.clone(),
                     CentralEvent::StateUpdate(s) => {
                         tracing::info!(state = ?s, "BLE adapter state");
                         continue;
                     }
                     _ => continue,
                 };
+                if !devs.contains_key(&id) {
+                    if devs.len() >= MAX_TRACKED {
+                        devs.clear();
+                    }
+                    let Some(d) = fetch(adapter, &id).await else { continue };
+                    devs.insert(id.clone(), d);
+                }
+                let Some(d) = devs.get_mut(&id) else { continue };
+                match ev {
+                    CentralEvent::RssiUpdate { rssi, .. } => d.rssi = Some(rssi),
+                    CentralEvent::ManufacturerDataAdvertisement { manufacturer_data, .. } => {
+                        d.mfg.extend(manufacturer_data)
+                    }
+                    CentralEvent::ServiceDataAdvertisement { service_data, .. } => d
+                        .svc
+                        .extend(service_data.into_iter().map(|(u, v)| (u.as_u128(), v))),
+                    _ => {}
+                }
+                d.pending.get_or_insert_with(Instant::now);
+            }
+            _ = flush.tick() => {
                 let now = Instant::now();
-                if recent.get(&id).is_some_and(|t| now.duration_since(*t) < COALESCE) {
-                    continue;
+                let mut any = false;
+                for d in devs.values_mut() {
+                    match d.pending {
+                        Some(t) if now.duration_since(t) >= COALESCE / 2 => d.pending = None,
+                        _ => continue,
+                    }
+                    let mut svc: Vec<(u128, &[u8])> =
+                        d.svc.iter().map(|(u, v)| (*u, v.as_slice())).collect();
+                    svc.sort_by_key(|(u, _)| *u);
+                    synthesize_ad(&d.mfg, &svc, d.tx_power, &mut ad);
+                    let rep = Report {
+                        addr: d.addr,
+                        addr_type: d.addr_type,
+                        event_type: 0,
+                        rssi: d.rssi.and_then(|r| i8::try_from(r).ok()).filter(|r| *r != 127),
+                        tx_power: None,
+                        data: &ad,
+                    };
+                    agg.push(now_ms(), &rep, &mut out);
+                    crate::ops::metrics::global().count("storegw_ble_advertisements_total", "", 1);
+                    any = true;
                 }
-                if recent.len() > MAX_TRACKED {
-                    recent.clear();
-                }
-                recent.insert(id.clone(), now);
-                let Ok(p) = adapter.peripheral(&id).await else { continue };
-                let Ok(Some(props)) = p.properties().await else { continue };
-                let rssi = rssi_now.or(props.rssi);
-                let mut svc: Vec<(u128, &[u8])> = props
-                    .service_data
-                    .iter()
-                    .map(|(u, d)| (u.as_u128(), d.as_slice()))
-                    .collect();
-                svc.sort_by_key(|(u, _)| *u);
-                synthesize_ad(&props.manufacturer_data, &svc, props.tx_power_level, &mut ad);
-                let rep = Report {
-                    addr: props.address.into_inner(),
-                    addr_type: match props.address_type {
-                        Some(AddressType::Public) => 0,
-                        _ => 1,
-                    },
-                    event_type: 0,
-                    rssi: rssi.and_then(|r| i8::try_from(r).ok()).filter(|r| *r != 127),
-                    tx_power: None,
-                    data: &ad,
-                };
-                agg.push(now_ms(), &rep, &mut out);
-                last_advert = now;
-                if scan_restarted {
-                    scan_restarted = false;
-                    status::set_source("ble", "running", None);
-                }
-                status::source_input("ble");
-                crate::ops::metrics::global().count("storegw_ble_advertisements_total", "", 1);
-                if !send_all(ctx, &mut out).await {
-                    return End::Shutdown;
+                if any {
+                    last_advert = now;
+                    if scan_restarted {
+                        scan_restarted = false;
+                        status::set_source("ble", "running", None);
+                    }
+                    status::source_input("ble");
+                    if !send_all(ctx, &mut out).await {
+                        return End::Shutdown;
+                    }
                 }
             }
             _ = tick.tick() => {
