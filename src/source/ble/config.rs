@@ -133,8 +133,8 @@ impl BleConfig {
                     && a.altbeacon_id1.is_empty()
                 {
                     bad(
-                        "allowlist",
-                        "known_beacons = \"allowlist\" but the allowlist is empty".into(),
+                        "known_beacons",
+                        "is \"allowlist\" but [sources.ble.allowlist] is empty".into(),
                     );
                 }
             }
