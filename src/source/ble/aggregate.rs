@@ -342,7 +342,10 @@ impl Aggregator {
                 }
                 return;
             }
-            self.pending_tlm.insert(pseudonym.clone(), t);
+            // Telemetry belongs to a beacon whose identity frame comes separately: held for
+            // it, and not counted as another device (its identity frames are, if not known).
+            self.pending_tlm.insert(pseudonym, t);
+            return;
         }
         // Scan responses and other frames of a known beacon are not "other devices".
         if self.cfg.census && !self.addr_beacon.contains_key(&pseudonym) {
@@ -668,5 +671,60 @@ mod tests {
         assert_eq!(kinds, ["ble.presence", "ble.sighting", "ble.census"]);
         assert_eq!(out[1].body["beacon"]["major"], 1);
         assert_eq!(out[2].body["devices"], 1);
+    }
+
+    fn uid_ad() -> Vec<u8> {
+        let mut v = vec![0x03, 0x03, 0xAA, 0xFE, 0x17, 0x16, 0xAA, 0xFE, 0x00, 0xE3];
+        v.extend_from_slice(&[0x12; 10]);
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0]);
+        v
+    }
+
+    fn tlm_ad() -> Vec<u8> {
+        let h = "0303aafe1116aafe20000b1813000000146700002ac4";
+        let mut v = Vec::new();
+        assert!(adv::hex_decode(h, &mut v));
+        v
+    }
+
+    #[test]
+    fn tlm_attaches_to_the_beacon_of_the_same_address() {
+        let mut a = agg(BleConfig::default());
+        let mut out = Vec::new();
+        let t0 = 1_700_000_000_000;
+        // TLM before the identity frame, then UID: attached once the identity is known.
+        a.push(t0, &rep(7, -60, &tlm_ad()), &mut out);
+        a.push(t0 + 100, &rep(7, -60, &uid_ad()), &mut out);
+        a.flush(t0 + 200, &mut out);
+        let s: Vec<_> = out.iter().filter(|e| e.kind == "ble.sighting").collect();
+        assert_eq!(s.len(), 1);
+        let b = &s[0].body;
+        assert_eq!(b["beacon"]["type"], "eddystone_uid");
+        assert_eq!(b["beacon"]["namespace"], "12121212121212121212");
+        assert_eq!(b["beacon"]["instance"], "000000000001");
+        assert_eq!(b["telemetry"]["battery_mv"], 2840);
+        assert_eq!(b["telemetry"]["temperature_c"], 19.0);
+        assert_eq!(b["telemetry"]["uptime_s"], 1094.8);
+        assert_eq!(b["telemetry"]["encrypted"], false);
+        // Eddystone: -29 dBm at 0 m is -70 at 1 m; RSSI -60 is closer than 1 m.
+        assert_eq!(b["tx_power"], -29);
+        assert!(b["distance_m"].as_f64().unwrap_or(9.0) < 1.0);
+        assert!(out.iter().all(|e| e.kind != "ble.census"), "TLM of a beacon is no census");
+    }
+
+    #[test]
+    fn key_rotation_forgets_addresses() {
+        let d = Arc::new(DevicePseudonymizer::new(Duration::from_secs(3600), 8));
+        let mut a = Aggregator::new(&BleConfig::default(), 1, d.clone());
+        let mut out = Vec::new();
+        let t0 = 1_700_000_000_000;
+        a.push(t0, &rep(7, -60, &uid_ad()), &mut out);
+        assert_eq!(a.addr_beacon.len(), 1);
+        // The next key epoch: the TLM can no longer be linked to the earlier identity frame.
+        let t1 = t0 + 3_600_000;
+        assert_eq!(d.epoch_of(t1), d.epoch_of(t0) + 1);
+        a.push(t1, &rep(7, -60, &tlm_ad()), &mut out);
+        assert!(a.addr_beacon.is_empty());
+        assert_eq!(a.pending_tlm.len(), 1);
     }
 }
