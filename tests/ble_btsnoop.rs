@@ -77,14 +77,20 @@ fn reproduces_shared_report_lists() -> TestResult {
     for (i, name) in LOGS.iter().enumerate() {
         let log = dir.join("ble/hci").join(name);
         let (rows, records, truncated) = read_log(&log);
-        let want = expected(&dir.join("ble/hci").join(format!("{name}.adv_reports.jsonl")));
+        let want = expected(
+            &dir.join("ble/hci")
+                .join(format!("{name}.adv_reports.jsonl")),
+        );
         assert_eq!(records, want_records[i], "{name}: records");
         assert_eq!(truncated, 0, "{name}");
         assert_eq!(rows.len(), want_reports[i], "{name}: reports");
         assert_eq!(rows.len(), want.len());
         for (got, exp) in rows.iter().zip(&want) {
             // ts in the list is a float of seconds: allow its rounding.
-            assert!((got.ts_us - exp.ts_us).abs() <= 1, "{name}: {got:?} vs {exp:?}");
+            assert!(
+                (got.ts_us - exp.ts_us).abs() <= 1,
+                "{name}: {got:?} vs {exp:?}"
+            );
             let got = Row {
                 ts_us: exp.ts_us,
                 ..got.clone()
@@ -108,7 +114,9 @@ fn json_lines_input_gives_the_same_reports() -> TestResult {
         assert_eq!(st.truncated + st.bad_reports, 0);
         assert!(st.skipped > 0 && st.skipped < st.records);
         let mut from_json = Vec::new();
-        let js = dir.join("ble/hci").join(format!("{name}.adv_reports.jsonl"));
+        let js = dir
+            .join("ble/hci")
+            .join(format!("{name}.adv_reports.jsonl"));
         let st = input::for_each_report(&js, None, |ts, r| {
             from_json.push((ts, r.addr, r.addr_type, r.rssi, r.data.to_vec()))
         })?;
@@ -146,7 +154,9 @@ fn truncated_log_is_counted_not_fatal() -> TestResult {
     // Garbage is refused with a clear error, not a panic.
     let p = tmp.path().join("garbage.bin");
     std::fs::write(&p, b"\x00\x01\x02 not a log")?;
-    let err = input::for_each_report(&p, None, |_, _| {}).err().unwrap_or_default();
+    let err = input::for_each_report(&p, None, |_, _| {})
+        .err()
+        .unwrap_or_default();
     assert!(err.contains("neither a btsnoop log"), "{err}");
     Ok(())
 }
@@ -165,7 +175,10 @@ fn yeelock_ibeacon_fields() -> TestResult {
             tx_power,
         }) = adv::decode(r.data).frame
         {
-            assert_eq!(adv::uuid_string(&uuid), "fda50693-a4e2-4fb1-afcf-c6eb07647825");
+            assert_eq!(
+                adv::uuid_string(&uuid),
+                "fda50693-a4e2-4fb1-afcf-c6eb07647825"
+            );
             assert_eq!((major, minor, tx_power), (5, 6, -80));
             seen += 1;
         }

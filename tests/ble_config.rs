@@ -29,7 +29,8 @@ fn shipped_file_lists_every_ble_key_with_its_default() {
         .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !k.is_empty())
     {
         assert!(
-            section.contains(&format!("\n{field} =")) || section.contains(&format!("[sources.ble.{field}]")),
+            section.contains(&format!("\n{field} ="))
+                || section.contains(&format!("[sources.ble.{field}]")),
             "key {field} not documented in [sources.ble]"
         );
     }

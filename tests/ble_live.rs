@@ -173,7 +173,8 @@ async fn dbusmock_beacon_is_published_as_sighting() -> TestResult {
             .flat_map(|p| p["events"].as_array().cloned().unwrap_or_default())
             .find(|e| e["kind"] == "ble.sighting");
     }
-    let s = sighting.ok_or_else(|| format!("no ble.sighting published; log:\n{}", gw.log_text()))?;
+    let s =
+        sighting.ok_or_else(|| format!("no ble.sighting published; log:\n{}", gw.log_text()))?;
     assert_eq!(s["beacon"]["type"], "ibeacon");
     assert_eq!(s["beacon"]["uuid"], "fda50693-a4e2-4fb1-afcf-c6eb07647825");
     assert_eq!(s["beacon"]["major"], 5);
@@ -189,7 +190,12 @@ async fn dbusmock_beacon_is_published_as_sighting() -> TestResult {
         assert!(errs.is_empty(), "{errs:?}");
         text.push_str(&p.to_string());
     }
-    for form in [BEACON_ADDR, "c0:11:22:33:44:55", "C0_11_22_33_44_55", "c01122334455"] {
+    for form in [
+        BEACON_ADDR,
+        "c0:11:22:33:44:55",
+        "C0_11_22_33_44_55",
+        "c01122334455",
+    ] {
         assert!(
             !text.to_lowercase().contains(&form.to_lowercase()),
             "{form} leaked"
@@ -242,7 +248,12 @@ async fn missing_bluez_fails_the_source_not_the_daemon() -> TestResult {
     let nobus = format!("unix:path={}", dir.path().join("nobus").display());
     let mut gw = start_gateway(&cfg, &dir.path().join("gw.log"), &nobus)?;
     let got = sub.wait_for(20, Duration::from_secs(30)).await;
-    assert_eq!(got, 20, "other sources keep running; log:\n{}", gw.log_text());
+    assert_eq!(
+        got,
+        20,
+        "other sources keep running; log:\n{}",
+        gw.log_text()
+    );
     let until = Instant::now() + Duration::from_secs(15);
     let mut state = String::new();
     while Instant::now() < until && state != "failed" {

@@ -183,8 +183,13 @@ async fn no_raw_address_leaves_the_ble_stage() -> TestResult {
         captured.push_str(&stderr);
     }
     assert!(published > 0);
-    let got = sub.wait_for(published as usize, Duration::from_secs(30)).await;
-    assert_eq!(got as u64, published, "every replayed event reached the broker");
+    let got = sub
+        .wait_for(published as usize, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        got as u64, published,
+        "every replayed event reached the broker"
+    );
     {
         let r = sub.got.lock().map_err(|_| "poisoned")?;
         for p in r.payloads.iter().chain(r.status.iter()) {
@@ -192,7 +197,10 @@ async fn no_raw_address_leaves_the_ble_stage() -> TestResult {
         }
     }
     for f in &forms {
-        assert!(!captured.contains(f.as_str()), "raw address form {f} leaked");
+        assert!(
+            !captured.contains(f.as_str()),
+            "raw address form {f} leaked"
+        );
     }
     let mut files = Vec::new();
     files_under(&dir.path().join("state"), &mut files);

@@ -56,9 +56,19 @@ fn beacontools_vectors() -> TestResult {
                 .and_then(|o| o.iter().find(|(k, _)| k.starts_with("layout_by_spec")))
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default();
-            assert_eq!(r.addr_string(), layout["addr"].as_str().unwrap_or(""), "{src}");
-            assert_eq!(r.addr_type as i64, layout["addr_type"].as_i64().unwrap_or(-1));
-            assert_eq!(r.event_type as i64, layout["event_type"].as_i64().unwrap_or(-1));
+            assert_eq!(
+                r.addr_string(),
+                layout["addr"].as_str().unwrap_or(""),
+                "{src}"
+            );
+            assert_eq!(
+                r.addr_type as i64,
+                layout["addr_type"].as_i64().unwrap_or(-1)
+            );
+            assert_eq!(
+                r.event_type as i64,
+                layout["event_type"].as_i64().unwrap_or(-1)
+            );
             assert_eq!(lower_hex(r.data), layout["ad_hex"].as_str().unwrap_or(""));
             assert_eq!(
                 r.rssi.map(|x| x as i64),
@@ -121,8 +131,14 @@ fn beacontools_vectors() -> TestResult {
                     if let Some(x) = e["temperature_approx"].as_f64() {
                         assert_eq!(temp.round(), x, "{src}");
                     }
-                    assert_eq!(t.adv_count as i64, e["advertising_count"].as_i64().unwrap_or(-1));
-                    assert_eq!(t.sec_count as i64, e["seconds_since_boot"].as_i64().unwrap_or(-1));
+                    assert_eq!(
+                        t.adv_count as i64,
+                        e["advertising_count"].as_i64().unwrap_or(-1)
+                    );
+                    assert_eq!(
+                        t.sec_count as i64,
+                        e["seconds_since_boot"].as_i64().unwrap_or(-1)
+                    );
                     // The stray trailing byte after the last structure is one truncated one.
                     assert_eq!(a.malformed, 1);
                 }
@@ -130,7 +146,10 @@ fn beacontools_vectors() -> TestResult {
             },
             Some("EddystoneEncryptedTLMFrame") => match a.frame {
                 Some(Frame::EddystoneEtlm { etlm, salt, mic }) => {
-                    assert_eq!(lower_hex(&etlm), e["encrypted_data"]["hex"].as_str().unwrap_or(""));
+                    assert_eq!(
+                        lower_hex(&etlm),
+                        e["encrypted_data"]["hex"].as_str().unwrap_or("")
+                    );
                     // This payload's AD length ends the structure after the 12 ETLM bytes;
                     // salt and MIC lie outside it and are not read.
                     assert_eq!((salt, mic), (None, None));
@@ -189,7 +208,10 @@ fn altbeacon_vectors() -> TestResult {
         let raw = hex(c["hex"].as_str().unwrap_or_default());
         let spec = c
             .as_object()
-            .and_then(|o| o.iter().find(|(k, _)| k.starts_with("altbeacon_fields_by_spec")))
+            .and_then(|o| {
+                o.iter()
+                    .find(|(k, _)| k.starts_with("altbeacon_fields_by_spec"))
+            })
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
         let a = adv::decode(&raw);
@@ -201,11 +223,17 @@ fn altbeacon_vectors() -> TestResult {
                     ref_rssi,
                     reserved,
                 }) => {
-                    assert_eq!(format!("0x{mfg:04x}"), spec["mfg_id"].as_str().unwrap_or(""));
+                    assert_eq!(
+                        format!("0x{mfg:04x}"),
+                        spec["mfg_id"].as_str().unwrap_or("")
+                    );
                     assert_eq!(lower_hex(&id), spec["beacon_id_hex"].as_str().unwrap_or(""));
                     let mut id1 = [0u8; 16];
                     id1.copy_from_slice(&id[..16]);
-                    assert_eq!(adv::uuid_string(&id1), spec["id1_uuid"].as_str().unwrap_or(""));
+                    assert_eq!(
+                        adv::uuid_string(&id1),
+                        spec["id1_uuid"].as_str().unwrap_or("")
+                    );
                     assert_eq!(
                         u16::from_be_bytes([id[16], id[17]]) as i64,
                         spec["id2"].as_i64().unwrap_or(-1)
@@ -214,7 +242,10 @@ fn altbeacon_vectors() -> TestResult {
                         u16::from_be_bytes([id[18], id[19]]) as i64,
                         spec["id3"].as_i64().unwrap_or(-1)
                     );
-                    assert_eq!(ref_rssi as i64, spec["reference_rssi"].as_i64().unwrap_or(0));
+                    assert_eq!(
+                        ref_rssi as i64,
+                        spec["reference_rssi"].as_i64().unwrap_or(0)
+                    );
                     assert_eq!(reserved as i64, spec["mfg_reserved"].as_i64().unwrap_or(-1));
                 }
                 other => panic!("{src}: {other:?}"),
@@ -414,7 +445,9 @@ fn theengs_vectors() -> TestResult {
             if m.len() >= 2 {
                 let company = u16::from_le_bytes([m[0], m[1]]);
                 assert_eq!(
-                    g.manufacturer_data.get(&company.to_string()).map(String::as_str),
+                    g.manufacturer_data
+                        .get(&company.to_string())
+                        .map(String::as_str),
                     Some(lower_hex(&m[2..]).as_str()),
                     "{src}"
                 );

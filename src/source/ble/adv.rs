@@ -143,13 +143,29 @@ pub enum Ad<'a> {
     Flags(u8),
     /// A list of service UUIDs (`width` 2, 4 or 16 bytes, little-endian on air); a trailing
     /// partial UUID is ignored.
-    Uuids { width: u8, complete: bool, raw: &'a [u8] },
+    Uuids {
+        width: u8,
+        complete: bool,
+        raw: &'a [u8],
+    },
     /// Local name bytes (UTF-8 by the spec, not guaranteed on air).
-    Name { complete: bool, name: &'a [u8] },
+    Name {
+        complete: bool,
+        name: &'a [u8],
+    },
     TxPower(i8),
-    ServiceData { uuid: ServiceUuid, data: &'a [u8] },
-    Manufacturer { company: u16, data: &'a [u8] },
-    Other { ad_type: u8, data: &'a [u8] },
+    ServiceData {
+        uuid: ServiceUuid,
+        data: &'a [u8],
+    },
+    Manufacturer {
+        company: u16,
+        data: &'a [u8],
+    },
+    Other {
+        ad_type: u8,
+        data: &'a [u8],
+    },
 }
 
 impl<'a> Ad<'a> {
@@ -199,7 +215,10 @@ impl<'a> Ad<'a> {
                 company: u16::from_le_bytes([*d.first()?, *d.get(1)?]),
                 data: d.get(2..)?,
             },
-            _ => Ad::Other { ad_type: t, data: d },
+            _ => Ad::Other {
+                ad_type: t,
+                data: d,
+            },
         })
     }
 }
@@ -209,7 +228,9 @@ pub fn uuids(width: u8, raw: &[u8]) -> impl Iterator<Item = ServiceUuid> + '_ {
     raw.chunks_exact(width.max(1) as usize)
         .filter_map(move |c| match width {
             2 => Some(ServiceUuid::U16(u16::from_le_bytes([c[0], c[1]]))),
-            4 => Some(ServiceUuid::U32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            4 => Some(ServiceUuid::U32(u32::from_le_bytes([
+                c[0], c[1], c[2], c[3],
+            ]))),
             16 => reversed16(c).map(ServiceUuid::U128),
             _ => None,
         })
@@ -479,11 +500,7 @@ pub fn decode(data: &[u8]) -> Advert<'_> {
             Ad::ServiceData {
                 uuid: ServiceUuid::U16(EDDYSTONE_UUID),
                 data,
-            } => {
-                if out.frame.is_none() {
-                    out.frame = eddystone(data);
-                }
-            }
+            } if out.frame.is_none() => out.frame = eddystone(data),
             Ad::TxPower(p) => out.tx_power = Some(p),
             _ => {}
         }

@@ -181,7 +181,9 @@ impl Known {
                     BeaconId::EddystoneUrl { url } => url,
                     _ => return false,
                 };
-                self.url_prefixes.iter().any(|p| url.starts_with(p.as_str()))
+                self.url_prefixes
+                    .iter()
+                    .any(|p| url.starts_with(p.as_str()))
             }
             BeaconKey::AltBeacon { id, .. } => self.altbeacon.iter().any(|u| id[..16] == u[..]),
         }
@@ -429,7 +431,13 @@ impl Aggregator {
             if let Some(since) = p.since.take() {
                 let dwell = (p.last_seen - since).max(0) as f64 / 1000.0;
                 let sm = (p.smoothed * 10.0).round() / 10.0;
-                out.push(presence_event(k, "exit", sm, Some(dwell), p.last_seen + timeout));
+                out.push(presence_event(
+                    k,
+                    "exit",
+                    sm,
+                    Some(dwell),
+                    p.last_seen + timeout,
+                ));
                 self.stats.presence += 1;
             }
             gone.push(*k);
@@ -709,7 +717,10 @@ mod tests {
         // Eddystone: -29 dBm at 0 m is -70 at 1 m; RSSI -60 is closer than 1 m.
         assert_eq!(b["tx_power"], -29);
         assert!(b["distance_m"].as_f64().unwrap_or(9.0) < 1.0);
-        assert!(out.iter().all(|e| e.kind != "ble.census"), "TLM of a beacon is no census");
+        assert!(
+            out.iter().all(|e| e.kind != "ble.census"),
+            "TLM of a beacon is no census"
+        );
     }
 
     #[test]

@@ -341,7 +341,11 @@ mod tests {
     fn other_traffic_is_not_advertising() {
         let mut bad = 0;
         assert!(!h4_adv_reports(&[0x02, 0, 0, 0], &mut bad, |_| {}));
-        assert!(!h4_adv_reports(&[0x04, 0x0E, 4, 1, 0, 0x20, 0], &mut bad, |_| {}));
+        assert!(!h4_adv_reports(
+            &[0x04, 0x0E, 4, 1, 0, 0x20, 0],
+            &mut bad,
+            |_| {}
+        ));
         assert!(!h4_adv_reports(&[], &mut bad, |_| {}));
         assert_eq!(bad, 0);
     }

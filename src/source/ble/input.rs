@@ -81,7 +81,9 @@ pub fn for_each_report(
             ))
         }
         None => {
-            let head = r.fill_buf().map_err(|e| format!("{}: {e}", path.display()))?;
+            let head = r
+                .fill_buf()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             detect(head).ok_or_else(|| {
                 format!(
                     "{}: neither a btsnoop log nor JSON lines of advertising reports",

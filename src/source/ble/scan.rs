@@ -11,7 +11,9 @@ use super::config::BleConfig;
 use crate::event::{now_ms, Event};
 use crate::ops::status;
 use crate::source::SourceContext;
-use btleplug::api::{AddressType, Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
+use btleplug::api::{
+    AddressType, Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter,
+};
 use btleplug::platform::{Adapter, Manager, PeripheralId};
 use futures_util::StreamExt;
 use std::collections::HashMap;
