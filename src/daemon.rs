@@ -28,6 +28,7 @@ pub struct Pipeline {
 
 /// Moves events from the sources' channel into the spool in batches.
 async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>) {
+    let _vital = status::Vital::new("spool writer");
     let mut buf = Vec::with_capacity(1024);
     while rx.recv_many(&mut buf, 1024).await > 0 {
         write_batch(&spool, &mut buf);
@@ -61,6 +62,7 @@ impl Pipeline {
     /// Opens the spool and starts every configured source, the uplink and the HTTP server.
     pub async fn start(cfg: &Config) -> Result<Pipeline, String> {
         status::mark_started();
+        status::set_stopping(false);
         let settings = UplinkSettings::from_config(cfg)?;
         let spool = Arc::new(
             Spool::open(&cfg.spool_dir(), &cfg.gateway.gateway_id, &cfg.spool)
@@ -99,7 +101,11 @@ impl Pipeline {
             }
         }
         background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
-        let uplink = tokio::spawn(uplink::run(settings, spool.clone(), shutdown_rx));
+        let up_spool = spool.clone();
+        let uplink = tokio::spawn(async move {
+            let _vital = status::Vital::new("uplink");
+            uplink::run(settings, up_spool, shutdown_rx).await
+        });
         systemd::ready();
         tracing::info!(store = %cfg.gateway.store_id, gateway = %cfg.gateway.gateway_id, spool = %spool.path().display(), "storegw started");
         Ok(Pipeline {
@@ -119,6 +125,7 @@ impl Pipeline {
     /// acknowledgements, publishes `offline` and disconnects.
     pub async fn shutdown(self) {
         systemd::stopping();
+        status::set_stopping(true);
         // Sources get a moment to emit what they aggregated (open windows), then are stopped.
         let _ = self.sources_stop.send(true);
         for s in self.sources {

@@ -14,8 +14,8 @@ const DEFAULT_CONFIG: &str = "/etc/storegw/storegw.toml";
     about = "In-store gateway: BLE beacons, Wi-Fi footfall and POS transactions to the CDP over MQTT"
 )]
 struct Cli {
-    /// Log format: auto (journald under systemd, text on a terminal), text or json.
-    #[arg(long, global = true)]
+    /// Log format: auto (journald under systemd, text elsewhere), text, json or journald.
+    #[arg(long, global = true, value_parser = ["auto", "text", "json", "journald"])]
     log_format: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -72,15 +72,7 @@ enum Cmd {
 }
 
 fn init_logging(level: &str, format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("STOREGW_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        "json" => b.json().try_init(),
-        _ => b.compact().try_init(),
-    };
+    storegw::ops::logging::init(level, format);
 }
 
 fn load(path: &std::path::Path) -> Result<storegw::config::Config, ExitCode> {

@@ -1,6 +1,7 @@
 //! The control plane: metrics, health, status payloads, systemd integration.
 
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod status;
 pub mod systemd;

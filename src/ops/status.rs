@@ -4,6 +4,7 @@ use crate::event::{now_ms, rfc3339_ms, Stream, SCHEMA};
 use crate::spool::Spool;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -21,6 +22,41 @@ pub struct SourceHealth {
 
 static SOURCES: OnceLock<Mutex<BTreeMap<String, SourceHealth>>> = OnceLock::new();
 static STARTED: OnceLock<Instant> = OnceLock::new();
+static DEAD_TASKS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Marks a pipeline task that must keep running: if it ends (returns or panics) before the
+/// gateway is stopping, the gateway turns unhealthy, `/healthz` says why and the systemd
+/// watchdog is no longer fed, so systemd restarts the process.
+pub struct Vital(&'static str);
+
+impl Vital {
+    /// Starts watching the task that owns the returned guard.
+    pub fn new(name: &'static str) -> Vital {
+        Vital(name)
+    }
+}
+
+impl Drop for Vital {
+    fn drop(&mut self) {
+        if !STOPPING.load(Ordering::Relaxed) {
+            tracing::error!(task = self.0, "pipeline task ended unexpectedly");
+            if let Ok(mut d) = DEAD_TASKS.lock() {
+                d.push(self.0);
+            }
+        }
+    }
+}
+
+/// Declares an orderly shutdown (vital tasks may end) or a fresh start (clears old failures).
+pub fn set_stopping(stopping: bool) {
+    STOPPING.store(stopping, Ordering::Relaxed);
+    if !stopping {
+        if let Ok(mut d) = DEAD_TASKS.lock() {
+            d.clear();
+        }
+    }
+}
 
 fn sources() -> &'static Mutex<BTreeMap<String, SourceHealth>> {
     SOURCES.get_or_init(Default::default)
@@ -88,6 +124,9 @@ pub fn source_snapshot() -> BTreeMap<String, SourceHealth> {
 /// Reasons the gateway is unhealthy (empty = healthy); drives `/healthz` and the watchdog.
 pub fn unhealthy_reasons(spool: &Spool) -> Vec<String> {
     let mut r = Vec::new();
+    if let Ok(d) = DEAD_TASKS.lock() {
+        r.extend(d.iter().map(|t| format!("pipeline task {t} ended")));
+    }
     for (name, h) in source_snapshot() {
         if h.state == "failed" {
             r.push(format!(
