@@ -28,7 +28,7 @@ pub struct Pipeline {
 
 /// Moves events from the sources' channel into the spool in batches.
 async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>) {
-    let _vital = status::Vital::new("spool writer");
+    let _vital = status::Vital::panic_only("spool writer");
     let mut buf = Vec::with_capacity(1024);
     while rx.recv_many(&mut buf, 1024).await > 0 {
         write_batch(&spool, &mut buf);

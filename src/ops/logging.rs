@@ -61,8 +61,10 @@ pub fn choose(format: &str) -> Sink {
 
 fn filter_for(level: &str) -> EnvFilter {
     // Quiet the MQTT and HTTP libraries unless asked for explicitly.
-    EnvFilter::try_new(format!("{level},rumqttc=warn,rumqttd=warn,hyper=warn,sled=warn"))
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+    EnvFilter::try_new(format!(
+        "{level},rumqttc=warn,rumqttd=warn,hyper=warn,sled=warn"
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Installs the global subscriber once; later calls are ignored. `STOREGW_LOG` (an env-filter
