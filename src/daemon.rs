@@ -24,6 +24,8 @@ pub struct Pipeline {
     shutdown_tx: watch::Sender<bool>,
     sources_stop: watch::Sender<bool>,
     flush_interval: Duration,
+    /// The configuration in effect; SIGHUP reload publishes here (see `ops::reload`).
+    pub config: watch::Sender<Arc<Config>>,
 }
 
 /// Moves events from the sources' channel into the spool in batches.
@@ -74,6 +76,7 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel::<Event>(SOURCE_CHANNEL);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (sources_stop, sources_stop_rx) = watch::channel(false);
+        let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
         let mut background = vec![tokio::spawn(
             spool.clone().run_flusher(cfg.spool.flush_interval.0),
         )];
@@ -87,6 +90,7 @@ impl Pipeline {
                 cfg.privacy.pseudonym_bytes,
             )),
             shutdown: sources_stop_rx,
+            config: config_rx,
         };
         let sources = crate::source::start_all(&ctx);
         let source_routes = crate::source::http_routes(&ctx);
@@ -118,6 +122,7 @@ impl Pipeline {
             shutdown_tx,
             sources_stop,
             flush_interval: cfg.spool.flush_interval.0,
+            config: config_tx,
         })
     }
 
@@ -184,6 +189,11 @@ async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
             tracing::debug!(path = %path.display(), "cannot write status file");
         }
         let reasons = status::unhealthy_reasons(&spool);
+        tracing::debug!(
+            spool_depth = spool.total_depth(),
+            healthy = reasons.is_empty(),
+            "housekeeping"
+        );
         if reasons.is_empty() {
             if wd.is_some() {
                 systemd::pet();
@@ -226,10 +236,25 @@ pub async fn termination() {
     }
 }
 
-/// `storegw run`: start, run until a termination signal, drain.
-pub async fn run(cfg: Config) -> Result<(), String> {
+/// `storegw run`: start, reload the configuration from `path` on SIGHUP, run until a
+/// termination signal, drain.
+pub async fn run(cfg: Config, path: &std::path::Path) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered before anything starts: SIGHUP's default action would end the process.
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let mut reloader = crate::ops::reload::Reloader::new(path);
     let p = Pipeline::start(&cfg).await?;
-    termination().await;
+    let term = termination();
+    tokio::pin!(term);
+    loop {
+        tokio::select! {
+            _ = &mut term => break,
+            Some(()) = hup.recv() => {
+                tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+                reloader.reload(path, &p.config);
+            }
+        }
+    }
     tracing::info!("termination signal: draining");
     p.shutdown().await;
     Ok(())

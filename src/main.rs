@@ -121,7 +121,7 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(c) => return c,
             };
-            match rt.block_on(storegw::daemon::run(cfg)) {
+            match rt.block_on(storegw::daemon::run(cfg, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -3,5 +3,6 @@
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod status;
 pub mod systemd;
