@@ -106,9 +106,10 @@ impl Pipeline {
         }
         background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
         let up_spool = spool.clone();
+        let up_config = config_tx.subscribe();
         let uplink = tokio::spawn(async move {
             let _vital = status::Vital::new("uplink");
-            uplink::run(settings, up_spool, shutdown_rx).await
+            uplink::run_live(settings, up_spool, shutdown_rx, Some(up_config)).await
         });
         systemd::ready();
         tracing::info!(store = %cfg.gateway.store_id, gateway = %cfg.gateway.gateway_id, spool = %spool.path().display(), "storegw started");

@@ -64,6 +64,39 @@ enum Cmd {
         #[arg(long)]
         publish: bool,
     },
+    /// Subscribe to a store's live feed, validate every payload against the JSON Schemas,
+    /// drop redelivered events by id, print one line per event or a running summary.
+    Tail {
+        /// mqtt://host[:port] or mqtts://host[:port].
+        #[arg(long)]
+        broker: String,
+        /// Store id to follow.
+        #[arg(long)]
+        store: String,
+        /// Only this gateway (default: every gateway of the store).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Topic prefix (the gateways' mqtt.topic_prefix).
+        #[arg(long, default_value = "storegw/v1")]
+        prefix: String,
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the password (first line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM CA bundle for mqtts:// (default: the system bundle).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Print running totals every 5 s instead of one line per event.
+        #[arg(long)]
+        summary: bool,
+        /// Stop after this many distinct events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long = "for")]
+        for_secs: Option<u64>,
+    },
     /// Spool depth, oldest age and drops, read from the state directory.
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -182,6 +215,45 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("replay: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Tail {
+            broker,
+            store,
+            gateway,
+            prefix,
+            username,
+            password_file,
+            ca_file,
+            summary,
+            count,
+            for_secs,
+        } => {
+            init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            let opts = storegw::ops::tail::TailOptions {
+                broker,
+                store,
+                gateway,
+                prefix,
+                username,
+                password_file,
+                ca_file,
+                summary,
+                count,
+                duration: for_secs.map(Duration::from_secs),
+            };
+            match rt.block_on(storegw::ops::tail::run(opts)) {
+                // Invalid payloads make the exit status 1, so scripts can check a feed.
+                Ok(t) if t.invalid_events + t.invalid_messages > 0 => ExitCode::FAILURE,
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tail: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -27,8 +27,14 @@ const RESTART_PREFIXES: [&str; 9] = [
     "sources.sim.seed",
 ];
 
+/// Keys under a restart-only prefix that still apply live.
+const LIVE_EXCEPTIONS: [&str; 1] = ["mqtt.drain_rate"];
+
 /// True when changing `key` takes a restart to apply.
 pub fn needs_restart(key: &str) -> bool {
+    if LIVE_EXCEPTIONS.contains(&key) {
+        return false;
+    }
     let prefixed = |p: &str| key == p || key.starts_with(&format!("{p}."));
     RESTART_PREFIXES.iter().any(|p| prefixed(p))
         || (key.starts_with("sources.") && key.ends_with(".enabled"))
@@ -83,7 +89,9 @@ pub fn changed_keys(old: &str, new: &str) -> Vec<String> {
 pub fn effective(running: &Config, new: Config) -> Config {
     let mut e = new;
     e.gateway = running.gateway.clone();
+    let drain_rate = e.mqtt.drain_rate;
     e.mqtt = running.mqtt.clone();
+    e.mqtt.drain_rate = drain_rate;
     e.spool = running.spool.clone();
     e.http = running.http.clone();
     e.privacy.rotation = running.privacy.rotation;
