@@ -24,12 +24,15 @@ pub struct Pipeline {
     shutdown_tx: watch::Sender<bool>,
     sources_stop: watch::Sender<bool>,
     flush_interval: Duration,
+    /// The configuration in effect; SIGHUP reload publishes here (see `ops::reload`).
+    pub config: watch::Sender<Arc<Config>>,
 }
 
 /// Moves events from the sources' channel into the spool: buffered up to one chunk per stream
 /// or one flush interval, then appended and flushed together. A power cut loses at most one
 /// flush interval of sensor events, and the SD card sees one fsync per interval, not per event.
 async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>, flush_interval: Duration) {
+    let _vital = status::Vital::panic_only("spool writer");
     let mut buf: Vec<Event> = Vec::with_capacity(crate::spool::CHUNK_EVENTS);
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -84,6 +87,7 @@ impl Pipeline {
     /// Opens the spool and starts every configured source, the uplink and the HTTP server.
     pub async fn start(cfg: &Config) -> Result<Pipeline, String> {
         status::mark_started();
+        status::set_stopping(false);
         let settings = UplinkSettings::from_config(cfg)?;
         let spool = Arc::new(
             Spool::open(&cfg.spool_dir(), &cfg.gateway.gateway_id, &cfg.spool)
@@ -95,6 +99,7 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel::<Event>(SOURCE_CHANNEL);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (sources_stop, sources_stop_rx) = watch::channel(false);
+        let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
         let mut background = vec![tokio::spawn(
             spool.clone().run_purger(Duration::from_secs(10)),
         )];
@@ -108,6 +113,7 @@ impl Pipeline {
                 cfg.privacy.pseudonym_bytes,
             )),
             shutdown: sources_stop_rx,
+            config: config_rx,
         };
         let sources = crate::source::start_all(&ctx);
         let source_routes = crate::source::http_routes(&ctx);
@@ -122,7 +128,12 @@ impl Pipeline {
             }
         }
         background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
-        let uplink = tokio::spawn(uplink::run(settings, spool.clone(), shutdown_rx));
+        let up_spool = spool.clone();
+        let up_config = config_tx.subscribe();
+        let uplink = tokio::spawn(async move {
+            let _vital = status::Vital::new("uplink");
+            uplink::run_live(settings, up_spool, shutdown_rx, Some(up_config)).await
+        });
         systemd::ready();
         tracing::info!(store = %cfg.gateway.store_id, gateway = %cfg.gateway.gateway_id, spool = %spool.path().display(), "storegw started");
         Ok(Pipeline {
@@ -135,6 +146,7 @@ impl Pipeline {
             shutdown_tx,
             sources_stop,
             flush_interval: cfg.spool.flush_interval.0,
+            config: config_tx,
         })
     }
 
@@ -142,6 +154,7 @@ impl Pipeline {
     /// acknowledgements, publishes `offline` and disconnects.
     pub async fn shutdown(self) {
         systemd::stopping();
+        status::set_stopping(true);
         // Sources get a moment to emit what they aggregated (open windows), then are stopped.
         let _ = self.sources_stop.send(true);
         for s in self.sources {
@@ -200,6 +213,11 @@ async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
             tracing::debug!(path = %path.display(), "cannot write status file");
         }
         let reasons = status::unhealthy_reasons(&spool);
+        tracing::debug!(
+            spool_depth = spool.total_depth(),
+            healthy = reasons.is_empty(),
+            "housekeeping"
+        );
         if reasons.is_empty() {
             if wd.is_some() {
                 systemd::pet();
@@ -242,10 +260,25 @@ pub async fn termination() {
     }
 }
 
-/// `storegw run`: start, run until a termination signal, drain.
-pub async fn run(cfg: Config) -> Result<(), String> {
+/// `storegw run`: start, reload the configuration from `path` on SIGHUP, run until a
+/// termination signal, drain.
+pub async fn run(cfg: Config, path: &std::path::Path) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered before anything starts: SIGHUP's default action would end the process.
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let mut reloader = crate::ops::reload::Reloader::new(path);
     let p = Pipeline::start(&cfg).await?;
-    termination().await;
+    let term = termination();
+    tokio::pin!(term);
+    loop {
+        tokio::select! {
+            _ = &mut term => break,
+            Some(()) = hup.recv() => {
+                tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+                reloader.reload(path, &p.config);
+            }
+        }
+    }
     tracing::info!("termination signal: draining");
     p.shutdown().await;
     Ok(())

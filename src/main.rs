@@ -14,8 +14,8 @@ const DEFAULT_CONFIG: &str = "/etc/storegw/storegw.toml";
     about = "In-store gateway: BLE beacons, Wi-Fi footfall and POS transactions to the CDP over MQTT"
 )]
 struct Cli {
-    /// Log format: auto (journald under systemd, text on a terminal), text or json.
-    #[arg(long, global = true)]
+    /// Log format: auto (journald under systemd, text elsewhere), text, json or journald.
+    #[arg(long, global = true, value_parser = ["auto", "text", "json", "journald"])]
     log_format: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -79,6 +79,39 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         footprint_secs: u64,
     },
+    /// Subscribe to a store's live feed, validate every payload against the JSON Schemas,
+    /// drop redelivered events by id, print one line per event or a running summary.
+    Tail {
+        /// mqtt://host[:port] or mqtts://host[:port].
+        #[arg(long)]
+        broker: String,
+        /// Store id to follow.
+        #[arg(long)]
+        store: String,
+        /// Only this gateway (default: every gateway of the store).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Topic prefix (the gateways' mqtt.topic_prefix).
+        #[arg(long, default_value = "storegw/v1")]
+        prefix: String,
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the password (first line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM CA bundle for mqtts:// (default: the system bundle).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Print running totals every 5 s instead of one line per event.
+        #[arg(long)]
+        summary: bool,
+        /// Stop after this many distinct events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long = "for")]
+        for_secs: Option<u64>,
+    },
     /// Spool depth, oldest age and drops, read from the state directory.
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -87,15 +120,7 @@ enum Cmd {
 }
 
 fn init_logging(level: &str, format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("STOREGW_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        "json" => b.json().try_init(),
-        _ => b.compact().try_init(),
-    };
+    storegw::ops::logging::init(level, format);
 }
 
 fn load(path: &std::path::Path) -> Result<storegw::config::Config, ExitCode> {
@@ -144,7 +169,7 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(c) => return c,
             };
-            match rt.block_on(storegw::daemon::run(cfg)) {
+            match rt.block_on(storegw::daemon::run(cfg, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -230,6 +255,45 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("bench: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Tail {
+            broker,
+            store,
+            gateway,
+            prefix,
+            username,
+            password_file,
+            ca_file,
+            summary,
+            count,
+            for_secs,
+        } => {
+            init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            let opts = storegw::ops::tail::TailOptions {
+                broker,
+                store,
+                gateway,
+                prefix,
+                username,
+                password_file,
+                ca_file,
+                summary,
+                count,
+                duration: for_secs.map(Duration::from_secs),
+            };
+            match rt.block_on(storegw::ops::tail::run(opts)) {
+                // Invalid payloads make the exit status 1, so scripts can check a feed.
+                Ok(t) if t.invalid_events + t.invalid_messages > 0 => ExitCode::FAILURE,
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tail: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -178,7 +178,18 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 }
 
 /// Publishes the spool until `shutdown` turns true, reconnecting forever with jittered backoff.
-pub async fn run(settings: UplinkSettings, spool: Arc<Spool>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(settings: UplinkSettings, spool: Arc<Spool>, shutdown: watch::Receiver<bool>) {
+    run_live(settings, spool, shutdown, None).await
+}
+
+/// [`run`], and with `live` a reloaded `mqtt.drain_rate` applies to the running session.
+pub async fn run_live(
+    settings: UplinkSettings,
+    spool: Arc<Spool>,
+    mut shutdown: watch::Receiver<bool>,
+    mut live: Option<watch::Receiver<Arc<Config>>>,
+) {
+    let mut settings = settings;
     let mut attempt: u32 = 0;
     let mut ever_connected = false;
     loop {
@@ -194,7 +205,15 @@ pub async fn run(settings: UplinkSettings, spool: Arc<Spool>, mut shutdown: watc
                 ever_connected = true;
                 metrics::global().set_connected(true);
                 tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), client_id = %settings.client_id(), "connected to broker");
-                let end = session(&settings, &spool, client, eventloop, &mut shutdown).await;
+                let end = session(
+                    &mut settings,
+                    &spool,
+                    client,
+                    eventloop,
+                    &mut shutdown,
+                    live.as_mut(),
+                )
+                .await;
                 metrics::global().set_connected(false);
                 match end {
                     SessionEnd::Shutdown => return,
@@ -289,11 +308,12 @@ impl RateLimit {
 }
 
 async fn session(
-    s: &UplinkSettings,
+    s: &mut UplinkSettings,
     spool: &Arc<Spool>,
     client: AsyncClient,
     mut eventloop: EventLoop,
     shutdown: &mut watch::Receiver<bool>,
+    mut live: Option<&mut watch::Receiver<Arc<Config>>>,
 ) -> SessionEnd {
     let mut cursor = [0u64; 3];
     let mut unassigned: VecDeque<InFlight> = VecDeque::new();
@@ -322,6 +342,17 @@ async fn session(
         }
     };
     loop {
+        if let Some(rx) = live.as_deref_mut() {
+            if rx.has_changed().unwrap_or(false) {
+                let rate = rx.borrow_and_update().mqtt.drain_rate;
+                if rate != s.drain_rate {
+                    tracing::info!(from = s.drain_rate, to = rate, "mqtt.drain_rate changed");
+                    s.drain_rate = rate;
+                    limiter.rate = rate as f64;
+                    limiter.burst = s.batch_max_events.max(rate as usize) as f64;
+                }
+            }
+        }
         let inflight = unassigned.len() + by_pkid.len();
         let mut wake_at: Option<tokio::time::Instant> = None;
         if draining_since.is_none() {

@@ -162,8 +162,10 @@ async fn live_task_emits_census_from_injected_probes() -> TestResult {
     )?);
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (_config_tx, config_rx) = tokio::sync::watch::channel(cfg.clone());
     let ctx = storegw::source::SourceContext {
         cfg: cfg.clone(),
+        config: config_rx,
         tx,
         spool,
         devices: Arc::new(storegw::privacy::DevicePseudonymizer::new(

@@ -48,3 +48,29 @@ pub async fn serve(listen: &str, router: Router) -> Result<tokio::task::JoinHand
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_names_the_reasons_with_503() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let spool = Arc::new(Spool::open(
+            dir.path(),
+            "gw",
+            &crate::config::SpoolConfig::default(),
+        )?);
+        crate::ops::status::set_source("healthz-test", "failed", Some("no adapter".into()));
+        let r = healthz(State(spool.clone())).await.into_response();
+        crate::ops::status::set_source("healthz-test", "stopped", None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 4096).await?;
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("source healthz-test failed: no adapter"),
+            "{text}"
+        );
+        Ok(())
+    }
+}

@@ -58,7 +58,7 @@ impl Metrics {
     pub fn drops(&self, s: Stream, reason: &str, n: u64) {
         self.count(
             "storegw_dropped_events_total",
-            &format!("stream=\"{s}\",reason=\"{reason}\""),
+            &labels(&[("stream", s.as_str()), ("reason", reason)]),
             n,
         );
     }
@@ -107,59 +107,76 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (format 0.0.4): every family with HELP and TYPE, once.
     pub fn render(&self, spool: Option<&crate::spool::Spool>) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "# HELP storegw_events_in_total Events accepted into the spool.\n# TYPE storegw_events_in_total counter");
+        let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        let gauges = self.gauges.lock().map(|g| g.clone()).unwrap_or_default();
+        family(&mut o, "storegw_build_info", "gauge");
+        let _ = writeln!(
+            o,
+            "storegw_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        family(&mut o, "storegw_uptime_seconds", "gauge");
+        let _ = writeln!(
+            o,
+            "storegw_uptime_seconds {}",
+            crate::ops::status::uptime_s()
+        );
+        family(&mut o, "storegw_events_in_total", "counter");
         for s in Stream::ALL {
-            let _ = writeln!(
-                o,
-                "storegw_events_in_total{{stream=\"{s}\"}} {}",
-                self.events_in[si(s)].load(Ordering::Relaxed)
-            );
+            let v = self.events_in[si(s)].load(Ordering::Relaxed);
+            let _ = writeln!(o, "storegw_events_in_total{{stream=\"{s}\"}} {v}");
         }
-        let _ = writeln!(o, "# HELP storegw_events_out_total Events acknowledged by the broker.\n# TYPE storegw_events_out_total counter");
+        family(&mut o, "storegw_events_out_total", "counter");
         for s in Stream::ALL {
-            let _ = writeln!(
-                o,
-                "storegw_events_out_total{{stream=\"{s}\"}} {}",
-                self.events_out[si(s)].load(Ordering::Relaxed)
-            );
+            let v = self.events_out[si(s)].load(Ordering::Relaxed);
+            let _ = writeln!(o, "storegw_events_out_total{{stream=\"{s}\"}} {v}");
         }
         if let Some(sp) = spool {
-            let _ = writeln!(o, "# TYPE storegw_spool_depth gauge\n# TYPE storegw_spool_bytes gauge\n# TYPE storegw_spool_oldest_age_seconds gauge");
-            for s in Stream::ALL {
-                let d = sp.depth(s);
+            let depths: Vec<_> = Stream::ALL.iter().map(|&s| (s, sp.depth(s))).collect();
+            family(&mut o, "storegw_spool_depth", "gauge");
+            for (s, d) in &depths {
                 let _ = writeln!(o, "storegw_spool_depth{{stream=\"{s}\"}} {}", d.depth);
+            }
+            family(&mut o, "storegw_spool_bytes", "gauge");
+            for (s, d) in &depths {
                 let _ = writeln!(o, "storegw_spool_bytes{{stream=\"{s}\"}} {}", d.bytes);
+            }
+            family(&mut o, "storegw_spool_oldest_age_seconds", "gauge");
+            for (s, d) in &depths {
                 let _ = writeln!(
                     o,
                     "storegw_spool_oldest_age_seconds{{stream=\"{s}\"}} {}",
-                    d.oldest_age_s.unwrap_or(0.0)
+                    num(d.oldest_age_s.unwrap_or(0.0))
                 );
             }
-            let _ = writeln!(
-                o,
-                "# TYPE storegw_spool_disk_bytes gauge\nstoregw_spool_disk_bytes {}",
-                sp.disk_bytes()
-            );
+            family(&mut o, "storegw_spool_disk_bytes", "gauge");
+            let _ = writeln!(o, "storegw_spool_disk_bytes {}", sp.disk_bytes());
+            family(&mut o, "storegw_healthy", "gauge");
+            let healthy = crate::ops::status::unhealthy_reasons(sp).is_empty();
+            let _ = writeln!(o, "storegw_healthy {}", healthy as u8);
         }
+        family(&mut o, "storegw_mqtt_connected", "gauge");
         let _ = writeln!(
             o,
-            "# TYPE storegw_mqtt_connected gauge\nstoregw_mqtt_connected {}",
+            "storegw_mqtt_connected {}",
             self.mqtt_connected.load(Ordering::Relaxed)
         );
+        family(&mut o, "storegw_mqtt_reconnects_total", "counter");
         let _ = writeln!(
             o,
-            "# TYPE storegw_mqtt_reconnects_total counter\nstoregw_mqtt_reconnects_total {}",
+            "storegw_mqtt_reconnects_total {}",
             self.mqtt_reconnects.load(Ordering::Relaxed)
         );
+        family(&mut o, "storegw_mqtt_batches_acked_total", "counter");
         let _ = writeln!(
             o,
-            "# TYPE storegw_mqtt_batches_acked_total counter\nstoregw_mqtt_batches_acked_total {}",
+            "storegw_mqtt_batches_acked_total {}",
             self.batches_out.load(Ordering::Relaxed)
         );
-        let _ = writeln!(o, "# HELP storegw_publish_ack_seconds Publish-to-PUBACK latency per batch.\n# TYPE storegw_publish_ack_seconds histogram");
+        family(&mut o, "storegw_publish_ack_seconds", "histogram");
         let mut cum = 0;
         for (i, b) in LATENCY_BOUNDS_MS.iter().enumerate() {
             cum += self.ack_latency_buckets[i].load(Ordering::Relaxed);
@@ -174,33 +191,280 @@ impl Metrics {
         let _ = writeln!(
             o,
             "storegw_publish_ack_seconds_sum {}",
-            self.ack_latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            num(self.ack_latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6)
         );
-        let _ = writeln!(
-            o,
-            "storegw_publish_ack_seconds_count {}",
-            self.ack_latency_count.load(Ordering::Relaxed)
-        );
-        if let Ok(c) = self.counters.lock() {
-            let mut last = "";
-            for ((name, labels), v) in c.iter() {
-                if name != last {
-                    let _ = writeln!(o, "# TYPE {name} counter");
-                    last = name;
-                }
-                let _ = writeln!(o, "{name}{{{labels}}} {v}");
+        let _ = writeln!(o, "storegw_publish_ack_seconds_count {cum}");
+        let sources = crate::ops::status::source_snapshot();
+        family(&mut o, "storegw_source_up", "gauge");
+        for (name, h) in &sources {
+            let _ = writeln!(
+                o,
+                "storegw_source_up{{{}}} {}",
+                labels(&[("source", name), ("state", &h.state)]),
+                (h.state == "running") as u8
+            );
+        }
+        family(&mut o, "storegw_source_last_input_age_seconds", "gauge");
+        let now = crate::event::now_ms();
+        for (name, h) in &sources {
+            if let Some(ms) = h.last_input_ms {
+                let _ = writeln!(
+                    o,
+                    "storegw_source_last_input_age_seconds{{{}}} {}",
+                    labels(&[("source", name)]),
+                    num((now - ms).max(0) as f64 / 1000.0)
+                );
             }
         }
-        if let Ok(g) = self.gauges.lock() {
-            let mut last = "";
-            for ((name, labels), v) in g.iter() {
-                if name != last {
-                    let _ = writeln!(o, "# TYPE {name} gauge");
-                    last = name;
-                }
-                let _ = writeln!(o, "{name}{{{labels}}} {v}");
+        // Labelled counters and gauges: the documented families first (HELP and TYPE even
+        // without samples), then any other family a source registers.
+        for name in FREE_FORM {
+            family(&mut o, name, "counter");
+            write_samples(&mut o, name, "counter", &counters, &gauges);
+        }
+        let mut extra: Vec<(&str, &str)> = counters
+            .keys()
+            .map(|(n, _)| (n.as_str(), "counter"))
+            .chain(gauges.keys().map(|(n, _)| (n.as_str(), "gauge")))
+            .filter(|(n, _)| !FAMILIES.iter().any(|f| f.0 == *n))
+            .collect();
+        extra.sort();
+        extra.dedup_by(|a, b| a.0 == b.0);
+        for (name, kind) in extra {
+            if !valid_name(name) {
+                continue;
             }
+            family(&mut o, name, kind);
+            write_samples(&mut o, name, kind, &counters, &gauges);
         }
         o
+    }
+}
+
+type CounterMap = BTreeMap<(String, String), u64>;
+type GaugeMap = BTreeMap<(String, String), f64>;
+
+fn write_samples(o: &mut String, name: &str, kind: &str, c: &CounterMap, g: &GaugeMap) {
+    if kind == "counter" {
+        for ((n, l), v) in c.iter().filter(|((n, _), _)| n == name) {
+            let _ = writeln!(o, "{n}{} {v}", braces(l));
+        }
+    } else {
+        for ((n, l), v) in g.iter().filter(|((n, _), _)| n == name) {
+            let _ = writeln!(o, "{n}{} {}", braces(l), num(*v));
+        }
+    }
+}
+
+fn braces(labels: &str) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    }
+}
+
+/// Families fed through [`Metrics::count`] / [`Metrics::gauge`] rather than fixed fields.
+const FREE_FORM: [&str; 4] = [
+    "storegw_dropped_events_total",
+    "storegw_source_restarts_total",
+    "storegw_malformed_total",
+    "storegw_config_reloads_total",
+];
+
+/// Every metric family: name, type and HELP text. docs/operations.md lists the same.
+pub const FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "storegw_build_info",
+        "gauge",
+        "Version of the running binary (always 1).",
+    ),
+    (
+        "storegw_uptime_seconds",
+        "gauge",
+        "Seconds since the gateway started.",
+    ),
+    (
+        "storegw_events_in_total",
+        "counter",
+        "Events accepted into the spool, by stream.",
+    ),
+    (
+        "storegw_events_out_total",
+        "counter",
+        "Events acknowledged by the broker (PUBACK), by stream.",
+    ),
+    (
+        "storegw_spool_depth",
+        "gauge",
+        "Events waiting in the spool, by stream.",
+    ),
+    (
+        "storegw_spool_bytes",
+        "gauge",
+        "Logical bytes waiting in the spool, by stream.",
+    ),
+    (
+        "storegw_spool_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest waiting event, by stream (0 when empty).",
+    ),
+    (
+        "storegw_spool_disk_bytes",
+        "gauge",
+        "Bytes the spool occupies on disk.",
+    ),
+    (
+        "storegw_healthy",
+        "gauge",
+        "1 when /healthz answers 200 (the systemd watchdog is fed), else 0.",
+    ),
+    (
+        "storegw_mqtt_connected",
+        "gauge",
+        "1 while the MQTT session is up.",
+    ),
+    (
+        "storegw_mqtt_reconnects_total",
+        "counter",
+        "New MQTT sessions after a lost one.",
+    ),
+    (
+        "storegw_mqtt_batches_acked_total",
+        "counter",
+        "Batches (MQTT messages) acknowledged by the broker.",
+    ),
+    (
+        "storegw_publish_ack_seconds",
+        "histogram",
+        "Latency from publishing a batch to its PUBACK.",
+    ),
+    (
+        "storegw_source_up",
+        "gauge",
+        "1 while a source is running, else 0; the state label says which state.",
+    ),
+    (
+        "storegw_source_last_input_age_seconds",
+        "gauge",
+        "Seconds since a source last saw input.",
+    ),
+    (
+        "storegw_dropped_events_total",
+        "counter",
+        "Events dropped or refused, by stream and reason.",
+    ),
+    (
+        "storegw_source_restarts_total",
+        "counter",
+        "Restarts of a source's component (e.g. the BLE scanner), by source and what restarted.",
+    ),
+    (
+        "storegw_malformed_total",
+        "counter",
+        "Malformed inputs counted and skipped, by source and reason.",
+    ),
+    (
+        "storegw_config_reloads_total",
+        "counter",
+        "SIGHUP configuration reloads, by result (applied, rejected).",
+    ),
+];
+
+fn family(o: &mut String, name: &str, kind: &str) {
+    let help = FAMILIES
+        .iter()
+        .find(|f| f.0 == name)
+        .map(|f| f.2)
+        .unwrap_or("Source-defined metric.");
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A float as Prometheus writes it (`NaN`, `+Inf`, `-Inf`).
+fn num(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Formats label pairs for [`Metrics::count`] / [`Metrics::gauge`], escaping values as the
+/// exposition format requires, so a reason string can never break the `/metrics` page.
+///
+/// Convention for sources: malformed input is counted as
+/// `count("storegw_malformed_total", &labels(&[("source", "wifi"), ("reason", "short_frame")]), n)`
+/// with a short, fixed snake_case reason (never input data, never an identifier).
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
+/// Counts malformed input of a source (see [`labels`] for the convention).
+pub fn malformed(source: &str, reason: &str, n: u64) {
+    global().count(
+        "storegw_malformed_total",
+        &labels(&[("source", source), ("reason", reason)]),
+        n,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            labels(&[("source", "wifi"), ("reason", "a\"b\\c\nd")]),
+            r#"source="wifi",reason="a\"b\\c\nd""#
+        );
+    }
+
+    #[test]
+    fn every_family_is_declared_once() {
+        let m = Metrics::default();
+        m.count(
+            "storegw_malformed_total",
+            &labels(&[("source", "x"), ("reason", "y")]),
+            2,
+        );
+        m.count("custom_total", "a=\"b\"", 1);
+        m.gauge("custom_gauge", "", f64::INFINITY);
+        let text = m.render(None);
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap_or_default();
+            assert!(seen.insert(name.to_string()), "{name} declared twice");
+        }
+        assert!(text.contains("storegw_malformed_total{source=\"x\",reason=\"y\"} 2"));
+        assert!(text.contains("custom_gauge +Inf"));
+        assert!(text.contains("# HELP storegw_dropped_events_total "));
     }
 }

@@ -1,6 +1,9 @@
 //! The control plane: metrics, health, status payloads, systemd integration.
 
 pub mod http;
+pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod status;
 pub mod systemd;
+pub mod tail;

@@ -4,6 +4,7 @@ use crate::event::{now_ms, rfc3339_ms, Stream, SCHEMA};
 use crate::spool::Spool;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -16,11 +17,66 @@ pub struct SourceHealth {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_input: Option<String>,
+    /// The same instant in ms, for the metrics' age gauge.
+    #[serde(skip)]
+    pub last_input_ms: Option<i64>,
     pub restarts: u64,
 }
 
 static SOURCES: OnceLock<Mutex<BTreeMap<String, SourceHealth>>> = OnceLock::new();
 static STARTED: OnceLock<Instant> = OnceLock::new();
+static DEAD_TASKS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Marks a pipeline task that must keep running: if it panics, or (for tasks that only end on
+/// shutdown) ends before the gateway is stopping, the gateway turns unhealthy, `/healthz` says
+/// why and the systemd watchdog is no longer fed, so systemd restarts the process.
+pub struct Vital {
+    name: &'static str,
+    panic_only: bool,
+}
+
+impl Vital {
+    /// Watches a task that runs until shutdown (the uplink).
+    pub fn new(name: &'static str) -> Vital {
+        Vital {
+            name,
+            panic_only: false,
+        }
+    }
+
+    /// Watches a task that may end normally (the spool writer ends when every source is done),
+    /// so only a panic counts.
+    pub fn panic_only(name: &'static str) -> Vital {
+        Vital {
+            name,
+            panic_only: true,
+        }
+    }
+}
+
+impl Drop for Vital {
+    fn drop(&mut self) {
+        let failed =
+            std::thread::panicking() || (!self.panic_only && !STOPPING.load(Ordering::Relaxed));
+        if failed {
+            tracing::error!(task = self.name, "pipeline task ended unexpectedly");
+            if let Ok(mut d) = DEAD_TASKS.lock() {
+                d.push(self.name);
+            }
+        }
+    }
+}
+
+/// Declares an orderly shutdown (vital tasks may end) or a fresh start (clears old failures).
+pub fn set_stopping(stopping: bool) {
+    STOPPING.store(stopping, Ordering::Relaxed);
+    if !stopping {
+        if let Ok(mut d) = DEAD_TASKS.lock() {
+            d.clear();
+        }
+    }
+}
 
 fn sources() -> &'static Mutex<BTreeMap<String, SourceHealth>> {
     SOURCES.get_or_init(Default::default)
@@ -54,17 +110,15 @@ pub fn set_source(name: &str, state: &str, detail: Option<String>) {
         h.state = state.to_string();
         h.detail = detail;
     }
-    crate::ops::metrics::global().gauge(
-        "storegw_source_up",
-        &format!("source=\"{name}\""),
-        if state == "running" { 1.0 } else { 0.0 },
-    );
 }
 
 /// Records that a source saw input now.
 pub fn source_input(name: &str) {
     if let Ok(mut m) = sources().lock() {
-        m.entry(name.to_string()).or_default().last_input = Some(rfc3339_ms(now_ms()));
+        let now = now_ms();
+        let h = m.entry(name.to_string()).or_default();
+        h.last_input = Some(rfc3339_ms(now));
+        h.last_input_ms = Some(now);
     }
 }
 
@@ -75,7 +129,7 @@ pub fn source_restart(name: &str, what: &str) {
     }
     crate::ops::metrics::global().count(
         "storegw_source_restarts_total",
-        &format!("source=\"{name}\",what=\"{what}\""),
+        &crate::ops::metrics::labels(&[("source", name), ("what", what)]),
         1,
     );
 }
@@ -88,6 +142,9 @@ pub fn source_snapshot() -> BTreeMap<String, SourceHealth> {
 /// Reasons the gateway is unhealthy (empty = healthy); drives `/healthz` and the watchdog.
 pub fn unhealthy_reasons(spool: &Spool) -> Vec<String> {
     let mut r = Vec::new();
+    if let Ok(d) = DEAD_TASKS.lock() {
+        r.extend(d.iter().map(|t| format!("pipeline task {t} ended")));
+    }
     for (name, h) in source_snapshot() {
         if h.state == "failed" {
             r.push(format!(

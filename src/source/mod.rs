@@ -29,6 +29,10 @@ pub struct SourceContext {
     pub devices: Arc<DevicePseudonymizer>,
     /// Flips to true when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// The configuration in effect, replaced on SIGHUP reload (restart-only settings keep their
+    /// running values). Sources apply thresholds and allowlists live by reading
+    /// `config.borrow()` when they use them, or by awaiting `config.changed()`.
+    pub config: watch::Receiver<Arc<Config>>,
 }
 
 /// Starts every enabled source; a source that cannot start reports itself in status and the
@@ -36,7 +40,11 @@ pub struct SourceContext {
 pub fn start_all(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     if ctx.cfg.sources.sim.enabled {
-        let sim = sim::run(ctx.cfg.sources.sim.clone(), ctx.tx.clone());
+        let sim = sim::run(
+            ctx.cfg.sources.sim.clone(),
+            ctx.tx.clone(),
+            Some(ctx.config.clone()),
+        );
         let mut stop = ctx.shutdown.clone();
         tasks.push(tokio::spawn(async move {
             tokio::select! {

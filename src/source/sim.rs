@@ -1,12 +1,14 @@
 //! A synthetic store: every event kind at a configurable rate, seeded and repeatable, for the
 //! demo, tests and load. Shapes match what the real BLE, Wi-Fi and POS stages publish.
 
+use crate::config::Config;
 use crate::config::SimConfig;
 use crate::event::{now_ms, rfc3339_ms, Event};
 use crate::model::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Deterministic generator of synthetic events.
 pub struct Simulator {
@@ -226,19 +228,35 @@ impl Simulator {
 }
 
 /// Feeds simulated events into the pipeline at `cfg.rate` until `limit` (if any) is reached or
-/// the channel closes.
-pub async fn run(cfg: SimConfig, tx: mpsc::Sender<Event>) {
+/// the channel closes. With `live`, a reloaded `rate` and `limit` apply at once.
+pub async fn run(
+    cfg: SimConfig,
+    tx: mpsc::Sender<Event>,
+    mut live: Option<watch::Receiver<Arc<Config>>>,
+) {
     crate::ops::status::set_source("sim", "running", None);
+    let mut cfg = cfg;
     let mut sim = Simulator::new(&cfg);
     // Emit in small bursts so high rates do not need a timer per event.
     let tick = Duration::from_millis(20);
-    let per_tick = cfg.rate * tick.as_secs_f64();
+    let mut per_tick = cfg.rate * tick.as_secs_f64();
     let mut carry = 0.0;
     let mut sent = 0u64;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     loop {
         interval.tick().await;
+        if let Some(rx) = live.as_mut() {
+            if rx.has_changed().unwrap_or(false) {
+                let new = rx.borrow_and_update().sources.sim.clone();
+                if new.rate != cfg.rate {
+                    tracing::info!(from = cfg.rate, to = new.rate, "simulator rate changed");
+                }
+                cfg.rate = new.rate;
+                cfg.limit = new.limit;
+                per_tick = cfg.rate * tick.as_secs_f64();
+            }
+        }
         carry += per_tick;
         let n = carry.floor() as u64;
         carry -= n as f64;
