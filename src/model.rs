@@ -98,6 +98,8 @@ pub struct WifiCensus {
     pub window_start: String,
     pub window_s: u32,
     pub probe_requests: u64,
+    /// Probe requests naming a network (SSID reduced to wildcard/directed; never the name).
+    pub directed_probes: u64,
     pub devices: u64,
     pub randomized: u64,
     pub randomized_share: f64,

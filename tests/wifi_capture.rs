@@ -81,6 +81,7 @@ async fn injected_probes_arrive_through_the_kernel_filter() -> TestResult {
         }
     }
     got.sort_by_key(|g| g.0);
+    assert_eq!(cap.kernel_drops(), 0);
     for (i, g) in got.iter().enumerate() {
         let i = i as u8;
         assert_eq!(

@@ -287,3 +287,34 @@ fn fuzzer_crash_files_are_malformed_not_panics() -> TestResult {
     }
     Ok(())
 }
+
+/// Every frame of every shared capture, cut at every length and with bytes flipped, decodes
+/// to something (probe, other or malformed) without panicking.
+#[test]
+fn mutated_frames_never_panic() -> TestResult {
+    let Some(dir) = wifi_dir() else {
+        return Ok(());
+    };
+    let mut n = 0u64;
+    for cap in captures(&dir)? {
+        let buf = std::fs::read(&cap)?;
+        for rec in Reader::new(&buf)?.flatten().take(300) {
+            let mut f = rec.data.to_vec();
+            for cut in 0..f.len() {
+                let _ = decode(rec.linktype, &f[..cut], true, true);
+                let _ = decode(rec.linktype, &f[..cut], false, true);
+            }
+            for i in 0..f.len().min(64) {
+                let old = f[i];
+                for v in [0x00, 0xff, old ^ 0x80] {
+                    f[i] = v;
+                    let _ = decode(rec.linktype, &f, false, true);
+                    n += 1;
+                }
+                f[i] = old;
+            }
+        }
+    }
+    assert!(n > 10_000);
+    Ok(())
+}

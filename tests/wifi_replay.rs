@@ -13,6 +13,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// One TSV row, reduced to what the summary depends on.
 struct Ref {
+    directed: bool,
     sa: String,
     la: bool,
     group: bool,
@@ -27,6 +28,7 @@ fn read_ref(tsv: &Path) -> Result<Vec<Ref>, Box<dyn std::error::Error>> {
         }
         let c: Vec<&str> = line.split('\t').collect();
         out.push(Ref {
+            directed: !c[8].is_empty(),
             sa: c[2].to_string(),
             la: c[3] == "1",
             group: c[4] == "1",
@@ -123,6 +125,12 @@ fn summaries_follow_tshark_under_default_policy() -> TestResult {
             .filter_map(|c| c["probe_requests"].as_u64())
             .sum();
         assert_eq!(probes, good.len() as u64, "{name}: census adds up");
+        let directed: u64 = census
+            .iter()
+            .filter_map(|c| c["directed_probes"].as_u64())
+            .sum();
+        let want = good.iter().filter(|r| r.directed).count() as u64;
+        assert_eq!(directed, want, "{name}: directed probes");
         for e in &events {
             let kind = e["kind"].as_str().unwrap_or_default();
             let v = schemas.kinds.get(kind).ok_or(format!("kind {kind}"))?;

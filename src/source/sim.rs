@@ -154,6 +154,7 @@ impl Simulator {
                         window_start: rfc3339_ms(now - now.rem_euclid(60_000)),
                         window_s: 60,
                         probe_requests: probes,
+                        directed_probes: probes * self.rng.u64(0..30) / 100,
                         devices,
                         randomized,
                         randomized_share: (randomized as f64 / devices as f64 * 1000.0).round()

@@ -21,6 +21,8 @@ const ARPHRD_IEEE80211_RADIOTAP: u16 = 803;
 const SO_ATTACH_FILTER: libc::c_int = 26;
 /// `sll_pkttype` of frames this host sent (seen on `lo`, or when injecting).
 const PACKET_OUTGOING: u8 = 4;
+/// `PACKET_STATISTICS` socket option (`SOL_PACKET`).
+const PACKET_STATISTICS: libc::c_int = 6;
 const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 
 /// How the link type of the captured frames is decided.
@@ -256,6 +258,29 @@ impl Capture {
                 Ok(Err(e)) => return Err(CaptureError::Io("recvfrom(AF_PACKET)", e)),
                 Err(_would_block) => continue,
             }
+        }
+    }
+
+    /// Frames the kernel dropped because the socket queue was full, since the last call
+    /// (`PACKET_STATISTICS` resets on read).
+    pub fn kernel_drops(&self) -> u64 {
+        // struct tpacket_stats { unsigned int tp_packets; unsigned int tp_drops; }
+        let mut st = [0u32; 2];
+        let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
+        // SAFETY: `st` is valid for writes of `len` bytes, which the kernel never exceeds.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                st.as_mut_ptr() as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            0
+        } else {
+            st[1] as u64
         }
     }
 

@@ -20,6 +20,8 @@ pub struct Sighting {
     /// Locally administered source address.
     pub randomized: bool,
     pub rssi: Option<i8>,
+    /// The probe named a network (directed) rather than asking for any (wildcard).
+    pub directed: bool,
 }
 
 /// Empty windows emitted at most in one stretch (a replay with a day-long gap stays short).
@@ -34,6 +36,7 @@ struct DevWindow {
 struct Window {
     idx: i64,
     probes: u64,
+    directed: u64,
     devices: HashMap<String, DevWindow>,
     hist: BTreeMap<i16, u64>,
     no_rssi: u64,
@@ -44,6 +47,7 @@ impl Window {
         Window {
             idx,
             probes: 0,
+            directed: 0,
             devices: HashMap::new(),
             hist: BTreeMap::new(),
             no_rssi: 0,
@@ -126,6 +130,7 @@ impl Footfall {
         let w = self.cur.get_or_insert_with(|| Window::new(open));
         // A sighting older than the open window (clock step, reordered capture) counts in it.
         w.probes += 1;
+        w.directed += s.directed as u64;
         match s.rssi {
             Some(r) => *w.hist.entry(bucket(r)).or_default() += 1,
             None => w.no_rssi += 1,
@@ -244,11 +249,12 @@ impl Footfall {
             }
         };
         let (probes, s0) = sup(w.probes);
+        let (directed, s5) = sup(w.directed);
         let (randomized, s2) = sup(randomized);
         let passer_raw = devices.saturating_sub(in_store);
         let (in_store, s3) = sup(in_store);
         let (passer_by, s4) = sup(passer_raw);
-        let mut suppressed = s0 || s1 || s2 || s3 || s4;
+        let mut suppressed = s0 || s1 || s2 || s3 || s4 || s5;
         let mut hist = BTreeMap::new();
         for (b, n) in w
             .hist
@@ -273,6 +279,7 @@ impl Footfall {
                 window_start: rfc3339_ms(start),
                 window_s: (self.window_ms / 1000) as u32,
                 probe_requests: probes,
+                directed_probes: directed,
                 devices: devices_s,
                 randomized,
                 randomized_share: share.min(1.0),
@@ -337,6 +344,7 @@ mod tests {
             epoch,
             randomized: dev.starts_with('r'),
             rssi,
+            directed: dev == "a",
         }
     }
 
@@ -354,6 +362,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         let c = &out[0].body;
         assert_eq!(c["probe_requests"], 4);
+        assert_eq!(c["directed_probes"], 2);
         assert_eq!(c["devices"], 3);
         assert_eq!(c["randomized"], 2);
         assert_eq!(c["in_store"], 1);

@@ -152,6 +152,10 @@ async fn capture_loop(
                 p.advance(now_ms(), &mut out);
                 send(&ctx.tx, std::mem::take(&mut out)).await;
                 report(&p.stats, reported);
+                let drops = cap.kernel_drops();
+                if drops > 0 {
+                    metrics::global().count("storegw_wifi_kernel_drops_total", "", drops);
+                }
                 if p.stats.frames > 0 {
                     status::source_input("wifi");
                 }

@@ -42,6 +42,8 @@ impl std::fmt::Display for PcapError {
     }
 }
 
+impl std::error::Error for PcapError {}
+
 /// The container format, told from the first four bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -119,6 +119,7 @@ impl Pipeline {
                 epoch,
                 randomized,
                 rssi: p.rssi,
+                directed: p.req.ssid.is_directed(),
             },
             out,
         );

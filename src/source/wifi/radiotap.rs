@@ -139,10 +139,11 @@ pub fn parse(buf: &[u8]) -> Result<Radiotap, RadiotapError> {
     'words: for i in 0..nwords {
         let w = word(i).ok_or(RadiotapError::FieldOverrun)?;
         let mut next_ns: Option<Ns> = None;
-        for bit in 0..32u32 {
-            if w & (1 << bit) == 0 {
-                continue;
-            }
+        // Set bits in ascending order (field order), without visiting the clear ones.
+        let mut rest = w;
+        while rest != 0 {
+            let bit = rest.trailing_zeros();
+            rest &= rest - 1;
             match bit {
                 BIT_EXT => {}
                 BIT_RADIOTAP_NS => next_ns = Some(Ns::Radiotap),
