@@ -77,7 +77,9 @@ impl Replay {
         if self.publish && !self.events.is_empty() {
             publish(&self.cfg, &self.events).await?;
         }
-        println!("{summary}");
+        // A closed pipe (`| head`) is the reader's choice, not an error worth a panic.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{summary}");
         Ok(())
     }
 }

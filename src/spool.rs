@@ -200,8 +200,11 @@ fn chunk_count(v: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Decodes a chunk into its body and (seq, start, end) of every event; None if damaged.
-fn decode_chunk(v: &[u8]) -> Option<(Arc<Vec<u8>>, Vec<(u64, usize, usize)>)> {
+/// Where one event lies in a decoded chunk body: (seq, start, end).
+type EventSpan = (u64, usize, usize);
+
+/// Decodes a chunk into its body and the span of every event; None if damaged.
+fn decode_chunk(v: &[u8]) -> Option<(Arc<Vec<u8>>, Vec<EventSpan>)> {
     let format = *v.get(8)?;
     let count = chunk_count(v) as usize;
     let raw = v.get(HEADER..)?;
