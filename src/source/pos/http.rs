@@ -178,11 +178,14 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
             .into_response(),
         Err(StoreError::Invalid(r)) => bad_request(&r),
         Err(StoreError::Storage(e)) => {
+            // A full or failing disk is the till's cue to retry, exactly like a full spool.
             tracing::error!(error = %e, "POS push could not be stored");
-            json_err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                serde_json::json!({"error": "storage error; retry later"}),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "30")],
+                axum::Json(serde_json::json!({"error": "storage error; retry later"})),
             )
+                .into_response()
         }
     }
 }
