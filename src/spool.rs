@@ -130,6 +130,9 @@ pub struct Spool {
     drops: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     dirty: AtomicBool,
     recovered: Option<String>,
+    /// The last write error while writes keep failing (disk full, I/O error); cleared by the
+    /// next successful flush.
+    storage_failure: Mutex<Option<String>>,
     appended: tokio::sync::Notify,
     path: PathBuf,
 }
@@ -312,6 +315,7 @@ impl Spool {
             drops: Mutex::new(drops),
             dirty: AtomicBool::new(false),
             recovered,
+            storage_failure: Mutex::new(None),
             appended: tokio::sync::Notify::new(),
             path: path.to_path_buf(),
         })
@@ -337,6 +341,14 @@ impl Spool {
     /// one chunk per [`CHUNK_EVENTS`]. Sensor streams evict their oldest chunks to stay under the
     /// cap; POS refuses with [`SpoolError::Full`] instead, and then nothing of the call is stored.
     pub fn append(&self, events: &[Event]) -> Result<Vec<u64>, SpoolError> {
+        let r = self.append_inner(events);
+        if matches!(r, Err(SpoolError::Storage(_))) {
+            self.note_write(&r);
+        }
+        r
+    }
+
+    fn append_inner(&self, events: &[Event]) -> Result<Vec<u64>, SpoolError> {
         let now = crate::event::now_ms();
         let mut guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
         let first = guard.next;
@@ -630,12 +642,38 @@ impl Spool {
     /// Durable flush: returns once everything appended so far is on disk.
     pub async fn flush(&self) -> Result<(), SpoolError> {
         self.dirty.store(false, Ordering::Release);
-        self.persist_drops()?;
-        if let Err(e) = self.db.flush_async().await {
+        let r = match self.persist_drops() {
+            Ok(()) => self
+                .db
+                .flush_async()
+                .await
+                .map(|_| ())
+                .map_err(SpoolError::from),
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
             self.dirty.store(true, Ordering::Release);
-            return Err(e.into());
         }
-        Ok(())
+        self.note_write(&r);
+        r
+    }
+
+    /// Records whether writes work. sled 0.34 stays failed after an I/O error such as a full
+    /// disk, even once space returns; health reports it so the watchdog restarts the service,
+    /// which reopens the spool.
+    fn note_write<T>(&self, r: &Result<T, SpoolError>) {
+        if let Ok(mut f) = self.storage_failure.lock() {
+            match r {
+                Ok(_) => *f = None,
+                Err(SpoolError::Storage(e)) => *f = Some(e.clone()),
+                Err(SpoolError::Full { .. }) => {}
+            }
+        }
+    }
+
+    /// The write error the spool is stuck on, if any.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.storage_failure.lock().ok().and_then(|f| f.clone())
     }
 
     /// Flushes only when something changed since the last flush.

@@ -156,6 +156,11 @@ pub fn unhealthy_reasons(spool: &Spool) -> Vec<String> {
     if spool.pos_backlog_too_old() {
         r.push("POS backlog older than spool.pos.max_age".into());
     }
+    if let Some(e) = spool.storage_failure() {
+        r.push(format!(
+            "spool cannot write ({e}); a restart reopens it once space returns"
+        ));
+    }
     r
 }
 
