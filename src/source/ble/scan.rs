@@ -224,6 +224,7 @@ async fn session(
     let mut last_advert = Instant::now();
     let mut scan_restarted = false;
     let mut devs: HashMap<PeripheralId, Dev> = HashMap::new();
+    let mut exported = agg.stats.clone();
     let mut ad = Vec::with_capacity(64);
     let mut out = Vec::new();
     loop {
@@ -284,7 +285,6 @@ async fn session(
                         data: &ad,
                     };
                     agg.push(now_ms(), &rep, &mut out);
-                    crate::ops::metrics::global().count("storegw_ble_advertisements_total", "", 1);
                     any = true;
                 }
                 if any {
@@ -301,6 +301,7 @@ async fn session(
             }
             _ = tick.tick() => {
                 agg.tick(now_ms(), &mut out);
+                agg.stats.export_since(&mut exported);
                 if !send_all(ctx, &mut out).await {
                     return End::Shutdown;
                 }
