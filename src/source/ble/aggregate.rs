@@ -69,9 +69,11 @@ impl BeaconKey {
                 tx_power as i16 - 41,
             ),
             Frame::EddystoneUrl { tx_power, url } => {
+                // The spec allows 17 encoded bytes; longer ones (extended adverts) beyond the
+                // key's room are not treated as a beacon rather than cut.
                 let mut enc = [0u8; 32];
-                let n = url.encoded.len().min(32);
-                enc[..n].copy_from_slice(url.encoded.get(..n)?);
+                let n = url.encoded.len();
+                enc.get_mut(..n)?.copy_from_slice(url.encoded);
                 (
                     BeaconKey::EddystoneUrl {
                         scheme: url.scheme,
