@@ -586,4 +586,38 @@ mod tests {
         let u = EncodedUrl::new(1, &[b'E', b'x', 0x00, b'P']).map(|u| u.expand());
         assert_eq!(u.as_deref(), Some("https://www.ex.com/P"));
     }
+
+    #[test]
+    fn random_payloads_never_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let heads: [&[u8]; 4] = [
+            &[0x1a, 0xff, 0x4c, 0x00, 0x02, 0x15],
+            &[0x1b, 0xff, 0x18, 0x01, 0xbe, 0xac],
+            &[0x17, 0x16, 0xaa, 0xfe, 0x00],
+            &[0x14, 0x16, 0xaa, 0xfe, 0x10],
+        ];
+        let mut frames = 0;
+        for i in 0..50_000 {
+            let mut p = heads[i % 4].to_vec();
+            let n = (next() % 40) as usize;
+            p.extend((0..n).map(|_| next() as u8));
+            if i % 5 == 0 {
+                p.truncate((next() % 40) as usize);
+            }
+            if let Some(f) = decode(&p).frame {
+                frames += 1;
+                if let Frame::EddystoneUrl { url, .. } = f {
+                    let _ = url.expand();
+                }
+            }
+            let _ = AdStructures::new(&p).count();
+        }
+        assert!(frames > 0);
+    }
 }

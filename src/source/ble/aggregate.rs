@@ -69,9 +69,11 @@ impl BeaconKey {
                 tx_power as i16 - 41,
             ),
             Frame::EddystoneUrl { tx_power, url } => {
+                // The spec allows 17 encoded bytes; longer ones (extended adverts) beyond the
+                // key's room are not treated as a beacon rather than cut.
                 let mut enc = [0u8; 32];
-                let n = url.encoded.len().min(32);
-                enc[..n].copy_from_slice(url.encoded.get(..n)?);
+                let n = url.encoded.len();
+                enc.get_mut(..n)?.copy_from_slice(url.encoded);
                 (
                     BeaconKey::EddystoneUrl {
                         scheme: url.scheme,
@@ -222,6 +224,43 @@ pub struct Stats {
     pub sightings: u64,
     pub presence: u64,
     pub census: u64,
+}
+
+impl Stats {
+    /// Adds what happened since `last` to the process metrics, then remembers `self` in `last`.
+    pub fn export_since(&self, last: &mut Stats) {
+        let m = crate::ops::metrics::global();
+        m.count(
+            "storegw_ble_reports_total",
+            "",
+            self.reports.saturating_sub(last.reports),
+        );
+        m.count(
+            "storegw_ble_malformed_total",
+            "what=\"ad_structure\"",
+            self.malformed_ad.saturating_sub(last.malformed_ad),
+        );
+        for (t, n) in &self.decoded {
+            let before = last.decoded.get(t).copied().unwrap_or(0);
+            m.count(
+                "storegw_ble_decoded_total",
+                &format!("type=\"{t}\""),
+                n.saturating_sub(before),
+            );
+        }
+        for (kind, now, before) in [
+            ("ble.sighting", self.sightings, last.sightings),
+            ("ble.presence", self.presence, last.presence),
+            ("ble.census", self.census, last.census),
+        ] {
+            m.count(
+                "storegw_ble_events_total",
+                &format!("kind=\"{kind}\""),
+                now.saturating_sub(before),
+            );
+        }
+        *last = self.clone();
+    }
 }
 
 /// Turns reports into events.

@@ -349,4 +349,32 @@ mod tests {
         assert!(!h4_adv_reports(&[], &mut bad, |_| {}));
         assert_eq!(bad, 0);
     }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // xorshift: deterministic garbage shaped like LE Meta events.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut reports = 0u32;
+        for _ in 0..20_000 {
+            let len = (next() % 80) as usize;
+            let mut p: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if p.len() > 3 {
+                p[0] = 0x04;
+                p[1] = 0x3E;
+                p[3] = if next() % 2 == 0 { 0x02 } else { 0x0D };
+            }
+            let mut bad = 0;
+            h4_adv_reports(&p, &mut bad, |r| {
+                reports += 1;
+                let _ = crate::source::ble::adv::decode(r.data);
+            });
+        }
+        assert!(reports > 0);
+    }
 }

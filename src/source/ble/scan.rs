@@ -224,6 +224,7 @@ async fn session(
     let mut last_advert = Instant::now();
     let mut scan_restarted = false;
     let mut devs: HashMap<PeripheralId, Dev> = HashMap::new();
+    let mut exported = agg.stats.clone();
     let mut ad = Vec::with_capacity(64);
     let mut out = Vec::new();
     loop {
@@ -284,7 +285,6 @@ async fn session(
                         data: &ad,
                     };
                     agg.push(now_ms(), &rep, &mut out);
-                    crate::ops::metrics::global().count("storegw_ble_advertisements_total", "", 1);
                     any = true;
                 }
                 if any {
@@ -301,6 +301,7 @@ async fn session(
             }
             _ = tick.tick() => {
                 agg.tick(now_ms(), &mut out);
+                agg.stats.export_since(&mut exported);
                 if !send_all(ctx, &mut out).await {
                     return End::Shutdown;
                 }
@@ -332,5 +333,54 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::ble::adv::{self, Frame};
+
+    #[test]
+    fn rebuilt_ad_decodes_like_the_air_format() {
+        let mut mfg = HashMap::new();
+        let mut ib = vec![0x02, 0x15];
+        ib.extend_from_slice(&[0x42; 16]);
+        ib.extend_from_slice(&[0, 5, 0, 6, 0xC5]);
+        mfg.insert(0x004C, ib);
+        let mut ad = Vec::new();
+        synthesize_ad(&mfg, &[], Some(-4), &mut ad);
+        let a = adv::decode(&ad);
+        assert!(matches!(
+            a.frame,
+            Some(Frame::IBeacon {
+                major: 5,
+                minor: 6,
+                tx_power: -59,
+                ..
+            })
+        ));
+        assert_eq!(
+            (a.company, a.tx_power, a.malformed),
+            (Some(0x004C), Some(-4), 0)
+        );
+        // Eddystone service data under the 128-bit form of 0xFEAA.
+        let feaa: u128 = 0x0000_feaa_0000_1000_8000_0080_5f9b_34fb;
+        let mut uid = vec![0x00, 0xE3];
+        uid.extend_from_slice(&[0x12; 16]);
+        synthesize_ad(&HashMap::new(), &[(feaa, &uid)], None, &mut ad);
+        assert!(matches!(
+            adv::decode(&ad).frame,
+            Some(Frame::EddystoneUid { tx_power: -29, .. })
+        ));
+        // A non-base 128-bit UUID keeps its full form.
+        synthesize_ad(
+            &HashMap::new(),
+            &[(0x1234_u128 << 64, &[1, 2])],
+            None,
+            &mut ad,
+        );
+        assert_eq!(ad.len(), 2 + 16 + 2);
+        assert_eq!(ad[1], 0x21);
     }
 }
