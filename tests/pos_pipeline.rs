@@ -232,6 +232,13 @@ async fn wait_http(base: &str) -> R {
     Err("gateway HTTP did not come up".into())
 }
 
+async fn wait_path(p: &Path) {
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until && !p.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn private_json() -> Value {
     json!([
         {"transaction_id": "P-1", "register": "R9", "time": "2024-03-01T12:00:00Z", "currency": "EUR",
@@ -425,11 +432,16 @@ async fn pos_end_to_end() -> R {
     let got = sub.wait_for(want, Duration::from_secs(60)).await;
     assert_eq!(got, want, "pos events on MQTT");
 
-    // Files went where they should.
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until && !inbox.join("failed/bad.csv.error").exists() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Files went where they should (the move follows the fsync, so it may trail MQTT).
+    for p in [
+        "failed/bad.csv.error",
+        "done/online-retail_by-day_2010-12-22.csv",
+        "done/online-retail_by-day_2011-02-06.csv",
+        "done/private.jsonl",
+    ] {
+        wait_path(&inbox.join(p)).await;
     }
+    wait_path(&dir.path().join("state/pos-cursor-square.json")).await;
     let err = std::fs::read_to_string(inbox.join("failed/bad.csv.error"))?;
     assert!(err.contains("line 2") && err.contains("UnitPrice"), "{err}");
     for f in [

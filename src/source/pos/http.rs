@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures_util::StreamExt;
 use std::sync::Arc;
 
 struct HttpState {
@@ -93,6 +94,22 @@ fn bad_request(r: &Reject) -> Response {
     )
 }
 
+/// Reads and discards up to `cap` more bytes so a client still sending gets the answer
+/// instead of a reset connection; beyond `cap` the connection is simply closed.
+async fn drain(body: Body, cap: usize) {
+    drain_stream(body.into_data_stream(), cap).await;
+}
+
+async fn drain_stream(mut s: axum::body::BodyDataStream, cap: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(c)) = s.next().await {
+        seen += c.len();
+        if seen > cap {
+            break;
+        }
+    }
+}
+
 async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     let (parts, body): (_, Body) = req.into_parts();
     if !authorized(&st, &parts.headers) {
@@ -115,12 +132,24 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
         )
     };
     if declared.is_some_and(|n| n > st.limit) {
+        drain(body, st.limit.saturating_mul(4)).await;
         return too_large();
     }
-    let bytes = match axum::body::to_bytes(body, st.limit).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
-    };
+    let mut stream = body.into_data_stream();
+    let mut bytes: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return json_err(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "body could not be read"}),
+            );
+        };
+        if bytes.len() + chunk.len() > st.limit {
+            drain_stream(stream, st.limit.saturating_mul(4)).await;
+            return too_large();
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     let ctype = parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -124,8 +124,8 @@ impl Reject {
     /// since rejections go to logs, HTTP answers and `.error` files.
     pub fn new(at: impl Into<String>, reason: impl Into<String>) -> Reject {
         Reject {
-            at: super::card::scrub(&at.into()).0,
-            reason: super::card::scrub(&reason.into()).0,
+            at: redact(&at.into()),
+            reason: redact(&reason.into()),
             transaction_id: None,
             sensitive: false,
         }
@@ -140,6 +140,28 @@ impl Reject {
     }
 }
 
+/// Error texts quote offending values in backticks; a quoted value that may identify a person
+/// (an `@`, or seven digits or more) is replaced, and card numbers are cut everywhere.
+fn redact(s: &str) -> String {
+    let s = super::card::scrub(s).0;
+    let mut out = String::with_capacity(s.len());
+    let mut parts = s.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, p) in parts.enumerate() {
+        out.push('`');
+        let quoted = i % 2 == 0;
+        let personal = p.contains('@') || p.chars().filter(char::is_ascii_digit).count() >= 7;
+        if quoted && personal {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(p);
+        }
+    }
+    out
+}
+
 impl std::fmt::Display for Reject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.at, self.reason)
@@ -148,3 +170,21 @@ impl std::fmt::Display for Reject {
 
 /// A parser's output: transactions in input order, each parsed or refused on its own.
 pub type Parsed = Vec<Result<Tx, Reject>>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rejections_do_not_echo_personal_values() {
+        let r = super::Reject::new("$.time", "`alice@example.com` is not a date-time");
+        assert_eq!(r.reason, "`[redacted]` is not a date-time");
+        let r = super::Reject::new("x", "`+49 30 1234 5678` is not a quantity");
+        assert!(!r.reason.contains("1234"));
+        let r = super::Reject::new("x", "`1.x` is not a decimal amount");
+        assert_eq!(r.reason, "`1.x` is not a decimal amount");
+        let r = super::Reject::new(
+            "line 2: column `UnitPrice`",
+            "`abc` is not a decimal amount",
+        );
+        assert_eq!(r.at, "line 2: column `UnitPrice`");
+    }
+}

@@ -115,19 +115,18 @@ pub fn normalize(tx: Tx, key: &JoinKey, now_ms: i64) -> Result<Normalized, Rejec
                 l.amount_minor
             },
             kind: sc.o(l.kind),
-            discounts: l
-                .discounts
-                .into_iter()
-                .map(|d| Discount {
-                    code: d.code.map(|c| card::scrub(&c).0),
-                    amount_minor: if ret {
-                        neg(d.amount_minor)
-                    } else {
-                        d.amount_minor
-                    },
-                })
-                .collect(),
+            discounts: Vec::with_capacity(l.discounts.len()),
         };
+        for d in l.discounts {
+            line.discounts.push(Discount {
+                code: sc.o(d.code),
+                amount_minor: if ret {
+                    neg(d.amount_minor)
+                } else {
+                    d.amount_minor
+                },
+            });
+        }
         if line.qty == 0.0 {
             line.qty = 0.0; // no negative zero on the wire
         }
@@ -173,7 +172,7 @@ pub fn normalize(tx: Tx, key: &JoinKey, now_ms: i64) -> Result<Normalized, Rejec
         time: rfc3339_ms(tx.time_ms.unwrap_or(now_ms)),
         currency: tx.currency.clone(),
         original_transaction_id: sc.o(tx.original_transaction_id),
-        source: tx.source,
+        source: sc.s(tx.source),
         channel: sc.o(tx.channel),
         totals: Totals {
             total_minor: total,
