@@ -163,10 +163,8 @@ pub fn parse_exposition(text: &str) -> Result<Exposition, String> {
                         return Err(at("TYPE after samples".into()));
                     }
                 }
-                (Some("HELP"), Some(name), _) => {
-                    if !e.help.insert(name.into()) {
-                        return Err(at("HELP repeated".into()));
-                    }
+                (Some("HELP"), Some(name), _) if !e.help.insert(name.into()) => {
+                    return Err(at("HELP repeated".into()));
                 }
                 _ => {}
             }
