@@ -307,6 +307,8 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
     let mut summary_tick = tokio::time::interval(Duration::from_secs(5));
     let mut stdout = std::io::stdout().lock();
     let mut failures = 0u32;
+    let mut last_error: Option<String> = None;
+    let mut connected = false;
     loop {
         let stop_at =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
@@ -320,6 +322,7 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
             e = ev.poll() => match e {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
+                    connected = true;
                     client.subscribe(filter.clone(), QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
                 }
                 Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
@@ -341,6 +344,7 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
                 Err(e) => {
                     failures += 1;
                     eprintln!("broker {}: {e}", o.broker);
+                    last_error = Some(e.to_string());
                     if failures >= 5 && checker.totals.events == 0 {
                         return Err(format!("cannot reach {}: {e}", o.broker));
                     }
@@ -355,6 +359,13 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
         eprintln!("{}", checker.totals.line(start.elapsed()));
     }
     let _ = client.try_disconnect();
+    if !connected {
+        return Err(format!(
+            "never connected to {}: {}",
+            o.broker,
+            last_error.unwrap_or_else(|| "no answer".into())
+        ));
+    }
     Ok(checker.totals)
 }
 
