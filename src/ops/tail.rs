@@ -88,13 +88,20 @@ impl Validators {
 /// What to subscribe to and how to print.
 #[derive(Debug, Clone)]
 pub struct TailOptions {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
     pub broker: String,
+    /// Store to follow.
     pub store: String,
+    /// One gateway only; every gateway of the store when `None`.
     pub gateway: Option<String>,
+    /// The gateways' `mqtt.topic_prefix`.
     pub prefix: String,
+    /// Broker credentials: user name, and a file holding the password.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// CA bundle for `mqtts://` (the system bundle when `None`).
     pub ca_file: Option<PathBuf>,
+    /// Running totals every 5 s instead of one line per event.
     pub summary: bool,
     /// Stop after this many distinct events.
     pub count: Option<u64>,
@@ -105,11 +112,17 @@ pub struct TailOptions {
 /// Running totals, also the result of a finished tail.
 #[derive(Debug, Default)]
 pub struct Totals {
+    /// Distinct events (valid or not).
     pub events: u64,
+    /// Redelivered events dropped by id.
     pub duplicates: u64,
+    /// Events failing their kind's schema.
     pub invalid_events: u64,
+    /// Messages failing the batch or status schema, or not JSON, or on a wrong topic.
     pub invalid_messages: u64,
+    /// Distinct events by kind.
     pub per_kind: BTreeMap<String, u64>,
+    /// Last status state by `store/gateway`.
     pub gateways: BTreeMap<String, String>,
 }
 
