@@ -20,8 +20,11 @@ static ENV_OVERRIDE: OnceLock<bool> = OnceLock::new();
 /// Where log lines end up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {
+    /// Native journald protocol, one journal field per tracing field.
     Journald,
+    /// Compact text on stderr.
     Text,
+    /// One JSON object per line on stderr.
     Json,
 }
 

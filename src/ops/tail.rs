@@ -88,13 +88,20 @@ impl Validators {
 /// What to subscribe to and how to print.
 #[derive(Debug, Clone)]
 pub struct TailOptions {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
     pub broker: String,
+    /// Store to follow.
     pub store: String,
+    /// One gateway only; every gateway of the store when `None`.
     pub gateway: Option<String>,
+    /// The gateways' `mqtt.topic_prefix`.
     pub prefix: String,
+    /// Broker credentials: user name, and a file holding the password.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// CA bundle for `mqtts://` (the system bundle when `None`).
     pub ca_file: Option<PathBuf>,
+    /// Running totals every 5 s instead of one line per event.
     pub summary: bool,
     /// Stop after this many distinct events.
     pub count: Option<u64>,
@@ -105,11 +112,17 @@ pub struct TailOptions {
 /// Running totals, also the result of a finished tail.
 #[derive(Debug, Default)]
 pub struct Totals {
+    /// Distinct events (valid or not).
     pub events: u64,
+    /// Redelivered events dropped by id.
     pub duplicates: u64,
+    /// Events failing their kind's schema.
     pub invalid_events: u64,
+    /// Messages failing the batch or status schema, or not JSON, or on a wrong topic.
     pub invalid_messages: u64,
+    /// Distinct events by kind.
     pub per_kind: BTreeMap<String, u64>,
+    /// Last status state by `store/gateway`.
     pub gateways: BTreeMap<String, String>,
 }
 
@@ -307,6 +320,8 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
     let mut summary_tick = tokio::time::interval(Duration::from_secs(5));
     let mut stdout = std::io::stdout().lock();
     let mut failures = 0u32;
+    let mut last_error: Option<String> = None;
+    let mut connected = false;
     loop {
         let stop_at =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
@@ -320,6 +335,7 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
             e = ev.poll() => match e {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
+                    connected = true;
                     client.subscribe(filter.clone(), QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
                 }
                 Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
@@ -341,6 +357,7 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
                 Err(e) => {
                     failures += 1;
                     eprintln!("broker {}: {e}", o.broker);
+                    last_error = Some(e.to_string());
                     if failures >= 5 && checker.totals.events == 0 {
                         return Err(format!("cannot reach {}: {e}", o.broker));
                     }
@@ -355,6 +372,13 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
         eprintln!("{}", checker.totals.line(start.elapsed()));
     }
     let _ = client.try_disconnect();
+    if !connected {
+        return Err(format!(
+            "never connected to {}: {}",
+            o.broker,
+            last_error.unwrap_or_else(|| "no answer".into())
+        ));
+    }
     Ok(checker.totals)
 }
 
