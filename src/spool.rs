@@ -341,14 +341,39 @@ impl Spool {
     /// one chunk per [`CHUNK_EVENTS`]. Sensor streams evict their oldest chunks to stay under the
     /// cap; POS refuses with [`SpoolError::Full`] instead, and then nothing of the call is stored.
     pub fn append(&self, events: &[Event]) -> Result<Vec<u64>, SpoolError> {
-        let r = self.append_inner(events);
+        let r = self.append_inner(events, None);
         if matches!(r, Err(SpoolError::Storage(_))) {
             self.note_write(&r);
         }
         r
     }
 
-    fn append_inner(&self, events: &[Event]) -> Result<Vec<u64>, SpoolError> {
+    /// Appends events of one stream and applies `entries` to `index` (a tree of this spool,
+    /// see [`Spool::aux_tree`]) in the same sled transaction: after a crash either both are on
+    /// disk or neither, so an idempotency index can never disagree with the events.
+    pub fn append_indexed(
+        &self,
+        events: &[Event],
+        index: &sled::Tree,
+        entries: &sled::Batch,
+    ) -> Result<Vec<u64>, SpoolError> {
+        if events.windows(2).any(|w| w[0].stream() != w[1].stream()) {
+            return Err(SpoolError::Storage(
+                "an indexed append must hold events of one stream".into(),
+            ));
+        }
+        let r = self.append_inner(events, Some((index, entries)));
+        if matches!(r, Err(SpoolError::Storage(_))) {
+            self.note_write(&r);
+        }
+        r
+    }
+
+    fn append_inner(
+        &self,
+        events: &[Event],
+        index: Option<(&sled::Tree, &sled::Batch)>,
+    ) -> Result<Vec<u64>, SpoolError> {
         let now = crate::event::now_ms();
         let mut guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
         let first = guard.next;
@@ -401,7 +426,19 @@ impl Spool {
                 n += count;
                 batch.insert(&key.to_be_bytes(), value);
             }
-            self.trees[idx(s)].apply_batch(batch)?;
+            match index {
+                Some((tree, entries)) => {
+                    use sled::Transactional;
+                    (&self.trees[idx(s)], tree)
+                        .transaction(|(t, x)| {
+                            t.apply_batch(&batch)?;
+                            x.apply_batch(entries)?;
+                            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                        })
+                        .map_err(|e| SpoolError::Storage(format!("{e:?}")))?;
+                }
+                None => self.trees[idx(s)].apply_batch(batch)?,
+            }
             let st = &self.state[idx(s)];
             st.bytes.fetch_add(add, Ordering::Relaxed);
             st.count.fetch_add(n, Ordering::Relaxed);
@@ -910,6 +947,48 @@ mod chunk_tests {
         assert_eq!(got.len(), 5, "the intact chunk is still delivered");
         assert_eq!(s.drops()["ble"]["corrupt"], 10);
         assert_eq!(s.depth(Stream::Ble).depth, 5);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod indexed_tests {
+    use super::*;
+
+    fn tx(i: u64) -> Event {
+        Event {
+            kind: "pos.transaction",
+            ts_ms: i as i64,
+            body: serde_json::json!({ "transaction_id": format!("T{i}") }),
+        }
+    }
+
+    #[test]
+    fn indexed_append_writes_events_and_index_together() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let s = Spool::open(&dir.path().join("spool"), "gw", &SpoolConfig::default())?;
+        let index = s.aux_tree("idx")?;
+        let mut b = sled::Batch::default();
+        b.insert(b"R1/T1".as_slice(), b"x".as_slice());
+        s.append_indexed(&[tx(1)], &index, &b)?;
+        assert_eq!(s.depth(Stream::Pos).depth, 1);
+        assert!(index.get(b"R1/T1")?.is_some());
+        let mixed = [
+            tx(2),
+            Event {
+                kind: "ble.census",
+                ts_ms: 0,
+                body: serde_json::json!({}),
+            },
+        ];
+        assert!(s
+            .append_indexed(&mixed, &index, &sled::Batch::default())
+            .is_err());
+        assert_eq!(
+            s.depth(Stream::Pos).depth,
+            1,
+            "a refused call stores nothing"
+        );
         Ok(())
     }
 }

@@ -141,8 +141,13 @@ impl Ingest {
             return Ok(out);
         }
         let events: Vec<_> = fresh.iter().map(|n| n.event.clone()).collect();
-        let spool = self.spool.clone();
-        let seqs = match spool.append(&events) {
+        // Events and their idempotency entries go to disk in one transaction: a crash can
+        // never leave transactions stored without their index entries (or the reverse).
+        let mut batch = sled::Batch::default();
+        for k in &keys {
+            batch.insert(k.as_bytes(), &now.to_be_bytes());
+        }
+        let seqs = match self.spool.append_indexed(&events, &self.index, &batch) {
             Ok(s) => s,
             Err(SpoolError::Full { .. }) => {
                 crate::ops::metrics::global().count(
@@ -154,13 +159,6 @@ impl Ingest {
             }
             Err(e) => return Err(StoreError::Storage(e.to_string())),
         };
-        let mut batch = sled::Batch::default();
-        for k in &keys {
-            batch.insert(k.as_bytes(), &now.to_be_bytes());
-        }
-        self.index
-            .apply_batch(batch)
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
         self.spool
             .flush()
             .await
