@@ -78,6 +78,12 @@ enum Cmd {
         /// Seconds of the footprint run at typical store load.
         #[arg(long, default_value_t = 60)]
         footprint_secs: u64,
+        /// Gateways in the fleet simulation (0 skips it).
+        #[arg(long, default_value_t = 200)]
+        fleet: usize,
+        /// Seconds the broker stays down in the fleet simulation.
+        #[arg(long, default_value_t = 10)]
+        fleet_outage_secs: u64,
     },
     /// Subscribe to a store's live feed, validate every payload against the JSON Schemas,
     /// drop redelivered events by id, print one line per event or a running summary.
@@ -238,6 +244,8 @@ fn main() -> ExitCode {
             events,
             backlog,
             footprint_secs,
+            fleet,
+            fleet_outage_secs,
         } => {
             init_logging("error", fmt_override.as_deref().unwrap_or("text"));
             let rt = match runtime() {
@@ -249,6 +257,8 @@ fn main() -> ExitCode {
                 events,
                 backlog,
                 footprint_s: footprint_secs,
+                fleet,
+                fleet_outage_s: fleet_outage_secs,
             };
             match rt.block_on(storegw::bench::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

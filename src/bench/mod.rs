@@ -4,6 +4,7 @@
 //! Small shared machines are noisy, so every figure is reported as a ratio to its baseline
 //! (raw sled, raw rumqttc publishing, tshark) rather than as an absolute claim.
 
+mod fleet;
 mod parsers;
 
 use crate::config::{self, Config};
@@ -29,6 +30,10 @@ pub struct BenchOptions {
     pub backlog: u64,
     /// Seconds of the footprint run at typical store load.
     pub footprint_s: u64,
+    /// Gateways in the fleet simulation (0 = skip it).
+    pub fleet: usize,
+    /// Seconds the broker stays down in the fleet simulation.
+    pub fleet_outage_s: u64,
 }
 
 /// One line of the report: a figure, its baseline and the target it is held to.
@@ -98,6 +103,14 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             match footprint(&bin, &work.join("footprint"), opts.footprint_s).await {
                 Ok(r) => rows.extend(r),
                 Err(e) => notes.push(format!("footprint not measured: {e}")),
+            }
+            if opts.fleet > 0 {
+                eprintln!("bench: fleet of {} gateways, broker restarted", opts.fleet);
+                let outage = Duration::from_secs(opts.fleet_outage_s);
+                match fleet::fleet(&bin, &work.join("fleet"), opts.fleet, outage).await {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => notes.push(format!("fleet simulation not measured: {e}")),
+                }
             }
         }
         None => notes
@@ -235,8 +248,11 @@ fn mosquitto_path() -> Option<PathBuf> {
 }
 
 fn start_broker(bin: &Path, dir: &Path) -> Result<Broker, String> {
+    start_broker_on(bin, dir, crate::demo::free_port()?)
+}
+
+fn start_broker_on(bin: &Path, dir: &Path, port: u16) -> Result<Broker, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let port = crate::demo::free_port()?;
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
