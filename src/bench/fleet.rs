@@ -3,7 +3,7 @@
 //! measure how the fleet comes back: the reconnect spread (full-jitter backoff must keep it from
 //! being a spike), the peak connection rate, and the time until every backlog is drained.
 
-use super::{start_broker, Row};
+use super::Row;
 use crate::daemon::Pipeline;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 /// When each gateway's `online` status arrived, by gateway topic.
 type Arrivals = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 
-/// Subscribes to every status topic, again after each reconnect (the broker forgets sessions
-/// when it restarts without persistence).
+/// Subscribes to every status topic with a persistent QoS 1 session, so `online` messages
+/// published while the watcher itself reconnects after the broker restart are not missed.
 async fn status_watcher(port: u16) -> Arrivals {
     let seen: Arrivals = Arc::default();
     let mut o = MqttOptions::new("fleet-watcher", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30));
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false);
     let (client, mut ev) = AsyncClient::new(o, 1024);
     let s = seen.clone();
     tokio::spawn(async move {
@@ -27,7 +28,7 @@ async fn status_watcher(port: u16) -> Arrivals {
             match ev.poll().await {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     let _ = client
-                        .subscribe("storegw/v1/+/+/status", QoS::AtMostOnce)
+                        .subscribe("storegw/v1/+/+/status", QoS::AtLeastOnce)
                         .await;
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) if !p.retain => {
@@ -38,7 +39,7 @@ async fn status_watcher(port: u16) -> Arrivals {
                     }
                 }
                 Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
     });
@@ -65,10 +66,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Runs `n` gateways, kills the broker for `outage`, restarts it and measures the recovery.
+/// Runs `n` gateways, stops the broker for `outage`, restarts it and measures the recovery.
 pub async fn fleet(bin: &Path, dir: &Path, n: usize, outage: Duration) -> Result<Vec<Row>, String> {
-    let mut broker = start_broker(bin, &dir.join("broker"))?;
-    let port = broker.port;
+    let port = crate::demo::free_port()?;
+    let mut broker = super::start_broker_on(bin, &dir.join("broker"), port, true)?;
     let seen = status_watcher(port).await;
     let mut gateways = Vec::with_capacity(n);
     for i in 0..n {
@@ -81,12 +82,16 @@ pub async fn fleet(bin: &Path, dir: &Path, n: usize, outage: Duration) -> Result
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // The broker dies without warning and comes back on the same port.
-    let _ = broker.child.kill();
+    // The broker goes down (saving its sessions, as a maintenance restart does) and comes back
+    // on the same port after the outage.
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(broker.child.id() as i32, libc::SIGTERM);
+    }
     let _ = broker.child.wait();
     tokio::time::sleep(outage).await;
     let restarted = Instant::now();
-    let broker2 = super::start_broker_on(bin, &dir.join("broker2"), port)?;
+    let broker2 = super::start_broker_on(bin, &dir.join("broker"), port, true)?;
     let backlog: u64 = gateways.iter().map(|g| g.spool.total_depth()).sum();
     let until = Instant::now() + Duration::from_secs(180);
     let mut drained = None;

@@ -248,17 +248,24 @@ fn mosquitto_path() -> Option<PathBuf> {
 }
 
 fn start_broker(bin: &Path, dir: &Path) -> Result<Broker, String> {
-    start_broker_on(bin, dir, crate::demo::free_port()?)
+    start_broker_on(bin, dir, crate::demo::free_port()?, false)
 }
 
-fn start_broker_on(bin: &Path, dir: &Path, port: u16) -> Result<Broker, String> {
+/// Starts mosquitto on `port`; with `persist` it keeps sessions and queued messages in `dir`
+/// across a graceful restart.
+fn start_broker_on(bin: &Path, dir: &Path, port: u16, persist: bool) -> Result<Broker, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let persistence = if persist {
+        format!("persistence true\npersistence_location {}/", dir.display())
+    } else {
+        "persistence false".to_string()
+    };
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-             max_inflight_messages 0\nmessage_size_limit 0\npersistence false\nlog_dest file {}/mosquitto.log\nuser root\n",
+             max_inflight_messages 0\nmessage_size_limit 0\n{persistence}\nlog_dest file {}/mosquitto.log\nuser root\n",
             dir.display()
         ),
     )
@@ -311,10 +318,8 @@ async fn counting_subscriber(port: u16, filter: &str) -> Result<Arc<AtomicU64>, 
                     c.fetch_add(n, Ordering::Relaxed);
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    eprintln!("bench: subscriber: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
+                // Brokers of finished measurements are gone: retry quietly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     });

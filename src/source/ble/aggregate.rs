@@ -327,6 +327,15 @@ impl Aggregator {
         }
     }
 
+    /// Applies a reloaded configuration (SIGHUP): allowlist, thresholds, distance model and
+    /// `min_count` at once; a new window length from the next window on.
+    pub fn reconfigure(&mut self, cfg: &BleConfig, min_count: u32) {
+        self.known = Known::from_config(cfg);
+        self.cfg = cfg.clone();
+        self.min_count = min_count;
+        self.window_ms = (cfg.window.0.as_millis() as i64).max(1000);
+    }
+
     /// One advertising report received at `ts_ms`.
     pub fn push(&mut self, ts_ms: i64, rep: &Report<'_>, out: &mut Vec<Event>) {
         self.tick(ts_ms, out);

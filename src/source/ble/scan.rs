@@ -212,6 +212,8 @@ async fn session(
     agg: &mut Aggregator,
 ) -> End {
     let mut stop = ctx.shutdown.clone();
+    let mut config = ctx.config.clone();
+    let mut config_open = true;
     let mut events = match adapter.events().await {
         Ok(e) => e,
         Err(e) => return End::Reopen(format!("cannot subscribe to adapter events: {e}")),
@@ -229,6 +231,15 @@ async fn session(
     let mut out = Vec::new();
     loop {
         tokio::select! {
+            changed = config.changed(), if config_open => {
+                if changed.is_ok() {
+                    let c = config.borrow_and_update().clone();
+                    agg.reconfigure(&c.sources.ble, c.privacy.min_count);
+                    tracing::info!("BLE: allowlist and thresholds reloaded");
+                } else {
+                    config_open = false;
+                }
+            }
             ev = events.next() => {
                 let Some(ev) = ev else {
                     return End::Reopen("adapter event stream ended".into());

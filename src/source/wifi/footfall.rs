@@ -112,6 +112,18 @@ impl Footfall {
         }
     }
 
+    /// Applies a reloaded configuration (SIGHUP): threshold, visits, dwell, gap and
+    /// `min_count` at once. The window length keeps its running value (windows are aligned to
+    /// it); changing it needs a restart.
+    pub fn reconfigure(&mut self, cfg: &WifiConfig, min_count: u32) {
+        self.threshold = cfg.in_store_rssi;
+        self.min_count = min_count;
+        self.visits = cfg.visits;
+        self.min_dwell_ms = cfg.min_dwell.0.as_millis() as i64;
+        self.gap_ms = (cfg.session_gap.0.as_millis() as i64).max(1);
+        self.max_tracked = cfg.max_tracked_devices;
+    }
+
     fn in_store(&self, rssi: Option<i8>) -> bool {
         rssi.is_some_and(|r| r as i16 >= self.threshold)
     }
@@ -378,6 +390,23 @@ mod tests {
         f.observe(s(t0 + 185_000, "a", Some(-50), 1), &mut out);
         assert_eq!(out.len(), 3);
         assert_eq!(out[2].body["devices"], 0);
+    }
+
+    #[test]
+    fn reload_applies_the_new_threshold_at_once() {
+        let mut f = Footfall::new(&cfg(false), 1);
+        let mut out = Vec::new();
+        let t0 = 1_700_000_040_000;
+        let strict = WifiConfig {
+            in_store_rssi: -55,
+            ..cfg(false)
+        };
+        f.reconfigure(&strict, 1);
+        f.observe(s(t0 + 1000, "a", Some(-60), 1), &mut out);
+        f.advance(t0 + 60_000, &mut out);
+        assert_eq!(out[0].body["in_store"], 0);
+        assert_eq!(out[0].body["passer_by"], 1);
+        assert_eq!(out[0].body["rssi_threshold_dbm"], -55);
     }
 
     #[test]

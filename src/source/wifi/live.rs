@@ -129,12 +129,23 @@ async fn capture_loop(
     reported: &mut Stats,
 ) -> Result<(), CaptureError> {
     let mut stop = ctx.shutdown.clone();
+    let mut config = ctx.config.clone();
+    let mut config_open = true;
     let mut buf = vec![0u8; SNAP];
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            changed = config.changed(), if config_open => {
+                if changed.is_ok() {
+                    let c = config.borrow_and_update().clone();
+                    p.reconfigure(&c.sources.wifi, c.privacy.min_count);
+                    tracing::info!("Wi-Fi: thresholds and policies reloaded");
+                } else {
+                    config_open = false;
+                }
+            }
             r = cap.recv(&mut buf) => {
                 let mut r = Some(r?);
                 let now = now_ms();

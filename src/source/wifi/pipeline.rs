@@ -44,6 +44,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Applies a reloaded configuration (SIGHUP): FCS and group-address policies and the
+    /// footfall thresholds.
+    pub fn reconfigure(&mut self, cfg: &WifiConfig, min_count: u32) {
+        self.footfall.reconfigure(cfg, min_count);
+        self.cfg = cfg.clone();
+    }
+
     /// A stage for `cfg`; `track_totals` keeps the distinct pseudonyms of the whole run (replay
     /// summary only: the live gateway has no use for an ever-growing set).
     pub fn new(
