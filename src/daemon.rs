@@ -61,13 +61,17 @@ fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
     if buf.is_empty() {
         return;
     }
-    // One append per stream, so a refused POS append never takes sensor events with it.
-    for stream in crate::event::Stream::ALL {
-        let part: Vec<Event> = buf
+    // One append per stream, so a refused POS append never takes sensor events with it. The
+    // events are moved into their stream's part, never cloned.
+    let mut parts: [Vec<Event>; 3] = Default::default();
+    for e in buf.drain(..) {
+        let i = crate::event::Stream::ALL
             .iter()
-            .filter(|e| e.stream() == stream)
-            .cloned()
-            .collect();
+            .position(|s| *s == e.stream())
+            .unwrap_or(0);
+        parts[i].push(e);
+    }
+    for (stream, part) in crate::event::Stream::ALL.into_iter().zip(parts) {
         if part.is_empty() {
             continue;
         }
@@ -80,7 +84,6 @@ fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
             }
         }
     }
-    buf.clear();
 }
 
 impl Pipeline {

@@ -147,6 +147,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// Runs a command's future on a fresh runtime; an error is printed after `what` and exits 1.
+fn run_to_exit(what: &str, fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     storegw::privacy::init_local_offset();
     let cli = Cli::parse();
@@ -189,17 +204,10 @@ fn main() -> ExitCode {
                 "warn,rumqttd=off",
                 fmt_override.as_deref().unwrap_or("text"),
             );
-            let rt = match runtime() {
-                Ok(r) => r,
-                Err(c) => return c,
-            };
-            match rt.block_on(storegw::demo::run(Duration::from_secs(duration), rate)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("demo failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_to_exit(
+                "demo failed",
+                storegw::demo::run(Duration::from_secs(duration), rate),
+            )
         }
         Cmd::Replay {
             ble,
@@ -248,10 +256,6 @@ fn main() -> ExitCode {
             fleet_outage_secs,
         } => {
             init_logging("error", fmt_override.as_deref().unwrap_or("text"));
-            let rt = match runtime() {
-                Ok(r) => r,
-                Err(c) => return c,
-            };
             let opts = storegw::bench::BenchOptions {
                 out,
                 events,
@@ -260,13 +264,7 @@ fn main() -> ExitCode {
                 fleet,
                 fleet_outage_s: fleet_outage_secs,
             };
-            match rt.block_on(storegw::bench::run(opts)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bench: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_to_exit("bench", storegw::bench::run(opts))
         }
         Cmd::Tail {
             broker,

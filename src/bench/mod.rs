@@ -145,13 +145,10 @@ fn tempdir(what: &str) -> Result<PathBuf, String> {
 
 /// Pre-built wire events from the simulator, so both sides of a comparison move the same bytes.
 fn wire_events(n: u64) -> Vec<(Stream, Vec<u8>)> {
-    let mut sim = Simulator::new(&crate::config::SimConfig::default());
-    let now = crate::event::now_ms();
-    (0..n)
-        .map(|i| {
-            let e = sim.next_event(now);
-            (e.stream(), e.to_wire("bench", i + 1))
-        })
+    sim_events(n)
+        .iter()
+        .zip(1..)
+        .map(|(e, seq)| (e.stream(), e.to_wire("bench", seq)))
         .collect()
 }
 
