@@ -72,19 +72,63 @@ pub const KINDS: [&str; 6] = [
 
 /// An event before the spool gives it an id: kind, time and the kind-specific fields.
 ///
-/// `body` must be a JSON object; its fields are spliced next to `id`, `kind` and `ts`.
-#[derive(Debug, Clone)]
+/// The body is kept as its serialized JSON object, so putting an event on the wire is a copy,
+/// not a second serialization: at full load that is most of the gateway's CPU.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Event {
     pub kind: &'static str,
     pub ts_ms: i64,
-    pub body: serde_json::Value,
+    /// The body as a JSON object (`{...}`), without `id`, `kind` and `ts`.
+    body: Vec<u8>,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("kind", &self.kind)
+            .field("ts_ms", &self.ts_ms)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish()
+    }
 }
 
 impl Event {
-    /// Builds an event from any serializable body (a struct with named fields).
+    /// Builds an event from a struct with named fields (none of them `id`, `kind` or `ts`:
+    /// those are the envelope's).
     pub fn new<T: Serialize>(kind: &'static str, ts_ms: i64, body: &T) -> Event {
-        let body = serde_json::to_value(body).unwrap_or(serde_json::Value::Null);
-        Event { kind, ts_ms, body }
+        let mut buf = Vec::with_capacity(256);
+        let is_object = serde_json::to_writer(&mut buf, body).is_ok()
+            && buf.first() == Some(&b'{')
+            && buf.last() == Some(&b'}');
+        if !is_object {
+            buf.clear();
+            buf.extend_from_slice(b"{}");
+        }
+        Event {
+            kind,
+            ts_ms,
+            body: buf,
+        }
+    }
+
+    /// Builds an event from a JSON value (tools and tests); `id`, `kind` and `ts` are removed,
+    /// anything that is not an object becomes an empty body.
+    pub fn from_value(kind: &'static str, ts_ms: i64, body: serde_json::Value) -> Event {
+        let map = match body {
+            serde_json::Value::Object(mut m) => {
+                for k in ["id", "kind", "ts"] {
+                    m.remove(k);
+                }
+                m
+            }
+            _ => serde_json::Map::new(),
+        };
+        Event::new(kind, ts_ms, &map)
+    }
+
+    /// The body parsed back into a JSON value (replay summaries, tests).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
     /// The stream this event belongs to.
@@ -94,31 +138,46 @@ impl Event {
 
     /// Serializes the event as it goes on the wire, with the id the spool assigned.
     pub fn to_wire(&self, gateway: &str, seq: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
+        let mut out = Vec::with_capacity(64 + self.body.len());
+        self.write_wire(gateway, seq, &mut out);
+        out
+    }
+
+    /// Appends the wire form to `out` (the spool writes chunks this way, without a buffer per
+    /// event).
+    pub fn write_wire(&self, gateway: &str, seq: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\":\"");
         out.extend_from_slice(gateway.as_bytes());
         out.push(b':');
-        out.extend_from_slice(seq.to_string().as_bytes());
+        write_u64(out, seq);
         out.extend_from_slice(b"\",\"kind\":\"");
         out.extend_from_slice(self.kind.as_bytes());
         out.extend_from_slice(b"\",\"ts\":\"");
-        out.extend_from_slice(rfc3339_ms(self.ts_ms).as_bytes());
+        write_rfc3339_ms(out, self.ts_ms);
         out.push(b'"');
-        if let serde_json::Value::Object(map) = &self.body {
-            for (k, v) in map {
-                if k == "id" || k == "kind" || k == "ts" {
-                    continue;
-                }
+        match self.body.get(1..) {
+            Some(rest) if self.body.len() > 2 => {
                 out.push(b',');
-                // Serializing a String and a Value into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut out, k);
-                out.push(b':');
-                let _ = serde_json::to_writer(&mut out, v);
+                out.extend_from_slice(rest);
             }
+            _ => out.push(b'}'),
         }
-        out.push(b'}');
-        out
     }
+}
+
+/// Decimal digits of `v`, without going through `fmt`.
+fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The event id the contract promises: `{gateway}:{seq}`.
@@ -168,17 +227,48 @@ pub fn now_ms() -> i64 {
 
 /// Formats Unix milliseconds as RFC 3339 UTC with exactly three fractional digits.
 pub fn rfc3339_ms(ms: i64) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_rfc3339_ms(&mut out, ms);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` (every event carries one; `format!` would dominate).
+pub fn write_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
     let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
+    let milli = ms.rem_euclid(1000) as u32;
     let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    if (0..=9999).contains(&y) {
+        let y = y as u32;
+        out.extend_from_slice(&[
+            b'0' + (y / 1000) as u8,
+            b'0' + (y / 100 % 10) as u8,
+            b'0' + (y / 10 % 10) as u8,
+            b'0' + (y % 10) as u8,
+        ]);
+    } else {
+        // Outside RFC 3339's range: still a readable, if non-conforming, year.
+        out.extend_from_slice(y.to_string().as_bytes());
+    }
+    let two = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+    out.push(b'-');
+    out.extend_from_slice(&two(m));
+    out.push(b'-');
+    out.extend_from_slice(&two(d));
+    out.push(b'T');
+    out.extend_from_slice(&two(sod / 3600));
+    out.push(b':');
+    out.extend_from_slice(&two(sod / 60 % 60));
+    out.push(b':');
+    out.extend_from_slice(&two(sod % 60));
+    out.push(b'.');
+    out.extend_from_slice(&[
+        b'0' + (milli / 100) as u8,
+        b'0' + (milli / 10 % 10) as u8,
+        b'0' + (milli % 10) as u8,
+    ]);
+    out.push(b'Z');
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -204,15 +294,21 @@ mod tests {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_506_780_191_123), "2017-09-30T14:03:11.123Z");
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        let empty = Event::from_value("ble.census", 0, serde_json::json!({}));
+        let v: serde_json::Value =
+            serde_json::from_slice(&empty.to_wire("g", 18446744073709551615)).expect("valid json");
+        assert_eq!(v["id"], "g:18446744073709551615");
     }
 
     #[test]
     fn wire_event_splices_body() {
-        let e = Event {
-            kind: "wifi.census",
-            ts_ms: 0,
-            body: serde_json::json!({"probe_requests": 3}),
-        };
+        let e = Event::from_value(
+            "wifi.census",
+            0,
+            serde_json::json!({"probe_requests": 3, "id": "x"}),
+        );
         let w = e.to_wire("gw1", 7);
         let v: serde_json::Value = serde_json::from_slice(&w).expect("valid json");
         assert_eq!(v["id"], "gw1:7");

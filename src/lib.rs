@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+pub mod fuzzing;
 pub mod model;
 pub mod ops;
 pub mod privacy;

@@ -84,6 +84,10 @@ enum Cmd {
         /// Seconds the broker stays down in the fleet simulation.
         #[arg(long, default_value_t = 10)]
         fleet_outage_secs: u64,
+        /// Run only these measurements (comma-separated: spool, e2e, backlog, footprint, fleet,
+        /// ready, size, parsers); the report then holds only their rows.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Subscribe to a store's live feed, validate every payload against the JSON Schemas,
     /// drop redelivered events by id, print one line per event or a running summary.
@@ -254,6 +258,7 @@ fn main() -> ExitCode {
             footprint_secs,
             fleet,
             fleet_outage_secs,
+            only,
         } => {
             init_logging("error", fmt_override.as_deref().unwrap_or("text"));
             let opts = storegw::bench::BenchOptions {
@@ -263,6 +268,7 @@ fn main() -> ExitCode {
                 footprint_s: footprint_secs,
                 fleet,
                 fleet_outage_s: fleet_outage_secs,
+                only,
             };
             run_to_exit("bench", storegw::bench::run(opts))
         }

@@ -105,6 +105,11 @@ struct StreamState {
     bytes: AtomicU64,
     /// Events not yet acknowledged.
     count: AtomicU64,
+    /// Events ever appended since the spool was opened: lets the uplink tell whether a stream
+    /// it is lingering on has grown, without reading it.
+    appended: AtomicU64,
+    /// Events appended since the last flush began: what a failed flush may have lost.
+    unflushed: AtomicU64,
     /// Chunk key → acknowledged seqs of chunks that are only partly acknowledged. The lock also
     /// serializes every removal of a stream's chunks, so counts never go wrong under races.
     partial: Mutex<HashMap<u64, HashSet<u64>>>,
@@ -135,6 +140,18 @@ pub struct Spool {
     storage_failure: Mutex<Option<String>>,
     appended: tokio::sync::Notify,
     path: PathBuf,
+    /// The chunk each stream's uplink read last, decoded: a 1,024-event chunk feeds several
+    /// batches, and decompressing it once per batch cost more than the publish. Chunk values
+    /// never change and their keys (seqs) are never reused, so the cache cannot go stale.
+    last_decoded: Mutex<[Option<DecodedChunk>; 3]>,
+}
+
+/// A decoded chunk: key, body and the span of every event.
+#[derive(Clone)]
+struct DecodedChunk {
+    key: u64,
+    body: Arc<Vec<u8>>,
+    items: Arc<Vec<EventSpan>>,
 }
 
 struct SeqState {
@@ -170,29 +187,41 @@ fn open_db(path: &Path, cache: u64) -> Result<sled::Db, String> {
     }
 }
 
-/// Encodes a chunk value from (seq, wire JSON) pairs.
-fn encode_chunk(enqueued_ms: i64, events: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let body_len: usize = events.iter().map(|(_, j)| 12 + j.len()).sum();
-    let mut body = Vec::with_capacity(body_len);
-    for (seq, json) in events {
-        body.extend_from_slice(&seq.to_be_bytes());
-        body.extend_from_slice(&(json.len() as u32).to_be_bytes());
-        body.extend_from_slice(json);
+/// A chunk being assembled: its key (first seq), event count and body (`[seq][len][json]`...).
+struct ChunkBuf {
+    key: u64,
+    count: u32,
+    body: Vec<u8>,
+}
+
+impl ChunkBuf {
+    fn push(&mut self, gateway: &str, seq: u64, e: &Event) {
+        self.body.extend_from_slice(&seq.to_be_bytes());
+        let at = self.body.len();
+        self.body.extend_from_slice(&[0; 4]);
+        e.write_wire(gateway, seq, &mut self.body);
+        let len = (self.body.len() - at - 4) as u32;
+        self.body[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        self.count += 1;
     }
+}
+
+/// Encodes a chunk value: header, then the body, LZ4-compressed when that saves bytes.
+fn encode_chunk(enqueued_ms: i64, count: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&enqueued_ms.to_be_bytes());
     if body.len() >= COMPRESS_MIN {
-        let packed = lz4_flex::block::compress_prepend_size(&body);
+        let packed = lz4_flex::block::compress_prepend_size(body);
         if packed.len() < body.len() {
             out.push(FORMAT_LZ4);
-            out.extend_from_slice(&(events.len() as u32).to_be_bytes());
+            out.extend_from_slice(&count.to_be_bytes());
             out.extend_from_slice(&packed);
             return out;
         }
     }
     out.push(FORMAT_RAW);
-    out.extend_from_slice(&(events.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(body);
     out
 }
 
@@ -317,6 +346,7 @@ impl Spool {
             recovered,
             storage_failure: Mutex::new(None),
             appended: tokio::sync::Notify::new(),
+            last_decoded: Mutex::new(Default::default()),
             path: path.to_path_buf(),
         })
     }
@@ -374,21 +404,37 @@ impl Spool {
         events: &[Event],
         index: Option<(&sled::Tree, &sled::Batch)>,
     ) -> Result<Vec<u64>, SpoolError> {
+        // While the disk refuses writes, appends would only pile up in sled's memory and vanish
+        // with the process: refuse them, so every loss is counted where it happens.
+        if let Some(f) = self.storage_failure() {
+            return Err(SpoolError::Storage(f));
+        }
         let now = crate::event::now_ms();
         let mut guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
         let first = guard.next;
-        let mut per_stream: [Vec<(u64, Vec<u8>)>; 3] = Default::default();
+        let mut building: [Vec<ChunkBuf>; 3] = Default::default();
         let mut seqs = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
             let seq = first + i as u64;
-            per_stream[idx(e.stream())].push((seq, e.to_wire(&self.gateway, seq)));
+            let list = &mut building[idx(e.stream())];
+            match list.last_mut() {
+                Some(c) if (c.count as usize) < CHUNK_EVENTS => c.push(&self.gateway, seq, e),
+                _ => {
+                    let mut c = ChunkBuf {
+                        key: seq,
+                        count: 0,
+                        body: Vec::with_capacity(events.len().min(CHUNK_EVENTS) * 400),
+                    };
+                    c.push(&self.gateway, seq, e);
+                    list.push(c);
+                }
+            }
             seqs.push(seq);
         }
         let mut chunks: [Vec<(u64, Vec<u8>, u64)>; 3] = Default::default();
         for s in Stream::ALL {
-            for part in per_stream[idx(s)].chunks(CHUNK_EVENTS) {
-                let key = part.first().map(|(q, _)| *q).unwrap_or(first);
-                chunks[idx(s)].push((key, encode_chunk(now, part), part.len() as u64));
+            for c in &building[idx(s)] {
+                chunks[idx(s)].push((c.key, encode_chunk(now, c.count, &c.body), c.count as u64));
             }
         }
         let pos_add: u64 = chunks[idx(Stream::Pos)]
@@ -399,7 +445,7 @@ impl Spool {
             let cur = self.state[idx(Stream::Pos)].bytes.load(Ordering::Relaxed);
             let cap = self.caps[idx(Stream::Pos)].max_bytes.0;
             if cur + pos_add > cap {
-                let n = per_stream[idx(Stream::Pos)].len() as u64;
+                let n = chunks[idx(Stream::Pos)].iter().map(|c| c.2).sum();
                 self.count_drop(Stream::Pos, "refused_full", n);
                 return Err(SpoolError::Full {
                     stream: Stream::Pos,
@@ -420,11 +466,16 @@ impl Spool {
                 continue;
             }
             let mut batch = sled::Batch::default();
+            let mut plain = Vec::new();
             let (mut add, mut n) = (0u64, 0u64);
             for (key, value, count) in list {
                 add += 8 + value.len() as u64;
                 n += count;
-                batch.insert(&key.to_be_bytes(), value);
+                if index.is_some() {
+                    batch.insert(&key.to_be_bytes(), value);
+                } else {
+                    plain.push((key, value));
+                }
             }
             match index {
                 Some((tree, entries)) => {
@@ -437,11 +488,21 @@ impl Spool {
                         })
                         .map_err(|e| SpoolError::Storage(format!("{e:?}")))?;
                 }
-                None => self.trees[idx(s)].apply_batch(batch)?,
+                // Plain inserts, not a batch: sled seals and syncs its log buffer for every
+                // batch, which at store load tripled the SD-card writes. Chunks are independent,
+                // so a crash between two inserts only loses the newer one, like any crash
+                // inside a flush interval.
+                None => {
+                    for (key, value) in plain {
+                        self.trees[idx(s)].insert(key.to_be_bytes(), value)?;
+                    }
+                }
             }
             let st = &self.state[idx(s)];
             st.bytes.fetch_add(add, Ordering::Relaxed);
             st.count.fetch_add(n, Ordering::Relaxed);
+            st.appended.fetch_add(n, Ordering::Relaxed);
+            st.unflushed.fetch_add(n, Ordering::Relaxed);
             if s.is_sensor() {
                 self.evict_over_cap(s)?;
             }
@@ -553,12 +614,12 @@ impl Spool {
             'chunks: for kv in tree.range(start.to_be_bytes()..) {
                 let (k, v) = kv?;
                 let chunk = be_u64(&k);
-                let Some((body, items)) = decode_chunk(&v) else {
+                let Some(DecodedChunk { body, items, .. }) = self.decoded(s, chunk, &v) else {
                     corrupt.push(chunk);
                     continue;
                 };
                 let acked = partial.get(&chunk);
-                for (seq, a, b) in items {
+                for &(seq, a, b) in items.iter() {
                     if seq < from || acked.is_some_and(|x| x.contains(&seq)) {
                         continue;
                     }
@@ -585,6 +646,22 @@ impl Spool {
             self.drop_corrupt(s, chunk)?;
         }
         Ok(out)
+    }
+
+    /// The decoded form of chunk `key` (value `v`), from the one-chunk cache when it is there.
+    fn decoded(&self, s: Stream, key: u64, v: &[u8]) -> Option<DecodedChunk> {
+        let mut cache = self.last_decoded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache[idx(s)].as_ref().filter(|c| c.key == key) {
+            return Some(c.clone());
+        }
+        let (body, items) = decode_chunk(v)?;
+        let d = DecodedChunk {
+            key,
+            body,
+            items: Arc::new(items),
+        };
+        cache[idx(s)] = Some(d.clone());
+        Some(d)
     }
 
     fn drop_corrupt(&self, s: Stream, chunk: u64) -> Result<(), SpoolError> {
@@ -635,6 +712,11 @@ impl Spool {
         Ok(())
     }
 
+    /// Events appended to a stream since the spool was opened (grows only).
+    pub fn appended(&self, s: Stream) -> u64 {
+        self.state[idx(s)].appended.load(Ordering::Relaxed)
+    }
+
     /// Depth, stored bytes and oldest age of a stream.
     pub fn depth(&self, s: Stream) -> StreamDepth {
         let st = &self.state[idx(s)];
@@ -679,6 +761,7 @@ impl Spool {
     /// Durable flush: returns once everything appended so far is on disk.
     pub async fn flush(&self) -> Result<(), SpoolError> {
         self.dirty.store(false, Ordering::Release);
+        let pending = self.take_unflushed();
         let r = match self.persist_drops() {
             Ok(()) => self
                 .db
@@ -690,9 +773,24 @@ impl Spool {
         };
         if r.is_err() {
             self.dirty.store(true, Ordering::Release);
+            self.count_unflushed_lost(pending);
         }
         self.note_write(&r);
         r
+    }
+
+    fn take_unflushed(&self) -> [u64; 3] {
+        Stream::ALL.map(|s| self.state[idx(s)].unflushed.swap(0, Ordering::Relaxed))
+    }
+
+    /// A failed flush leaves the sensor events appended since the previous one in memory only:
+    /// they are counted as lost (`spool_error`). POS callers get the error and retry.
+    fn count_unflushed_lost(&self, pending: [u64; 3]) {
+        for (s, n) in Stream::ALL.into_iter().zip(pending) {
+            if s.is_sensor() && n > 0 {
+                self.count_drop(s, "spool_error", n);
+            }
+        }
     }
 
     /// Records whether writes work. sled 0.34 stays failed after an I/O error such as a full
@@ -715,7 +813,8 @@ impl Spool {
 
     /// Flushes only when something changed since the last flush.
     pub async fn flush_if_dirty(&self) -> Result<(), SpoolError> {
-        if self.dirty.load(Ordering::Acquire) {
+        // A failed spool is retried every interval, so a passing I/O error clears by itself.
+        if self.dirty.load(Ordering::Acquire) || self.storage_failure().is_some() {
             self.flush().await
         } else {
             Ok(())
@@ -725,9 +824,16 @@ impl Spool {
     /// Blocking variant of [`Spool::flush`] for non-async callers.
     pub fn flush_blocking(&self) -> Result<(), SpoolError> {
         self.dirty.store(false, Ordering::Release);
-        self.persist_drops()?;
-        self.db.flush()?;
-        Ok(())
+        let pending = self.take_unflushed();
+        let r = self
+            .persist_drops()
+            .and_then(|()| self.db.flush().map(|_| ()).map_err(SpoolError::from));
+        if r.is_err() {
+            self.dirty.store(true, Ordering::Release);
+            self.count_unflushed_lost(pending);
+        }
+        self.note_write(&r);
+        r
     }
 
     fn persist_drops(&self) -> Result<(), SpoolError> {
@@ -798,11 +904,7 @@ mod tests {
     fn ev(kind: &'static str, n: usize) -> Event {
         let mut rng = fastrand::Rng::with_seed(n as u64 ^ 0x5eed);
         let pad: String = (0..n).map(|_| rng.alphanumeric()).collect();
-        Event {
-            kind,
-            ts_ms: 1,
-            body: serde_json::json!({ "pad": pad }),
-        }
+        Event::from_value(kind, 1, serde_json::json!({ "pad": pad }))
     }
 
     #[test]
@@ -878,11 +980,11 @@ mod chunk_tests {
     use super::*;
 
     fn census(i: usize) -> Event {
-        Event {
-            kind: "ble.census",
-            ts_ms: i as i64,
-            body: serde_json::json!({ "devices": i, "by_address_type": {"random": i} }),
-        }
+        Event::from_value(
+            "ble.census",
+            i as i64,
+            serde_json::json!({ "devices": i, "by_address_type": {"random": i} }),
+        )
     }
 
     #[test]
@@ -956,11 +1058,11 @@ mod indexed_tests {
     use super::*;
 
     fn tx(i: u64) -> Event {
-        Event {
-            kind: "pos.transaction",
-            ts_ms: i as i64,
-            body: serde_json::json!({ "transaction_id": format!("T{i}") }),
-        }
+        Event::from_value(
+            "pos.transaction",
+            i as i64,
+            serde_json::json!({ "transaction_id": format!("T{i}") }),
+        )
     }
 
     #[test]
@@ -975,11 +1077,7 @@ mod indexed_tests {
         assert!(index.get(b"R1/T1")?.is_some());
         let mixed = [
             tx(2),
-            Event {
-                kind: "ble.census",
-                ts_ms: 0,
-                body: serde_json::json!({}),
-            },
+            Event::from_value("ble.census", 0, serde_json::json!({})),
         ];
         assert!(s
             .append_indexed(&mixed, &index, &sled::Batch::default())

@@ -19,7 +19,7 @@ fn events(text: &str, format: &str) -> Result<Vec<serde_json::Value>, Box<dyn st
     for i in p.items {
         let tx = i.map_err(|e| e.to_string())?;
         let n = normalize(tx, &JoinKey::default(), 0).map_err(|e| e.to_string())?;
-        out.push(n.event.body);
+        out.push(n.event.body());
     }
     Ok(out)
 }

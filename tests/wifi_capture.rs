@@ -198,7 +198,7 @@ async fn live_task_emits_census_from_injected_probes() -> TestResult {
             !wire.contains("5a0e5790") && !wire.contains("5a:0e:57") && !wire.contains("shopwifi")
         );
         if e.kind == "wifi.census" {
-            census.push(e.body);
+            census.push(e.body());
         }
     }
     // The injection may straddle a minute boundary: sum over the windows.

@@ -34,6 +34,14 @@ pub struct BenchOptions {
     pub fleet: usize,
     /// Seconds the broker stays down in the fleet simulation.
     pub fleet_outage_s: u64,
+    /// Measurements to run (empty = all), for profiling one path at a time.
+    pub only: Vec<String>,
+}
+
+impl BenchOptions {
+    fn wants(&self, what: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == what)
+    }
 }
 
 /// One line of the report: a figure, its baseline and the target it is held to.
@@ -79,32 +87,59 @@ impl Row {
 
 /// Runs every measurement and writes the report.
 pub async fn run(opts: BenchOptions) -> Result<(), String> {
+    const KNOWN: [&str; 8] = [
+        "spool",
+        "e2e",
+        "backlog",
+        "footprint",
+        "fleet",
+        "ready",
+        "size",
+        "parsers",
+    ];
+    if let Some(bad) = opts.only.iter().find(|o| !KNOWN.contains(&o.as_str())) {
+        return Err(format!(
+            "--only: unknown measurement {bad:?} (known: {})",
+            KNOWN.join(", ")
+        ));
+    }
     let work = tempdir("bench")?;
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    eprintln!(
-        "bench: spool append+ack vs raw sled ({} events)",
-        opts.events
-    );
-    rows.extend(spool_vs_sled(&work.join("spool"), opts.events)?);
+    if opts.wants("spool") {
+        eprintln!(
+            "bench: spool append+ack vs raw sled ({} events)",
+            opts.events
+        );
+        rows.extend(spool_vs_sled(&work.join("spool"), opts.events)?);
+    }
+    let needs_broker = ["e2e", "backlog", "footprint", "fleet"]
+        .iter()
+        .any(|w| opts.wants(w));
     match mosquitto_path() {
         Some(bin) => {
-            eprintln!("bench: end to end vs raw rumqttc ({} events)", opts.events);
-            rows.extend(end_to_end(&bin, &work.join("e2e"), opts.events).await?);
-            eprintln!(
-                "bench: {}-event backlog: bytes on disk and drain",
-                opts.backlog
-            );
-            rows.extend(backlog(&bin, &work.join("backlog"), opts.backlog).await?);
-            eprintln!(
-                "bench: footprint at typical store load ({} s)",
-                opts.footprint_s
-            );
-            match footprint(&bin, &work.join("footprint"), opts.footprint_s).await {
-                Ok(r) => rows.extend(r),
-                Err(e) => notes.push(format!("footprint not measured: {e}")),
+            if opts.wants("e2e") {
+                eprintln!("bench: end to end vs raw rumqttc ({} events)", opts.events);
+                rows.extend(end_to_end(&bin, &work.join("e2e"), opts.events).await?);
             }
-            if opts.fleet > 0 {
+            if opts.wants("backlog") {
+                eprintln!(
+                    "bench: {}-event backlog: bytes on disk and drain",
+                    opts.backlog
+                );
+                rows.extend(backlog(&bin, &work.join("backlog"), opts.backlog).await?);
+            }
+            if opts.wants("footprint") {
+                eprintln!(
+                    "bench: footprint at typical store load ({} s)",
+                    opts.footprint_s
+                );
+                match footprint(&bin, &work.join("footprint"), opts.footprint_s).await {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => notes.push(format!("footprint not measured: {e}")),
+                }
+            }
+            if opts.fleet > 0 && opts.wants("fleet") {
                 eprintln!("bench: fleet of {} gateways, broker restarted", opts.fleet);
                 let outage = Duration::from_secs(opts.fleet_outage_s);
                 match fleet::fleet(&bin, &work.join("fleet"), opts.fleet, outage).await {
@@ -113,20 +148,27 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 }
             }
         }
-        None => notes
+        None if needs_broker => notes
             .push("mosquitto not installed: end-to-end, backlog and footprint not measured".into()),
+        None => {}
     }
-    eprintln!("bench: start to ready");
-    match start_to_ready(&work.join("ready")) {
-        Ok(r) => rows.push(r),
-        Err(e) => notes.push(format!("start to ready not measured: {e}")),
+    if opts.wants("ready") {
+        eprintln!("bench: start to ready");
+        match start_to_ready(&work.join("ready")) {
+            Ok(r) => rows.push(r),
+            Err(e) => notes.push(format!("start to ready not measured: {e}")),
+        }
     }
-    rows.extend(binary_sizes(&mut notes));
-    for (name, f) in parsers::ALL {
-        eprintln!("bench: {name}");
-        match f() {
-            Ok(r) => rows.extend(r),
-            Err(e) => notes.push(format!("{name}: {e}")),
+    if opts.wants("size") {
+        rows.extend(binary_sizes(&mut notes));
+    }
+    if opts.wants("parsers") {
+        for (name, f) in parsers::ALL {
+            eprintln!("bench: {name}");
+            match f() {
+                Ok(r) => rows.extend(r),
+                Err(e) => notes.push(format!("{name}: {e}")),
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&work);
@@ -325,7 +367,7 @@ async fn counting_subscriber(port: u16, filter: &str) -> Result<Arc<AtomicU64>, 
 }
 
 fn count_ids(payload: &[u8]) -> u64 {
-    payload.windows(6).filter(|w| w == b"{\"id\":").count() as u64
+    memchr::memmem::find_iter(payload, b"{\"id\":").count() as u64
 }
 
 async fn wait_count(c: &AtomicU64, n: u64, timeout: Duration) -> Result<(), String> {
@@ -382,7 +424,8 @@ async fn end_to_end(bin: &Path, dir: &Path, n: u64) -> Result<Vec<Row>, String> 
     let ours_count = counting_subscriber(broker.port, "storegw/v1/#").await?;
     let mut c = cfg.clone();
     c.sources.sim.enabled = true;
-    c.sources.sim.rate = 1_000_000.0;
+    // As fast as the pipeline takes them (the channel to the spool writer applies backpressure).
+    c.sources.sim.rate = 100_000_000.0;
     c.sources.sim.limit = n;
     let t = Instant::now();
     let p = crate::daemon::Pipeline::start(&c).await?;

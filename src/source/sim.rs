@@ -208,10 +208,10 @@ impl Simulator {
         }
         let tax = sum * 19 / 119;
         let card = self.rng.bool();
-        Event {
-            kind: "pos.transaction",
-            ts_ms: now,
-            body: serde_json::json!({
+        Event::from_value(
+            "pos.transaction",
+            now,
+            serde_json::json!({
                 "transaction_id": format!("sim-{}-{}", self.cfg.seed, self.tx_seq),
                 "register": register,
                 "time": rfc3339_ms(now),
@@ -224,7 +224,7 @@ impl Simulator {
                              else { serde_json::json!({"type": "cash", "amount_minor": sum}) } ],
                 "flags": []
             }),
-        }
+        )
     }
 }
 

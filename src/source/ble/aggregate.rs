@@ -639,7 +639,7 @@ mod tests {
         a.tick(t0 + 20_000, &mut out);
         let s: Vec<_> = out.iter().filter(|e| e.kind == "ble.sighting").collect();
         assert_eq!(s.len(), 1);
-        let b = &s[0].body;
+        let b = &s[0].body();
         assert_eq!(b["count"], 3);
         assert_eq!(b["rssi"]["min"], -69);
         assert_eq!(b["rssi"]["max"], -59);
@@ -668,7 +668,7 @@ mod tests {
         let tr: Vec<String> = out
             .iter()
             .filter(|e| e.kind == "ble.presence")
-            .map(|e| e.body["transition"].as_str().unwrap_or("").to_string())
+            .map(|e| e.body()["transition"].as_str().unwrap_or("").to_string())
             .collect();
         // enter at -65, hold through -75/-79, exit at -81, -75 is not enough, enter at -60.
         assert_eq!(tr, ["enter", "exit", "enter"]);
@@ -676,8 +676,8 @@ mod tests {
         a.tick(t0 + 6000 + 30_000, &mut out);
         let exit: Vec<_> = out.iter().filter(|e| e.kind == "ble.presence").collect();
         assert_eq!(exit.len(), 1);
-        assert_eq!(exit[0].body["transition"], "exit");
-        assert_eq!(exit[0].body["dwell_s"], 0.0);
+        assert_eq!(exit[0].body()["transition"], "exit");
+        assert_eq!(exit[0].body()["dwell_s"], 0.0);
         assert_eq!(exit[0].ts_ms, t0 + 6000 + 30_000);
     }
 
@@ -695,7 +695,7 @@ mod tests {
         a.push(t0 + 3, &rep(3, -50, &ms), &mut out);
         a.flush(t0 + 5, &mut out);
         assert_eq!(out.len(), 1);
-        let b = &out[0].body;
+        let b = &out[0].body();
         assert_eq!(b["devices"], 3);
         assert_eq!(b["advertisements"], 4);
         assert_eq!(b["by_address_type"]["random"], 3);
@@ -725,8 +725,8 @@ mod tests {
         a.flush(t0 + 1, &mut out);
         let kinds: Vec<&str> = out.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["ble.presence", "ble.sighting", "ble.census"]);
-        assert_eq!(out[1].body["beacon"]["major"], 1);
-        assert_eq!(out[2].body["devices"], 1);
+        assert_eq!(out[1].body()["beacon"]["major"], 1);
+        assert_eq!(out[2].body()["devices"], 1);
     }
 
     fn uid_ad() -> Vec<u8> {
@@ -754,7 +754,7 @@ mod tests {
         a.flush(t0 + 200, &mut out);
         let s: Vec<_> = out.iter().filter(|e| e.kind == "ble.sighting").collect();
         assert_eq!(s.len(), 1);
-        let b = &s[0].body;
+        let b = &s[0].body();
         assert_eq!(b["beacon"]["type"], "eddystone_uid");
         assert_eq!(b["beacon"]["namespace"], "12121212121212121212");
         assert_eq!(b["beacon"]["instance"], "000000000001");

@@ -68,7 +68,7 @@ pub fn detect(head: &[u8]) -> Option<Format> {
 pub fn for_each_report(
     path: &Path,
     forced: Option<&str>,
-    mut f: impl FnMut(i64, Report<'_>),
+    f: impl FnMut(i64, Report<'_>),
 ) -> Result<InputStats, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut r = BufReader::new(file);
@@ -92,8 +92,18 @@ pub fn for_each_report(
             })?
         }
     };
+    read_reports(r, format, f).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads every advertising report of an already opened input in `format` (replay and the
+/// fuzz targets share this path with [`for_each_report`]).
+pub fn read_reports(
+    r: impl BufRead,
+    format: Format,
+    mut f: impl FnMut(i64, Report<'_>),
+) -> Result<InputStats, String> {
     match format {
-        Format::Btsnoop => btsnoop(r, &mut f).map_err(|e| format!("{}: {e}", path.display())),
+        Format::Btsnoop => btsnoop(r, &mut f),
         Format::JsonLines => Ok(json_lines(r, &mut f)),
     }
 }

@@ -219,7 +219,7 @@ pub fn replay(
                 transactions += 1;
                 lines += n.body_lines as u64;
                 *totals.entry(n.currency.clone()).or_default() += n.total_minor;
-                if let Some(f) = n.event.body.get("flags").and_then(|f| f.as_array()) {
+                if let Some(f) = n.event.body().get("flags").and_then(|f| f.as_array()) {
                     for x in f.iter().filter_map(|x| x.as_str()) {
                         *flagged.entry(x.to_string()).or_default() += 1;
                     }

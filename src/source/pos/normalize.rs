@@ -246,7 +246,7 @@ mod tests {
     fn scrubs_and_flags() {
         let n = normalize(sale(), &JoinKey::default(), 0).map_err(|e| e.to_string());
         let n = n.unwrap_or_else(|e| panic!("{e}"));
-        let s = n.event.body.to_string();
+        let s = n.event.body().to_string();
         assert!(!s.contains("4111"), "{s}");
         assert!(s.contains("card_number_removed"));
         assert!(!s.contains("total_mismatch"));
@@ -258,7 +258,7 @@ mod tests {
         t.kind = Some(TxType::Refund);
         t.totals.total = Some(250);
         let n = normalize(t, &JoinKey::default(), 0).unwrap_or_else(|e| panic!("{e}"));
-        let b = &n.event.body;
+        let b = &n.event.body();
         assert_eq!(b["totals"]["total_minor"], -250);
         assert_eq!(b["totals"]["lines_sum_minor"], -300);
         assert_eq!(b["totals"]["mismatch_minor"], 50);
@@ -274,11 +274,11 @@ mod tests {
             ..RawCustomer::default()
         };
         let n = normalize(t.clone(), &JoinKey::default(), 0).unwrap_or_else(|e| panic!("{e}"));
-        assert!(n.event.body.get("customer").is_none());
+        assert!(n.event.body().get("customer").is_none());
         let k = JoinKey::from_bytes(b"0123456789abcdef", "");
         let n = normalize(t, &k, 0).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            n.event.body["customer"]["email"].as_str().map(str::len),
+            n.event.body()["customer"]["email"].as_str().map(str::len),
             Some(64)
         );
     }

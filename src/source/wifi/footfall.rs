@@ -372,7 +372,7 @@ mod tests {
         assert!(out.is_empty());
         f.advance(t0 + 60_000, &mut out);
         assert_eq!(out.len(), 1);
-        let c = &out[0].body;
+        let c = &out[0].body();
         assert_eq!(c["probe_requests"], 4);
         assert_eq!(c["directed_probes"], 2);
         assert_eq!(c["devices"], 3);
@@ -389,7 +389,7 @@ mod tests {
         // Two empty windows later, then data: the empties are reported as zeros.
         f.observe(s(t0 + 185_000, "a", Some(-50), 1), &mut out);
         assert_eq!(out.len(), 3);
-        assert_eq!(out[2].body["devices"], 0);
+        assert_eq!(out[2].body()["devices"], 0);
     }
 
     #[test]
@@ -404,9 +404,9 @@ mod tests {
         f.reconfigure(&strict, 1);
         f.observe(s(t0 + 1000, "a", Some(-60), 1), &mut out);
         f.advance(t0 + 60_000, &mut out);
-        assert_eq!(out[0].body["in_store"], 0);
-        assert_eq!(out[0].body["passer_by"], 1);
-        assert_eq!(out[0].body["rssi_threshold_dbm"], -55);
+        assert_eq!(out[0].body()["in_store"], 0);
+        assert_eq!(out[0].body()["passer_by"], 1);
+        assert_eq!(out[0].body()["rssi_threshold_dbm"], -55);
     }
 
     #[test]
@@ -416,7 +416,7 @@ mod tests {
         f.observe(s(0, "a", Some(-60), 1), &mut out);
         f.observe(s(10, "b", Some(-60), 1), &mut out);
         f.finish(&mut out);
-        let c = &out[0].body;
+        let c = &out[0].body();
         assert_eq!(c["devices"], 0);
         assert_eq!(c["probe_requests"], 0);
         assert_eq!(c["in_store"], 0);
@@ -439,7 +439,7 @@ mod tests {
         f.advance(400_000, &mut out);
         let visits: Vec<_> = out.iter().filter(|e| e.kind == "wifi.visit").collect();
         assert_eq!(visits.len(), 1);
-        let v = &visits[0].body;
+        let v = &visits[0].body();
         assert_eq!(v["device"], "a");
         assert_eq!(v["dwell_s"], 90.0);
         assert_eq!(v["peak_rssi"], -55);

@@ -1,0 +1,207 @@
+//! Entry points of the fuzz targets (`fuzz/`), kept in the library so that every input a
+//! fuzzer ever crashed on can be replayed by a plain `cargo test` (tests/fuzz_regressions.rs)
+//! through exactly the code the fuzzer ran. Each takes untrusted bytes and must never panic.
+
+use crate::privacy::DevicePseudonymizer;
+use crate::source::ble::{adv, aggregate::Aggregator, btsnoop::Report, config::BleConfig, input};
+use crate::source::pos::{customer::JoinKey, normalize::normalize, parse_input, ParseOpts};
+use crate::source::wifi::config::{Policy, WifiConfig};
+use crate::source::wifi::{frame, pcap, pipeline::Pipeline};
+use std::sync::Arc;
+
+/// A fuzz entry point: untrusted bytes in, nothing out, never a panic.
+pub type Target = fn(&[u8]);
+
+/// Every target by name, for the regression test.
+pub const TARGETS: [(&str, Target); 8] = [
+    ("wifi_capture", wifi_capture),
+    ("wifi_frame", wifi_frame),
+    ("ble_adv", ble_adv),
+    ("ble_input", ble_input),
+    ("pos_json", pos_json),
+    ("pos_xml", pos_xml),
+    ("pos_csv", pos_csv),
+    ("config", config),
+];
+
+fn devices() -> Arc<DevicePseudonymizer> {
+    Arc::new(DevicePseudonymizer::new(
+        std::time::Duration::from_secs(86_400),
+        8,
+    ))
+}
+
+fn serialize_all(out: &[crate::event::Event]) {
+    for e in out {
+        let _ = e.to_wire("fuzz", 1);
+    }
+}
+
+/// A pcap or pcapng file as `storegw replay --wifi` reads it: framing, radiotap, 802.11 and
+/// the footfall stage, then every event serialized for the wire.
+pub fn wifi_capture(data: &[u8]) {
+    if pcap::detect(data).is_none() {
+        return;
+    }
+    let Ok(reader) = pcap::Reader::new(data) else {
+        return;
+    };
+    let mut p = Pipeline::new(&WifiConfig::default(), 1, devices(), true);
+    let mut out = Vec::new();
+    for rec in reader {
+        let Ok(rec) = rec else { break };
+        let cut = (rec.data.len() as u64) < rec.orig_len as u64;
+        p.frame(
+            rec.linktype,
+            rec.data,
+            cut,
+            rec.ts_ns.div_euclid(1_000_000),
+            &mut out,
+        );
+    }
+    p.finish(&mut out);
+    serialize_all(&out);
+}
+
+/// One frame as live capture hands it over. The first byte selects radiotap or bare 802.11,
+/// a cut capture, the FCS check, the bad-FCS and group-source policies and visits.
+pub fn wifi_frame(data: &[u8]) {
+    let Some((&sel, bytes)) = data.split_first() else {
+        return;
+    };
+    let linktype = if sel & 1 == 0 {
+        frame::LINKTYPE_RADIOTAP
+    } else {
+        frame::LINKTYPE_IEEE802_11
+    };
+    let cut = sel & 2 != 0;
+    let policy = |bit: u8| {
+        if sel & bit != 0 {
+            Policy::Keep
+        } else {
+            Policy::Drop
+        }
+    };
+    let cfg = WifiConfig {
+        verify_fcs: sel & 4 != 0,
+        bad_fcs: policy(16),
+        group_source: policy(32),
+        visits: sel & 64 != 0,
+        ..WifiConfig::default()
+    };
+    let _ = frame::decode(linktype, bytes, cut, cfg.verify_fcs);
+    let mut p = Pipeline::new(&cfg, 1, devices(), false);
+    let mut out = Vec::new();
+    p.frame(linktype, bytes, cut, 1_700_000_000_000, &mut out);
+    p.finish(&mut out);
+    serialize_all(&out);
+}
+
+/// One advertising report's AD structures (after a selector byte that varies the address,
+/// event type and RSSI): the decoder, then the aggregator and the wire form.
+pub fn ble_adv(data: &[u8]) {
+    let Some((&sel, ad)) = data.split_first() else {
+        return;
+    };
+    let _ = adv::decode(ad).malformed;
+    let cfg = BleConfig {
+        census: true,
+        ..BleConfig::default()
+    };
+    let mut agg = Aggregator::new(&cfg, 1, devices());
+    let rep = Report {
+        addr: [0xc0, 0, 0, 0, 0, sel],
+        addr_type: sel & 1,
+        event_type: ((sel >> 1) & 7) as u16,
+        rssi: Some(-60 - (sel & 31) as i8),
+        tx_power: None,
+        data: ad,
+    };
+    let mut out = Vec::new();
+    agg.push(1_700_000_000_000, &rep, &mut out);
+    agg.push(1_700_000_005_000, &rep, &mut out);
+    agg.finish(1_700_000_100_000, &mut out);
+    serialize_all(&out);
+}
+
+/// A recorded BLE input as `storegw replay --ble` reads it: a btsnoop log or JSON lines of
+/// reports, through the aggregator to the wire form.
+pub fn ble_input(data: &[u8]) {
+    let Some(format) = input::detect(data) else {
+        return;
+    };
+    let cfg = BleConfig {
+        census: true,
+        ..BleConfig::default()
+    };
+    let mut agg = Aggregator::new(&cfg, 1, devices());
+    let mut out = Vec::new();
+    let mut last: Option<i64> = None;
+    let _ = input::read_reports(std::io::Cursor::new(data), format, |ts_us, rep| {
+        let ts = ts_us.div_euclid(1000);
+        agg.push(ts, &rep, &mut out);
+        last = Some(last.map_or(ts, |l| l.max(ts)));
+    });
+    if let Some(l) = last {
+        agg.finish(l, &mut out);
+    }
+    serialize_all(&out);
+}
+
+/// Parses `text` as a POS `format`, then normalizes (card scrubbing, customer pseudonyms,
+/// money checks) and serializes every accepted transaction.
+fn pos(text: &str, format: &str) {
+    let opts = ParseOpts {
+        default_currency: "EUR".into(),
+        default_register: "1".into(),
+        offset_s: 3600,
+        csv: Default::default(),
+    };
+    let key = JoinKey::from_bytes(b"fuzz-join-key-0123456789abcdef", "DE");
+    let Ok(parsed) = parse_input(text, format, &opts) else {
+        return;
+    };
+    for tx in parsed.items.into_iter().flatten() {
+        if let Ok(n) = normalize(tx, &key, 1_700_000_000_000) {
+            let _ = n.event.to_wire("fuzz", 1);
+        }
+    }
+}
+
+/// POS JSON as pushed over HTTP, dropped in a watched directory or polled: the first byte
+/// picks the canonical document, JSON lines, Square or Shopify.
+pub fn pos_json(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    if let Ok(text) = std::str::from_utf8(rest) {
+        pos(
+            text,
+            ["json", "jsonl", "square", "shopify"][sel as usize % 4],
+        );
+    }
+}
+
+/// ARTS POSLog XML from a legacy till's export directory.
+pub fn pos_xml(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        pos(text, "poslog");
+    }
+}
+
+/// A till's CSV export with the default column mapping.
+pub fn pos_csv(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        pos(text, "csv");
+    }
+}
+
+/// The configuration file: TOML syntax, every section's validation and the error rendering
+/// that names file, line and key.
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Err(e) = crate::config::parse("fuzz.toml", text, None) {
+            let _ = e.to_string();
+        }
+    }
+}
