@@ -54,7 +54,12 @@ async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>, flush_in
             }
         }
     }
+    // Every sender is gone (sources stopped, or a simulator reached its limit): what came in
+    // since the last tick must still reach the disk, not wait for a tick that never comes.
     write_batch(&spool, &mut buf);
+    if let Err(e) = spool.flush_if_dirty().await {
+        tracing::error!(error = %e, "spool flush failed");
+    }
 }
 
 fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {

@@ -19,7 +19,18 @@ pub fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free loopback port: {e}"))
 }
 
+/// Without the `demo` feature (store builds) there is no embedded broker.
+#[cfg(not(feature = "demo"))]
+pub fn start_embedded_broker(_port: u16) -> Result<(), String> {
+    Err(
+        "this storegw was built without the embedded demo broker (cargo feature `demo`); \
+         `storegw run` works against any MQTT broker"
+            .into(),
+    )
+}
+
 /// Starts rumqttd on `127.0.0.1:port` in a background thread.
+#[cfg(feature = "demo")]
 pub fn start_embedded_broker(port: u16) -> Result<(), String> {
     let text = format!(
         r#"

@@ -7,13 +7,16 @@ use crate::config::parse_broker_url;
 use crate::event::{Stream, KINDS};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, Transport};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+#[cfg(feature = "tail")]
+use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The JSON Schemas of wire contract v1, as shipped in `schemas/`.
+#[cfg(feature = "tail")]
 const SCHEMAS: [(&str, &str); 8] = [
     ("batch", include_str!("../../schemas/batch.schema.json")),
     ("status", include_str!("../../schemas/status.schema.json")),
@@ -48,10 +51,29 @@ const SCHEMAS: [(&str, &str); 8] = [
 const DEDUP_CAPACITY: usize = 2_000_000;
 
 /// Compiled validators of every payload kind.
+#[cfg(feature = "tail")]
 pub struct Validators {
     by_name: HashMap<&'static str, jsonschema::Validator>,
 }
 
+/// Without the `tail` feature (store builds) there is no schema validator.
+#[cfg(not(feature = "tail"))]
+pub struct Validators;
+
+#[cfg(not(feature = "tail"))]
+impl Validators {
+    /// Store builds carry no validator: `storegw tail` says so and stops.
+    pub fn new() -> Result<Validators, String> {
+        Err("this storegw was built without schema validation (cargo feature `tail`)".into())
+    }
+
+    /// Never reached: [`Validators::new`] fails in this build.
+    pub fn check(&self, _name: &str, _v: &Value) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+#[cfg(feature = "tail")]
 impl Validators {
     /// Compiles the embedded schemas.
     pub fn new() -> Result<Validators, String> {
