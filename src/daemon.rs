@@ -291,3 +291,34 @@ pub async fn run(cfg: Config, path: &std::path::Path) -> Result<(), String> {
     p.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SpoolConfig;
+
+    /// A source that stops (a simulator at its limit) closes the channel: its last events must
+    /// be flushed then, not left for a tick that never comes.
+    #[tokio::test]
+    async fn writer_flushes_when_the_sources_are_gone() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let spool = Arc::new(Spool::open(
+            &dir.path().join("spool"),
+            "gw",
+            &SpoolConfig::default(),
+        )?);
+        let (tx, rx) = mpsc::channel(16);
+        let writer = tokio::spawn(spool_writer(spool.clone(), rx, Duration::from_secs(3600)));
+        // Let the interval's immediate first tick pass, so only the close can flush.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for i in 0..10 {
+            let e = Event::from_value("ble.census", i, serde_json::json!({ "devices": i }));
+            tx.send(e).await?;
+        }
+        drop(tx);
+        writer.await?;
+        assert_eq!(spool.total_depth(), 10);
+        assert!(!spool.is_dirty(), "the writer left unflushed events behind");
+        Ok(())
+    }
+}

@@ -712,6 +712,12 @@ impl Spool {
         Ok(())
     }
 
+    /// True when something changed since the last flush (tests of the writers).
+    #[cfg(test)]
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
     /// Events appended to a stream since the spool was opened (grows only).
     pub fn appended(&self, s: Stream) -> u64 {
         self.state[idx(s)].appended.load(Ordering::Relaxed)
