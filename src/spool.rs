@@ -187,6 +187,9 @@ fn open_db(path: &Path, cache: u64) -> Result<sled::Db, String> {
     }
 }
 
+/// The longest a flush may take before it counts as a storage failure.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A chunk being assembled: its key (first seq), event count and body (`[seq][len][json]`...).
 struct ChunkBuf {
     key: u64,
@@ -769,12 +772,16 @@ impl Spool {
         self.dirty.store(false, Ordering::Release);
         let pending = self.take_unflushed();
         let r = match self.persist_drops() {
-            Ok(()) => self
-                .db
-                .flush_async()
-                .await
-                .map(|_| ())
-                .map_err(SpoolError::from),
+            // After a write error (disk full) a sled flush can wait forever; a flush that does
+            // not finish in time is a storage failure like any other, so the writer, the
+            // shutdown and the health check never hang on it.
+            Ok(()) => match tokio::time::timeout(FLUSH_TIMEOUT, self.db.flush_async()).await {
+                Ok(r) => r.map(|_| ()).map_err(SpoolError::from),
+                Err(_) => Err(SpoolError::Storage(format!(
+                    "flush did not complete within {} s",
+                    FLUSH_TIMEOUT.as_secs()
+                ))),
+            },
             Err(e) => Err(e),
         };
         if r.is_err() {

@@ -258,18 +258,31 @@ async fn full_filesystem_drops_sensors_refuses_pos_and_recovers() -> TestResult 
         gw.child.try_wait()?.is_none(),
         "the gateway must survive a full disk; log:\n{log}"
     );
-    let m = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let sensor_drops: u64 = m
-        .lines()
-        .filter(|l| l.starts_with("storegw_dropped_events_total{") && !l.contains("stream=\"pos\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum();
+    // Sensor events that were only in memory when the disk filled are counted when the next
+    // flush fails (at most one flush interval later); later ones as they are refused.
+    let mut m = String::new();
+    let mut sensor_drops = 0u64;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        m = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        sensor_drops = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("storegw_dropped_events_total{") && !l.contains("stream=\"pos\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum();
+        if sensor_drops > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     eprintln!("full disk: POS answers {statuses:?}, sensor events dropped {sensor_drops}");
     assert!(
         statuses.contains_key(&503),
@@ -297,7 +310,8 @@ async fn full_filesystem_drops_sensors_refuses_pos_and_recovers() -> TestResult 
     );
     assert!(
         gw.sigterm_and_wait(Duration::from_secs(15)).is_some(),
-        "no clean stop"
+        "no clean stop; log:\n{}",
+        gw.log_text()
     );
     let before = sub.unique();
     let gw2 = Gateway::start(&cfg, &dir.path().join("gw2.log"))?;
