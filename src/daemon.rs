@@ -193,6 +193,12 @@ impl Pipeline {
             tracing::error!(error = %e, "final spool flush failed");
         }
         let _ = self.flush_interval;
+        if let Some(e) = self.spool.storage_failure() {
+            // sled flushes again when the database is dropped, and on a disk that refuses
+            // writes that flush never returns: keep it alive so the process can exit.
+            tracing::warn!(error = %e, "spool not flushed at exit: the disk refuses writes");
+            std::mem::forget(self.spool.clone());
+        }
         tracing::info!("storegw stopped");
     }
 }

@@ -144,6 +144,8 @@ pub struct Spool {
     /// batches, and decompressing it once per batch cost more than the publish. Chunk values
     /// never change and their keys (seqs) are never reused, so the cache cannot go stale.
     last_decoded: Mutex<[Option<DecodedChunk>; 3]>,
+    /// A flush that outlived [`FLUSH_TIMEOUT`] and may still be running.
+    stuck_flush: Mutex<Option<tokio::task::JoinHandle<sled::Result<usize>>>>,
 }
 
 /// A decoded chunk: key, body and the span of every event.
@@ -350,6 +352,7 @@ impl Spool {
             storage_failure: Mutex::new(None),
             appended: tokio::sync::Notify::new(),
             last_decoded: Mutex::new(Default::default()),
+            stuck_flush: Mutex::new(None),
             path: path.to_path_buf(),
         })
     }
@@ -772,16 +775,7 @@ impl Spool {
         self.dirty.store(false, Ordering::Release);
         let pending = self.take_unflushed();
         let r = match self.persist_drops() {
-            // After a write error (disk full) a sled flush can wait forever; a flush that does
-            // not finish in time is a storage failure like any other, so the writer, the
-            // shutdown and the health check never hang on it.
-            Ok(()) => match tokio::time::timeout(FLUSH_TIMEOUT, self.db.flush_async()).await {
-                Ok(r) => r.map(|_| ()).map_err(SpoolError::from),
-                Err(_) => Err(SpoolError::Storage(format!(
-                    "flush did not complete within {} s",
-                    FLUSH_TIMEOUT.as_secs()
-                ))),
-            },
+            Ok(()) => self.bounded_flush().await,
             Err(e) => Err(e),
         };
         if r.is_err() {
@@ -790,6 +784,35 @@ impl Spool {
         }
         self.note_write(&r);
         r
+    }
+
+    /// After a write error (disk full) a sled flush can wait forever. A flush that does not
+    /// finish within [`FLUSH_TIMEOUT`] is a storage failure like any other, and until it
+    /// finishes every later flush fails at once: the writer, the shutdown and the health check
+    /// never queue up behind it.
+    async fn bounded_flush(&self) -> Result<(), SpoolError> {
+        let mut handle = {
+            let mut pending = self.stuck_flush.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.as_ref().is_some_and(|h| !h.is_finished()) {
+                return Err(SpoolError::Storage(
+                    "an earlier flush has not completed".into(),
+                ));
+            }
+            *pending = None;
+            let db = self.db.clone();
+            tokio::spawn(async move { db.flush_async().await })
+        };
+        match tokio::time::timeout(FLUSH_TIMEOUT, &mut handle).await {
+            Ok(Ok(r)) => r.map(|_| ()).map_err(SpoolError::from),
+            Ok(Err(e)) => Err(SpoolError::Storage(format!("flush task: {e}"))),
+            Err(_) => {
+                *self.stuck_flush.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                Err(SpoolError::Storage(format!(
+                    "flush did not complete within {} s",
+                    FLUSH_TIMEOUT.as_secs()
+                )))
+            }
+        }
     }
 
     fn take_unflushed(&self) -> [u64; 3] {
@@ -813,8 +836,9 @@ impl Spool {
         if let Ok(mut f) = self.storage_failure.lock() {
             match r {
                 Ok(_) => *f = None,
-                Err(SpoolError::Storage(e)) => *f = Some(e.clone()),
-                Err(SpoolError::Full { .. }) => {}
+                // The first error is the cause (a full disk); later ones are its echoes.
+                Err(SpoolError::Storage(e)) if f.is_none() => *f = Some(e.clone()),
+                Err(_) => {}
             }
         }
     }
