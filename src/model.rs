@@ -105,6 +105,13 @@ pub struct WifiCensus {
     pub randomized_share: f64,
     pub in_store: u64,
     pub passer_by: u64,
+    /// Devices estimated from address tracks (docs/wifi.md, "Device estimation"): what
+    /// `devices` would be if phones did not randomize their addresses.
+    pub devices_estimated: u64,
+    /// Estimated devices whose strongest probe reached the in-store threshold.
+    pub in_store_estimated: u64,
+    /// Estimated devices below the in-store threshold.
+    pub passer_by_estimated: u64,
     pub rssi_threshold_dbm: i16,
     /// Probe requests by RSSI bucket lower bound (`-90` = [-90,-80)), plus `none`.
     pub rssi_histogram: BTreeMap<String, u64>,

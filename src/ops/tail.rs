@@ -273,7 +273,10 @@ impl Checker {
             *self.totals.per_kind.entry(kind.to_string()).or_default() += 1;
             let ts = e["ts"].as_str().unwrap_or("-");
             if errs.is_empty() {
-                out.push(format!("{ts} {store}/{gateway} {kind} {id}"));
+                out.push(format!(
+                    "{ts} {store}/{gateway} {kind} {id}{}",
+                    detail(kind, e)
+                ));
             } else {
                 self.totals.invalid_events += 1;
                 out.push(format!(
@@ -283,6 +286,22 @@ impl Checker {
             }
         }
         out
+    }
+}
+
+/// The figures a reader checks first, after the event id: Wi-Fi address counts beside the
+/// estimated devices (absent from gateways before device estimation: `-`), visit dwell.
+fn detail(kind: &str, e: &Value) -> String {
+    let n = |k: &str| e[k].as_u64().map_or("-".to_string(), |v| v.to_string());
+    match kind {
+        "wifi.census" => format!(
+            " devices={} devices_estimated={} in_store_estimated={}",
+            n("devices"),
+            n("devices_estimated"),
+            n("in_store_estimated")
+        ),
+        "wifi.visit" => format!(" dwell_s={}", e["dwell_s"].as_f64().unwrap_or(0.0)),
+        _ => String::new(),
     }
 }
 

@@ -135,6 +135,9 @@ impl Simulator {
                 let devices = self.rng.u64(5..300);
                 let randomized = devices * self.rng.u64(50..95) / 100;
                 let in_store = devices * self.rng.u64(10..60) / 100;
+                // Randomized addresses inflate the address count about tenfold.
+                let estimated = (devices / 10).max(1);
+                let in_store_estimated = (in_store / 10).min(estimated);
                 let probes = devices * self.rng.u64(2..12);
                 let mut hist = BTreeMap::new();
                 let mut left = probes;
@@ -161,6 +164,9 @@ impl Simulator {
                             / 1000.0,
                         in_store,
                         passer_by: devices - in_store,
+                        devices_estimated: estimated,
+                        in_store_estimated,
+                        passer_by_estimated: estimated - in_store_estimated,
                         rssi_threshold_dbm: -70,
                         rssi_histogram: hist,
                         suppressed: false,

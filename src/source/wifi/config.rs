@@ -46,6 +46,9 @@ pub struct WifiConfig {
     pub session_gap: Dur,
     /// Devices tracked at once for visits (RAM bound); more are counted, not tracked.
     pub max_tracked_devices: usize,
+    /// Group randomized addresses into estimated devices (docs/wifi.md, "Device estimation");
+    /// off, every address counts as a device.
+    pub estimate_devices: bool,
 }
 
 impl Default for WifiConfig {
@@ -65,6 +68,7 @@ impl Default for WifiConfig {
             min_dwell: Dur::secs(120),
             session_gap: Dur::secs(300),
             max_tracked_devices: 20_000,
+            estimate_devices: true,
         }
     }
 }

@@ -124,6 +124,13 @@ pub struct Elements<'a> {
     rest: &'a [u8],
 }
 
+impl<'a> Elements<'a> {
+    /// A walk over raw element bytes.
+    pub fn new(rest: &'a [u8]) -> Elements<'a> {
+        Elements { rest }
+    }
+}
+
 impl<'a> Iterator for Elements<'a> {
     type Item = (u8, &'a [u8]);
     fn next(&mut self) -> Option<Self::Item> {

@@ -1,20 +1,26 @@
 //! Footfall from pseudonymous probe sightings: `wifi.census` per window and opt-in `wifi.visit`
 //! sessions. Driven by event time only (the caller advances the clock), so replay and live
-//! capture run the same code. Only pseudonyms ever enter this module; every piece of state is
-//! dropped when the device key rotates, so nothing links across a rotation.
+//! capture run the same code. Only keyed hashes of addresses and device-track numbers (see
+//! `estimate.rs`) ever enter this module; every piece of state is dropped when the device key
+//! rotates, so nothing links across a rotation. Visits follow device tracks, and a visit's
+//! `device` is a pseudonym of the track's number under the rotating key: random per track,
+//! never derived from an address or a fingerprint.
 
 use super::config::WifiConfig;
 use crate::event::{rfc3339_ms, Event};
 use crate::model::{WifiCensus, WifiVisit};
-use crate::privacy::suppress;
+use crate::privacy::{suppress, DevicePseudonymizer};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// One accepted probe request after the privacy stage.
 #[derive(Debug, Clone)]
 pub struct Sighting {
     pub ts_ms: i64,
-    /// Device pseudonym (never a raw MAC).
-    pub device: String,
+    /// Keyed hash of the source address (never a raw MAC): the address counts.
+    pub addr: u64,
+    /// Estimated device (track number): the estimated counts and the visits.
+    pub track: u64,
     /// Key epoch of the pseudonym.
     pub epoch: i64,
     /// Locally administered source address.
@@ -37,7 +43,8 @@ struct Window {
     idx: i64,
     probes: u64,
     directed: u64,
-    devices: HashMap<String, DevWindow>,
+    devices: HashMap<u64, DevWindow>,
+    estimated: HashMap<u64, DevWindow>,
     hist: BTreeMap<i16, u64>,
     no_rssi: u64,
 }
@@ -49,6 +56,7 @@ impl Window {
             probes: 0,
             directed: 0,
             devices: HashMap::new(),
+            estimated: HashMap::new(),
             hist: BTreeMap::new(),
             no_rssi: 0,
         }
@@ -77,7 +85,8 @@ pub struct Footfall {
     /// The first window not yet emitted (the open one).
     next_idx: Option<i64>,
     cur: Option<Window>,
-    sessions: HashMap<String, Session>,
+    sessions: HashMap<u64, Session>,
+    visit_ids: Option<Arc<DevicePseudonymizer>>,
     /// Devices not tracked for visits because `max_tracked_devices` was reached.
     pub untracked: u64,
     /// `wifi.census` events produced.
@@ -106,6 +115,7 @@ impl Footfall {
             next_idx: None,
             cur: None,
             sessions: HashMap::new(),
+            visit_ids: None,
             untracked: 0,
             census_events: 0,
             visit_events: 0,
@@ -122,6 +132,12 @@ impl Footfall {
         self.min_dwell_ms = cfg.min_dwell.0.as_millis() as i64;
         self.gap_ms = (cfg.session_gap.0.as_millis() as i64).max(1);
         self.max_tracked = cfg.max_tracked_devices;
+    }
+
+    /// Names visits with pseudonyms of their track number under the rotating device key
+    /// (without it, tests see `track-N`).
+    pub fn set_visit_ids(&mut self, ids: Arc<DevicePseudonymizer>) {
+        self.visit_ids = Some(ids);
     }
 
     fn in_store(&self, rssi: Option<i8>) -> bool {
@@ -147,27 +163,31 @@ impl Footfall {
             Some(r) => *w.hist.entry(bucket(r)).or_default() += 1,
             None => w.no_rssi += 1,
         }
-        let d = w.devices.entry(s.device.clone()).or_default();
-        d.randomized |= s.randomized;
-        d.max_rssi = match (d.max_rssi, s.rssi) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        for d in [
+            w.devices.entry(s.addr).or_default(),
+            w.estimated.entry(s.track).or_default(),
+        ] {
+            d.randomized |= s.randomized;
+            d.max_rssi = match (d.max_rssi, s.rssi) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
         if !self.visits {
             return;
         }
-        if let Some(sess) = self.sessions.get(&s.device) {
+        if let Some(sess) = self.sessions.get(&s.track) {
             if s.ts_ms - sess.last_seen > self.gap_ms {
-                if let Some(sess) = self.sessions.remove(&s.device) {
-                    self.emit_visit(&s.device, sess, out);
+                if let Some(sess) = self.sessions.remove(&s.track) {
+                    self.emit_visit(s.track, sess, out);
                 }
             }
         }
-        if !self.sessions.contains_key(&s.device) && self.sessions.len() >= self.max_tracked {
+        if !self.sessions.contains_key(&s.track) && self.sessions.len() >= self.max_tracked {
             self.untracked += 1;
             return;
         }
-        let sess = self.sessions.entry(s.device).or_insert(Session {
+        let sess = self.sessions.entry(s.track).or_insert(Session {
             last_seen: s.ts_ms,
             in_first: None,
             in_last: s.ts_ms,
@@ -212,15 +232,15 @@ impl Footfall {
         self.next_idx = Some(idx);
         if self.visits {
             let gap = self.gap_ms;
-            let gone: Vec<String> = self
+            let gone: Vec<u64> = self
                 .sessions
                 .iter()
                 .filter(|(_, s)| now_ms - s.last_seen > gap)
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| *k)
                 .collect();
             for k in gone {
                 if let Some(s) = self.sessions.remove(&k) {
-                    self.emit_visit(&k, s, out);
+                    self.emit_visit(k, s, out);
                 }
             }
         }
@@ -233,10 +253,10 @@ impl Footfall {
             self.emit_census(w, out);
         }
         self.next_idx = None;
-        let mut all: Vec<(String, Session)> = self.sessions.drain().collect();
+        let mut all: Vec<(u64, Session)> = self.sessions.drain().collect();
         all.sort_by_key(|(_, s)| s.last_seen);
         for (k, s) in all {
-            self.emit_visit(&k, s, out);
+            self.emit_visit(k, s, out);
         }
         self.epoch = None;
     }
@@ -250,9 +270,27 @@ impl Footfall {
             .values()
             .filter(|d| self.in_store(d.max_rssi))
             .count() as u64;
-        let (devices_s, s1) = suppress(devices, k);
-        // Below k devices every figure is withheld, so none can single a device out.
+        let est = w.estimated.len() as u64;
+        let est_in_store = w
+            .estimated
+            .values()
+            .filter(|d| self.in_store(d.max_rssi))
+            .count() as u64;
+        // Below k devices every figure is withheld, so none can single a device out. The
+        // estimate decides: one phone behind ten random addresses is still one person.
+        let (_, s1) = suppress(devices.min(est), k);
         let all_hidden = s1;
+        let sup0 = |n: u64| -> (u64, bool) {
+            if all_hidden {
+                (0, n > 0)
+            } else {
+                suppress(n, k)
+            }
+        };
+        let (devices_s, s6) = sup0(devices);
+        let (est_s, s7) = sup0(est);
+        let (est_in_s, s8) = sup0(est_in_store);
+        let (est_pass_s, s9) = sup0(est.saturating_sub(est_in_store));
         let sup = |n: u64| -> (u64, bool) {
             if all_hidden {
                 (0, n > 0)
@@ -266,7 +304,7 @@ impl Footfall {
         let passer_raw = devices.saturating_sub(in_store);
         let (in_store, s3) = sup(in_store);
         let (passer_by, s4) = sup(passer_raw);
-        let mut suppressed = s0 || s1 || s2 || s3 || s4 || s5;
+        let mut suppressed = s0 || s1 || s2 || s3 || s4 || s5 || s6 || s7 || s8 || s9;
         let mut hist = BTreeMap::new();
         for (b, n) in w
             .hist
@@ -297,6 +335,9 @@ impl Footfall {
                 randomized_share: share.min(1.0),
                 in_store,
                 passer_by,
+                devices_estimated: est_s,
+                in_store_estimated: est_in_s,
+                passer_by_estimated: est_pass_s,
                 rssi_threshold_dbm: self.threshold,
                 rssi_histogram: hist,
                 suppressed,
@@ -305,7 +346,7 @@ impl Footfall {
         self.census_events += 1;
     }
 
-    fn emit_visit(&mut self, device: &str, s: Session, out: &mut Vec<Event>) {
+    fn emit_visit(&mut self, track: u64, s: Session, out: &mut Vec<Event>) {
         let (Some(first), Some(peak)) = (s.in_first, s.peak) else {
             return; // never in the store: a passer-by, forgotten here
         };
@@ -313,11 +354,19 @@ impl Footfall {
         if dwell < self.min_dwell_ms {
             return;
         }
+        let device = match &self.visit_ids {
+            Some(ids) => {
+                let mut raw = *b"wifi-track\0\0\0\0\0\0\0\0";
+                raw[10..].copy_from_slice(&track.to_le_bytes());
+                ids.pseudonym(&raw, s.in_last).0
+            }
+            None => format!("track-{track}"),
+        };
         out.push(Event::new(
             "wifi.visit",
             s.in_last,
             &WifiVisit {
-                device: device.to_string(),
+                device,
                 first_seen: rfc3339_ms(first),
                 last_seen: rfc3339_ms(s.in_last),
                 dwell_s: dwell as f64 / 1000.0,
@@ -349,10 +398,16 @@ mod tests {
         }
     }
 
+    fn id(dev: &str) -> u64 {
+        dev.bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64))
+    }
+
     fn s(ts: i64, dev: &str, rssi: Option<i8>, epoch: i64) -> Sighting {
         Sighting {
             ts_ms: ts,
-            device: dev.into(),
+            addr: id(dev),
+            track: id(dev),
             epoch,
             randomized: dev.starts_with('r'),
             rssi,
@@ -440,7 +495,7 @@ mod tests {
         let visits: Vec<_> = out.iter().filter(|e| e.kind == "wifi.visit").collect();
         assert_eq!(visits.len(), 1);
         let v = &visits[0].body();
-        assert_eq!(v["device"], "a");
+        assert_eq!(v["device"], format!("track-{}", id("a")));
         assert_eq!(v["dwell_s"], 90.0);
         assert_eq!(v["peak_rssi"], -55);
         assert_eq!(v["probe_requests"], 10);

@@ -163,6 +163,11 @@ async fn capture_loop(
                 p.advance(now_ms(), &mut out);
                 send(&ctx.tx, std::mem::take(&mut out)).await;
                 report(&p.stats, reported);
+                metrics::global().gauge(
+                    "storegw_wifi_tracked_devices",
+                    "",
+                    p.estimator.len() as f64,
+                );
                 let drops = cap.kernel_drops();
                 if drops > 0 {
                     metrics::global().count("storegw_wifi_kernel_drops_total", "", drops);

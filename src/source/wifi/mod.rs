@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod config;
 pub mod dot11;
+pub mod estimate;
 pub mod fcs;
 pub mod footfall;
 pub mod frame;

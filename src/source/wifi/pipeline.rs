@@ -1,16 +1,24 @@
 //! The Wi-Fi stage every frame goes through, live or replayed: decode, apply the bad-FCS and
-//! group-address policies, pseudonymize the source address, aggregate. Raw MACs and SSIDs do
-//! not outlive the call that decodes their frame; only pseudonyms reach [`Footfall`].
+//! group-address policies, replace the source address and the element list by keyed hashes,
+//! estimate the device, aggregate. Raw MACs and SSIDs do not outlive the call that decodes
+//! their frame; only keyed hashes (key in RAM, new at every key rotation) and track numbers
+//! reach [`Estimator`] and [`Footfall`].
 
 use super::config::{Policy, WifiConfig};
 use super::dot11::{is_group, is_locally_administered};
+use super::estimate::{self, Estimator, Placement};
 use super::footfall::{Footfall, Sighting};
 use super::frame::{decode, Decoded, FcsStatus};
 use crate::event::Event;
 use crate::privacy::DevicePseudonymizer;
 use serde::Serialize;
-use std::collections::HashSet;
+use siphasher::sip::SipHasher13;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hasher;
 use std::sync::Arc;
+
+/// Strongest antenna signal taken as a measurement; above it the field counts as absent.
+const MAX_PLAUSIBLE_DBM: i8 = 0;
 
 /// Frame counters (the replay summary and the live metrics).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -32,15 +40,62 @@ pub struct Stats {
     pub no_rssi: u64,
 }
 
+/// Whole-run totals (replay summary): distinct addresses, distinct randomized addresses, and
+/// estimated devices. A track that starts from an address an expired track already had is the
+/// same device again (one address, one transmitter), so a phone silent for longer than the
+/// session gap is not counted twice.
+#[derive(Default)]
+struct Totals {
+    addrs: HashSet<u64>,
+    randomized: HashSet<u64>,
+    device_of_addr: HashMap<u64, u64>,
+    device_of_track: HashMap<u64, u64>,
+    in_store: HashSet<u64>,
+    devices: u64,
+}
+
+impl Totals {
+    fn place(&mut self, addr: u64, track: u64, placement: Placement, in_store: bool) {
+        let known = match placement {
+            Placement::New | Placement::Untracked => self.device_of_addr.get(&addr),
+            Placement::Known | Placement::Linked | Placement::Split => {
+                self.device_of_track.get(&track)
+            }
+        };
+        let device = match known {
+            Some(d) => *d,
+            None => {
+                self.devices += 1;
+                self.devices
+            }
+        };
+        self.device_of_track.insert(track, device);
+        self.device_of_addr.entry(addr).or_insert(device);
+        if in_store {
+            self.in_store.insert(device);
+        }
+    }
+}
+
+/// Per-epoch keys of the keyed hashes (address, fingerprint).
+struct HashKeys {
+    epoch: i64,
+    addr: [u8; 16],
+    fingerprint: [u8; 16],
+}
+
 /// The per-source processing stage.
 pub struct Pipeline {
     cfg: WifiConfig,
     devices: Arc<DevicePseudonymizer>,
+    keys: HashKeys,
+    /// Device tracks.
+    pub estimator: Estimator,
     /// Census windows and visit sessions.
     pub footfall: Footfall,
     /// Counters since start.
     pub stats: Stats,
-    totals: Option<(HashSet<String>, HashSet<String>)>,
+    totals: Option<Totals>,
 }
 
 impl Pipeline {
@@ -48,6 +103,8 @@ impl Pipeline {
     /// footfall thresholds.
     pub fn reconfigure(&mut self, cfg: &WifiConfig, min_count: u32) {
         self.footfall.reconfigure(cfg, min_count);
+        self.estimator
+            .reconfigure(estimate::Settings::from_config(cfg));
         self.cfg = cfg.clone();
     }
 
@@ -59,13 +116,34 @@ impl Pipeline {
         devices: Arc<DevicePseudonymizer>,
         track_totals: bool,
     ) -> Pipeline {
+        let mut footfall = Footfall::new(cfg, min_count);
+        footfall.set_visit_ids(devices.clone());
         Pipeline {
-            footfall: Footfall::new(cfg, min_count),
+            footfall,
+            estimator: Estimator::new(estimate::Settings::from_config(cfg)),
+            keys: HashKeys {
+                epoch: i64::MIN,
+                addr: [0; 16],
+                fingerprint: [0; 16],
+            },
             cfg: cfg.clone(),
             devices,
             stats: Stats::default(),
-            totals: track_totals.then(|| (HashSet::new(), HashSet::new())),
+            totals: track_totals.then(Totals::default),
         }
+    }
+
+    /// The key epoch of `ts_ms`; a new epoch draws new hash keys and forgets every track.
+    fn epoch(&mut self, ts_ms: i64) -> i64 {
+        let epoch = self.devices.epoch_of(ts_ms);
+        if epoch != self.keys.epoch {
+            let k = crate::privacy::random_key();
+            self.keys.addr.copy_from_slice(&k[..16]);
+            self.keys.fingerprint.copy_from_slice(&k[16..]);
+            self.keys.epoch = epoch;
+            self.estimator.clear();
+        }
+        epoch
     }
 
     /// Processes one captured frame received at `ts_ms`; `cut` when the capture stored fewer
@@ -105,27 +183,43 @@ impl Pipeline {
             self.stats.malformed += 1;
             return;
         }
-        if p.rssi.is_none() {
+        // No receiver reports a signal above 0 dBm (they saturate well below): such a value
+        // is a corrupted field, and a corrupted RSSI must not make a device "in store".
+        let rssi = p.rssi.filter(|r| *r <= MAX_PLAUSIBLE_DBM);
+        if rssi.is_none() {
             self.stats.no_rssi += 1;
         }
         self.stats.accepted += 1;
         let randomized = is_locally_administered(&p.req.sa);
-        let (device, epoch) = self.devices.pseudonym(&p.req.sa, ts_ms);
-        if let Some((all, rnd)) = &mut self.totals {
-            if randomized && !rnd.contains(&device) {
-                rnd.insert(device.clone());
+        let epoch = self.epoch(ts_ms);
+        let mut h = SipHasher13::new_with_key(&self.keys.addr);
+        h.write(&p.req.sa);
+        let addr = h.finish();
+        let (track, placement) = self.estimator.observe(estimate::Probe {
+            ts_ms,
+            addr,
+            randomized,
+            fingerprint: estimate::fingerprint(&self.keys.fingerprint, p.req.elements()),
+            seq: p.req.seq,
+        });
+        // An untracked probe (track cap reached) counts as its own device.
+        let track = track.unwrap_or(addr | 1 << 63);
+        if let Some(t) = &mut self.totals {
+            t.addrs.insert(addr);
+            if randomized {
+                t.randomized.insert(addr);
             }
-            if !all.contains(&device) {
-                all.insert(device.clone());
-            }
+            let in_store = rssi.is_some_and(|r| r as i16 >= self.cfg.in_store_rssi);
+            t.place(addr, track, placement, in_store);
         }
         self.footfall.observe(
             Sighting {
                 ts_ms,
-                device,
+                addr,
+                track,
                 epoch,
                 randomized,
-                rssi: p.rssi,
+                rssi,
                 directed: p.req.ssid.is_directed(),
             },
             out,
@@ -142,11 +236,19 @@ impl Pipeline {
         self.footfall.finish(out);
     }
 
-    /// Distinct devices and distinct randomized devices over the run (when tracked).
-    pub fn totals(&self) -> (u64, u64) {
+    /// Distinct addresses, distinct randomized addresses, estimated devices and estimated
+    /// devices ever in the store, over the run (when tracked).
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
         self.totals
             .as_ref()
-            .map(|(a, r)| (a.len() as u64, r.len() as u64))
-            .unwrap_or((0, 0))
+            .map(|t| {
+                (
+                    t.addrs.len() as u64,
+                    t.randomized.len() as u64,
+                    t.devices,
+                    t.in_store.len() as u64,
+                )
+            })
+            .unwrap_or((0, 0, 0, 0))
     }
 }

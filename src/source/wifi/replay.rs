@@ -49,7 +49,7 @@ pub fn run(
     for e in out.drain(..) {
         r.emit(e);
     }
-    let (distinct, randomized) = p.totals();
+    let (distinct, randomized, estimated, in_store_estimated) = p.totals();
     let s = p.stats;
     let mut summary = serde_json::json!({
         "source": "wifi",
@@ -59,13 +59,15 @@ pub fn run(
         "accepted": s.accepted,
         "distinct_devices": distinct,
         "randomized_devices": randomized,
+        "devices_estimated": estimated,
+        "in_store_devices_estimated": in_store_estimated,
         "malformed": s.malformed,
         "bad_fcs": s.bad_fcs,
         "group_source": s.group_source,
         "no_rssi": s.no_rssi,
         "census": p.footfall.census_events,
         "visits": p.footfall.visit_events,
-        "untracked": p.footfall.untracked,
+        "untracked": p.footfall.untracked + p.estimator.untracked,
     });
     if let (Some(e), Some(m)) = (file_error, summary.as_object_mut()) {
         m.insert("file_error".into(), e.into());

@@ -1,0 +1,519 @@
+//! Device estimation: groups the probe requests of randomized (locally administered) addresses
+//! into device *tracks*, so footfall counts phones rather than addresses (docs/wifi.md, "Device
+//! estimation").
+//!
+//! What links two addresses to one track, strongest first:
+//! 1. the same address (an address belongs to one transmitter);
+//! 2. 802.11 sequence-number continuity under the same fingerprint (devices that keep their
+//!    sequence counter across address changes);
+//! 3. the same information-element fingerprint ([`fingerprint`]) while the track is alive: a
+//!    new address joins the live track of that fingerprint seen most recently.
+//!
+//! What splits: two addresses of one track that transmit *interleaved* within one burst
+//! belong to two devices (one phone uses one address at a time), so the newer address moves to
+//! a track of its own. Globally unique addresses are their own device and never link.
+//!
+//! Everything here lives in RAM only, keyed by per-epoch keyed hashes (never a raw MAC), and
+//! is forgotten when a track has been silent for `expire_ms` and at every key rotation.
+
+use super::dot11::Elements;
+use siphasher::sip::SipHasher13;
+use std::collections::HashMap;
+use std::hash::Hasher;
+
+/// Element ids whose content describes the hardware and driver, so it is stable across scans.
+const CONTENT_ELEMENTS: [u8; 7] = [
+    1,   // supported rates
+    50,  // extended supported rates
+    127, // extended capabilities
+    59,  // supported operating classes
+    70,  // RM enabled capabilities
+    107, // interworking
+    114, // mesh id presence as a capability
+];
+
+/// A keyed hash of the stable parts of a probe request's information elements: the element
+/// order, the capability contents that describe hardware and driver, vendor OUIs and types.
+/// Left out because they vary between scans of one device: the SSID (only its presence
+/// counts), the DS parameter set (channel), the supported MCS/NSS sets of HT/VHT/HE (they
+/// follow the active antenna chains), the contents of extension elements other than HE/EHT
+/// capabilities, and vendor element bodies.
+pub fn fingerprint(key: &[u8; 16], elements: Elements<'_>) -> u64 {
+    let mut h = SipHasher13::new_with_key(key);
+    for (id, body) in elements {
+        h.write_u8(id);
+        match id {
+            0 | 3 => {}
+            221 => h.write(body.get(..4).unwrap_or(body)),
+            255 => {
+                let ext = body.first().copied().unwrap_or(0);
+                h.write_u8(ext);
+                match ext {
+                    // HE capabilities: MAC (6) and PHY (11) capability fields.
+                    35 => h.write(body.get(1..18).unwrap_or(body)),
+                    // EHT capabilities: MAC (2) and PHY (9) capability fields.
+                    108 => h.write(body.get(1..12).unwrap_or(body)),
+                    _ => {}
+                }
+            }
+            // HT capability info and A-MPDU parameters; extended, TxBF and ASEL capabilities.
+            45 => {
+                h.write(body.get(..3).unwrap_or(body));
+                h.write(body.get(19..).unwrap_or(&[]));
+            }
+            // VHT capability info, not the MCS maps.
+            191 => h.write(body.get(..4).unwrap_or(body)),
+            id if CONTENT_ELEMENTS.contains(&id) => {
+                h.write_u8(body.len() as u8);
+                h.write(body);
+            }
+            _ => h.write_u8(body.len() as u8),
+        }
+    }
+    h.finish()
+}
+
+/// One accepted probe request as the estimator sees it: keyed hashes, not identifiers.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub ts_ms: i64,
+    /// Keyed hash of the source address.
+    pub addr: u64,
+    /// Locally administered source address (randomized): eligible for linking.
+    pub randomized: bool,
+    /// [`fingerprint`] of the elements.
+    pub fingerprint: u64,
+    /// 802.11 sequence number.
+    pub seq: u16,
+}
+
+/// How a probe was placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The address already belongs to the track.
+    Known,
+    /// A new address linked to a live track (fingerprint, sequence number).
+    Linked,
+    /// A new track for a new address.
+    New,
+    /// A new track for an address that was linked wrongly (interleaved transmissions).
+    Split,
+    /// No room for a new track (`max_tracks`): counted by address only.
+    Untracked,
+}
+
+/// Tuning of the estimator (docs/wifi.md lists the reasons for each value).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Link randomized addresses at all; `false` makes every address its own track.
+    pub link: bool,
+    /// A track silent this long is forgotten (`session_gap`).
+    pub expire_ms: i64,
+    /// Frames of one device within this span belong to one burst (scan).
+    pub burst_ms: i64,
+    /// Tracks held at once (`max_tracked_devices`).
+    pub max_tracks: usize,
+}
+
+impl Settings {
+    /// Settings for a source configuration.
+    pub fn from_config(cfg: &super::config::WifiConfig) -> Settings {
+        Settings {
+            link: cfg.estimate_devices,
+            expire_ms: (cfg.session_gap.0.as_millis() as i64).max(1),
+            burst_ms: 1000,
+            max_tracks: cfg.max_tracked_devices,
+        }
+    }
+}
+
+/// Largest forward step of a sequence counter still read as "the same counter", per second
+/// elapsed (a phone sends a few frames a second at most while scanning) plus a margin.
+const SEQ_STEP_PER_S: i64 = 16;
+const SEQ_STEP_MARGIN: i64 = 64;
+
+struct Track {
+    id: u64,
+    fingerprint: u64,
+    randomized: bool,
+    last_ms: i64,
+    last_seq: u16,
+    /// The address in use now, its first and last frame, and whether it was linked (not the
+    /// first of the track).
+    cur_addr: u64,
+    cur_first_ms: i64,
+    cur_last_ms: i64,
+    cur_linked: bool,
+    /// The address used before it, and its last frame.
+    prev_addr: u64,
+    prev_last_ms: i64,
+    addrs: Vec<u64>,
+}
+
+/// Device tracks over a stream of probe requests (event time).
+pub struct Estimator {
+    set: Settings,
+    next_id: u64,
+    tracks: HashMap<u64, Track>,
+    by_addr: HashMap<u64, u64>,
+    by_fingerprint: HashMap<u64, Vec<u64>>,
+    last_sweep_ms: i64,
+    /// Probes not tracked because `max_tracks` was reached.
+    pub untracked: u64,
+    /// Tracks created (new devices, splits included) since start.
+    pub created: u64,
+}
+
+impl Estimator {
+    /// An empty estimator.
+    pub fn new(set: Settings) -> Estimator {
+        Estimator {
+            set,
+            next_id: 1,
+            tracks: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_fingerprint: HashMap::new(),
+            last_sweep_ms: i64::MIN,
+            untracked: 0,
+            created: 0,
+        }
+    }
+
+    /// New settings (SIGHUP); live tracks are kept.
+    pub fn reconfigure(&mut self, set: Settings) {
+        self.set = set;
+    }
+
+    /// Forgets every track (key rotation).
+    pub fn clear(&mut self) {
+        self.tracks.clear();
+        self.by_addr.clear();
+        self.by_fingerprint.clear();
+    }
+
+    /// Tracks held now.
+    pub fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// True when no track is held.
+    pub fn is_empty(&self) -> bool {
+        self.tracks.is_empty()
+    }
+
+    /// Places one probe; returns its track id (None when untracked) and how it was placed.
+    pub fn observe(&mut self, p: Probe) -> (Option<u64>, Placement) {
+        self.sweep(p.ts_ms);
+        if let Some(&id) = self.by_addr.get(&p.addr) {
+            return self.known(id, p);
+        }
+        if p.randomized && self.set.link {
+            if let Some(id) = self.candidate(&p) {
+                if let Some(t) = self.tracks.get_mut(&id) {
+                    t.last_ms = t.last_ms.max(p.ts_ms);
+                    t.last_seq = p.seq;
+                    t.prev_addr = t.cur_addr;
+                    t.prev_last_ms = t.cur_last_ms;
+                    t.cur_addr = p.addr;
+                    t.cur_first_ms = p.ts_ms;
+                    t.cur_last_ms = p.ts_ms;
+                    t.cur_linked = true;
+                    t.addrs.push(p.addr);
+                    self.by_addr.insert(p.addr, id);
+                    return (Some(id), Placement::Linked);
+                }
+            }
+        }
+        match self.create(p, p.ts_ms) {
+            Some(id) => (Some(id), Placement::New),
+            None => {
+                self.untracked += 1;
+                (None, Placement::Untracked)
+            }
+        }
+    }
+
+    /// A probe from an address the estimator knows.
+    fn known(&mut self, id: u64, p: Probe) -> (Option<u64>, Placement) {
+        let Some(t) = self.tracks.get_mut(&id) else {
+            return (None, Placement::Untracked);
+        };
+        // Strictly in time order A … B … A: A's earlier frames all before B's first, this
+        // frame after B's last. Captures merged from several receivers reorder frames by a
+        // fraction of a second; that alone never splits.
+        let interleaved = t.cur_linked
+            && p.addr == t.prev_addr
+            && t.prev_last_ms < t.cur_first_ms
+            && p.ts_ms > t.cur_last_ms
+            && p.ts_ms - t.cur_first_ms <= self.set.burst_ms;
+        if !interleaved {
+            t.last_ms = t.last_ms.max(p.ts_ms);
+            if t.cur_addr == p.addr {
+                t.last_seq = p.seq;
+                t.cur_last_ms = t.cur_last_ms.max(p.ts_ms);
+            } else if t.prev_addr == p.addr {
+                t.prev_last_ms = t.prev_last_ms.max(p.ts_ms);
+            }
+            return (Some(id), Placement::Known);
+        }
+        // This older address of the track transmits again after a newer one took over within
+        // one burst: two devices. The newer address gets its own track.
+        let moved = t.cur_addr;
+        let moved_seq = t.last_seq;
+        let since = t.cur_first_ms;
+        t.addrs.retain(|a| *a != moved);
+        t.cur_addr = p.addr;
+        t.cur_first_ms = p.ts_ms;
+        t.cur_last_ms = p.ts_ms;
+        t.cur_linked = false;
+        t.prev_addr = 0;
+        t.prev_last_ms = i64::MIN;
+        t.last_ms = t.last_ms.max(p.ts_ms);
+        t.last_seq = p.seq;
+        let fp_probe = Probe {
+            addr: moved,
+            seq: moved_seq,
+            ..p
+        };
+        self.by_addr.remove(&moved);
+        if self.create(fp_probe, since).is_some() {
+            return (Some(id), Placement::Split);
+        }
+        (Some(id), Placement::Known)
+    }
+
+    /// The live track a new randomized address belongs to, if any.
+    fn candidate(&self, p: &Probe) -> Option<u64> {
+        let ids = self.by_fingerprint.get(&p.fingerprint)?;
+        let mut best: Option<(bool, i64, u64)> = None;
+        for &id in ids {
+            let Some(t) = self.tracks.get(&id) else {
+                continue;
+            };
+            let idle = p.ts_ms - t.last_ms;
+            if !t.randomized || idle > self.set.expire_ms {
+                continue;
+            }
+            let step = (p.seq as i64 - t.last_seq as i64).rem_euclid(4096);
+            let seq_ok = step > 0 && step <= SEQ_STEP_MARGIN + SEQ_STEP_PER_S * idle.max(0) / 1000;
+            let key = (seq_ok, t.last_ms, id);
+            if best.is_none_or(|b| key > b) {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, id)| id)
+    }
+
+    fn create(&mut self, p: Probe, first_ms: i64) -> Option<u64> {
+        if self.tracks.len() >= self.set.max_tracks {
+            self.sweep_now(p.ts_ms);
+            if self.tracks.len() >= self.set.max_tracks {
+                return None;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.created += 1;
+        self.tracks.insert(
+            id,
+            Track {
+                id,
+                fingerprint: p.fingerprint,
+                randomized: p.randomized,
+                last_ms: p.ts_ms,
+                last_seq: p.seq,
+                cur_addr: p.addr,
+                cur_first_ms: first_ms,
+                cur_last_ms: p.ts_ms,
+                cur_linked: false,
+                prev_addr: 0,
+                prev_last_ms: i64::MIN,
+                addrs: vec![p.addr],
+            },
+        );
+        self.by_addr.insert(p.addr, id);
+        if p.randomized {
+            self.by_fingerprint
+                .entry(p.fingerprint)
+                .or_default()
+                .push(id);
+        }
+        Some(id)
+    }
+
+    /// Drops tracks silent longer than `expire_ms`, at most once a second of event time.
+    fn sweep(&mut self, now_ms: i64) {
+        if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
+            self.sweep_now(now_ms);
+        }
+    }
+
+    fn sweep_now(&mut self, now_ms: i64) {
+        self.last_sweep_ms = now_ms;
+        let expire = self.set.expire_ms;
+        let gone: Vec<u64> = self
+            .tracks
+            .values()
+            .filter(|t| now_ms - t.last_ms > expire)
+            .map(|t| t.id)
+            .collect();
+        for id in gone {
+            if let Some(t) = self.tracks.remove(&id) {
+                for a in &t.addrs {
+                    self.by_addr.remove(a);
+                }
+                if let Some(v) = self.by_fingerprint.get_mut(&t.fingerprint) {
+                    v.retain(|x| *x != id);
+                    if v.is_empty() {
+                        self.by_fingerprint.remove(&t.fingerprint);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est() -> Estimator {
+        Estimator::new(Settings {
+            link: true,
+            expire_ms: 300_000,
+            burst_ms: 1000,
+            max_tracks: 100,
+        })
+    }
+
+    fn p(ts: i64, addr: u64, fp: u64, seq: u16) -> Probe {
+        Probe {
+            ts_ms: ts,
+            addr,
+            randomized: true,
+            fingerprint: fp,
+            seq,
+        }
+    }
+
+    #[test]
+    fn rotating_addresses_of_one_fingerprint_are_one_track() {
+        let mut e = est();
+        let (a, pl) = e.observe(p(0, 1, 7, 100));
+        assert_eq!(pl, Placement::New);
+        // A new random address every two frames, random sequence numbers (iOS, Android 13).
+        for (i, ts) in [20, 40, 60_000, 60_020, 130_000].iter().enumerate() {
+            let (b, pl) = e.observe(p(*ts, 10 + i as u64, 7, 3000 - i as u16 * 500));
+            assert_eq!((b, pl), (a, Placement::Linked));
+        }
+        assert_eq!(e.created, 1);
+    }
+
+    #[test]
+    fn other_fingerprints_and_global_addresses_are_other_devices() {
+        let mut e = est();
+        let (a, _) = e.observe(p(0, 1, 7, 1));
+        let (b, pl) = e.observe(p(10, 2, 8, 2));
+        assert_eq!(pl, Placement::New);
+        assert_ne!(a, b);
+        let g = Probe {
+            randomized: false,
+            ..p(20, 3, 7, 3)
+        };
+        let (c, pl) = e.observe(g);
+        assert_eq!(pl, Placement::New);
+        assert_ne!(c, a);
+        // A global address is never a link target.
+        let (d, pl) = e.observe(Probe {
+            randomized: false,
+            ..p(30, 4, 7, 4)
+        });
+        assert_eq!(pl, Placement::New);
+        assert_ne!(d, c);
+    }
+
+    #[test]
+    fn sequence_continuity_picks_the_right_track() {
+        let mut e = est();
+        let (a, _) = e.observe(p(0, 1, 7, 100));
+        // Interleaved start of a second device of the same fingerprint.
+        let (b, _) = e.observe(p(10, 2, 7, 2000));
+        let (_, pl) = e.observe(p(30, 1, 7, 101));
+        assert_eq!(pl, Placement::Split);
+        assert_ne!(e.by_addr.get(&2).copied(), a);
+        let b2 = e.by_addr.get(&2).copied();
+        assert!(b2.is_some());
+        let _ = b;
+        // Later, a new address whose counter continues device 2's counter joins device 2,
+        // although device 1 was seen more recently.
+        e.observe(p(40_000, 1, 7, 140));
+        let (x, pl) = e.observe(p(40_500, 3, 7, 2010));
+        assert_eq!((x, pl), (b2, Placement::Linked));
+    }
+
+    #[test]
+    fn interleaved_addresses_split_into_two_devices() {
+        let mut e = est();
+        let (a, _) = e.observe(p(0, 1, 7, 500));
+        let (_, pl) = e.observe(p(15, 2, 7, 3900));
+        assert_eq!(pl, Placement::Linked);
+        let (x, pl) = e.observe(p(25, 1, 7, 501));
+        assert_eq!((x, pl), (a, Placement::Split));
+        assert_eq!(e.len(), 2);
+        assert_eq!(e.created, 2);
+    }
+
+    #[test]
+    fn silent_tracks_expire_and_the_cap_holds() {
+        let mut e = Estimator::new(Settings {
+            link: true,
+            expire_ms: 10_000,
+            burst_ms: 1000,
+            max_tracks: 3,
+        });
+        for i in 0..5u64 {
+            e.observe(p(i as i64, i, 100 + i, 0));
+        }
+        assert_eq!(e.len(), 3);
+        assert_eq!(e.untracked, 2);
+        let (_, pl) = e.observe(p(20_000, 99, 5, 0));
+        assert_eq!(pl, Placement::New);
+        assert_eq!(e.len(), 1);
+        assert!(e.by_addr.len() == 1 && e.by_fingerprint.len() == 1);
+    }
+
+    #[test]
+    fn without_linking_every_address_is_a_device() {
+        let mut e = Estimator::new(Settings {
+            link: false,
+            expire_ms: 300_000,
+            burst_ms: 1000,
+            max_tracks: 100,
+        });
+        e.observe(p(0, 1, 7, 0));
+        e.observe(p(10, 2, 7, 1));
+        assert_eq!(e.created, 2);
+    }
+
+    #[test]
+    fn fingerprint_ignores_what_varies_between_scans() {
+        let key = [7u8; 16];
+        let fp = |ies: &[u8]| fingerprint(&key, Elements::new(ies));
+        // SSID content, channel, HT MCS set and HE MCS map differ; capabilities do not.
+        let mut ht_a = vec![45, 26, 0x2d, 0x40, 0x1b, 0xff, 0x00];
+        ht_a.extend([0u8; 21]);
+        let mut ht_b = vec![45, 26, 0x2d, 0x40, 0x1b, 0xff, 0xff];
+        ht_b.extend([0u8; 21]);
+        let mut a = vec![0, 0, 1, 2, 0x82, 0x84, 3, 1, 1];
+        a.extend(&ht_a);
+        let mut b = vec![0, 3, b'a', b'b', b'c', 1, 2, 0x82, 0x84, 3, 1, 11];
+        b.extend(&ht_b);
+        assert_eq!(fp(&a), fp(&b));
+        // Other rates: another device.
+        let mut c = vec![0, 0, 1, 2, 0x02, 0x04, 3, 1, 1];
+        c.extend(&ht_a);
+        assert_ne!(fp(&a), fp(&c));
+        // Another key: unrelated values.
+        assert_ne!(fingerprint(&[8u8; 16], Elements::new(&a)), fp(&a));
+    }
+}
