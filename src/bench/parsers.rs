@@ -17,12 +17,17 @@ pub type ParserBench = (&'static str, fn() -> Result<Vec<Row>, String>);
 pub const ALL: &[ParserBench] = &[
     ("Wi-Fi frames parsed vs tshark", wifi_vs_tshark),
     (
+        "Wi-Fi device estimation vs address counting",
+        super::estimation::error,
+    ),
+    (
         "BLE advertisements decoded vs TheengsDecoder",
         ble_vs_theengs,
     ),
 ];
 
-fn shared_data() -> Result<PathBuf, String> {
+/// The shared test data directory (captures and their references).
+pub(super) fn shared_data() -> Result<PathBuf, String> {
     [
         std::env::var("STOREGW_SHARED_DATA").ok().map(PathBuf::from),
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")),
@@ -109,9 +114,11 @@ fn wifi_vs_tshark() -> Result<Vec<Row>, String> {
         .status();
     let secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
+    let mut tshark_rate = None;
     match tshark {
         Ok(s) if s.success() => {
             let base = frames as f64 / secs;
+            tshark_rate = Some(base);
             row = row.baseline("tshark -T fields, same file", base).target(
                 "≥50× tshark and ≥3M frames/s",
                 ours >= 50.0 * base && ours >= 3e6,
@@ -121,7 +128,12 @@ fn wifi_vs_tshark() -> Result<Vec<Row>, String> {
             row = row.target("≥3M frames/s (tshark not installed: no ratio)", ours >= 3e6);
         }
     }
-    Ok(vec![row])
+    let mut rows = vec![row];
+    match super::estimation::rate(tshark_rate) {
+        Ok(r) => rows.push(r),
+        Err(e) => eprintln!("bench: Wi-Fi estimation rate not measured: {e}"),
+    }
+    Ok(rows)
 }
 
 /// Real advertising payloads from the shared btsnoop logs plus the beacon vectors.

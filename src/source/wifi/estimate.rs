@@ -18,8 +18,31 @@
 
 use super::dot11::Elements;
 use siphasher::sip::SipHasher13;
-use std::collections::HashMap;
-use std::hash::Hasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hasher for maps keyed by values that are already keyed hashes (addresses, fingerprints) or
+/// track numbers: one multiply spreads the bits. Keyed-hash inputs cannot be steered by a
+/// sender without the key, so a second keyed hash would only cost time on every frame.
+#[derive(Default, Clone, Copy)]
+pub struct U64Hasher(u64);
+
+impl Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(26)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | self.0 >> 56) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+}
+
+/// A map keyed by a keyed hash or a track number.
+pub type U64Map<V> = HashMap<u64, V, BuildHasherDefault<U64Hasher>>;
 
 /// Element ids whose content describes the hardware and driver, so it is stable across scans.
 const CONTENT_ELEMENTS: [u8; 7] = [
@@ -147,16 +170,22 @@ struct Track {
     /// The address used before it, and its last frame.
     prev_addr: u64,
     prev_last_ms: i64,
-    addrs: Vec<u64>,
+    /// The most recent addresses (at most [`ADDRS_PER_TRACK`]); older ones are forgotten.
+    addrs: VecDeque<u64>,
 }
+
+/// Addresses remembered per track. Randomizing phones never go back to an old address, so a
+/// few cover the interleaving check and retransmissions, and a phone that probes all day
+/// does not grow the heap.
+const ADDRS_PER_TRACK: usize = 8;
 
 /// Device tracks over a stream of probe requests (event time).
 pub struct Estimator {
     set: Settings,
     next_id: u64,
-    tracks: HashMap<u64, Track>,
-    by_addr: HashMap<u64, u64>,
-    by_fingerprint: HashMap<u64, Vec<u64>>,
+    tracks: U64Map<Track>,
+    by_addr: U64Map<u64>,
+    by_fingerprint: U64Map<Vec<u64>>,
     last_sweep_ms: i64,
     /// Probes not tracked because `max_tracks` was reached.
     pub untracked: u64,
@@ -170,9 +199,9 @@ impl Estimator {
         Estimator {
             set,
             next_id: 1,
-            tracks: HashMap::new(),
-            by_addr: HashMap::new(),
-            by_fingerprint: HashMap::new(),
+            tracks: U64Map::default(),
+            by_addr: U64Map::default(),
+            by_fingerprint: U64Map::default(),
             last_sweep_ms: i64::MIN,
             untracked: 0,
             created: 0,
@@ -201,6 +230,12 @@ impl Estimator {
         self.tracks.is_empty()
     }
 
+    /// True when `addr` belongs to a track: the caller can skip computing the fingerprint,
+    /// which only a new address needs.
+    pub fn knows(&self, addr: u64) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
     /// Places one probe; returns its track id (None when untracked) and how it was placed.
     pub fn observe(&mut self, p: Probe) -> (Option<u64>, Placement) {
         self.sweep(p.ts_ms);
@@ -218,7 +253,12 @@ impl Estimator {
                     t.cur_first_ms = p.ts_ms;
                     t.cur_last_ms = p.ts_ms;
                     t.cur_linked = true;
-                    t.addrs.push(p.addr);
+                    t.addrs.push_back(p.addr);
+                    if t.addrs.len() > ADDRS_PER_TRACK {
+                        if let Some(old) = t.addrs.pop_front() {
+                            self.by_addr.remove(&old);
+                        }
+                    }
                     self.by_addr.insert(p.addr, id);
                     return (Some(id), Placement::Linked);
                 }
@@ -273,6 +313,7 @@ impl Estimator {
         let fp_probe = Probe {
             addr: moved,
             seq: moved_seq,
+            fingerprint: t.fingerprint,
             ..p
         };
         self.by_addr.remove(&moved);
@@ -328,7 +369,7 @@ impl Estimator {
                 cur_linked: false,
                 prev_addr: 0,
                 prev_last_ms: i64::MIN,
-                addrs: vec![p.addr],
+                addrs: VecDeque::from([p.addr]),
             },
         );
         self.by_addr.insert(p.addr, id);
@@ -480,6 +521,16 @@ mod tests {
         assert_eq!(pl, Placement::New);
         assert_eq!(e.len(), 1);
         assert!(e.by_addr.len() == 1 && e.by_fingerprint.len() == 1);
+    }
+
+    #[test]
+    fn a_track_remembers_only_its_recent_addresses() {
+        let mut e = est();
+        for i in 0..1000u64 {
+            e.observe(p(i as i64 * 5_000, 1000 + i, 7, 0));
+        }
+        assert_eq!(e.len(), 1);
+        assert_eq!(e.by_addr.len(), ADDRS_PER_TRACK);
     }
 
     #[test]

@@ -7,10 +7,11 @@
 //! never derived from an address or a fingerprint.
 
 use super::config::WifiConfig;
+use super::estimate::U64Map;
 use crate::event::{rfc3339_ms, Event};
 use crate::model::{WifiCensus, WifiVisit};
 use crate::privacy::{suppress, DevicePseudonymizer};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One accepted probe request after the privacy stage.
@@ -43,8 +44,8 @@ struct Window {
     idx: i64,
     probes: u64,
     directed: u64,
-    devices: HashMap<u64, DevWindow>,
-    estimated: HashMap<u64, DevWindow>,
+    devices: U64Map<DevWindow>,
+    estimated: U64Map<DevWindow>,
     hist: BTreeMap<i16, u64>,
     no_rssi: u64,
 }
@@ -55,8 +56,8 @@ impl Window {
             idx,
             probes: 0,
             directed: 0,
-            devices: HashMap::new(),
-            estimated: HashMap::new(),
+            devices: U64Map::default(),
+            estimated: U64Map::default(),
             hist: BTreeMap::new(),
             no_rssi: 0,
         }
@@ -85,7 +86,7 @@ pub struct Footfall {
     /// The first window not yet emitted (the open one).
     next_idx: Option<i64>,
     cur: Option<Window>,
-    sessions: HashMap<u64, Session>,
+    sessions: U64Map<Session>,
     visit_ids: Option<Arc<DevicePseudonymizer>>,
     /// Devices not tracked for visits because `max_tracked_devices` was reached.
     pub untracked: u64,
@@ -114,7 +115,7 @@ impl Footfall {
             epoch: None,
             next_idx: None,
             cur: None,
-            sessions: HashMap::new(),
+            sessions: U64Map::default(),
             visit_ids: None,
             untracked: 0,
             census_events: 0,

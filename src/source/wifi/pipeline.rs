@@ -199,7 +199,12 @@ impl Pipeline {
             ts_ms,
             addr,
             randomized,
-            fingerprint: estimate::fingerprint(&self.keys.fingerprint, p.req.elements()),
+            // Only a new address needs its fingerprint.
+            fingerprint: if self.estimator.knows(addr) {
+                0
+            } else {
+                estimate::fingerprint(&self.keys.fingerprint, p.req.elements())
+            },
             seq: p.req.seq,
         });
         // An untracked probe (track cap reached) counts as its own device.
