@@ -344,7 +344,15 @@ impl Aggregator {
             self.window_start = Some(ts_ms - ts_ms.rem_euclid(self.window_ms));
         }
         // The raw address goes no further than this line.
-        let (pseudonym, epoch) = self.devices.pseudonym(&rep.addr, ts_ms);
+        let Ok((pseudonym, epoch)) = self.devices.pseudonym(&rep.addr, ts_ms) else {
+            // No key for this epoch (fail closed): the report is dropped, never kept raw.
+            crate::ops::metrics::global().count(
+                "storegw_dropped_events_total",
+                &crate::ops::metrics::labels(&[("stream", "ble"), ("reason", "no_key")]),
+                1,
+            );
+            return;
+        };
         if self.epoch.is_some_and(|e| e != epoch) {
             self.close_window(ts_ms, out);
             self.window_start = Some(ts_ms - ts_ms.rem_euclid(self.window_ms));
@@ -612,7 +620,7 @@ mod tests {
     }
 
     fn agg(cfg: BleConfig) -> Aggregator {
-        let d = Arc::new(DevicePseudonymizer::new(Duration::from_secs(86_400), 8));
+        let d = test_devices(86_400);
         Aggregator::new(&cfg, 1, d)
     }
 
@@ -683,7 +691,7 @@ mod tests {
 
     #[test]
     fn census_counts_and_suppression() {
-        let d = Arc::new(DevicePseudonymizer::new(Duration::from_secs(86_400), 8));
+        let d = test_devices(86_400);
         let mut a = Aggregator::new(&BleConfig::default(), 2, d);
         let apple = [0x05u8, 0xff, 0x4c, 0x00, 0x10, 0x01];
         let ms = [0x05u8, 0xff, 0x06, 0x00, 0x01, 0x09];
@@ -771,9 +779,16 @@ mod tests {
         );
     }
 
+    fn test_devices(rotation_s: u64) -> Arc<DevicePseudonymizer> {
+        match DevicePseudonymizer::new(Duration::from_secs(rotation_s), 8) {
+            Ok(d) => Arc::new(d),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     #[test]
     fn key_rotation_forgets_addresses() {
-        let d = Arc::new(DevicePseudonymizer::new(Duration::from_secs(3600), 8));
+        let d = test_devices(3600);
         let mut a = Aggregator::new(&BleConfig::default(), 1, d.clone());
         let mut out = Vec::new();
         let t0 = 1_700_000_000_000;

@@ -110,7 +110,15 @@ impl Pipeline {
         }
         self.stats.accepted += 1;
         let randomized = is_locally_administered(&p.req.sa);
-        let (device, epoch) = self.devices.pseudonym(&p.req.sa, ts_ms);
+        let Ok((device, epoch)) = self.devices.pseudonym(&p.req.sa, ts_ms) else {
+            // No key for this epoch (fail closed): the probe is dropped, never kept raw.
+            crate::ops::metrics::global().count(
+                "storegw_dropped_events_total",
+                &crate::ops::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
+                1,
+            );
+            return;
+        };
         if let Some((all, rnd)) = &mut self.totals {
             if randomized && !rnd.contains(&device) {
                 rnd.insert(device.clone());
