@@ -213,7 +213,10 @@ impl Pipeline {
 async fn expire_device_keys(devices: Arc<crate::privacy::DevicePseudonymizer>) {
     loop {
         let now = crate::event::now_ms();
-        let wait_ms = devices.next_rotation_ms(now).saturating_sub(now).clamp(0, 60_000);
+        let wait_ms = devices
+            .next_rotation_ms(now)
+            .saturating_sub(now)
+            .clamp(0, 60_000);
         tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
         devices.expire(crate::event::now_ms());
     }

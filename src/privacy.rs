@@ -100,10 +100,7 @@ pub struct DevicePseudonymizer {
 impl DevicePseudonymizer {
     /// A pseudonymizer with a fresh key; `bytes` of the HMAC are kept (hex on the wire). Fails
     /// when the kernel gives no random key: the gateway must not start without one.
-    pub fn new(
-        rotation: std::time::Duration,
-        bytes: usize,
-    ) -> Result<DevicePseudonymizer, String> {
+    pub fn new(rotation: std::time::Duration, bytes: usize) -> Result<DevicePseudonymizer, String> {
         Self::with_sources(rotation, bytes, random_key, local_offset_at)
     }
 
@@ -385,7 +382,13 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         let out = std::process::Command::new(exe)
-            .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                test,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("TZ", tz)
             .env("STOREGW_PRIVACY_CHILD", "1")
             .output();
@@ -441,7 +444,10 @@ mod tests {
             let (last, e2) = ps(&p, end - 1000);
             let (next, e3) = ps(&p, end);
             assert_ne!(before, first, "key changes at local midnight");
-            assert_eq!(first, last, "one key for the whole local day (23 or 25 hours)");
+            assert_eq!(
+                first, last,
+                "one key for the whole local day (23 or 25 hours)"
+            );
             assert_ne!(last, next, "and changes at the next local midnight");
             assert_eq!((e1, e2, e3), (e0 + 1, e0 + 1, e0 + 2));
         }
@@ -471,7 +477,10 @@ mod tests {
             hold.push(f);
             assert!(hold.len() < 100_000);
         }
-        assert!(std::fs::File::open("/dev/urandom").is_err(), "no descriptor left");
+        assert!(
+            std::fs::File::open("/dev/urandom").is_err(),
+            "no descriptor left"
+        );
         let (a, b) = match (random_key(), random_key()) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => panic!("{e}"),
@@ -481,7 +490,11 @@ mod tests {
         let p = pz(86_400, utc_zone);
         let q = pz(86_400, utc_zone);
         let t = 1_764_000_000_000;
-        assert_ne!(ps(&p, t).0, ps(&q, t).0, "same time, same pid, different keys");
+        assert_ne!(
+            ps(&p, t).0,
+            ps(&q, t).0,
+            "same time, same pid, different keys"
+        );
         drop(hold);
     }
 
