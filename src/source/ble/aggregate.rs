@@ -637,7 +637,7 @@ mod tests {
 
     #[test]
     fn window_stats_and_distance() {
-        let mut a = agg(BleConfig::default());
+        let mut a = agg(all_known());
         let ad = ibeacon_ad(2);
         let mut out = Vec::new();
         let t0 = 1_700_000_000_000;
@@ -663,7 +663,7 @@ mod tests {
             rssi_smoothing: 1.0,
             enter_rssi: -70,
             exit_rssi: -80,
-            ..Default::default()
+            ..all_known()
         };
         let mut a = agg(cfg);
         let ad = ibeacon_ad(3);
@@ -692,7 +692,7 @@ mod tests {
     #[test]
     fn census_counts_and_suppression() {
         let d = test_devices(86_400);
-        let mut a = Aggregator::new(&BleConfig::default(), 2, d);
+        let mut a = Aggregator::new(&all_known(), 2, d);
         let apple = [0x05u8, 0xff, 0x4c, 0x00, 0x10, 0x01];
         let ms = [0x05u8, 0xff, 0x06, 0x00, 0x01, 0x09];
         let mut out = Vec::new();
@@ -753,7 +753,7 @@ mod tests {
 
     #[test]
     fn tlm_attaches_to_the_beacon_of_the_same_address() {
-        let mut a = agg(BleConfig::default());
+        let mut a = agg(all_known());
         let mut out = Vec::new();
         let t0 = 1_700_000_000_000;
         // TLM before the identity frame, then UID: attached once the identity is known.
@@ -779,6 +779,15 @@ mod tests {
         );
     }
 
+    /// These tests are about the aggregation of beacons, so every beacon is known
+    /// (`known_beacons = "all"`; the default is the allowlist).
+    fn all_known() -> BleConfig {
+        BleConfig {
+            known_beacons: "all".into(),
+            ..BleConfig::default()
+        }
+    }
+
     fn test_devices(rotation_s: u64) -> Arc<DevicePseudonymizer> {
         match DevicePseudonymizer::new(Duration::from_secs(rotation_s), 8) {
             Ok(d) => Arc::new(d),
@@ -789,7 +798,7 @@ mod tests {
     #[test]
     fn key_rotation_forgets_addresses() {
         let d = test_devices(3600);
-        let mut a = Aggregator::new(&BleConfig::default(), 1, d.clone());
+        let mut a = Aggregator::new(&all_known(), 1, d.clone());
         let mut out = Vec::new();
         let t0 = 1_700_000_000_000;
         a.push(t0, &rep(7, -60, &uid_ad()), &mut out);
