@@ -69,6 +69,9 @@ pub struct MqttConfig {
     pub status_interval: Dur,
     pub shutdown_timeout: Dur,
     pub connect_timeout: Dur,
+    /// Plain MQTT (no TLS) to a broker that is not on this machine is refused when it would
+    /// carry credentials or POS data, unless this is written as `true` (docs/operations.md).
+    pub allow_insecure: bool,
 }
 
 impl Default for MqttConfig {
@@ -95,6 +98,7 @@ impl Default for MqttConfig {
             status_interval: Dur::secs(60),
             shutdown_timeout: Dur::secs(5),
             connect_timeout: Dur::secs(10),
+            allow_insecure: false,
         }
     }
 }
@@ -404,7 +408,10 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Config, Conf
         }])
     })?;
     cfg.resolve_paths(base);
-    let issues: Vec<ConfigIssue> = validate(&cfg)
+    // Which keys the file writes (serde defaults hide that): a `tls` or `host` written next to
+    // a `url` that says otherwise is a contradiction, not something to override silently.
+    let written: toml::Table = toml::from_str(text).unwrap_or_default();
+    let issues: Vec<ConfigIssue> = validate(&cfg, &written)
         .into_iter()
         .map(|(key, message)| ConfigIssue {
             file: file.to_string(),
@@ -494,6 +501,154 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// True when `host` is this machine (a loopback address or `localhost`): plain MQTT to it never
+/// crosses a network. Anything else, names that merely look local included, is remote.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim();
+    let h = h
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h);
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+        Ok(std::net::IpAddr::V6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Refuses a secret file (password, private key, token, join key) that anyone but its owner may
+/// read or write: secrets are `chmod 600`, owned by the service user (docs/operations.md §3).
+/// A file that cannot be examined is reported by the caller's own existence check.
+pub fn check_secret_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    let loose = mode & 0o077;
+    if loose == 0 {
+        return Ok(());
+    }
+    let who = match (loose & 0o070 != 0, loose & 0o007 != 0) {
+        (true, true) => "group/others",
+        (true, false) => "group",
+        _ => "others",
+    };
+    let how = match (loose & 0o044 != 0, loose & 0o022 != 0) {
+        (true, true) => "readable and writable",
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (false, false) => "accessible",
+    };
+    Err(format!(
+        "`{}`: mode {mode:04o} is {how} by {who}; chmod 600 it",
+        path.display()
+    ))
+}
+
+/// Every secret file the configuration names, with its dotted key.
+fn secret_files(c: &Config) -> Vec<(String, &Path)> {
+    let mut v: Vec<(String, &Path)> = [
+        ("mqtt.password_file", &c.mqtt.password_file),
+        ("mqtt.client_key_file", &c.mqtt.client_key_file),
+        ("privacy.join_key_file", &c.privacy.join_key_file),
+        (
+            "sources.pos.http.token_file",
+            &c.sources.pos.http.token_file,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, p)| p.as_deref().map(|p| (k.to_string(), p)))
+    .collect();
+    for (i, p) in c.sources.pos.poll.iter().enumerate() {
+        if let Some(t) = &p.token_file {
+            v.push((format!("sources.pos.poll.{i}.token_file"), t.as_path()));
+        }
+    }
+    v
+}
+
+/// `url` against `tls`/`host`/`port` written beside it, and plain MQTT to a remote broker
+/// carrying credentials or POS data (refused unless `allow_insecure = true`).
+fn check_transport(c: &Config, written: &toml::Table, v: &mut Vec<(String, String)>) {
+    let m = &c.mqtt;
+    let wrote = |k: &str| {
+        written
+            .get("mqtt")
+            .and_then(|t| t.as_table())
+            .is_some_and(|t| t.contains_key(k))
+    };
+    if let Some(url) = &m.url {
+        if let Ok((host, port, tls)) = parse_broker_url(url) {
+            if wrote("tls") && m.tls != tls {
+                let (said, is) = if m.tls {
+                    ("true", "plain MQTT without TLS")
+                } else {
+                    ("false", "MQTT over TLS")
+                };
+                v.push((
+                    "mqtt.tls".into(),
+                    format!(
+                        "tls = {said} contradicts url `{url}` ({is}); give the scheme in url (mqtts:// for TLS) and remove tls"
+                    ),
+                ));
+            }
+            if wrote("host") && !m.host.trim().eq_ignore_ascii_case(&host) {
+                v.push((
+                    "mqtt.host".into(),
+                    format!(
+                        "`{}` contradicts url `{url}` (host `{host}`); set the broker in url or in host/port, not both",
+                        m.host
+                    ),
+                ));
+            }
+            if wrote("port") && m.port != port {
+                v.push((
+                    "mqtt.port".into(),
+                    format!(
+                        "{} contradicts url `{url}` (port {port}); set the broker in url or in host/port, not both",
+                        m.port
+                    ),
+                ));
+            }
+        }
+    }
+    let Ok((host, _, tls)) = c.broker() else {
+        return;
+    };
+    if tls || is_loopback_host(&host) || m.allow_insecure {
+        return;
+    }
+    let mut what = Vec::new();
+    if m.username.is_some() || m.password_file.is_some() {
+        what.push("the MQTT credentials");
+    }
+    if c.sources.pos.enabled {
+        what.push("POS transactions");
+    }
+    if what.is_empty() {
+        return;
+    }
+    let key = if m.url.is_some() {
+        "mqtt.url"
+    } else {
+        "mqtt.tls"
+    };
+    v.push((
+        key.into(),
+        format!(
+            "plain MQTT (no TLS) to `{host}`, which is not this machine, would send {} in clear; use mqtts:// (or tls = true), or write allow_insecure = true to accept that",
+            what.join(" and ")
+        ),
+    ));
+}
+
 fn check_file(issues: &mut Vec<(String, String)>, key: &str, p: &Option<PathBuf>) {
     if let Some(path) = p {
         if let Err(e) = std::fs::metadata(path) {
@@ -503,7 +658,7 @@ fn check_file(issues: &mut Vec<(String, String)>, key: &str, p: &Option<PathBuf>
 }
 
 /// Semantic checks serde cannot express; returns (key path, message) pairs.
-fn validate(c: &Config) -> Vec<(String, String)> {
+fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = Vec::new();
     let mut bad = |k: &str, m: String| v.push((k.to_string(), m));
     if !valid_id(&c.gateway.store_id) {
@@ -601,6 +756,12 @@ fn validate(c: &Config) -> Vec<(String, String)> {
     check_file(&mut v, "mqtt.client_key_file", &m.client_key_file);
     check_file(&mut v, "mqtt.password_file", &m.password_file);
     check_file(&mut v, "privacy.join_key_file", &c.privacy.join_key_file);
+    for (key, path) in secret_files(c) {
+        if let Err(e) = check_secret_mode(path) {
+            v.push((key, e));
+        }
+    }
+    check_transport(c, written, &mut v);
     let mut bad = |k: &str, m: String| v.push((k.to_string(), m));
     let s = &c.spool;
     if s.flush_interval.0.is_zero() || s.flush_interval.0 > Duration::from_secs(60) {

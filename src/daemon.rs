@@ -104,6 +104,11 @@ impl Pipeline {
         if let Some(r) = spool.recovered() {
             tracing::error!("{r}");
         }
+        // No random key, no start (fail closed): nothing may be pseudonymized with a weak key.
+        let devices = Arc::new(crate::privacy::DevicePseudonymizer::new(
+            cfg.privacy.rotation.0,
+            cfg.privacy.pseudonym_bytes,
+        )?);
         let (tx, rx) = mpsc::channel::<Event>(SOURCE_CHANNEL);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (sources_stop, sources_stop_rx) = watch::channel(false);
@@ -116,10 +121,7 @@ impl Pipeline {
             cfg: Arc::new(cfg.clone()),
             tx,
             spool: spool.clone(),
-            devices: Arc::new(crate::privacy::DevicePseudonymizer::new(
-                cfg.privacy.rotation.0,
-                cfg.privacy.pseudonym_bytes,
-            )),
+            devices: devices.clone(),
             shutdown: sources_stop_rx,
             config: config_rx,
         };
@@ -136,6 +138,7 @@ impl Pipeline {
             }
         }
         background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
+        background.push(tokio::spawn(expire_device_keys(devices)));
         let up_spool = spool.clone();
         let up_config = config_tx.subscribe();
         let uplink = tokio::spawn(async move {
@@ -200,6 +203,22 @@ impl Pipeline {
             std::mem::forget(self.spool.clone());
         }
         tracing::info!("storegw stopped");
+    }
+}
+
+/// Wipes the device key at every rotation (the next local midnight for a daily key, computed
+/// with the time zone's offset at that instant), so a quiet night does not keep yesterday's key
+/// in RAM until the next device is seen. Wakes at least every minute: a changed clock or a
+/// repeated daylight-saving hour is caught too.
+async fn expire_device_keys(devices: Arc<crate::privacy::DevicePseudonymizer>) {
+    loop {
+        let now = crate::event::now_ms();
+        let wait_ms = devices
+            .next_rotation_ms(now)
+            .saturating_sub(now)
+            .clamp(0, 60_000);
+        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+        devices.expire(crate::event::now_ms());
     }
 }
 

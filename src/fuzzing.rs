@@ -24,11 +24,11 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("config", config),
 ];
 
-fn devices() -> Arc<DevicePseudonymizer> {
-    Arc::new(DevicePseudonymizer::new(
-        std::time::Duration::from_secs(86_400),
-        8,
-    ))
+/// A pseudonymizer for one fuzz input; None (the input is skipped) if the CSPRNG fails.
+fn devices() -> Option<Arc<DevicePseudonymizer>> {
+    DevicePseudonymizer::new(std::time::Duration::from_secs(86_400), 8)
+        .ok()
+        .map(Arc::new)
 }
 
 fn serialize_all(out: &[crate::event::Event]) {
@@ -46,7 +46,8 @@ pub fn wifi_capture(data: &[u8]) {
     let Ok(reader) = pcap::Reader::new(data) else {
         return;
     };
-    let mut p = Pipeline::new(&WifiConfig::default(), 1, devices(), true);
+    let Some(devices) = devices() else { return };
+    let mut p = Pipeline::new(&WifiConfig::default(), 1, devices, true);
     let mut out = Vec::new();
     for rec in reader {
         let Ok(rec) = rec else { break };
@@ -90,7 +91,8 @@ pub fn wifi_frame(data: &[u8]) {
         ..WifiConfig::default()
     };
     let _ = frame::decode(linktype, bytes, cut, cfg.verify_fcs);
-    let mut p = Pipeline::new(&cfg, 1, devices(), false);
+    let Some(devices) = devices() else { return };
+    let mut p = Pipeline::new(&cfg, 1, devices, false);
     let mut out = Vec::new();
     p.frame(linktype, bytes, cut, 1_700_000_000_000, &mut out);
     p.finish(&mut out);
@@ -108,7 +110,8 @@ pub fn ble_adv(data: &[u8]) {
         census: true,
         ..BleConfig::default()
     };
-    let mut agg = Aggregator::new(&cfg, 1, devices());
+    let Some(devices) = devices() else { return };
+    let mut agg = Aggregator::new(&cfg, 1, devices);
     let rep = Report {
         addr: [0xc0, 0, 0, 0, 0, sel],
         addr_type: sel & 1,
@@ -134,7 +137,8 @@ pub fn ble_input(data: &[u8]) {
         census: true,
         ..BleConfig::default()
     };
-    let mut agg = Aggregator::new(&cfg, 1, devices());
+    let Some(devices) = devices() else { return };
+    let mut agg = Aggregator::new(&cfg, 1, devices);
     let mut out = Vec::new();
     let mut last: Option<i64> = None;
     let _ = input::read_reports(std::io::Cursor::new(data), format, |ts_us, rep| {

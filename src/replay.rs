@@ -47,7 +47,7 @@ impl Replay {
         let devices = Arc::new(DevicePseudonymizer::new(
             cfg.privacy.rotation.0,
             cfg.privacy.pseudonym_bytes,
-        ));
+        )?);
         Ok(Replay {
             cfg,
             format,

@@ -44,6 +44,13 @@ impl UplinkSettings {
     /// Resolves broker address, credentials and TLS from the config; errors name the key.
     pub fn from_config(c: &Config) -> Result<UplinkSettings, String> {
         let (host, port, tls_on) = c.broker().map_err(|e| format!("mqtt.url: {e}"))?;
+        if !tls_on && c.mqtt.allow_insecure && !crate::config::is_loopback_host(&host) {
+            tracing::warn!(
+                broker = %host,
+                "mqtt.allow_insecure = true: MQTT to a broker that is not this machine goes \
+                 without TLS (credentials and POS data in clear)"
+            );
+        }
         let credentials = match (&c.mqtt.username, &c.mqtt.password_file) {
             (Some(u), Some(p)) => {
                 let pw = std::fs::read_to_string(p)

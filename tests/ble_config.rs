@@ -36,25 +36,64 @@ fn shipped_file_lists_every_ble_key_with_its_default() {
     }
 }
 
+/// Only this store's own beacons are known unless `known_beacons = "all"` is written: the
+/// default does not publish the fixed identity of a phone app or personal tag.
+#[test]
+fn default_knows_only_allowlisted_beacons() {
+    let base =
+        "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n\n[sources.ble]\nenabled = true\n";
+    let cfg = match storegw::config::parse("x.toml", base, None) {
+        Ok(c) => c,
+        Err(e) => panic!("an empty allowlist is valid: {e}"),
+    };
+    assert_eq!(cfg.sources.ble.known_beacons, "allowlist");
+    assert!(cfg.sources.ble.allowlist.is_empty());
+    let text = format!("{base}known_beacons = \"all\"\n");
+    match storegw::config::parse("x.toml", &text, None) {
+        Ok(c) => assert_eq!(c.sources.ble.known_beacons, "all"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[test]
 fn bad_ble_values_name_line_and_key() {
     let base = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n\n[sources.ble]\n";
     let cases = [
-        ("exit_rssi = -60\n", "x.toml:6: sources.ble.exit_rssi: must not be above enter_rssi"),
-        ("window = \"0s\"\n", "x.toml:6: sources.ble.window: must be between 1s and 1h"),
-        ("known_beacons = \"some\"\n", "x.toml:6: sources.ble.known_beacons: `some` is not one of all, allowlist"),
-        ("path_loss_exponent = 9.0\n", "x.toml:6: sources.ble.path_loss_exponent: must be between 1.0 and 6.0"),
-        ("rssi_smoothing = 0.0\n", "x.toml:6: sources.ble.rssi_smoothing: must be greater than 0"),
-        ("stall_timeout = \"1s\"\n", "x.toml:6: sources.ble.stall_timeout: must be between 2s and 24h"),
-        ("adapter = \"hci0/x\"\n", "x.toml:6: sources.ble.adapter: `hci0/x` is not an adapter name"),
-        ("scan_mode = 1\n", "x.toml:6: sources.ble.scan_mode: unknown field `scan_mode`"),
+        (
+            "exit_rssi = -60\n",
+            "x.toml:6: sources.ble.exit_rssi: must not be above enter_rssi",
+        ),
+        (
+            "window = \"0s\"\n",
+            "x.toml:6: sources.ble.window: must be between 1s and 1h",
+        ),
+        (
+            "known_beacons = \"some\"\n",
+            "x.toml:6: sources.ble.known_beacons: `some` is not one of all, allowlist",
+        ),
+        (
+            "path_loss_exponent = 9.0\n",
+            "x.toml:6: sources.ble.path_loss_exponent: must be between 1.0 and 6.0",
+        ),
+        (
+            "rssi_smoothing = 0.0\n",
+            "x.toml:6: sources.ble.rssi_smoothing: must be greater than 0",
+        ),
+        (
+            "stall_timeout = \"1s\"\n",
+            "x.toml:6: sources.ble.stall_timeout: must be between 2s and 24h",
+        ),
+        (
+            "adapter = \"hci0/x\"\n",
+            "x.toml:6: sources.ble.adapter: `hci0/x` is not an adapter name",
+        ),
+        (
+            "scan_mode = 1\n",
+            "x.toml:6: sources.ble.scan_mode: unknown field `scan_mode`",
+        ),
         (
             "[sources.ble.allowlist]\nibeacon = [\"nope:1\"]\n",
             "x.toml:7: sources.ble.allowlist.ibeacon: `nope:1` is not \"uuid\" or \"uuid:major\"",
-        ),
-        (
-            "known_beacons = \"allowlist\"\n",
-            "x.toml:6: sources.ble.known_beacons: is \"allowlist\" but [sources.ble.allowlist] is empty",
         ),
     ];
     for (extra, want) in cases {

@@ -142,9 +142,11 @@ fn start_gateway(cfg: &Path, log: &Path, bus: &str) -> Result<Gateway, Box<dyn s
     })
 }
 
+/// The mocked beacon's sightings are the point of these tests, so every beacon is known here
+/// (`known_beacons = "all"` written explicitly; the default is the allowlist).
 fn ble_section(stall: &str) -> String {
     format!(
-        "[sources.ble]\nenabled = true\nwindow = \"1s\"\nstall_timeout = \"{stall}\"\nretry_interval = \"1s\"\n"
+        "[sources.ble]\nenabled = true\nknown_beacons = \"all\"\nwindow = \"1s\"\nstall_timeout = \"{stall}\"\nretry_interval = \"1s\"\n"
     )
 }
 
@@ -267,5 +269,171 @@ async fn missing_bluez_fails_the_source_not_the_daemon() -> TestResult {
     assert!(gw.child.try_wait()?.is_none(), "daemon still running");
     let st = gw.sigterm_and_wait(Duration::from_secs(15));
     assert!(st.is_some_and(|s| s.success()), "clean exit");
+    Ok(())
+}
+
+/// Every spelling of an address a log line could carry: both byte orders, upper and lower case,
+/// `:` `-` `_` (BlueZ object paths) `.` and space separators, none, and Cisco-style groups.
+fn address_spellings(addr: &str) -> Vec<String> {
+    let bytes: Vec<String> = addr.split(':').map(|b| b.to_lowercase()).collect();
+    let mut rev = bytes.clone();
+    rev.reverse();
+    let mut out = Vec::new();
+    for b in [bytes, rev] {
+        let cat = b.concat();
+        let cisco = format!("{}.{}.{}", &cat[0..4], &cat[4..8], &cat[8..12]);
+        let dec: Vec<String> = b
+            .iter()
+            .filter_map(|x| u8::from_str_radix(x, 16).ok())
+            .map(|x| x.to_string())
+            .collect();
+        out.push(format!("[{}]", dec.join(", ")));
+        for s in [
+            b.join(":"),
+            b.join("-"),
+            b.join("_"),
+            b.join("."),
+            b.join(" "),
+            cat.clone(),
+            cisco,
+        ] {
+            out.push(s.to_uppercase());
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn events_of(sub: &Subscriber) -> Vec<serde_json::Value> {
+    sub.got
+        .lock()
+        .map(|r| {
+            r.payloads
+                .iter()
+                .flat_map(|p| p["events"].as_array().cloned().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With the default configuration a phone (or any tag) advertising an iBeacon is only counted:
+/// its fixed beacon identity is never published as a sighting, presence or dwell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_ibeacon_is_only_counted_by_default() -> TestResult {
+    require_mosquitto!();
+    if let Some(why) = missing_tools() {
+        eprintln!("skipping: {why}");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let bluez = MockBluez::start(&dir.path().join("dbus"))?;
+    let broker = Mosquitto::start(&dir.path().join("broker"), "")?;
+    let sub = Subscriber::start(broker.port, "storegw/v1/#", 10_000, None).await;
+    let _driver = bluez.advertise(20.0)?;
+    let ble = "[sources.ble]\nenabled = true\nwindow = \"1s\"\nstall_timeout = \"30s\"\nretry_interval = \"1s\"\nabsence_timeout = \"2s\"\n";
+    let cfg = write_config(dir.path(), broker.port, "", ble)?;
+    let gw = start_gateway(&cfg, &dir.path().join("gw.log"), &bluez.address)?;
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut counted = 0;
+    while Instant::now() < until && counted < 3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        counted = events_of(&sub)
+            .iter()
+            .filter(|e| e["kind"] == "ble.census" && e["devices"].as_u64().unwrap_or(0) >= 1)
+            .count();
+    }
+    let log = gw.log_text();
+    assert!(
+        counted >= 3,
+        "the device is counted in ble.census; log:\n{log}"
+    );
+    assert!(log.contains("no beacon is known"), "{log}");
+    let events = events_of(&sub);
+    for e in &events {
+        assert!(
+            e["kind"] != "ble.sighting" && e["kind"] != "ble.presence",
+            "beacon identity published: {e}"
+        );
+        let text = e.to_string().to_lowercase();
+        assert!(!text.contains("fda50693"), "iBeacon UUID published: {e}");
+    }
+    Ok(())
+}
+
+/// At `log.level = "trace"` no log line carries the scanned address in any spelling, BlueZ
+/// object paths (`/org/bluez/hci0/dev_C0_11_…`) included, in text and JSON; the libraries
+/// (btleplug, bluez-async, rumqttc, sled) stay at warn. With `STOREGW_LOG=trace`, which lifts
+/// that cap, bluez-async logs every object path and the log writer must scrub each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_carry_no_ble_address() -> TestResult {
+    require_mosquitto!();
+    if let Some(why) = missing_tools() {
+        eprintln!("skipping: {why}");
+        return Ok(());
+    }
+    for (format, env_filter) in [
+        ("text", ""),
+        ("json", ""),
+        ("text", "trace"),
+        ("json", "trace"),
+    ] {
+        let what = format!("format {format}, STOREGW_LOG={env_filter:?}");
+        let dir = tempfile::tempdir()?;
+        let bluez = MockBluez::start(&dir.path().join("dbus"))?;
+        let broker = Mosquitto::start(&dir.path().join("broker"), "")?;
+        let sub = Subscriber::start(broker.port, "storegw/v1/#", 10_000, None).await;
+        let _driver = bluez.advertise(20.0)?;
+        let cfg = write_config(dir.path(), broker.port, "", &ble_section("30s"))?;
+        let text = std::fs::read_to_string(&cfg)?
+            .replace("level = \"info\"", "level = \"trace\"")
+            .replace("format = \"text\"", &format!("format = \"{format}\""));
+        std::fs::write(&cfg, text)?;
+        let log_path = dir.path().join("gw.log");
+        let out = std::fs::File::create(&log_path)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_storegw"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)
+            .env("STOREGW_LOG", env_filter)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let mut gw = Gateway {
+            child,
+            log: log_path,
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until && !events_of(&sub).iter().any(|e| e["kind"] == "ble.sighting")
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A few more windows of trace logging, then a clean stop (shutdown logs too).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = gw.sigterm_and_wait(Duration::from_secs(15));
+        let log = gw.log_text();
+        assert!(
+            events_of(&sub).iter().any(|e| e["kind"] == "ble.sighting"),
+            "{what}: the scan works at trace; log:\n{log}"
+        );
+        assert!(log.contains("DEBUG"), "{what}: debug logging is on:\n{log}");
+        if !env_filter.is_empty() {
+            assert!(
+                log.contains("/org/bluez/hci0/dev_[addr]"),
+                "{what}: bluez-async traces object paths, scrubbed:\n{log}"
+            );
+        }
+        for form in address_spellings(BEACON_ADDR) {
+            assert!(
+                !log.contains(&form),
+                "{what}: address spelling `{form}` in the log:\n{}",
+                log.lines()
+                    .filter(|l| l.contains(&form))
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
     Ok(())
 }

@@ -31,11 +31,28 @@ fn replay(args: &[&str]) -> Result<(Vec<serde_json::Value>, String), Box<dyn std
     Ok((lines, stderr))
 }
 
+/// A replay configuration; `ble` is the `[sources.ble]` body.
+fn replay_config(dir: &Path, ble: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let path = dir.join("replay.toml");
+    std::fs::write(
+        &path,
+        format!("[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\nstate_dir = \"state\"\n\n[sources.ble]\n{ble}"),
+    )?;
+    Ok(path)
+}
+
+/// The recorded iBeacon (cnrd-yeelock log) is this store's beacon: listed in the allowlist.
+const YEELOCK_ALLOWLIST: &str =
+    "[sources.ble.allowlist]\nibeacon = [\"fda50693-a4e2-4fb1-afcf-c6eb07647825\"]\n";
+
 #[test]
 fn replays_both_logs_with_schema_valid_events() -> TestResult {
     let Some(data) = shared_data() else {
         return Ok(());
     };
+    let tmp = tempfile::tempdir()?;
+    let cfg = replay_config(tmp.path(), YEELOCK_ALLOWLIST)?;
+    let cfg = cfg.to_str().unwrap_or_default();
     let schemas = Schemas::load()?;
     let hci = data.join("ble/hci");
     for (name, reports) in [
@@ -43,7 +60,7 @@ fn replays_both_logs_with_schema_valid_events() -> TestResult {
         ("phlash-blefun_btsnoop_hci.log", 382),
     ] {
         let path = hci.join(name);
-        let (lines, _) = replay(&["--ble", path.to_str().unwrap_or_default()])?;
+        let (lines, _) = replay(&["--ble", path.to_str().unwrap_or_default(), "--config", cfg])?;
         let (summary, events) = lines.split_last().ok_or("no output")?;
         assert_eq!(summary["reports"], reports, "{name}: {summary}");
         assert_eq!(summary["malformed"], 0, "{name}");
@@ -92,8 +109,8 @@ fn replays_both_logs_with_schema_valid_events() -> TestResult {
     // The JSON-lines form of a log gives the same events.
     let path = hci.join("cnrd-yeelock_btsnoop_hci.log");
     let js = hci.join("cnrd-yeelock_btsnoop_hci.log.adv_reports.jsonl");
-    let (a, _) = replay(&["--ble", path.to_str().unwrap_or_default()])?;
-    let (b, _) = replay(&["--ble", js.to_str().unwrap_or_default()])?;
+    let (a, _) = replay(&["--ble", path.to_str().unwrap_or_default(), "--config", cfg])?;
+    let (b, _) = replay(&["--ble", js.to_str().unwrap_or_default(), "--config", cfg])?;
     let strip = |v: &[serde_json::Value]| -> Vec<String> {
         v.iter()
             .map(|e| {
@@ -107,6 +124,39 @@ fn replays_both_logs_with_schema_valid_events() -> TestResult {
             .collect()
     };
     assert_eq!(strip(&a), strip(&b));
+    Ok(())
+}
+
+/// The default configuration (allowlist, empty) publishes no beacon identity: the recorded
+/// iBeacon, as a phone app would advertise it, is only counted as one more device.
+#[test]
+fn default_config_publishes_no_beacon_identity() -> TestResult {
+    let Some(data) = shared_data() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let cfg = replay_config(tmp.path(), "")?;
+    let path = data.join("ble/hci/cnrd-yeelock_btsnoop_hci.log");
+    let (lines, _) = replay(&[
+        "--ble",
+        path.to_str().unwrap_or_default(),
+        "--config",
+        cfg.to_str().unwrap_or_default(),
+    ])?;
+    let (summary, events) = lines.split_last().ok_or("no output")?;
+    assert_eq!(summary["decoded"]["ibeacon"], 6, "the frames are there");
+    assert_eq!(summary["sightings"], 0, "{summary}");
+    assert_eq!(summary["presence"], 0, "{summary}");
+    for e in events {
+        assert_eq!(e["kind"], "ble.census", "{e}");
+        assert!(
+            !e.to_string().contains("fda50693"),
+            "beacon identity in {e}"
+        );
+    }
+    let devices: u64 = events.iter().filter_map(|e| e["devices"].as_u64()).sum();
+    // With the beacon known, the census windows sum to 8; here it is one more device.
+    assert!(devices > 8, "the beacon is counted as a device: {devices}");
     Ok(())
 }
 

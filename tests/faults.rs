@@ -27,7 +27,7 @@ fn pos_config(
     http: u16,
     sim: &str,
 ) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
-    std::fs::write(dir.join("pos.token"), format!("{TOKEN}\n"))?;
+    write_secret(&dir.join("pos.token"), format!("{TOKEN}\n"))?;
     let path = dir.join("storegw.toml");
     std::fs::write(
         &path,

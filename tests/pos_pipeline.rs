@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Gateway, Mosquitto, Subscriber};
+use common::{write_secret, Gateway, Mosquitto, Subscriber};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,10 +45,10 @@ fn config(
     api: u16,
     pos_cap: &str,
 ) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
-    std::fs::write(dir.join("pos.token"), format!("{TOKEN}\n"))?;
-    std::fs::write(dir.join("join.key"), JOIN_KEY)?;
-    std::fs::write(dir.join("square.token"), "sq-token")?;
-    std::fs::write(dir.join("shopify.token"), "sh-token")?;
+    write_secret(&dir.join("pos.token"), format!("{TOKEN}\n"))?;
+    write_secret(&dir.join("join.key"), JOIN_KEY)?;
+    write_secret(&dir.join("square.token"), "sq-token")?;
+    write_secret(&dir.join("shopify.token"), "sh-token")?;
     let path = dir.join("storegw.toml");
     std::fs::write(
         &path,

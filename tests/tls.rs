@@ -89,6 +89,11 @@ fn make_pki(dir: &Path, ca_name: &str) -> Result<bool, Box<dyn std::error::Error
         .arg(dir)
         .status();
     let _ = Command::new("chmod").arg("755").arg(dir).status();
+    // The gateway's own private key is a secret: owner-only, or storegw refuses it.
+    let _ = Command::new("chmod")
+        .arg("600")
+        .arg(dir.join("client.key"))
+        .status();
     Ok(true)
 }
 

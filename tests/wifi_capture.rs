@@ -172,7 +172,7 @@ async fn live_task_emits_census_from_injected_probes() -> TestResult {
         devices: Arc::new(storegw::privacy::DevicePseudonymizer::new(
             Duration::from_secs(86_400),
             8,
-        )),
+        )?),
         shutdown: stop_rx,
     };
     let task = tokio::spawn(storegw::source::wifi::live::run(

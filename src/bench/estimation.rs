@@ -33,9 +33,9 @@ fn labelled_dir() -> Result<PathBuf, String> {
 }
 
 /// The shipped defaults: estimation on, visits off.
-fn pipeline() -> Pipeline {
-    let devices = Arc::new(DevicePseudonymizer::new(Duration::from_secs(86_400), 8));
-    Pipeline::new(&WifiConfig::default(), 1, devices, false)
+fn pipeline() -> Result<Pipeline, String> {
+    let devices = Arc::new(DevicePseudonymizer::new(Duration::from_secs(86_400), 8)?);
+    Ok(Pipeline::new(&WifiConfig::default(), 1, devices, false))
 }
 
 /// Probe frames of every labelled capture, repeated with fresh addresses (the FCS recomputed)
@@ -89,7 +89,7 @@ pub fn rate(tshark: Option<f64>) -> Result<Row, String> {
     let mut best = f64::MAX;
     let mut out = Vec::new();
     for _ in 0..3 {
-        let mut p = pipeline();
+        let mut p = pipeline()?;
         let t = Instant::now();
         for (ts, d) in &frames {
             p.frame(LINKTYPE_RADIOTAP, d, false, *ts, &mut out);
@@ -178,7 +178,7 @@ fn mix(dir: &Path, tmp: &Path, phones: &[&str], seed: u32) -> Result<Vec<(f64, f
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("no truth file")?;
     let buf = std::fs::read(&out).map_err(|e| e.to_string())?;
-    let mut p = pipeline();
+    let mut p = pipeline()?;
     let mut events = Vec::new();
     for r in pcap::Reader::new(&buf)
         .map_err(|e| format!("{e:?}"))?

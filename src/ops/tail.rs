@@ -321,8 +321,12 @@ fn mqtt_options(o: &TailOptions) -> Result<MqttOptions, String> {
         .set_max_packet_size(64 * 1024 * 1024, 64 * 1024);
     if let Some(u) = &o.username {
         let pw = match &o.password_file {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| format!("--password-file {}: {e}", p.display()))?
+            Some(p) => crate::config::check_secret_mode(p)
+                .map_err(|e| format!("--password-file {e}"))
+                .and_then(|_| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| format!("--password-file {}: {e}", p.display()))
+                })?
                 .trim_end_matches(['\r', '\n'])
                 .to_string(),
             None => String::new(),

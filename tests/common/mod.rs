@@ -310,6 +310,14 @@ impl Drop for Gateway {
     }
 }
 
+/// Writes a secret file (token, password, key) as the gateway requires it: mode 0600, readable
+/// by its owner only. storegw refuses group- or world-readable secrets.
+pub fn write_secret(path: &Path, content: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// A config for tests; `extra` is appended (sections must not repeat the ones given here).
 pub fn write_config(
     dir: &Path,

@@ -344,7 +344,15 @@ impl Aggregator {
             self.window_start = Some(ts_ms - ts_ms.rem_euclid(self.window_ms));
         }
         // The raw address goes no further than this line.
-        let (pseudonym, epoch) = self.devices.pseudonym(&rep.addr, ts_ms);
+        let Ok((pseudonym, epoch)) = self.devices.pseudonym(&rep.addr, ts_ms) else {
+            // No key for this epoch (fail closed): the report is dropped, never kept raw.
+            crate::ops::metrics::global().count(
+                "storegw_dropped_events_total",
+                &crate::ops::metrics::labels(&[("stream", "ble"), ("reason", "no_key")]),
+                1,
+            );
+            return;
+        };
         if self.epoch.is_some_and(|e| e != epoch) {
             self.close_window(ts_ms, out);
             self.window_start = Some(ts_ms - ts_ms.rem_euclid(self.window_ms));
@@ -612,7 +620,7 @@ mod tests {
     }
 
     fn agg(cfg: BleConfig) -> Aggregator {
-        let d = Arc::new(DevicePseudonymizer::new(Duration::from_secs(86_400), 8));
+        let d = test_devices(86_400);
         Aggregator::new(&cfg, 1, d)
     }
 
@@ -629,7 +637,7 @@ mod tests {
 
     #[test]
     fn window_stats_and_distance() {
-        let mut a = agg(BleConfig::default());
+        let mut a = agg(all_known());
         let ad = ibeacon_ad(2);
         let mut out = Vec::new();
         let t0 = 1_700_000_000_000;
@@ -655,7 +663,7 @@ mod tests {
             rssi_smoothing: 1.0,
             enter_rssi: -70,
             exit_rssi: -80,
-            ..Default::default()
+            ..all_known()
         };
         let mut a = agg(cfg);
         let ad = ibeacon_ad(3);
@@ -683,8 +691,8 @@ mod tests {
 
     #[test]
     fn census_counts_and_suppression() {
-        let d = Arc::new(DevicePseudonymizer::new(Duration::from_secs(86_400), 8));
-        let mut a = Aggregator::new(&BleConfig::default(), 2, d);
+        let d = test_devices(86_400);
+        let mut a = Aggregator::new(&all_known(), 2, d);
         let apple = [0x05u8, 0xff, 0x4c, 0x00, 0x10, 0x01];
         let ms = [0x05u8, 0xff, 0x06, 0x00, 0x01, 0x09];
         let mut out = Vec::new();
@@ -745,7 +753,7 @@ mod tests {
 
     #[test]
     fn tlm_attaches_to_the_beacon_of_the_same_address() {
-        let mut a = agg(BleConfig::default());
+        let mut a = agg(all_known());
         let mut out = Vec::new();
         let t0 = 1_700_000_000_000;
         // TLM before the identity frame, then UID: attached once the identity is known.
@@ -771,10 +779,26 @@ mod tests {
         );
     }
 
+    /// These tests are about the aggregation of beacons, so every beacon is known
+    /// (`known_beacons = "all"`; the default is the allowlist).
+    fn all_known() -> BleConfig {
+        BleConfig {
+            known_beacons: "all".into(),
+            ..BleConfig::default()
+        }
+    }
+
+    fn test_devices(rotation_s: u64) -> Arc<DevicePseudonymizer> {
+        match DevicePseudonymizer::new(Duration::from_secs(rotation_s), 8) {
+            Ok(d) => Arc::new(d),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     #[test]
     fn key_rotation_forgets_addresses() {
-        let d = Arc::new(DevicePseudonymizer::new(Duration::from_secs(3600), 8));
-        let mut a = Aggregator::new(&BleConfig::default(), 1, d.clone());
+        let d = test_devices(3600);
+        let mut a = Aggregator::new(&all_known(), 1, d.clone());
         let mut out = Vec::new();
         let t0 = 1_700_000_000_000;
         a.push(t0, &rep(7, -60, &uid_ad()), &mut out);

@@ -14,9 +14,11 @@ pub struct BleConfig {
     pub adapter: String,
     /// Aggregation window of `ble.sighting` and `ble.census`.
     pub window: Dur,
-    /// `all`: every iBeacon, Eddystone UID/URL and AltBeacon is a known beacon;
-    /// `allowlist`: only those matching `[sources.ble.allowlist]`.
+    /// `allowlist` (the default): only beacons matching `[sources.ble.allowlist]` are known;
+    /// `all`: every iBeacon, Eddystone UID/URL and AltBeacon is. `all` would publish the fixed
+    /// identity of any phone app or personal tag that advertises one (docs/ble.md).
     pub known_beacons: String,
+    /// This store's own beacons (`known_beacons = "allowlist"`); empty = none is known.
     pub allowlist: AllowList,
     /// Log-distance path-loss exponent n in d = 10^((P1m - RSSI) / (10 n)); 2 is free space.
     pub path_loss_exponent: f64,
@@ -62,7 +64,7 @@ impl Default for BleConfig {
             enabled: false,
             adapter: String::new(),
             window: Dur::secs(10),
-            known_beacons: "all".into(),
+            known_beacons: "allowlist".into(),
             allowlist: AllowList::default(),
             path_loss_exponent: 2.0,
             calibration_db: 0.0,
@@ -76,6 +78,17 @@ impl Default for BleConfig {
             stall_timeout: Dur::secs(60),
             retry_interval: Dur::secs(30),
         }
+    }
+}
+
+impl AllowList {
+    /// True when no beacon is listed: with `known_beacons = "allowlist"` every device then only
+    /// counts in the census.
+    pub fn is_empty(&self) -> bool {
+        self.ibeacon.is_empty()
+            && self.eddystone_namespace.is_empty()
+            && self.eddystone_url.is_empty()
+            && self.altbeacon_id1.is_empty()
     }
 }
 
@@ -123,21 +136,10 @@ impl BleConfig {
         if self.window.0 < Duration::from_secs(1) || self.window.0 > Duration::from_secs(3600) {
             bad("window", "must be between 1s and 1h".into());
         }
+        // An empty allowlist is valid (the default): no beacon is known, devices are only
+        // counted; the scanner says so at start.
         match self.known_beacons.as_str() {
-            "all" => {}
-            "allowlist" => {
-                let a = &self.allowlist;
-                if a.ibeacon.is_empty()
-                    && a.eddystone_namespace.is_empty()
-                    && a.eddystone_url.is_empty()
-                    && a.altbeacon_id1.is_empty()
-                {
-                    bad(
-                        "known_beacons",
-                        "is \"allowlist\" but [sources.ble.allowlist] is empty".into(),
-                    );
-                }
-            }
+            "all" | "allowlist" => {}
             other => bad(
                 "known_beacons",
                 format!("`{other}` is not one of all, allowlist"),
@@ -241,9 +243,11 @@ mod tests {
         let mut issues = Vec::new();
         BleConfig::default().validate(&mut issues);
         assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(BleConfig::default().known_beacons, "allowlist");
+        assert!(BleConfig::default().allowlist.is_empty());
         let c = BleConfig {
             exit_rssi: -70,
-            known_beacons: "allowlist".into(),
+            known_beacons: "everything".into(),
             ..Default::default()
         };
         c.validate(&mut issues);

@@ -20,8 +20,17 @@ use tokio::task::JoinHandle;
 /// Starts the scanner when enabled. It must run inside the tokio runtime; failures to reach
 /// BlueZ are reported in status and retried, never returned.
 pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
-    if !ctx.cfg.sources.ble.enabled {
+    let ble = &ctx.cfg.sources.ble;
+    if !ble.enabled {
         return Vec::new();
+    }
+    if ble.known_beacons == "allowlist" && ble.allowlist.is_empty() {
+        tracing::warn!(
+            source = "ble",
+            "no beacon is known ([sources.ble.allowlist] is empty): every device only counts in \
+             ble.census; list this store's beacons to get ble.sighting and ble.presence \
+             (docs/ble.md)"
+        );
     }
     #[cfg(feature = "ble-live")]
     {

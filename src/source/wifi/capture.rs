@@ -62,7 +62,7 @@ impl std::fmt::Display for CaptureError {
             CaptureError::NoPermission(e) => write!(
                 f,
                 "cannot open a raw packet socket ({e}): storegw needs CAP_NET_RAW for Wi-Fi \
-                 capture (AmbientCapabilities=CAP_NET_RAW in the systemd unit)"
+                 capture (under systemd: the wifi-capture.conf drop-in, docs/operations.md §5)"
             ),
             CaptureError::Io(what, e) => write!(f, "{what}: {e}"),
         }

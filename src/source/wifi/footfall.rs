@@ -359,7 +359,11 @@ impl Footfall {
             Some(ids) => {
                 let mut raw = *b"wifi-track\0\0\0\0\0\0\0\0";
                 raw[10..].copy_from_slice(&track.to_le_bytes());
-                ids.pseudonym(&raw, s.in_last).0
+                match ids.pseudonym(&raw, s.in_last) {
+                    Ok((d, _)) => d,
+                    // No key (fail closed): the visit is not published under a weak name.
+                    Err(_) => return,
+                }
             }
             None => format!("track-{track}"),
         };

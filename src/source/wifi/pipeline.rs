@@ -77,11 +77,11 @@ impl Totals {
     }
 }
 
-/// Per-epoch keys of the keyed hashes (address, fingerprint).
+/// Per-epoch keys of the keyed hashes (address, fingerprint), wiped when replaced or dropped.
 struct HashKeys {
     epoch: i64,
-    addr: [u8; 16],
-    fingerprint: [u8; 16],
+    addr: zeroize::Zeroizing<[u8; 16]>,
+    fingerprint: zeroize::Zeroizing<[u8; 16]>,
 }
 
 /// The per-source processing stage.
@@ -123,8 +123,8 @@ impl Pipeline {
             estimator: Estimator::new(estimate::Settings::from_config(cfg)),
             keys: HashKeys {
                 epoch: i64::MIN,
-                addr: [0; 16],
-                fingerprint: [0; 16],
+                addr: zeroize::Zeroizing::new([0; 16]),
+                fingerprint: zeroize::Zeroizing::new([0; 16]),
             },
             cfg: cfg.clone(),
             devices,
@@ -133,17 +133,19 @@ impl Pipeline {
         }
     }
 
-    /// The key epoch of `ts_ms`; a new epoch draws new hash keys and forgets every track.
-    fn epoch(&mut self, ts_ms: i64) -> i64 {
+    /// The key epoch of `ts_ms`; a new epoch draws new hash keys (the old ones are wiped) and
+    /// forgets every track. None when the kernel gives no key material (fail closed).
+    fn epoch(&mut self, ts_ms: i64) -> Option<i64> {
         let epoch = self.devices.epoch_of(ts_ms);
         if epoch != self.keys.epoch {
-            let k = crate::privacy::random_key();
+            self.estimator.clear();
+            self.keys.epoch = i64::MIN;
+            let k = crate::privacy::random_key().ok()?;
             self.keys.addr.copy_from_slice(&k[..16]);
             self.keys.fingerprint.copy_from_slice(&k[16..]);
             self.keys.epoch = epoch;
-            self.estimator.clear();
         }
-        epoch
+        Some(epoch)
     }
 
     /// Processes one captured frame received at `ts_ms`; `cut` when the capture stored fewer
@@ -191,7 +193,15 @@ impl Pipeline {
         }
         self.stats.accepted += 1;
         let randomized = is_locally_administered(&p.req.sa);
-        let epoch = self.epoch(ts_ms);
+        let Some(epoch) = self.epoch(ts_ms) else {
+            // No key for this epoch (fail closed): the probe is dropped, never kept raw.
+            crate::ops::metrics::global().count(
+                "storegw_dropped_events_total",
+                &crate::ops::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
+                1,
+            );
+            return;
+        };
         let mut h = SipHasher13::new_with_key(&self.keys.addr);
         h.write(&p.req.sa);
         let addr = h.finish();
