@@ -222,7 +222,7 @@ async fn import(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
                 accepted += s.accepted;
                 duplicates += s.duplicates;
             }
-            Err(StoreError::Invalid(r)) => return fail(&r),
+            Err(StoreError::Invalid(r)) | Err(StoreError::Conflict(r)) => return fail(&r),
             Err(e) => return Outcome::Retry(e.to_string()),
         }
     }

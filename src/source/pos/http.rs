@@ -206,6 +206,13 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
         )
             .into_response(),
         Err(StoreError::Invalid(r)) => bad_request(&r),
+        Err(StoreError::Conflict(r)) => {
+            tracing::warn!(at = %r.at, reason = %r.reason, "POS push conflicts with a stored transaction");
+            json_err(
+                StatusCode::CONFLICT,
+                serde_json::json!({"error": r.reason, "path": r.at, "transaction_id": r.transaction_id}),
+            )
+        }
         Err(StoreError::Storage(e)) => {
             // A full or failing disk is the till's cue to retry, exactly like a full spool.
             tracing::error!(error = %e, "POS push could not be stored");

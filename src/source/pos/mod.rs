@@ -19,10 +19,12 @@ mod jsonutil;
 pub mod model;
 pub mod money;
 pub mod normalize;
+pub mod pii;
 pub mod poll;
 pub mod poslog;
 pub mod shopify;
 pub mod square;
+pub mod textfold;
 pub mod timefmt;
 
 pub use config::PosConfig;
