@@ -247,7 +247,7 @@ fn add_row(
     let exp = money::exponent(&tx.currency).ok_or_else(|| {
         Reject::new(
             at(&m.currency),
-            format!("`{}` is not an ISO 4217 code", tx.currency),
+            "not an ISO 4217 currency code",
         )
     })?;
     if tx.time_ms.is_none() {

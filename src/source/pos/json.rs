@@ -64,7 +64,7 @@ fn tx(a: At<'_>, o: &ParseOpts) -> Result<Tx, Reject> {
     let exp = money::exponent(&currency).ok_or_else(|| {
         Reject::new(
             a.key_path("currency"),
-            format!("`{currency}` is not an ISO 4217 code"),
+            "not an ISO 4217 currency code",
         )
     })?;
     let kind = match a.str("type")? {
@@ -72,7 +72,7 @@ fn tx(a: At<'_>, o: &ParseOpts) -> Result<Tx, Reject> {
         Some(t) => Some(TxType::parse(&t).ok_or_else(|| {
             Reject::new(
                 a.key_path("type"),
-                format!("`{t}`: expected sale, refund or cancellation"),
+                "expected sale, refund or cancellation",
             )
         })?),
     };
