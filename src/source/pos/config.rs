@@ -49,6 +49,9 @@ pub struct PosHttpConfig {
     /// File holding the bearer token tills send; required when enabled.
     pub token_file: Option<PathBuf>,
     pub body_limit: ByteSize,
+    /// The whole body must arrive within this time after the request head (`408` otherwise),
+    /// so a slow client cannot hold a connection slot.
+    pub body_timeout: Dur,
 }
 
 impl Default for PosHttpConfig {
@@ -57,6 +60,7 @@ impl Default for PosHttpConfig {
             enabled: true,
             token_file: None,
             body_limit: ByteSize(1024 * 1024),
+            body_timeout: Dur::secs(30),
         }
     }
 }
@@ -243,6 +247,9 @@ impl PosConfig {
         }
         for (i, p) in self.poll.iter().enumerate() {
             check_file(&format!("poll.{i}.token_file"), &p.token_file);
+        }
+        if self.http.body_timeout.0.is_zero() {
+            bad("http.body_timeout", "must be greater than 0".into());
         }
         if self.http.body_limit.0 < 1024 {
             bad("http.body_limit", "must be at least 1KiB".into());

@@ -226,7 +226,10 @@ fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
 /// Deletes files in `done/` older than `done_retention` and in `failed/` older than
 /// `failed_retention` (their `.error` notes too).
 pub fn sweep(w: &WatchConfig) {
-    for (sub, keep) in [("done", w.done_retention.0), ("failed", w.failed_retention.0)] {
+    for (sub, keep) in [
+        ("done", w.done_retention.0),
+        ("failed", w.failed_retention.0),
+    ] {
         let Ok(rd) = std::fs::read_dir(w.dir.join(sub)) else {
             continue;
         };
@@ -240,8 +243,12 @@ pub fn sweep(w: &WatchConfig) {
                 .is_some_and(|age| age >= keep);
             if old && e.file_type().is_ok_and(|t| t.is_file()) {
                 match std::fs::remove_file(e.path()) {
-                    Ok(()) => tracing::info!(file = %e.path().display(), "POS file past its retention deleted"),
-                    Err(err) => tracing::warn!(file = %e.path().display(), error = %err, "cannot delete POS file past its retention"),
+                    Ok(()) => {
+                        tracing::info!(file = %e.path().display(), "POS file past its retention deleted")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %e.path().display(), error = %err, "cannot delete POS file past its retention")
+                    }
                 }
             }
         }
@@ -431,9 +438,7 @@ async fn stream(
     .await;
     let count = match checked {
         Ok(Ok(n)) => n,
-        Ok(Err(super::stream::Error::Io(e))) => {
-            return Outcome::Retry(format!("cannot read: {e}"))
-        }
+        Ok(Err(super::stream::Error::Io(e))) => return Outcome::Retry(format!("cannot read: {e}")),
         Ok(Err(super::stream::Error::Bad(r))) => return fail(&r),
         Err(e) => return Outcome::Retry(format!("import task: {e}")),
     };

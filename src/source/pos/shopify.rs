@@ -87,12 +87,8 @@ fn sale(a: At<'_>, id: &str, o: &ParseOpts) -> Result<Tx, Reject> {
     let currency = a
         .str("currency")?
         .unwrap_or_else(|| o.default_currency.clone());
-    let exp = money::exponent(&currency).ok_or_else(|| {
-        Reject::new(
-            a.key_path("currency"),
-            "not an ISO 4217 currency code",
-        )
-    })?;
+    let exp = money::exponent(&currency)
+        .ok_or_else(|| Reject::new(a.key_path("currency"), "not an ISO 4217 currency code"))?;
     let mut lines = Vec::new();
     let mut line_disc = 0;
     for (i, l) in a.array("line_items")?.iter().enumerate() {

@@ -226,7 +226,10 @@ fn each_csv(
 mod tests {
     #[test]
     fn shifts_line_numbers() {
-        assert_eq!(super::shift("line 2: column `X`", 10), "line 12: column `X`");
+        assert_eq!(
+            super::shift("line 2: column `X`", 10),
+            "line 12: column `X`"
+        );
         assert_eq!(super::shift("$.a", 10), "$.a");
     }
 }

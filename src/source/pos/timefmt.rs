@@ -5,7 +5,9 @@
 /// `naive_offset_s` applies when the text carries no offset.
 pub fn parse(text: &str, naive_offset_s: i32) -> Result<i64, String> {
     let t = text.trim();
-    let err = || "not a date-time (expected RFC 3339, YYYY-MM-DD HH:MM[:SS] or M/D/YYYY H:MM)".to_string();
+    let err = || {
+        "not a date-time (expected RFC 3339, YYYY-MM-DD HH:MM[:SS] or M/D/YYYY H:MM)".to_string()
+    };
     let (date, rest) = if t.contains('/') {
         let (d, r) = t.split_once(' ').unwrap_or((t, ""));
         let mut it = d.split('/');
