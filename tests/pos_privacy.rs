@@ -23,7 +23,7 @@ fn config(
 ) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
     std::fs::write(dir.join("pos.token"), TOKEN)?;
     let rest = format!(
-        "[spool.pos]\nmax_bytes = \"1GiB\"\n\n[sources.pos]\nenabled = true\ndefault_currency = \"EUR\"\nnaive_time_offset = \"+01:00\"\n\n[sources.pos.http]\ntoken_file = \"{}\"\nbody_timeout = \"2s\"\n\n{watch}",
+        "[spool.pos]\nmax_bytes = \"1GiB\"\nmax_age = \"30d\"\n\n[sources.pos]\nenabled = true\ndefault_currency = \"EUR\"\nnaive_time_offset = \"+01:00\"\n\n[sources.pos.http]\ntoken_file = \"{}\"\nbody_timeout = \"2s\"\n\n{watch}",
         dir.join("pos.token").display()
     );
     let path = common::write_config(dir, mqtt, "", &rest)?;
@@ -204,7 +204,7 @@ async fn pos_privacy_end_to_end() -> R {
     )?;
     std::fs::write(
         inbox.join("bad.csv"),
-        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice\n9,A,x,1,Jane Privacy-Doe,1.00\n",
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID\n9,A,x,1,Jane Privacy-Doe,1.00,\n",
     )?;
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until
@@ -327,7 +327,7 @@ async fn http_timeouts_and_connection_cap() -> R {
         dir.path(),
         common::free_port(),
         http,
-        "header_timeout = \"1s\"\nidle_timeout = \"2s\"\nmax_connections = 8",
+        "header_timeout = \"1s\"\nidle_timeout = \"3s\"\nmax_connections = 8",
         "",
     )?;
     let gw = Gateway::start(&cfg, &dir.path().join("gw.log"))?;
