@@ -409,6 +409,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 /// size times the parse overhead (which took gigabytes before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_export_peak_rss() -> R {
+    crypto();
     let dir = tempfile::tempdir()?;
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(&inbox)?;
