@@ -172,7 +172,7 @@ fn candidates(f: &Folded<'_>) -> Vec<Cand> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < f.len() {
-        if !f.at(i).and_then(digit).is_some() {
+        if f.at(i).and_then(digit).is_none() {
             i += 1;
             continue;
         }
