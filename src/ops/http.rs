@@ -4,7 +4,7 @@
 //! within `http.header_timeout`, a connection silent for `http.idle_timeout` is closed, and at
 //! most `http.max_connections` are open; one more gets a `503` and is closed at once, so idle or
 //! half-open clients cannot exhaust the process's file descriptors. `/healthz` and the status
-//! document report the saturation (docs/operations.md, docs/pos.md "Timeouts and limits").
+//! document report the saturation (docs/pos.md, "Timeouts and limits").
 
 use crate::spool::Spool;
 use axum::extract::State;
