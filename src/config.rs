@@ -174,6 +174,14 @@ impl Default for PrivacyConfig {
 pub struct HttpConfig {
     pub enabled: bool,
     pub listen: String,
+    /// A connection must send a complete request head within this time.
+    pub header_timeout: Dur,
+    /// A connection with no byte read or written for this long is closed (keep-alive idle,
+    /// half-open clients).
+    pub idle_timeout: Dur,
+    /// Open connections at most; beyond it a new connection gets `503` and is closed at once,
+    /// and `/healthz` reports the saturation.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -181,6 +189,9 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: true,
             listen: "127.0.0.1:9380".into(),
+            header_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            max_connections: 64,
         }
     }
 }
@@ -795,6 +806,20 @@ fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
         bad(
             "http.listen",
             format!("`{}` is not an address:port", c.http.listen),
+        );
+    }
+    for (k, d) in [
+        ("http.header_timeout", c.http.header_timeout.0),
+        ("http.idle_timeout", c.http.idle_timeout.0),
+    ] {
+        if d.is_zero() {
+            bad(k, "must be greater than 0".into());
+        }
+    }
+    if !(1..=100_000).contains(&c.http.max_connections) {
+        bad(
+            "http.max_connections",
+            "must be between 1 and 100000".into(),
         );
     }
     if !["trace", "debug", "info", "warn", "error"].contains(&c.log.level.as_str()) {

@@ -132,7 +132,8 @@ impl Pipeline {
         let mut http_task = None;
         if cfg.http.enabled {
             let router = http::base_router(spool.clone()).merge(source_routes);
-            match http::serve(&cfg.http.listen, router).await {
+            let limits = http::Limits::from_config(&cfg.http);
+            match http::serve(&cfg.http.listen, router, limits).await {
                 Ok(h) => http_task = Some(h),
                 Err(e) => tracing::error!("{e}; metrics, health and POS ingest are off"),
             }

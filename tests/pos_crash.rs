@@ -50,7 +50,7 @@ async fn crash_mid_file_imports_nothing_twice() -> R {
     let at_kill = sub.unique();
     assert!(at_kill > 0, "nothing published before the kill");
     assert!(
-        !inbox.join("done/big.csv").exists(),
+        inbox.join("big.csv").exists(),
         "file finished before the kill; make it larger"
     );
     let _gw = Gateway::start(&cfg, &log)?;
@@ -78,6 +78,10 @@ async fn crash_mid_file_imports_nothing_twice() -> R {
     assert_eq!(sub.unique(), n);
     assert_eq!(per_tx.len(), n);
     assert_eq!(twice, 0, "transactions stored twice");
-    assert!(inbox.join("done/big.csv").exists());
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until && inbox.join("big.csv").exists() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!inbox.join("big.csv").exists(), "imported file not deleted");
     Ok(())
 }

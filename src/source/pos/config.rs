@@ -49,6 +49,9 @@ pub struct PosHttpConfig {
     /// File holding the bearer token tills send; required when enabled.
     pub token_file: Option<PathBuf>,
     pub body_limit: ByteSize,
+    /// The whole body must arrive within this time after the request head (`408` otherwise),
+    /// so a slow client cannot hold a connection slot.
+    pub body_timeout: Dur,
 }
 
 impl Default for PosHttpConfig {
@@ -57,6 +60,7 @@ impl Default for PosHttpConfig {
             enabled: true,
             token_file: None,
             body_limit: ByteSize(1024 * 1024),
+            body_timeout: Dur::secs(30),
         }
     }
 }
@@ -71,6 +75,12 @@ pub struct WatchConfig {
     pub interval: Dur,
     /// A file must be unmodified this long before it is read (writers still appending).
     pub settle: Dur,
+    /// How long an imported file is kept in `done/`; 0 (the default) deletes it as soon as
+    /// its transactions are stored and fsynced.
+    pub done_retention: Dur,
+    /// How long a refused file is kept in `failed/` for the operator (mode 0600). A file
+    /// refused for card authentication data is deleted at once whatever this says.
+    pub failed_retention: Dur,
     pub csv: CsvMapping,
 }
 
@@ -81,6 +91,8 @@ impl Default for WatchConfig {
             format: "auto".into(),
             interval: Dur::secs(5),
             settle: Dur::secs(5),
+            done_retention: Dur::secs(0),
+            failed_retention: Dur::secs(7 * 86_400),
             csv: CsvMapping::default(),
         }
     }
@@ -167,6 +179,9 @@ impl Default for PollConfig {
     }
 }
 
+/// Longest a raw export file may be kept in `done/` or `failed/`.
+pub const MAX_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 /// Input formats every path understands.
 pub const FORMATS: [&str; 6] = ["poslog", "csv", "json", "jsonl", "square", "shopify"];
 
@@ -233,6 +248,9 @@ impl PosConfig {
         for (i, p) in self.poll.iter().enumerate() {
             check_file(&format!("poll.{i}.token_file"), &p.token_file);
         }
+        if self.http.body_timeout.0.is_zero() {
+            bad("http.body_timeout", "must be greater than 0".into());
+        }
         if self.http.body_limit.0 < 1024 {
             bad("http.body_limit", "must be at least 1KiB".into());
         }
@@ -251,6 +269,17 @@ impl PosConfig {
                     &format!("watch.{i}.interval"),
                     "must be greater than 0".into(),
                 );
+            }
+            for (k, d) in [
+                ("done_retention", w.done_retention.0),
+                ("failed_retention", w.failed_retention.0),
+            ] {
+                if d > MAX_RETENTION {
+                    bad(
+                        &format!("watch.{i}.{k}"),
+                        "must be at most 30d (raw exports hold personal data)".into(),
+                    );
+                }
             }
             if w.csv.delimiter.chars().count() != 1 || !w.csv.delimiter.is_ascii() {
                 bad(

@@ -244,12 +244,8 @@ fn add_row(
     line: usize,
 ) -> Result<(), Reject> {
     let at = |col: &str| format!("line {line}: column `{col}`");
-    let exp = money::exponent(&tx.currency).ok_or_else(|| {
-        Reject::new(
-            at(&m.currency),
-            format!("`{}` is not an ISO 4217 code", tx.currency),
-        )
-    })?;
+    let exp = money::exponent(&tx.currency)
+        .ok_or_else(|| Reject::new(at(&m.currency), "not an ISO 4217 currency code"))?;
     if tx.time_ms.is_none() {
         if let Some(t) = cell(c.time) {
             tx.time_ms =

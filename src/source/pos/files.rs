@@ -1,9 +1,16 @@
 //! Watched export directories. A till (or its back office) writes a file; once the file has
-//! not changed for `settle` it is read, stored, and moved to `done/`; a bad file goes to
-//! `failed/` next to `<name>.error` saying why and where. Files whose name starts with `.` or
-//! ends in `.tmp`/`.part` are still being written and are ignored (write then rename is the
-//! safest convention). Polling, not inotify: a few stat calls every few seconds cost nothing,
-//! work on every file system (including network shares tills write to) and need no crate.
+//! not changed for `settle` it is read and stored, then deleted (or kept in `done/` for
+//! `done_retention`); a bad file goes to `failed/` next to `<name>.error` saying why and where,
+//! and is deleted after `failed_retention`; a file carrying card authentication data is deleted
+//! at once and only its `.error` note stays. Kept files are mode 0600. Files whose name starts
+//! with `.` or ends in `.tmp`/`.part` are still being written and are ignored (write then
+//! rename is the safest convention). Polling, not inotify: a few stat calls every few seconds
+//! cost nothing, work on every file system (including network shares tills write to) and need
+//! no crate.
+//!
+//! CSV and JSON-lines files are streamed twice (check everything, then store), so memory stays
+//! bounded whatever the size; documents that must be parsed whole (POSLog XML, JSON, Square,
+//! Shopify) are capped in size and XML nodes (docs/pos.md, "Export files").
 //!
 //! A crash mid-file is safe: transactions are stored in chunks, each made durable together
 //! with its idempotency entries; on restart the file is read again and what was stored is
@@ -12,6 +19,7 @@
 use super::config::WatchConfig;
 use super::ingest::{Ingest, StoreError};
 use super::model::{Reject, Tx};
+use super::normalize::Normalized;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,8 +27,18 @@ use std::time::{Duration, SystemTime};
 /// Transactions stored (and fsynced) per chunk of a file.
 const CHUNK: usize = 500;
 
-/// Largest file read (export files are days, not years).
-const MAX_FILE: u64 = 256 * 1024 * 1024;
+/// Largest file read at all (export files are days, not years).
+pub const MAX_FILE: u64 = 256 * 1024 * 1024;
+
+/// Largest document parsed whole (POSLog XML, JSON documents): its tree takes several times
+/// its size in RAM, which a Raspberry Pi cannot give for hundreds of megabytes.
+pub const MAX_DOCUMENT: u64 = 32 * 1024 * 1024;
+
+/// Files up to this size are read in one piece; larger CSV / JSON-lines files are streamed.
+const STREAM_ABOVE: u64 = 4 * 1024 * 1024;
+
+/// Most XML nodes in one POSLog document.
+pub const MAX_XML_NODES: u32 = 4_000_000;
 
 /// What happened to one file.
 #[derive(Debug, PartialEq)]
@@ -29,7 +47,11 @@ pub enum Outcome {
         accepted: usize,
         duplicates: usize,
     },
-    Failed(String),
+    /// Refused; `sensitive` when it carries card authentication data (deleted at once).
+    Failed {
+        why: String,
+        sensitive: bool,
+    },
     /// Left in place to retry (spool full, storage error).
     Retry(String),
 }
@@ -51,7 +73,12 @@ pub async fn run(
         }
     }
     tracing::info!(dir = %w.dir.display(), format = %w.format, "watching for POS export files");
+    let mut last_sweep: Option<std::time::Instant> = None;
     loop {
+        if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            sweep(&w);
+            last_sweep = Some(std::time::Instant::now());
+        }
         for f in ready_files(&w.dir, w.settle.0) {
             if *stop.borrow() {
                 return;
@@ -76,9 +103,13 @@ fn log_outcome(f: &Path, out: &Outcome) {
             m.count("storegw_pos_files_total", "result=\"done\"", 1);
             tracing::info!(file = %f.display(), accepted, duplicates, "POS file imported");
         }
-        Outcome::Failed(why) => {
+        Outcome::Failed { why, sensitive } => {
             m.count("storegw_pos_files_total", "result=\"failed\"", 1);
-            tracing::warn!(file = %f.display(), reason = %why, "POS file moved to failed/");
+            if *sensitive {
+                tracing::warn!(file = %f.display(), reason = %why, "POS file refused and deleted: card authentication data");
+            } else {
+                tracing::warn!(file = %f.display(), reason = %why, "POS file moved to failed/");
+            }
         }
         Outcome::Retry(why) => {
             tracing::warn!(file = %f.display(), reason = %why, "POS file left in place; retrying later");
@@ -117,7 +148,7 @@ pub fn ready_files(dir: &Path, settle: Duration) -> Vec<PathBuf> {
     out
 }
 
-/// Imports one file and moves it.
+/// Imports one file, then deletes it or moves it (docs/pos.md, "Export files").
 pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
     let out = import(path, w, ingest).await;
     let name = path
@@ -126,24 +157,102 @@ pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
         .unwrap_or_default();
     let dir = path.parent().unwrap_or(Path::new("."));
     match &out {
-        Outcome::Done { .. } => {
-            if let Err(e) = move_to(path, &dir.join("done"), &name) {
-                return Outcome::Retry(format!("imported, but cannot move to done/: {e}"));
+        Outcome::Done { .. } if w.done_retention.0.is_zero() => {
+            if let Err(e) = std::fs::remove_file(path) {
+                return Outcome::Retry(format!("imported, but cannot delete: {e}"));
             }
         }
-        Outcome::Failed(why) => match move_to(path, &dir.join("failed"), &name) {
-            Ok(dest) => {
-                let mut err = dest.clone().into_os_string();
-                err.push(".error");
-                if let Err(e) = std::fs::write(&err, format!("{why}\n")) {
-                    tracing::error!(error = %e, "cannot write {}", PathBuf::from(err).display());
+        Outcome::Done { .. } => match move_to(path, &dir.join("done"), &name) {
+            Ok(dest) => private(&dest),
+            Err(e) => return Outcome::Retry(format!("imported, but cannot move to done/: {e}")),
+        },
+        Outcome::Failed { why, sensitive } => {
+            let dest = if *sensitive {
+                // PCI DSS 3.3.1: sensitive authentication data is not kept, not even here.
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::error!(file = %path.display(), error = %e, "cannot delete a file with card authentication data");
+                }
+                Ok(dir.join("failed").join(&name))
+            } else {
+                move_to(path, &dir.join("failed"), &name)
+            };
+            match dest {
+                Ok(dest) => {
+                    private(&dest);
+                    let mut err = dest.into_os_string();
+                    err.push(".error");
+                    let err = PathBuf::from(err);
+                    let note = if *sensitive {
+                        format!("{why}\nThe file was deleted: card authentication data is never stored.\n")
+                    } else {
+                        format!("{why}\n")
+                    };
+                    if let Err(e) = write_private(&err, note.as_bytes()) {
+                        tracing::error!(error = %e, "cannot write {}", err.display());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "cannot move to failed/")
                 }
             }
-            Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot move to failed/"),
-        },
+        }
         Outcome::Retry(_) => {}
     }
     out
+}
+
+/// Restricts a kept file to the service user (0600).
+fn private(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(file = %p.display(), error = %e, "cannot restrict file mode to 0600");
+    }
+}
+
+fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)?;
+    f.write_all(data)?;
+    private(p);
+    Ok(())
+}
+
+/// Deletes files in `done/` older than `done_retention` and in `failed/` older than
+/// `failed_retention` (their `.error` notes too).
+pub fn sweep(w: &WatchConfig) {
+    for (sub, keep) in [
+        ("done", w.done_retention.0),
+        ("failed", w.failed_retention.0),
+    ] {
+        let Ok(rd) = std::fs::read_dir(w.dir.join(sub)) else {
+            continue;
+        };
+        let now = SystemTime::now();
+        for e in rd.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= keep);
+            if old && e.file_type().is_ok_and(|t| t.is_file()) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(file = %e.path().display(), "POS file past its retention deleted")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %e.path().display(), error = %err, "cannot delete POS file past its retention")
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn move_to(src: &Path, dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
@@ -158,18 +267,48 @@ fn move_to(src: &Path, dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<Pa
     Ok(dest)
 }
 
+fn failed(why: String) -> Outcome {
+    Outcome::Failed {
+        why,
+        sensitive: false,
+    }
+}
+
 async fn import(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
     let fname = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let fail = |r: &Reject| Outcome::Failed(format!("{fname}: {}: {}", r.at, r.reason));
-    match std::fs::metadata(path) {
+    let fail = |r: &Reject| Outcome::Failed {
+        why: format!("{fname}: {}: {}", r.at, r.reason),
+        sensitive: r.sensitive,
+    };
+    let size = match std::fs::metadata(path) {
         Ok(m) if m.len() > MAX_FILE => {
-            return Outcome::Failed(format!("{fname}: larger than {MAX_FILE} bytes"))
+            return failed(format!(
+                "{fname}: larger than {} MiB: split the export",
+                MAX_FILE >> 20
+            ))
         }
-        Ok(_) => {}
+        Ok(m) => m.len(),
         Err(e) => return Outcome::Retry(format!("cannot stat: {e}")),
+    };
+    let format = if w.format == "auto" {
+        let head = read_head(path, 64 * 1024);
+        super::detect_format(path, &head)
+    } else {
+        w.format.clone()
+    };
+    let mut opts = ingest.opts.clone();
+    opts.csv = w.csv.clone();
+    if size > STREAM_ABOVE && (format == "csv" || format == "jsonl") {
+        return stream(path, &format, &opts, ingest, &fname).await;
+    }
+    if size > MAX_DOCUMENT {
+        return failed(format!(
+            "{fname}: a {format} document larger than {} MiB is not read (it would need several times its size in RAM): export CSV or JSON lines, or split it",
+            MAX_DOCUMENT >> 20
+        ));
     }
     let bytes = match tokio::fs::read(path).await {
         Ok(b) => b,
@@ -178,56 +317,177 @@ async fn import(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            return Outcome::Failed(format!(
+            return failed(format!(
                 "{fname}: byte {}: not UTF-8 (export as UTF-8)",
                 e.utf8_error().valid_up_to()
             ))
         }
     };
-    let format = if w.format == "auto" {
-        super::detect_format(path, &text)
-    } else {
-        w.format.clone()
-    };
-    let mut opts = ingest.opts.clone();
-    opts.csv = w.csv.clone();
     let parsed = match super::parse_input(&text, &format, &opts) {
         Ok(p) => p,
         Err(r) => return fail(&r),
     };
-    let errors: Vec<String> = parsed
+    drop(text);
+    let errors: Vec<&Reject> = parsed
         .items
         .iter()
         .filter_map(|r| r.as_ref().err())
-        .map(|r| format!("{fname}: {}: {}", r.at, r.reason))
         .collect();
     if !errors.is_empty() {
-        return Outcome::Failed(format!(
-            "{} bad record(s), nothing imported:\n{}",
-            errors.len(),
-            errors.join("\n")
-        ));
+        let sensitive = errors.iter().any(|r| r.sensitive);
+        let list: Vec<String> = errors
+            .iter()
+            .map(|r| format!("{fname}: {}: {}", r.at, r.reason))
+            .collect();
+        return Outcome::Failed {
+            why: format!(
+                "{} bad record(s), nothing imported:\n{}",
+                list.len(),
+                list.join("\n")
+            ),
+            sensitive,
+        };
     }
     let txs: Vec<Tx> = parsed.items.into_iter().flatten().collect();
     let normalized = match ingest.normalize_all(txs) {
         Ok(n) => n,
         Err(r) => return fail(&r),
     };
-    let (mut accepted, mut duplicates) = (0, 0);
+    let mut st = Totals::default();
     let mut it = normalized.into_iter().peekable();
     while it.peek().is_some() {
         let chunk: Vec<_> = it.by_ref().take(CHUNK).collect();
-        match ingest.store(chunk).await {
-            Ok(s) => {
-                accepted += s.accepted;
-                duplicates += s.duplicates;
-            }
-            Err(StoreError::Invalid(r)) => return fail(&r),
-            Err(e) => return Outcome::Retry(e.to_string()),
+        if let Err(o) = st.store(ingest, chunk, &fname).await {
+            return o;
         }
     }
-    Outcome::Done {
-        accepted,
-        duplicates,
+    st.done()
+}
+
+/// Running counts of a file's import.
+#[derive(Default)]
+struct Totals {
+    accepted: usize,
+    duplicates: usize,
+}
+
+impl Totals {
+    async fn store(
+        &mut self,
+        ingest: &Ingest,
+        chunk: Vec<Normalized>,
+        fname: &str,
+    ) -> Result<(), Outcome> {
+        match ingest.store(chunk).await {
+            Ok(s) => {
+                self.accepted += s.accepted;
+                self.duplicates += s.duplicates;
+                Ok(())
+            }
+            Err(StoreError::Invalid(r)) | Err(StoreError::Conflict(r)) => Err(Outcome::Failed {
+                why: format!("{fname}: {}: {}", r.at, r.reason),
+                sensitive: r.sensitive,
+            }),
+            Err(e) => Err(Outcome::Retry(e.to_string())),
+        }
     }
+
+    fn done(self) -> Outcome {
+        Outcome::Done {
+            accepted: self.accepted,
+            duplicates: self.duplicates,
+        }
+    }
+}
+
+fn read_head(path: &Path, n: usize) -> String {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(n);
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(n as u64).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A large CSV or JSON-lines file: a first pass parses and normalizes every transaction and
+/// keeps nothing (one bad record refuses the file, as for small files); a second pass stores
+/// them in chunks. Memory holds one transaction (CSV) or one line (JSON lines) at a time.
+async fn stream(
+    path: &Path,
+    format: &str,
+    opts: &super::ParseOpts,
+    ingest: &Ingest,
+    fname: &str,
+) -> Outcome {
+    let fail = |r: &Reject| Outcome::Failed {
+        why: format!("{fname}: {}: {}", r.at, r.reason),
+        sensitive: r.sensitive,
+    };
+    // Pass 1: check, on a blocking thread (parsing a large file takes seconds).
+    let (p, f, o) = (path.to_path_buf(), format.to_string(), opts.clone());
+    let key = ingest.key.clone();
+    let offset = ingest.opts.offset_s;
+    let checked = tokio::task::spawn_blocking(move || {
+        let now = crate::event::now_ms();
+        let mut count = 0usize;
+        super::stream::each(&p, &f, &o, |t| {
+            super::normalize::normalize_at(t, &key, now, offset).map(|_| count += 1)
+        })
+        .map(|()| count)
+    })
+    .await;
+    let count = match checked {
+        Ok(Ok(n)) => n,
+        Ok(Err(super::stream::Error::Io(e))) => return Outcome::Retry(format!("cannot read: {e}")),
+        Ok(Err(super::stream::Error::Bad(r))) => return fail(&r),
+        Err(e) => return Outcome::Retry(format!("import task: {e}")),
+    };
+    // Pass 2: store, CHUNK transactions at a time. The parser runs on a blocking thread and
+    // hands chunks over a bounded channel, so at most two chunks are in memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Normalized>, Outcome>>(1);
+    let (p, f, o) = (path.to_path_buf(), format.to_string(), opts.clone());
+    let key = ingest.key.clone();
+    let offset = ingest.opts.offset_s;
+    let fname_owned = fname.to_string();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut buf: Vec<Normalized> = Vec::with_capacity(CHUNK);
+        let now = crate::event::now_ms();
+        let r = super::stream::each(&p, &f, &o, |t| {
+            let n = super::normalize::normalize_at(t, &key, now, offset)?;
+            buf.push(n);
+            if buf.len() >= CHUNK {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return Err(Reject::new("file", "import stopped"));
+                }
+            }
+            Ok(())
+        });
+        let last = match r {
+            Ok(()) => Ok(buf),
+            Err(super::stream::Error::Io(e)) => Err(Outcome::Retry(format!("cannot read: {e}"))),
+            Err(super::stream::Error::Bad(r)) => Err(Outcome::Failed {
+                why: format!("{fname_owned}: {}: {}", r.at, r.reason),
+                sensitive: r.sensitive,
+            }),
+        };
+        let _ = tx.blocking_send(last);
+    });
+    let mut st = Totals::default();
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Ok(chunk) if chunk.is_empty() => {}
+            Ok(chunk) => {
+                if let Err(o) = st.store(ingest, chunk, fname).await {
+                    drop(rx);
+                    let _ = reader.await;
+                    return o;
+                }
+            }
+            Err(o) => return o,
+        }
+    }
+    let _ = reader.await;
+    tracing::debug!(file = fname, transactions = count, "POS file streamed");
+    st.done()
 }

@@ -18,6 +18,7 @@ struct HttpState {
     /// `None`: the token file could not be read; every request is refused.
     token: Option<Vec<u8>>,
     limit: usize,
+    body_timeout: std::time::Duration,
 }
 
 /// The ingest route, ready to merge into the loopback server.
@@ -46,6 +47,7 @@ pub fn routes(ingest: Arc<Ingest>, cfg: &PosHttpConfig) -> Router {
         ingest,
         token,
         limit: usize::try_from(cfg.body_limit.0).unwrap_or(usize::MAX),
+        body_timeout: cfg.body_timeout.0,
     });
     Router::new()
         .route("/v1/pos/transactions", post(push))
@@ -132,24 +134,48 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
         )
     };
     if declared.is_some_and(|n| n > st.limit) {
-        drain(body, st.limit.saturating_mul(4)).await;
+        let _ =
+            tokio::time::timeout(st.body_timeout, drain(body, st.limit.saturating_mul(4))).await;
         return too_large();
     }
     let mut stream = body.into_data_stream();
-    let mut bytes: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else {
-            return json_err(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "body could not be read"}),
-            );
-        };
-        if bytes.len() + chunk.len() > st.limit {
-            drain_stream(stream, st.limit.saturating_mul(4)).await;
-            return too_large();
+    let read = async {
+        let mut bytes: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                return Err(json_err(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "body could not be read"}),
+                ));
+            };
+            if bytes.len() + chunk.len() > st.limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
         }
-        bytes.extend_from_slice(&chunk);
-    }
+        Ok(bytes)
+    };
+    let bytes = match tokio::time::timeout(st.body_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(resp)) => {
+            if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                let drained = drain_stream(stream, st.limit.saturating_mul(4));
+                let _ = tokio::time::timeout(st.body_timeout, drained).await;
+            }
+            return resp;
+        }
+        Err(_) => {
+            let mut r = json_err(
+                StatusCode::REQUEST_TIMEOUT,
+                serde_json::json!({"error": "body not received within sources.pos.http.body_timeout"}),
+            );
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
+    };
     let ctype = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -164,10 +190,10 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
         "application/json" => "json",
         "application/x-ndjson" | "application/jsonl" | "application/json-lines" => "jsonl",
         "application/xml" | "text/xml" | "application/poslog+xml" => "poslog",
-        other => {
+        _ => {
             return json_err(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                serde_json::json!({"error": format!("Content-Type `{other}`: use application/json, application/x-ndjson or application/xml")}),
+                serde_json::json!({"error": "unsupported Content-Type: use application/json, application/x-ndjson or application/xml"}),
             )
         }
     };
@@ -206,6 +232,13 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
         )
             .into_response(),
         Err(StoreError::Invalid(r)) => bad_request(&r),
+        Err(StoreError::Conflict(r)) => {
+            tracing::warn!(at = %r.at, reason = %r.reason, "POS push conflicts with a stored transaction");
+            json_err(
+                StatusCode::CONFLICT,
+                serde_json::json!({"error": r.reason, "path": r.at, "transaction_id": r.transaction_id}),
+            )
+        }
         Err(StoreError::Storage(e)) => {
             // A full or failing disk is the till's cue to retry, exactly like a full spool.
             tracing::error!(error = %e, "POS push could not be stored");

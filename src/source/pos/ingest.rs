@@ -8,7 +8,7 @@
 
 use super::customer::JoinKey;
 use super::model::{Reject, Tx};
-use super::normalize::{normalize, Normalized};
+use super::normalize::{normalize_at, Normalized};
 use super::{ParseOpts, PosConfig};
 use crate::source::SourceContext;
 use crate::spool::{Spool, SpoolError};
@@ -37,12 +37,15 @@ pub enum StoreError {
     Full(String),
     /// sled failed (500).
     Storage(String),
+    /// A transaction with this key was stored with other content (409): a till that reuses
+    /// an id for another sale must not see it silently dropped as a duplicate.
+    Conflict(Reject),
 }
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreError::Invalid(r) => write!(f, "{r}"),
+            StoreError::Invalid(r) | StoreError::Conflict(r) => write!(f, "{r}"),
             StoreError::Full(e) | StoreError::Storage(e) => f.write_str(e),
         }
     }
@@ -54,6 +57,23 @@ pub struct Stored {
     pub accepted: usize,
     pub duplicates: usize,
     pub ids: Vec<String>,
+}
+
+fn conflict(n: &Normalized) -> StoreError {
+    crate::ops::metrics::global().count("storegw_pos_conflicts_total", "", 1);
+    let id = n
+        .event
+        .body()
+        .get("transaction_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    StoreError::Conflict(Reject {
+        transaction_id: id,
+        ..Reject::new(
+            "transaction_id",
+            "already stored with different content for this register and business day",
+        )
+    })
 }
 
 type Registry = Mutex<Vec<(usize, std::sync::Weak<Ingest>)>>;
@@ -103,11 +123,13 @@ impl Ingest {
     pub fn normalize_all(&self, txs: Vec<Tx>) -> Result<Vec<Normalized>, Reject> {
         let now = crate::event::now_ms();
         txs.into_iter()
-            .map(|t| normalize(t, &self.key, now))
+            .map(|t| normalize_at(t, &self.key, now, self.opts.offset_s))
             .collect()
     }
 
-    fn seen(&self, key: &str, now: i64) -> Result<bool, StoreError> {
+    /// What the index holds for `key` within the window: `None` (not seen), or the content
+    /// hash stored with it (`None` inside for entries written before hashes were kept).
+    fn seen(&self, key: &str, now: i64) -> Result<Option<Option<[u8; 32]>>, StoreError> {
         match self.index.get(key.as_bytes()) {
             Ok(Some(v)) => {
                 let at = v
@@ -115,26 +137,67 @@ impl Ingest {
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(i64::from_be_bytes)
                     .unwrap_or(0);
-                Ok(now - at < self.window_ms)
+                let hash = v.get(8..40).and_then(|b| <[u8; 32]>::try_from(b).ok());
+                Ok((now.saturating_sub(at) < self.window_ms).then_some(hash))
             }
-            Ok(None) => Ok(false),
+            Ok(None) => Ok(None),
             Err(e) => Err(StoreError::Storage(e.to_string())),
         }
     }
 
-    /// Stores normalized transactions durably; returns after the fsync.
+    /// Whether `n` was stored before: `Ok(true)` same content, `Err(Conflict)` other content.
+    fn check(&self, n: &Normalized, now: i64) -> Result<bool, StoreError> {
+        let mut found = self.seen(&n.key, now)?;
+        if found.is_none() {
+            if let Some(legacy) = &n.legacy_key {
+                found = self.seen(legacy, now)?;
+            }
+        }
+        match found {
+            None => Ok(false),
+            Some(Some(h)) if h != n.content => Err(conflict(n)),
+            Some(_) => Ok(true),
+        }
+    }
+
+    /// Stores normalized transactions durably; returns after the fsync. A known key with
+    /// other content refuses the whole input ([`StoreError::Conflict`]).
     pub async fn store(&self, items: Vec<Normalized>) -> Result<Stored, StoreError> {
+        self.store_inner(items, false).await
+    }
+
+    /// Like [`Ingest::store`] for REST APIs, whose orders change after they were first seen
+    /// (`updated_at` moves): a known key with other content counts as a duplicate.
+    pub async fn store_updates(&self, items: Vec<Normalized>) -> Result<Stored, StoreError> {
+        self.store_inner(items, true).await
+    }
+
+    async fn store_inner(
+        &self,
+        items: Vec<Normalized>,
+        updates: bool,
+    ) -> Result<Stored, StoreError> {
         let _g = self.lock.lock().await;
         let now = crate::event::now_ms();
         let mut out = Stored::default();
         let mut fresh = Vec::new();
-        let mut keys = std::collections::BTreeSet::new();
+        let mut keys: std::collections::BTreeMap<String, [u8; 32]> =
+            std::collections::BTreeMap::new();
         for n in items {
-            if self.seen(&n.key, now)? || !keys.insert(n.key.clone()) {
+            let dup = match keys.get(&n.key) {
+                Some(h) if *h != n.content && !updates => return Err(conflict(&n)),
+                Some(_) => true,
+                None => match self.check(&n, now) {
+                    Err(StoreError::Conflict(_)) if updates => true,
+                    other => other?,
+                },
+            };
+            if dup {
                 out.duplicates += 1;
                 crate::ops::metrics::global().count("storegw_pos_duplicates_total", "", 1);
                 continue;
             }
+            keys.insert(n.key.clone(), n.content);
             fresh.push(n);
         }
         if fresh.is_empty() {
@@ -144,8 +207,11 @@ impl Ingest {
         // Events and their idempotency entries go to disk in one transaction: a crash can
         // never leave transactions stored without their index entries (or the reverse).
         let mut batch = sled::Batch::default();
-        for k in &keys {
-            batch.insert(k.as_bytes(), &now.to_be_bytes());
+        for (k, h) in &keys {
+            let mut v = Vec::with_capacity(40);
+            v.extend_from_slice(&now.to_be_bytes());
+            v.extend_from_slice(h);
+            batch.insert(k.as_bytes(), v);
         }
         let seqs = match self.spool.append_indexed(&events, &self.index, &batch) {
             Ok(s) => s,
@@ -188,7 +254,7 @@ impl Ingest {
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(i64::from_be_bytes)
                     .unwrap_or(0);
-                if now - at >= self.window_ms && self.index.remove(k).is_ok() {
+                if now.saturating_sub(at) >= self.window_ms && self.index.remove(k).is_ok() {
                     removed += 1;
                 }
             }

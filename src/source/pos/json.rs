@@ -61,19 +61,12 @@ fn tx(a: At<'_>, o: &ParseOpts) -> Result<Tx, Reject> {
     let currency = a
         .str("currency")?
         .unwrap_or_else(|| o.default_currency.clone());
-    let exp = money::exponent(&currency).ok_or_else(|| {
-        Reject::new(
-            a.key_path("currency"),
-            format!("`{currency}` is not an ISO 4217 code"),
-        )
-    })?;
+    let exp = money::exponent(&currency)
+        .ok_or_else(|| Reject::new(a.key_path("currency"), "not an ISO 4217 currency code"))?;
     let kind = match a.str("type")? {
         None => None,
         Some(t) => Some(TxType::parse(&t).ok_or_else(|| {
-            Reject::new(
-                a.key_path("type"),
-                format!("`{t}`: expected sale, refund or cancellation"),
-            )
+            Reject::new(a.key_path("type"), "expected sale, refund or cancellation")
         })?),
     };
     let time_ms = match a.str("time")? {

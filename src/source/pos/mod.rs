@@ -19,10 +19,13 @@ mod jsonutil;
 pub mod model;
 pub mod money;
 pub mod normalize;
+pub mod pii;
 pub mod poll;
 pub mod poslog;
 pub mod shopify;
 pub mod square;
+pub mod stream;
+pub mod textfold;
 pub mod timefmt;
 
 pub use config::PosConfig;
@@ -214,11 +217,12 @@ pub fn replay(
     let mut rejected = Vec::new();
     let mut flagged: BTreeMap<String, u64> = BTreeMap::new();
     for item in parsed.items {
-        match item.and_then(|tx| normalize::normalize(tx, &key, now)) {
+        match item.and_then(|tx| normalize::normalize_at(tx, &key, now, opts.offset_s)) {
             Ok(n) => {
                 transactions += 1;
                 lines += n.body_lines as u64;
-                *totals.entry(n.currency.clone()).or_default() += n.total_minor;
+                let t = totals.entry(n.currency.clone()).or_default();
+                *t = t.saturating_add(n.total_minor);
                 if let Some(f) = n.event.body().get("flags").and_then(|f| f.as_array()) {
                     for x in f.iter().filter_map(|x| x.as_str()) {
                         *flagged.entry(x.to_string()).or_default() += 1;

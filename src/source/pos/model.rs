@@ -152,7 +152,11 @@ fn redact(s: &str) -> String {
     for (i, p) in parts.enumerate() {
         out.push('`');
         let quoted = i % 2 == 0;
-        let personal = p.contains('@') || p.chars().filter(char::is_ascii_digit).count() >= 7;
+        // Field and element names are single tokens; anything with a space, an `@` or many
+        // digits is a value.
+        let personal = p.contains('@')
+            || p.chars().any(char::is_whitespace)
+            || p.chars().filter(|c| c.is_numeric()).count() >= 7;
         if quoted && personal {
             out.push_str("[redacted]");
         } else {
@@ -175,6 +179,8 @@ pub type Parsed = Vec<Result<Tx, Reject>>;
 mod tests {
     #[test]
     fn rejections_do_not_echo_personal_values() {
+        let r = super::Reject::new("$.time", "`John Smith` is not a date-time");
+        assert_eq!(r.reason, "`[redacted]` is not a date-time");
         let r = super::Reject::new("$.time", "`alice@example.com` is not a date-time");
         assert_eq!(r.reason, "`[redacted]` is not a date-time");
         let r = super::Reject::new("x", "`+49 30 1234 5678` is not a quantity");

@@ -20,6 +20,27 @@ pub fn exponent(currency: &str) -> Option<u32> {
     })
 }
 
+/// Largest magnitude of an amount in minor units (10^15: ten trillion euros). Sums of many
+/// such amounts stay far from `i64` overflow, and `i64::MIN` can never be negated.
+pub const MAX_MINOR: i64 = 1_000_000_000_000_000;
+
+/// The message of every amount outside ±[`MAX_MINOR`].
+pub const OUT_OF_RANGE: &str = "amount out of range";
+
+/// `v` when its magnitude is at most [`MAX_MINOR`].
+pub fn bounded(v: i64) -> Result<i64, String> {
+    if (-MAX_MINOR..=MAX_MINOR).contains(&v) {
+        Ok(v)
+    } else {
+        Err(OUT_OF_RANGE.into())
+    }
+}
+
+/// `a + b`, refused on overflow.
+pub fn add(a: i64, b: i64) -> Result<i64, String> {
+    a.checked_add(b).ok_or_else(|| OUT_OF_RANGE.to_string())
+}
+
 /// Parses decimal text (`"-12.345"`, `"1e2"` is refused) into minor units with `exp` decimals,
 /// rounding half away from zero when the text has more decimals than the currency.
 pub fn parse_decimal(text: &str, exp: u32) -> Result<i64, String> {
@@ -34,13 +55,13 @@ pub fn parse_decimal(text: &str, exp: u32) -> Result<i64, String> {
     };
     let ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if (int_part.is_empty() && frac_part.is_empty()) || !ok(int_part) || !ok(frac_part) {
-        return Err(format!("`{text}` is not a decimal amount"));
+        return Err("not a decimal amount".into());
     }
     let mut value: i128 = 0;
     for b in int_part.bytes() {
         value = value * 10 + i128::from(b - b'0');
         if value > i128::from(i64::MAX) {
-            return Err(format!("`{text}` is too large"));
+            return Err(OUT_OF_RANGE.into());
         }
     }
     let frac = frac_part.as_bytes();
@@ -54,10 +75,10 @@ pub fn parse_decimal(text: &str, exp: u32) -> Result<i64, String> {
         }
     }
     if value > i128::from(i64::MAX) {
-        return Err(format!("`{text}` is too large"));
+        return Err(OUT_OF_RANGE.into());
     }
     let v = value as i64;
-    Ok(if neg { -v } else { v })
+    bounded(if neg { -v } else { v })
 }
 
 /// Minor units from a JSON value: a string or number is a decimal amount in major units.
@@ -68,7 +89,7 @@ pub fn from_json_decimal(v: &serde_json::Value, exp: u32) -> Result<i64, String>
         serde_json::Value::Number(n) => {
             let text = n.to_string();
             if text.contains(['e', 'E']) {
-                return Err(format!("amount `{text}` in exponent notation"));
+                return Err("amount in exponent notation".into());
             }
             parse_decimal(&text, exp)
         }
@@ -81,11 +102,13 @@ pub fn from_json_minor(v: &serde_json::Value) -> Result<i64, String> {
     match v {
         serde_json::Value::Number(n) => n
             .as_i64()
-            .ok_or_else(|| format!("minor units must be an integer, found {n}")),
+            .ok_or_else(|| "minor units must be an integer".to_string())
+            .and_then(bounded),
         serde_json::Value::String(s) => s
             .trim()
             .parse::<i64>()
-            .map_err(|_| format!("minor units must be an integer, found `{s}`")),
+            .map_err(|_| "minor units must be an integer".to_string())
+            .and_then(bounded),
         other => Err(format!(
             "expected integer minor units, found {}",
             kind(other)
@@ -111,12 +134,12 @@ pub fn parse_qty(text: &str) -> Result<f64, String> {
         || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         || digits.bytes().filter(|b| *b == b'.').count() > 1
     {
-        return Err(format!("`{text}` is not a quantity"));
+        return Err("not a quantity".into());
     }
     t.parse::<f64>()
         .ok()
         .filter(|q| q.is_finite())
-        .ok_or_else(|| format!("`{text}` is not a quantity"))
+        .ok_or_else(|| "not a quantity".to_string())
 }
 
 /// `round(qty × unit)` in minor units, computed on the decimal text of the quantity (so 0.42 ×
@@ -132,7 +155,9 @@ pub fn qty_times(qty_text: &str, unit_minor: i64) -> Result<i64, String> {
     } else {
         q
     };
-    i64::try_from(rounded).map_err(|_| "amount overflows".to_string())
+    i64::try_from(rounded)
+        .map_err(|_| OUT_OF_RANGE.to_string())
+        .and_then(bounded)
 }
 
 /// JSON type name for error messages.
@@ -173,6 +198,12 @@ mod tests {
         assert!(parse_decimal("", 2).is_err());
         assert!(parse_decimal("-", 2).is_err());
         assert!(parse_decimal("99999999999999999999", 2).is_err());
+        assert!(parse_decimal("-92233720368547758.08", 2).is_err());
+        assert!(parse_decimal("10000000000000.01", 2).is_err());
+        let min: serde_json::Value = serde_json::json!(i64::MIN);
+        assert!(from_json_minor(&min).is_err());
+        assert!(from_json_minor(&serde_json::json!("-9223372036854775808")).is_err());
+        assert!(qty_times("1000000", 999_999_999_999_999).is_err());
     }
 
     #[test]

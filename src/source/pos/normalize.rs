@@ -1,10 +1,12 @@
-//! One [`Tx`] in, one `pos.transaction` event out: card numbers cut from every string,
-//! customer identifiers pseudonymized, refunds made negative, the source's totals kept as
+//! One [`Tx`] in, one `pos.transaction` event out: card numbers, e-mail addresses and phone
+//! numbers cut from free text, identifiers holding a card number refused, customer
+//! identifiers pseudonymized, amounts checked for overflow, refunds made negative, the source's totals kept as
 //! stated and any mismatch with the lines flagged.
 
 use super::card;
 use super::customer::{JoinKey, Pseudonyms};
 use super::model::{Discount, Line, Reject, Tender, Tx, TxType};
+use super::pii;
 use crate::event::{rfc3339_ms, Event};
 use serde::Serialize;
 
@@ -56,127 +58,222 @@ pub struct Totals {
 #[derive(Debug)]
 pub struct Normalized {
     pub event: Event,
-    /// `register ␟ business day ␟ transaction id` (scrubbed): the idempotency key.
+    /// `register ␟ business day ␟ transaction id`: the idempotency key. The business day is
+    /// the source's, else the local date of the transaction time (docs/pos.md, "Exactly once").
     pub key: String,
+    /// The key as versions before the derived business day wrote it (empty day), looked up
+    /// too so an upgrade does not store a retried transaction twice.
+    pub legacy_key: Option<String>,
+    /// SHA-256 of the content: the same key with other content is a conflict (409).
+    pub content: [u8; 32],
     pub body_lines: usize,
     pub currency: String,
     pub total_minor: i64,
 }
 
+/// Counts what was cut out of free text, for the event's flags.
+#[derive(Default)]
 struct Scrubber {
-    hit: bool,
+    cards: usize,
+    emails: usize,
+    phones: usize,
 }
 
 impl Scrubber {
+    /// Free text: card numbers, then e-mail addresses, then phone numbers become markers.
     fn s(&mut self, v: String) -> String {
-        let (out, hit) = card::scrub(&v);
-        self.hit |= hit;
-        out
+        let (v, c) = card::scrub_text(&v);
+        let (v, e) = pii::scrub_emails(&v);
+        let (v, p) = pii::scrub_phones(&v);
+        self.cards += c;
+        self.emails += e;
+        self.phones += p;
+        v
     }
     fn o(&mut self, v: Option<String>) -> Option<String> {
         v.map(|x| self.s(x))
     }
 }
 
-fn neg(v: i64) -> i64 {
-    -v.abs()
+/// An identifier (id, register, SKU, barcode) is kept as it is unless it holds a card number:
+/// then the transaction is refused, never stored under a placeholder.
+fn ident(at: &str, v: String) -> Result<String, Reject> {
+    if card::identifier_holds_card(&v) {
+        return Err(Reject::new(
+            at,
+            "holds a payment card number; identifiers must not carry card numbers",
+        ));
+    }
+    Ok(v)
 }
 
-/// Normalizes one transaction. `now_ms` stands in for a missing time.
+fn ident_o(at: &str, v: Option<String>) -> Result<Option<String>, Reject> {
+    v.map(|x| ident(at, x)).transpose()
+}
+
+fn range(at: &str) -> Reject {
+    Reject::new(at, "amount out of range")
+}
+
+/// `-|v|`, refused for values whose magnitude does not fit.
+fn neg(v: i64, at: &str) -> Result<i64, Reject> {
+    v.checked_abs()
+        .and_then(i64::checked_neg)
+        .ok_or_else(|| range(at))
+}
+
+fn add(a: i64, b: i64, at: &str) -> Result<i64, Reject> {
+    a.checked_add(b).ok_or_else(|| range(at))
+}
+
+fn sub(a: i64, b: i64, at: &str) -> Result<i64, Reject> {
+    a.checked_sub(b).ok_or_else(|| range(at))
+}
+
+/// `YYYY-MM-DD` of `ms` at the store's UTC offset.
+fn local_day(ms: i64, offset_s: i32) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).ok()?;
+    let off = time::UtcOffset::from_whole_seconds(offset_s).ok()?;
+    let d = t.to_offset(off).date();
+    Some(format!(
+        "{:04}-{:02}-{:02}",
+        d.year(),
+        u8::from(d.month()),
+        d.day()
+    ))
+}
+
+/// Normalizes one transaction with the business day, when the source states none, taken at
+/// UTC (see [`normalize_at`]).
 pub fn normalize(tx: Tx, key: &JoinKey, now_ms: i64) -> Result<Normalized, Reject> {
-    let mut sc = Scrubber { hit: false };
-    let transaction_id = sc.s(tx.transaction_id.trim().to_string());
-    let reject = |at: &str, why: String| Reject {
-        transaction_id: Some(transaction_id.clone()),
-        ..Reject::new(at, why)
-    };
+    normalize_at(tx, key, now_ms, 0)
+}
+
+/// Normalizes one transaction. `now_ms` stands in for a missing time; `offset_s` is the
+/// store's UTC offset, which gives the business day of the idempotency key when the source
+/// states none.
+pub fn normalize_at(
+    tx: Tx,
+    key: &JoinKey,
+    now_ms: i64,
+    offset_s: i32,
+) -> Result<Normalized, Reject> {
+    let mut sc = Scrubber::default();
+    let transaction_id = tx.transaction_id.trim().to_string();
     if transaction_id.is_empty() {
         return Err(Reject::new("transaction_id", "missing transaction id"));
     }
+    let transaction_id = ident("transaction_id", transaction_id)?;
+    let reject = |r: Reject| Reject {
+        transaction_id: Some(transaction_id.clone()),
+        ..r
+    };
     if super::money::exponent(&tx.currency).is_none() {
-        return Err(reject(
+        return Err(reject(Reject::new(
             "currency",
-            format!("`{}` is not an ISO 4217 currency code", tx.currency),
-        ));
+            "is not an ISO 4217 currency code",
+        )));
     }
     let kind = tx.kind.unwrap_or(TxType::Sale);
     let mut flags = tx.flags;
     let mut lines: Vec<Line> = Vec::with_capacity(tx.lines.len());
-    for l in tx.lines {
+    let mut lines_sum: i64 = 0;
+    for (i, l) in tx.lines.into_iter().enumerate() {
+        let at = |f: &str| format!("lines[{i}].{f}");
         let ret = kind.negative() || l.kind.as_deref() == Some("return");
+        let amount = if ret {
+            neg(l.amount_minor, &at("amount_minor")).map_err(reject)?
+        } else {
+            l.amount_minor
+        };
         let mut line = Line {
-            sku: sc.o(l.sku),
+            sku: ident_o(&at("sku"), l.sku).map_err(reject)?,
             description: sc.o(l.description.map(|d| d.trim().to_string())),
             qty: if ret { -l.qty.abs() } else { l.qty },
             unit_price_minor: l.unit_price_minor,
-            amount_minor: if ret {
-                neg(l.amount_minor)
-            } else {
-                l.amount_minor
-            },
+            amount_minor: amount,
             kind: sc.o(l.kind),
             discounts: Vec::with_capacity(l.discounts.len()),
         };
-        for d in l.discounts {
+        let mut net = amount;
+        for (j, d) in l.discounts.into_iter().enumerate() {
+            let dat = at(&format!("discounts[{j}].amount_minor"));
+            let amount_minor = if ret {
+                neg(d.amount_minor, &dat).map_err(reject)?
+            } else {
+                d.amount_minor
+            };
+            net = sub(net, amount_minor, &dat).map_err(reject)?;
             line.discounts.push(Discount {
                 code: sc.o(d.code),
-                amount_minor: if ret {
-                    neg(d.amount_minor)
-                } else {
-                    d.amount_minor
-                },
+                amount_minor,
             });
         }
         if line.qty == 0.0 {
             line.qty = 0.0; // no negative zero on the wire
         }
+        lines_sum = add(lines_sum, net, "lines").map_err(reject)?;
         lines.push(line);
     }
-    let lines_sum: i64 = lines
-        .iter()
-        .map(|l| l.amount_minor - l.discounts.iter().map(|d| d.amount_minor).sum::<i64>())
-        .sum();
-    let sign = |v: i64| if kind.negative() { neg(v) } else { v };
-    let order_discount = sign(tx.order_discount);
-    let tax = tx.totals.tax.map(sign);
-    let expected = lines_sum + if tx.tax_included { 0 } else { tax.unwrap_or(0) } - order_discount
-        + sign(tx.surcharge);
+    let sign = |v: i64, at: &str| -> Result<i64, Reject> {
+        if kind.negative() {
+            neg(v, at).map_err(reject)
+        } else {
+            Ok(v)
+        }
+    };
+    let order_discount = sign(tx.order_discount, "discounts")?;
+    let tax = tx.totals.tax.map(|t| sign(t, "totals.tax")).transpose()?;
+    let surcharge = sign(tx.surcharge, "totals.surcharge")?;
+    let with_tax = if tx.tax_included {
+        lines_sum
+    } else {
+        add(lines_sum, tax.unwrap_or(0), "totals.tax").map_err(reject)?
+    };
+    let expected = sub(with_tax, order_discount, "discounts")
+        .and_then(|v| add(v, surcharge, "totals.surcharge"))
+        .map_err(reject)?;
     let total = match tx.totals.total {
-        Some(t) => sign(t),
+        Some(t) => sign(t, "totals.total")?,
         None => {
             flags.push("total_computed".into());
             expected
         }
     };
-    let mismatch = total - expected;
+    let mismatch = sub(total, expected, "totals.total").map_err(reject)?;
     if mismatch != 0 {
         flags.push("total_mismatch".into());
     }
-    let tenders: Vec<Tender> = tx
-        .tenders
-        .into_iter()
-        .map(|t| Tender {
+    let mut tenders: Vec<Tender> = Vec::with_capacity(tx.tenders.len());
+    for (i, t) in tx.tenders.into_iter().enumerate() {
+        tenders.push(Tender {
             kind: sc.s(t.kind),
-            amount_minor: sign(t.amount_minor),
+            amount_minor: sign(t.amount_minor, &format!("tenders[{i}].amount_minor"))?,
             card_brand: sc.o(t.card_brand),
-        })
-        .collect();
-    let register = sc.s(tx.register.trim().to_string());
-    let business_day = sc.o(tx.business_day);
+        });
+    }
+    let subtotal = tx
+        .totals
+        .subtotal
+        .map(|v| sign(v, "totals.subtotal"))
+        .transpose()?;
+    let register = ident("register", tx.register.trim().to_string()).map_err(reject)?;
+    let business_day = ident_o("business_day", tx.business_day).map_err(reject)?;
     let body = TxBody {
         kind,
         transaction_id: transaction_id.clone(),
         register: register.clone(),
-        store_ref: sc.o(tx.store_ref),
+        store_ref: ident_o("store_ref", tx.store_ref).map_err(reject)?,
         business_day: business_day.clone(),
         time: rfc3339_ms(tx.time_ms.unwrap_or(now_ms)),
         currency: tx.currency.clone(),
-        original_transaction_id: sc.o(tx.original_transaction_id),
+        original_transaction_id: ident_o("original_transaction_id", tx.original_transaction_id)
+            .map_err(reject)?,
         source: sc.s(tx.source),
         channel: sc.o(tx.channel),
         totals: Totals {
             total_minor: total,
-            subtotal_minor: tx.totals.subtotal.map(sign),
+            subtotal_minor: subtotal,
             tax_minor: tax,
             discount_minor: tx.totals.discount,
             lines_sum_minor: lines_sum,
@@ -190,23 +287,50 @@ pub fn normalize(tx: Tx, key: &JoinKey, now_ms: i64) -> Result<Normalized, Rejec
     if tx.time_ms.is_none() {
         flags.push("time_missing".into());
     }
-    if sc.hit {
-        flags.push("card_number_removed".into());
+    let mut flags: Vec<String> = flags.into_iter().map(|f| sc.s(f)).collect();
+    for (n, flag) in [
+        (sc.cards, "card_number_removed"),
+        (sc.emails, "email_removed"),
+        (sc.phones, "phone_removed"),
+    ] {
+        if n > 0 {
+            flags.push(flag.into());
+        }
     }
-    let flags: Vec<String> = flags.into_iter().map(|f| card::scrub(&f).0).collect();
     let body = TxBody { flags, ..body };
     let body_lines = body.lines.len();
     let ts = tx.time_ms.unwrap_or(now_ms);
+    let event = Event::new("pos.transaction", ts, &body);
+    let day = match (&business_day, tx.time_ms) {
+        (Some(d), _) => d.clone(),
+        (None, Some(ms)) => local_day(ms, offset_s).unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    let legacy_key = (business_day.is_none() && !day.is_empty())
+        .then(|| format!("{register}\u{1f}\u{1f}{transaction_id}"));
     Ok(Normalized {
-        key: format!(
-            "{register}\u{1f}{}\u{1f}{transaction_id}",
-            business_day.as_deref().unwrap_or("")
-        ),
+        key: format!("{register}\u{1f}{day}\u{1f}{transaction_id}"),
+        legacy_key,
+        content: content_hash(&event, tx.time_ms.is_none()),
         body_lines,
         currency: tx.currency,
         total_minor: total,
-        event: Event::new("pos.transaction", ts, &body),
+        event,
     })
+}
+
+/// SHA-256 of the event body; a time the gateway filled in (the source sent none) is left
+/// out, so a retry of the same transaction hashes alike.
+fn content_hash(e: &Event, time_filled_in: bool) -> [u8; 32] {
+    use sha2::Digest;
+    let mut body = e.body();
+    if time_filled_in {
+        if let Some(m) = body.as_object_mut() {
+            m.remove("time");
+        }
+    }
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    sha2::Sha256::digest(&bytes).into()
 }
 
 #[cfg(test)]

@@ -133,10 +133,12 @@ impl Poller {
                 Ok(n) => n,
                 Err(e) => return Err(format!("normalization: {e}")),
             };
-            match self.ingest.store(normalized).await {
+            match self.ingest.store_updates(normalized).await {
                 Ok(s) => accepted += s.accepted,
                 Err(StoreError::Full(e)) | Err(StoreError::Storage(e)) => return Err(e),
-                Err(StoreError::Invalid(r)) => return Err(r.to_string()),
+                Err(StoreError::Invalid(r)) | Err(StoreError::Conflict(r)) => {
+                    return Err(r.to_string())
+                }
             }
             match next {
                 Some(n) => page = Some(n),

@@ -72,7 +72,8 @@ fn where_(doc: &Document<'_>, n: Node<'_, '_>) -> String {
 pub fn parse(text: &str, o: &ParseOpts) -> Result<PosLog, Reject> {
     let opts = roxmltree::ParsingOptions {
         allow_dtd: false,
-        ..Default::default()
+        // A bound on the tree's memory (docs/pos.md, "Export files").
+        nodes_limit: super::files::MAX_XML_NODES,
     };
     let doc = Document::parse_with_options(text, opts).map_err(|e| {
         let p = e.pos();
@@ -170,7 +171,7 @@ fn body(
             child(t, "CurrencyCode")
                 .map(|c| where_(doc, c))
                 .unwrap_or_default(),
-            format!("`{currency}` is not an ISO 4217 code"),
+            "not an ISO 4217 currency code",
         )
     })?;
     let time_ms = match child(t, "EndDateTime").or_else(|| child(t, "BeginDateTime")) {
@@ -225,12 +226,15 @@ fn body(
                 }
                 "Discount" | "PriceModifier" => {
                     if let Some(a) = amount(doc, item, "Amount", exp)? {
-                        tx.order_discount += a.abs();
+                        tx.order_discount = money::add(tx.order_discount, a.abs())
+                            .map_err(|e| Reject::new(where_(doc, item), e))?;
                     }
                 }
                 "Tax" => {
                     if let Some(a) = amount(doc, item, "Amount", exp)? {
-                        *tax_lines.get_or_insert(0) += a;
+                        let t = money::add(tax_lines.unwrap_or(0), a)
+                            .map_err(|e| Reject::new(where_(doc, item), e))?;
+                        tax_lines = Some(t);
                     }
                 }
                 "Tender" => tx.tenders.push(tender(doc, item, exp)?),
@@ -330,7 +334,9 @@ fn tender(doc: &Document<'_>, item: Node<'_, '_>, exp: u32) -> Result<Tender, Re
         .ok_or_else(|| Reject::new(where_(doc, item), "Tender has no Amount"))?;
     if let Some(change) = child(item, "TenderChange") {
         if let Some(c) = amount(doc, change, "Amount", exp)? {
-            a -= c.abs();
+            a = a
+                .checked_sub(c.abs())
+                .ok_or_else(|| Reject::new(where_(doc, change), money::OUT_OF_RANGE))?;
         }
     }
     if attr(item, "TypeCode").is_some_and(|c| c.eq_ignore_ascii_case("Refund")) {

@@ -87,25 +87,24 @@ fn sale(a: At<'_>, id: &str, o: &ParseOpts) -> Result<Tx, Reject> {
     let currency = a
         .str("currency")?
         .unwrap_or_else(|| o.default_currency.clone());
-    let exp = money::exponent(&currency).ok_or_else(|| {
-        Reject::new(
-            a.key_path("currency"),
-            format!("`{currency}` is not an ISO 4217 code"),
-        )
-    })?;
+    let exp = money::exponent(&currency)
+        .ok_or_else(|| Reject::new(a.key_path("currency"), "not an ISO 4217 currency code"))?;
     let mut lines = Vec::new();
     let mut line_disc = 0;
     for (i, l) in a.array("line_items")?.iter().enumerate() {
         let p = format!("{}.line_items[{i}]", a.path);
         let line = line(At::root(l, &p), exp)?;
-        line_disc += line.discounts.iter().map(|d| d.amount_minor).sum::<i64>();
+        for d in &line.discounts {
+            line_disc = money::add(line_disc, d.amount_minor).map_err(|e| Reject::new(&p, e))?;
+        }
         lines.push(line);
     }
     let total_discounts = dec(a, "total_discounts", exp)?;
     let mut shipping = 0;
     for (i, s) in a.array("shipping_lines")?.iter().enumerate() {
         let p = format!("{}.shipping_lines[{i}]", a.path);
-        shipping += dec(At::root(s, &p), "price", exp)?.unwrap_or(0);
+        let price = dec(At::root(s, &p), "price", exp)?.unwrap_or(0);
+        shipping = money::add(shipping, price).map_err(|e| Reject::new(&p, e))?;
     }
     let total = dec(a, "total_price", exp)?;
     let brand = a
@@ -152,7 +151,9 @@ fn sale(a: At<'_>, id: &str, o: &ParseOpts) -> Result<Tx, Reject> {
         source: "shopify".into(),
         channel: source_name,
         lines,
-        order_discount: total_discounts.map(|d| (d - line_disc).max(0)).unwrap_or(0),
+        order_discount: total_discounts
+            .map(|d| d.saturating_sub(line_disc).max(0))
+            .unwrap_or(0),
         surcharge: shipping,
         tax_included: a
             .get("taxes_included")
@@ -196,7 +197,8 @@ fn line(l: At<'_>, exp: u32) -> Result<Line, Reject> {
     let mut alloc = 0;
     for (i, d) in l.array("discount_allocations")?.iter().enumerate() {
         let p = format!("{}.discount_allocations[{i}]", l.path);
-        alloc += dec(At::root(d, &p), "amount", exp)?.unwrap_or(0);
+        let a = dec(At::root(d, &p), "amount", exp)?.unwrap_or(0);
+        alloc = money::add(alloc, a).map_err(|e| Reject::new(&p, e))?;
     }
     let disc = if alloc != 0 {
         Some(alloc)
@@ -262,7 +264,10 @@ fn refunds(a: At<'_>, id: &str, sale: &Tx, o: &ParseOpts) -> Result<Vec<Tx>, Rej
                 card_brand: None,
             });
         }
-        let paid: i64 = tenders.iter().map(|t| t.amount_minor).sum();
+        let mut paid: i64 = 0;
+        for t in &tenders {
+            paid = money::add(paid, t.amount_minor).map_err(|e| Reject::new(&rp, e))?;
+        }
         let time_ms = match ra.str("created_at")? {
             Some(t) => timefmt::parse(&t, o.offset_s).ok(),
             None => None,

@@ -5,7 +5,9 @@
 /// `naive_offset_s` applies when the text carries no offset.
 pub fn parse(text: &str, naive_offset_s: i32) -> Result<i64, String> {
     let t = text.trim();
-    let err = || format!("`{text}` is not a date-time");
+    let err = || {
+        "not a date-time (expected RFC 3339, YYYY-MM-DD HH:MM[:SS] or M/D/YYYY H:MM)".to_string()
+    };
     let (date, rest) = if t.contains('/') {
         let (d, r) = t.split_once(' ').unwrap_or((t, ""));
         let mut it = d.split('/');
@@ -75,8 +77,9 @@ fn split_offset(rest: &str) -> Option<(&str, Option<i32>)> {
             Some((a, b)) => (a, b),
             None => (body.get(..2)?, body.get(2..).unwrap_or("0")),
         };
-        let oh: i32 = num(Some(oh))?;
-        let om: i32 = num(Some(if om.is_empty() { "0" } else { om }))?;
+        // Real offsets are within ±18:00; anything else is not a time (and cannot overflow).
+        let oh: i32 = num(Some(oh)).filter(|h| *h <= 18)?;
+        let om: i32 = num(Some(if om.is_empty() { "0" } else { om })).filter(|m| *m < 60)?;
         return Some((c, Some(sign * (oh * 3600 + om * 60))));
     }
     Some((rest, None))
@@ -112,5 +115,13 @@ mod tests {
         assert_eq!(parse_offset("+01:00"), Ok(3600));
         assert_eq!(parse_offset("Z"), Ok(0));
         assert!(parse_offset("1h").is_err());
+        for bad in [
+            "2024-03-01T10:00:00+99999999:00",
+            "2024-03-01T10:00:00-2147483648:00",
+            "2024-03-01T10:00:00+19:00",
+            "2024-03-01T10:00:00+01:99",
+        ] {
+            assert!(parse(bad, 0).is_err(), "{bad}");
+        }
     }
 }

@@ -1,0 +1,344 @@
+//! E-mail addresses and phone numbers written into free text (a description, a tender name, a
+//! discount code) are cut out and replaced by a marker before anything is stored; customer
+//! identifiers meant for the CDP travel in their own fields and become pseudonyms
+//! (docs/pos.md, "Personal data in free text").
+
+use super::card::is_gtin;
+use super::textfold::{digit, Folded};
+
+/// Marker that replaces an e-mail address.
+pub const EMAIL_MARKER: &str = "[email removed]";
+/// Marker that replaces a phone number.
+pub const PHONE_MARKER: &str = "[phone removed]";
+
+fn local_char(c: char) -> bool {
+    c.is_alphanumeric() || "._%+-!#$&'*/=?^`{|}~".contains(c)
+}
+
+fn label_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '-' || c == '_'
+}
+
+/// Length in chars of an obfuscated word (`(at)`, `[dot]`, ` at `) starting at `i`.
+fn word_token(f: &Folded<'_>, i: usize, word: &str) -> Option<usize> {
+    let mut j = i;
+    while f.at(j) == Some(' ') && j < i + 2 {
+        j += 1;
+    }
+    let open = f.at(j)?;
+    let close = match open {
+        '(' => ')',
+        '[' => ']',
+        '{' => '}',
+        '<' => '>',
+        _ => return None,
+    };
+    j += 1;
+    for w in word.chars() {
+        if f.at(j).map(|c| c.to_ascii_lowercase()) != Some(w) {
+            return None;
+        }
+        j += 1;
+    }
+    if f.at(j) != Some(close) {
+        return None;
+    }
+    j += 1;
+    let end = j + 2;
+    while f.at(j) == Some(' ') && j < end {
+        j += 1;
+    }
+    Some(j - i)
+}
+
+fn at_sign(f: &Folded<'_>, i: usize) -> Option<usize> {
+    if f.at(i) == Some('@') {
+        return Some(1);
+    }
+    word_token(f, i, "at")
+}
+
+fn dot(f: &Folded<'_>, i: usize) -> Option<usize> {
+    if f.at(i) == Some('.') {
+        return Some(1);
+    }
+    word_token(f, i, "dot")
+}
+
+/// The end (exclusive) of a domain starting at `i`: labels joined by dots, at least two, the
+/// last one a top-level domain of two letters or more.
+fn domain_end(f: &Folded<'_>, i: usize) -> Option<usize> {
+    let mut j = i;
+    let mut labels = 0;
+    let mut last_end;
+    let mut last_alpha;
+    loop {
+        let start = j;
+        while f.at(j).is_some_and(label_char) {
+            j += 1;
+        }
+        if j == start {
+            return None;
+        }
+        labels += 1;
+        last_end = j;
+        last_alpha = j - start >= 2 && (start..j).all(|k| f.at(k).is_some_and(char::is_alphabetic));
+        match dot(f, j) {
+            Some(n) if f.at(j + n).is_some_and(label_char) => j += n,
+            _ => break,
+        }
+        if labels >= 2 && !f.at(j).is_some_and(label_char) {
+            break;
+        }
+    }
+    (labels >= 2 && last_alpha).then_some(last_end)
+}
+
+fn email_hits(f: &Folded<'_>) -> Vec<(usize, usize)> {
+    let mut cut = Vec::new();
+    let mut i = 0;
+    while i < f.len() {
+        let Some(n) = at_sign(f, i) else {
+            i += 1;
+            continue;
+        };
+        let mut a = i;
+        while a > 0 && f.at(a - 1).is_some_and(local_char) {
+            a -= 1;
+        }
+        if a == i || cut.last().is_some_and(|(_, z)| *z > a) {
+            i += 1;
+            continue;
+        }
+        match domain_end(f, i + n) {
+            Some(z) => {
+                cut.push((a, z));
+                i = z;
+            }
+            None => i += 1,
+        }
+    }
+    cut
+}
+
+/// Replaces every e-mail address (also written `name (at) host (dot) org` or with a
+/// full-width `＠`) by [`EMAIL_MARKER`]; returns the text and how many were cut.
+pub fn scrub_emails(s: &str) -> (String, usize) {
+    let maybe = s.contains(['@', '＠', '﹫']) || s.to_ascii_lowercase().contains("at");
+    if !maybe {
+        return (s.to_string(), 0);
+    }
+    let f = Folded::new(s);
+    let cuts = email_hits(&f);
+    (f.replace(&cuts, EMAIL_MARKER), cuts.len())
+}
+
+fn phone_sep(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '-' | '.' | '/' | '(' | ')' | '\u{2010}'..='\u{2015}' | '\u{2212}'
+    )
+}
+
+const KEYWORDS: [&str; 14] = [
+    "tel", "phone", "mobile", "mob", "cell", "call", "fax", "whatsapp", "sms", "telefon", "handy",
+    "tél", "ph", "contact",
+];
+
+/// Whether a phone keyword ends within a few characters before char index `i`.
+fn keyword_before(f: &Folded<'_>, i: usize) -> bool {
+    let from = i.saturating_sub(14);
+    let before: String = (from..i)
+        .filter_map(|k| f.at(k))
+        .collect::<String>()
+        .to_lowercase();
+    let words: Vec<&str> = before
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.last().is_some_and(|w| KEYWORDS.contains(w))
+}
+
+/// A candidate: digits joined by phone separators, its groups and char range.
+struct Cand {
+    start: usize,
+    end: usize,
+    digits: Vec<u8>,
+    groups: Vec<usize>,
+    plus: bool,
+}
+
+fn candidates(f: &Folded<'_>) -> Vec<Cand> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < f.len() {
+        if f.at(i).and_then(digit).is_none() {
+            i += 1;
+            continue;
+        }
+        // Preceded by a letter or digit: part of a word or code, not a phone number.
+        let mut s = i;
+        while s > 0 && f.at(s - 1).is_some_and(|c| c == '(' || c == ' ') && s + 2 > i {
+            s -= 1;
+        }
+        let plus = s > 0 && f.at(s - 1) == Some('+');
+        if plus {
+            s -= 1;
+        }
+        while f.at(s).is_some_and(|c| c == ' ') && s < i {
+            s += 1;
+        }
+        if i > 0 && f.at(i - 1).is_some_and(char::is_alphanumeric) {
+            while f.at(i).and_then(digit).is_some() {
+                i += 1;
+            }
+            continue;
+        }
+        let mut c = Cand {
+            start: s,
+            end: i,
+            digits: Vec::new(),
+            groups: Vec::new(),
+            plus,
+        };
+        let mut j = i;
+        loop {
+            let g0 = j;
+            while let Some(d) = f.at(j).and_then(digit) {
+                c.digits.push(d);
+                j += 1;
+            }
+            c.groups.push(j - g0);
+            c.end = j;
+            let mut k = j;
+            while f.at(k).is_some_and(phone_sep) && k < j + 3 {
+                k += 1;
+            }
+            if k > j && f.at(k).and_then(digit).is_some() {
+                j = k;
+            } else {
+                break;
+            }
+        }
+        // A letter or digit glued to the end: a code, not a phone number.
+        let glued = f.at(c.end).is_some_and(char::is_alphanumeric);
+        i = c.end.max(i + 1);
+        if !glued {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn is_phone(f: &Folded<'_>, c: &Cand) -> bool {
+    let n = c.digits.len();
+    let first = c.digits.first().copied();
+    let second = c.digits.get(1).copied();
+    let single = c.groups.len() == 1;
+    if single && is_gtin(&c.digits) {
+        return false;
+    }
+    if c.plus {
+        return (8..=15).contains(&n) && first != Some(0);
+    }
+    if first == Some(0) && second == Some(0) {
+        return (10..=17).contains(&n);
+    }
+    let keyword = keyword_before(f, c.start);
+    if keyword && (7..=15).contains(&n) {
+        return true;
+    }
+    if first == Some(0) && second != Some(0) && (9..=12).contains(&n) && !single {
+        return true;
+    }
+    // North American shapes: (415) 555-2671, 415-555-2671, 1 415 555 2671.
+    c.groups == [3, 3, 4] || (c.groups == [1, 3, 3, 4] && first == Some(1))
+}
+
+/// Replaces every phone number in free text by [`PHONE_MARKER`]: international (`+49 …`,
+/// `0049 …`), national with a trunk zero written in groups (`030 1234 5678`), North American
+/// (`(415) 555-2671`), or any 7-15 digit number after a word like `tel`, `phone`, `mobile`.
+/// Returns the text and how many were cut.
+pub fn scrub_phones(s: &str) -> (String, usize) {
+    if s.chars().filter(|c| c.is_numeric()).count() < 7 {
+        return (s.to_string(), 0);
+    }
+    let f = Folded::new(s);
+    let cuts: Vec<(usize, usize)> = candidates(&f)
+        .into_iter()
+        .filter(|c| is_phone(&f, c))
+        .map(|c| (c.start, c.end))
+        .collect();
+    (f.replace(&cuts, PHONE_MARKER), cuts.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_in_text() {
+        for (text, want) in [
+            ("Gift for jane.doe@example.com", "Gift for [email removed]"),
+            (
+                "mail: Jane_Doe+x@Mail.Example.co.uk.",
+                "mail: [email removed].",
+            ),
+            (
+                "jane.doe (at) example (dot) com thanks",
+                "[email removed] thanks",
+            ),
+            ("jane[at]example.org", "[email removed]"),
+            ("ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ", "[email removed]"),
+            ("müller@exämple.de ok", "[email removed] ok"),
+        ] {
+            assert_eq!(scrub_emails(text).0, want, "{text}");
+        }
+        for keep in [
+            "Pencil @ 2 for 1",
+            "at the counter",
+            "user@localhost",
+            "a@b",
+        ] {
+            assert_eq!(scrub_emails(keep).1, 0, "{keep}");
+        }
+    }
+
+    #[test]
+    fn phones_in_text() {
+        for text in [
+            "call +49 170 1234567",
+            "+49 (0)30 1234-5678",
+            "+44 20 7946 0958",
+            "0049 30 12345678",
+            "030 1234 5678",
+            "(0170) 123 4567",
+            "Tel. 1234567",
+            "phone:01701234567",
+            "(415) 555-2671",
+            "+1 415.555.2671",
+            "+49\u{00A0}170\u{00A0}1234567",
+            "＋４９ １７０ １２３４５６７",
+        ] {
+            let (s, n) = scrub_phones(text);
+            assert_eq!(n, 1, "{text} -> {s}");
+            assert_eq!(
+                s.chars().filter(char::is_ascii_digit).count(),
+                0,
+                "{text} -> {s}"
+            );
+        }
+        for keep in [
+            "Pencil 4006381333931",
+            "2024-03-01 10:30:00",
+            "12.50 EUR",
+            "SKU 0123456789",
+            "Pack of 12, 3 for 2",
+            "Order 12345678901",
+            "Size 36-38-40",
+            "AB0170123456",
+        ] {
+            assert_eq!(scrub_phones(keep).1, 0, "{keep}");
+        }
+    }
+}
