@@ -21,7 +21,7 @@ fn config(
     extra_http: &str,
     watch: &str,
 ) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
-    std::fs::write(dir.join("pos.token"), TOKEN)?;
+    common::write_secret(&dir.join("pos.token"), TOKEN)?;
     let rest = format!(
         "[spool.pos]\nmax_bytes = \"1GiB\"\nmax_age = \"30d\"\n\n[sources.pos]\nenabled = true\ndefault_currency = \"EUR\"\nnaive_time_offset = \"+01:00\"\n\n[sources.pos.http]\ntoken_file = \"{}\"\nbody_timeout = \"2s\"\n\n{watch}",
         dir.join("pos.token").display()
