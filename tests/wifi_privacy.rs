@@ -132,7 +132,9 @@ async fn no_raw_mac_or_ssid_leaves_the_wifi_stage() -> TestResult {
     let Some(data) = shared_data() else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
+    // A fixed prefix: the random part of a default temp name could spell a probed SSID, and
+    // the files searched below hold their own paths.
+    let dir = tempfile::Builder::new().prefix("storegw-wp-").tempdir()?;
     let broker = Mosquitto::start(&dir.path().join("broker"), "")?;
     let sub = Subscriber::start(broker.port, "storegw/v1/#", 1_000_000, None).await;
     let files = inputs(&data.join("wifi"));

@@ -267,3 +267,94 @@ impl Pipeline {
             .unwrap_or((0, 0, 0, 0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A radiotap probe request (signal -50 dBm, no FCS) from `sa` with iPhone-like elements.
+    fn probe(sa: [u8; 6], seq: u16) -> Vec<u8> {
+        let mut f = vec![0u8, 0, 10, 0];
+        f.extend(32u32.to_le_bytes());
+        f.push(-50i8 as u8);
+        f.push(0);
+        f.extend([0x40, 0, 0, 0]);
+        f.extend([0xff; 6]);
+        f.extend(sa);
+        f.extend([0xff; 6]);
+        f.extend((seq << 4).to_le_bytes());
+        f.extend([0, 0, 1, 4, 0x82, 0x84, 0x8b, 0x96, 3, 1, 6]);
+        f.extend([127, 8, 0, 0, 8, 4, 0, 0, 0, 0x40]);
+        f
+    }
+
+    fn pipeline(rotation_s: u64) -> Pipeline {
+        let devices = DevicePseudonymizer::new(Duration::from_secs(rotation_s), 8)
+            .map(Arc::new)
+            .expect("kernel CSPRNG");
+        let cfg = WifiConfig {
+            visits: true,
+            min_dwell: crate::config::Dur::secs(0),
+            ..WifiConfig::default()
+        };
+        Pipeline::new(&cfg, 1, devices, true)
+    }
+
+    #[test]
+    fn rotating_addresses_are_one_device_and_a_key_rotation_forgets_it() {
+        let mut p = pipeline(60);
+        let mut out = Vec::new();
+        let t0 = 1_700_000_040_000; // a minute boundary: one key epoch per minute
+        for (i, t) in [1_000, 1_020, 10_000, 30_000].iter().enumerate() {
+            let sa = [0x02 | (i as u8) << 4, 0x11, 0x22, 0x33, 0x44, i as u8];
+            p.frame(127, &probe(sa, 100 * i as u16), false, t0 + t, &mut out);
+        }
+        assert_eq!(p.estimator.len(), 1);
+        assert_eq!(p.totals().0, 4, "four addresses");
+        assert_eq!(p.totals().2, 1, "one device");
+        // The next minute is the next key epoch: every track is forgotten, the same phone
+        // is a new device that nothing links to the old one.
+        let sa = [0x06, 0x11, 0x22, 0x33, 0x44, 0x99];
+        p.frame(127, &probe(sa, 7), false, t0 + 61_000, &mut out);
+        assert_eq!(p.estimator.len(), 1);
+        assert_eq!(p.estimator.created, 2);
+        p.finish(&mut out);
+        let visits: Vec<String> = out
+            .iter()
+            .filter(|e| e.kind == "wifi.visit")
+            .map(|e| e.body()["device"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(visits.len(), 2, "one visit per epoch");
+        assert_ne!(visits[0], visits[1]);
+        let census: Vec<u64> = out
+            .iter()
+            .filter(|e| e.kind == "wifi.census")
+            .filter_map(|e| e.body()["devices_estimated"].as_u64())
+            .collect();
+        assert_eq!(census, [1, 1]);
+    }
+
+    #[test]
+    fn estimation_off_counts_addresses() {
+        let devices = DevicePseudonymizer::new(Duration::from_secs(86_400), 8)
+            .map(Arc::new)
+            .expect("kernel CSPRNG");
+        let cfg = WifiConfig {
+            estimate_devices: false,
+            ..WifiConfig::default()
+        };
+        let mut p = Pipeline::new(&cfg, 1, devices, true);
+        let mut out = Vec::new();
+        for i in 0..3u8 {
+            p.frame(
+                127,
+                &probe([0x02, 0, 0, 0, 0, i], 1),
+                false,
+                1_000 + i as i64,
+                &mut out,
+            );
+        }
+        assert_eq!(p.totals().2, 3);
+    }
+}
