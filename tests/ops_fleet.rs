@@ -150,7 +150,12 @@ async fn fleet_lists_offline_lagging_and_healthy_gateways_worst_first() -> TestR
 
     // A store whose gateways are all healthy exits 0.
     let out = fleet(broker.port, &["--store", "s007"])?;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // No broker: exit 2 with a reason.
     let out = fleet(free_port(), &["--wait", "1"])?;

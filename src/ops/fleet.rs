@@ -173,11 +173,10 @@ pub fn assess(
         if h.oldest_age_s.is_some_and(|a| a > o.max_age_s) {
             warn.push("lagging".into());
         }
-        if let Some(age) = h
-            .ts
-            .as_deref()
-            .and_then(parse_ts_ms)
-            .map(|t| (now - t) as f64 / 1000.0)
+        if let Some(age) =
+            h.ts.as_deref()
+                .and_then(parse_ts_ms)
+                .map(|t| (now - t) as f64 / 1000.0)
         {
             if age > o.stale_s {
                 warn.push(format!("stale ({age:.0}s old)"));
@@ -189,7 +188,10 @@ pub fn assess(
         if !h.alarms.is_empty() {
             warn.push("alarms".into());
         }
-        if h.config.as_deref().is_some_and(|c| c != "ok" && c != "loaded") {
+        if h.config
+            .as_deref()
+            .is_some_and(|c| c != "ok" && c != "loaded")
+        {
             warn.push("config".into());
         }
     }
@@ -312,7 +314,11 @@ pub async fn run(o: &FleetOptions) -> Result<Vec<GatewayHealth>, String> {
             return Err(format!("--store `{s}` is not a valid store id"));
         }
     }
-    let filter = format!("{}/{}/+/status", o.prefix, o.store.as_deref().unwrap_or("+"));
+    let filter = format!(
+        "{}/{}/+/status",
+        o.prefix,
+        o.store.as_deref().unwrap_or("+")
+    );
     let (client, mut ev) = AsyncClient::new(mqtt_options(o)?, 64);
     let connect_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut subscribed_at: Option<tokio::time::Instant> = None;
@@ -406,7 +412,8 @@ mod tests {
             "spool":{"ble":{"depth":3,"bytes":10,"oldest_age_s":1.5}},
             "sources":{"ble":{"state":"running","restarts":0}},"clock":{"sane":true},"alarms":[]});
         let mut lag = ok.clone();
-        lag["spool"]["pos"] = serde_json::json!({"depth": 90000, "bytes": 1, "oldest_age_s": 7200.0});
+        lag["spool"]["pos"] =
+            serde_json::json!({"depth": 90000, "bytes": 1, "oldest_age_s": 7200.0});
         let mut failed = ok.clone();
         failed["sources"]["pos"] = serde_json::json!({"state":"failed","restarts":2});
         let off = serde_json::json!({"schema":"storegw.v1","kind":"status","store":"s1",
