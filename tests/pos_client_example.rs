@@ -20,7 +20,12 @@ fn python() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn client(dir: &Path, http: u16, tx: &Value, deadline: u32) -> std::io::Result<std::process::Child> {
+fn client(
+    dir: &Path,
+    http: u16,
+    tx: &Value,
+    deadline: u32,
+) -> std::io::Result<std::process::Child> {
     let file = dir.join(format!("tx-{}.json", free_port()));
     std::fs::write(&file, tx.to_string())?;
     let py = python().unwrap_or_else(|| PathBuf::from("python3"));
@@ -105,13 +110,20 @@ async fn python_client_retries_and_stops_as_the_guide_says() -> TestResult {
     let c = fill_spool(http).await?;
     // A deadline shorter than Retry-After: the client gives up at once and says why.
     let started = Instant::now();
-    let (code, v, err) = finish(client(dir.path(), http, &sale(&format!("F-{c}"), 100, 40), 5)?)?;
+    let (code, v, err) = finish(client(
+        dir.path(),
+        http,
+        &sale(&format!("F-{c}"), 100, 40),
+        5,
+    )?)?;
     assert_eq!((code, v["status"].as_u64()), (2, Some(503)), "{v} {err}");
     assert!(err.contains("Retry-After 30"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
     if mosquitto_path().is_none() {
-        eprintln!("skipping the recovery part: mosquitto not installed (apt-get install mosquitto)");
+        eprintln!(
+            "skipping the recovery part: mosquitto not installed (apt-get install mosquitto)"
+        );
         return Ok(());
     }
     // Within the deadline: 503, a 30 s wait as told, the uplink drains the spool, then 201.
