@@ -135,6 +135,7 @@ async fn fleet_lists_offline_lagging_and_healthy_gateways_worst_first() -> TestR
     let out = fleet(broker.port, &["--store", "s042"])?;
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout)?;
+    eprintln!("{text}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     assert!(lines[0].starts_with("CRIT s042/gw-fail"), "{text}");

@@ -22,8 +22,9 @@ pub struct FleetOptions {
     pub store: Option<String>,
     /// The gateways' `mqtt.topic_prefix`.
     pub prefix: String,
-    /// Broker credentials: user name, and a file holding the password.
+    /// Broker user name (read access to `{prefix}/+/+/status` is enough).
     pub username: Option<String>,
+    /// File holding the broker password (first line), mode 0600 like every secret.
     pub password_file: Option<PathBuf>,
     /// CA bundle for `mqtts://` (the system bundle when `None`).
     pub ca_file: Option<PathBuf>,
@@ -61,12 +62,17 @@ impl Severity {
 /// One gateway's health as read from its status document.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayHealth {
+    /// Store id, from the topic (so even an unreadable document is named).
     pub store: String,
+    /// Gateway id, from the topic.
     pub gateway: String,
+    /// The sort key and the exit status's input.
     pub severity: Severity,
     /// `online`, `offline`, or `invalid` when the document cannot be read.
     pub state: String,
+    /// storegw version the gateway runs (fleet upgrades are checked with it).
     pub version: Option<String>,
+    /// Seconds since the gateway process started (a small value means a recent restart).
     pub uptime_s: Option<u64>,
     /// When the document was written (absent from the last-will `offline` document).
     pub ts: Option<String>,
@@ -80,6 +86,7 @@ pub struct GatewayHealth {
     pub failing_sources: Vec<String>,
     /// The configuration state, when the gateway reports one.
     pub config: Option<String>,
+    /// The gateway's own alarms (unhealthy reasons, a recovered spool).
     pub alarms: Vec<String>,
     /// Why the gateway needs attention (empty for `ok`).
     pub reasons: Vec<String>,
@@ -272,7 +279,8 @@ pub fn json_report(list: &[GatewayHealth]) -> Value {
     })
 }
 
-/// Client options for reading a broker, shared by the fleet and tail commands' conventions.
+/// MQTT client options: a throw-away clean session, credentials and TLS as `storegw tail`
+/// takes them.
 fn mqtt_options(o: &FleetOptions) -> Result<MqttOptions, String> {
     let (host, port, tls) = parse_broker_url(&o.broker).map_err(|e| format!("--broker: {e}"))?;
     let id = format!("storegw-fleet-{:08x}", fastrand::u32(..));
@@ -320,7 +328,9 @@ pub async fn run(o: &FleetOptions) -> Result<Vec<GatewayHealth>, String> {
         o.store.as_deref().unwrap_or("+")
     );
     let (client, mut ev) = AsyncClient::new(mqtt_options(o)?, 64);
-    let connect_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Connecting and subscribing get their own time, at least 5 s (a TLS handshake over a
+    // store's uplink), at most `wait` when that is longer.
+    let connect_deadline = tokio::time::Instant::now() + o.wait.max(Duration::from_secs(5));
     let mut subscribed_at: Option<tokio::time::Instant> = None;
     let mut last_msg: Option<tokio::time::Instant> = None;
     let mut docs: BTreeMap<(String, String), GatewayHealth> = BTreeMap::new();
