@@ -264,6 +264,25 @@ fn document_examples_match_their_schemas() -> TestResult {
         }
     }
     assert!(checked >= 9, "only {checked} response examples");
+    // The bodies the live test sends and the daemon stores are valid input as documented.
+    let mut big = sale("F-1", 4000);
+    big["lines"][0]["qty"] = json!("2.5");
+    big["lines"][0]["unit_price"] = json!("1.60");
+    if let Some(l) = big["lines"][0].as_object_mut() {
+        l.remove("amount_minor");
+    }
+    for tx in [sale("T-1", 250), big] {
+        let errs: Vec<String> = input.iter_errors(&tx).map(|e| e.to_string()).collect();
+        assert!(errs.is_empty(), "{tx}: {errs:?}");
+    }
+    let mut no_amount = sale("T-9", 1);
+    if let Some(l) = no_amount["lines"][0].as_object_mut() {
+        l.remove("amount_minor");
+    }
+    assert!(
+        !input.is_valid(&no_amount),
+        "a line without any amount must be invalid"
+    );
     Ok(())
 }
 
