@@ -122,6 +122,40 @@ enum Cmd {
         #[arg(long = "for")]
         for_secs: Option<u64>,
     },
+    /// One line per gateway from the retained status documents, worst first. Exit status: 0
+    /// when every gateway is healthy, 1 when any needs attention (or none reported), 2 when the
+    /// broker could not be read.
+    Fleet {
+        /// mqtt://host[:port] or mqtts://host[:port].
+        #[arg(long)]
+        broker: String,
+        /// Only this store (default: every store).
+        #[arg(long)]
+        store: Option<String>,
+        /// Topic prefix (the gateways' mqtt.topic_prefix).
+        #[arg(long, default_value = "storegw/v1")]
+        prefix: String,
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the password (first line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM CA bundle for mqtts:// (default: the system bundle).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Print a JSON document instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Longest wait in seconds for the retained documents.
+        #[arg(long, default_value_t = 3.0)]
+        wait: f64,
+        /// A backlog older than this many seconds makes a gateway lagging.
+        #[arg(long, default_value_t = 300.0)]
+        max_age: f64,
+        /// An online document older than this many seconds makes a gateway stale.
+        #[arg(long, default_value_t = 300.0)]
+        stale: f64,
+    },
     /// Spool depth, oldest age and drops, read from the state directory.
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -307,6 +341,61 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tail: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Fleet {
+            broker,
+            store,
+            prefix,
+            username,
+            password_file,
+            ca_file,
+            json,
+            wait,
+            max_age,
+            stale,
+        } => {
+            init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            let opts = storegw::ops::fleet::FleetOptions {
+                broker,
+                store,
+                prefix,
+                username,
+                password_file,
+                ca_file,
+                wait: Duration::from_secs_f64(wait.clamp(0.1, 600.0)),
+                max_age_s: max_age,
+                stale_s: stale,
+            };
+            match rt.block_on(storegw::ops::fleet::run(&opts)) {
+                Ok(list) => {
+                    if json {
+                        println!("{}", storegw::ops::fleet::json_report(&list));
+                    } else if list.is_empty() {
+                        println!("no gateway has published a status document");
+                    } else {
+                        for h in &list {
+                            println!("{}", storegw::ops::fleet::line(h));
+                        }
+                    }
+                    let ok = !list.is_empty()
+                        && list
+                            .iter()
+                            .all(|h| h.severity == storegw::ops::fleet::Severity::Ok);
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("fleet: {e}");
                     ExitCode::from(2)
                 }
             }

@@ -1,5 +1,6 @@
 //! The control plane: metrics, health, status payloads, systemd integration.
 
+pub mod fleet;
 pub mod http;
 pub mod logging;
 pub mod metrics;
