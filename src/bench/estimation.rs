@@ -15,7 +15,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PHONES: [&str; 5] = [
+/// The labelled phones (`../shared/data/wifi/labelled`, one phone per capture).
+pub const PHONES: [&str; 5] = [
     "iPhone11-B",
     "iPhone11-F",
     "iPhoneXR-A",
