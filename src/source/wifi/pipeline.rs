@@ -80,6 +80,10 @@ impl Totals {
 /// Per-epoch keys of the keyed hashes (address, fingerprint), wiped when replaced or dropped.
 struct HashKeys {
     epoch: i64,
+    /// Event times known to lie in `epoch` (a time-zone lookup per frame would cost more
+    /// than the rest of the frame's processing).
+    from_ms: i64,
+    until_ms: i64,
     addr: zeroize::Zeroizing<[u8; 16]>,
     fingerprint: zeroize::Zeroizing<[u8; 16]>,
 }
@@ -123,6 +127,8 @@ impl Pipeline {
             estimator: Estimator::new(estimate::Settings::from_config(cfg)),
             keys: HashKeys {
                 epoch: i64::MIN,
+                from_ms: i64::MAX,
+                until_ms: i64::MIN,
                 addr: zeroize::Zeroizing::new([0; 16]),
                 fingerprint: zeroize::Zeroizing::new([0; 16]),
             },
@@ -136,15 +142,25 @@ impl Pipeline {
     /// The key epoch of `ts_ms`; a new epoch draws new hash keys (the old ones are wiped) and
     /// forgets every track. None when the kernel gives no key material (fail closed).
     fn epoch(&mut self, ts_ms: i64) -> Option<i64> {
+        if (self.keys.from_ms..self.keys.until_ms).contains(&ts_ms) {
+            return Some(self.keys.epoch);
+        }
         let epoch = self.devices.epoch_of(ts_ms);
+        if epoch == self.keys.epoch && ts_ms < self.keys.from_ms {
+            self.keys.from_ms = ts_ms;
+            return Some(epoch);
+        }
         if epoch != self.keys.epoch {
             self.estimator.clear();
             self.keys.epoch = i64::MIN;
+            self.keys.until_ms = i64::MIN;
             let k = crate::privacy::random_key().ok()?;
             self.keys.addr.copy_from_slice(&k[..16]);
             self.keys.fingerprint.copy_from_slice(&k[16..]);
             self.keys.epoch = epoch;
         }
+        self.keys.from_ms = ts_ms;
+        self.keys.until_ms = self.devices.next_rotation_ms(ts_ms);
         Some(epoch)
     }
 
