@@ -204,6 +204,10 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo { duration, rate } => {
+            // The embedded broker stays quiet: rumqttd 0.20 logs a client's clean DISCONNECT
+            // (what the uplink sends on stop) as an ERROR, "router-drop" or "no-connection id N
+            // is already gone", whichever of its two disconnect paths runs second.
+            // STOREGW_LOG=rumqttd=info shows its log.
             init_logging(
                 "warn,rumqttd=off",
                 fmt_override.as_deref().unwrap_or("text"),
