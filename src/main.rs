@@ -65,6 +65,7 @@ enum Cmd {
         publish: bool,
     },
     /// Measure throughput and footprint beside same-run baselines; writes a markdown report.
+    #[cfg(feature = "bench")]
     Bench {
         /// Report path (the raw figures go next to it as .json).
         #[arg(long, default_value = "BENCHMARKS.md")]
@@ -255,6 +256,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "bench")]
         Cmd::Bench {
             out,
             events,
