@@ -1,10 +1,12 @@
 //! storegw: the in-store edge gateway of the retail CDP (see README and DESIGN).
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod model;
 pub mod ops;
