@@ -1,4 +1,4 @@
-//! The wire model: what the central platform receives (DESIGN §2, schema `storegw.v1`).
+//! The wire model: what the central platform receives (docs/design.md, "Wire contract"; schema `storegw.v1`).
 
 use serde::Serialize;
 use std::fmt;

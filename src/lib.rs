@@ -1,4 +1,4 @@
-//! storegw: the in-store edge gateway of the retail CDP (see README and DESIGN).
+//! storegw: the in-store edge gateway of the retail CDP (see README and docs/design.md).
 
 pub mod bench;
 pub mod config;

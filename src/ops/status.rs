@@ -1,4 +1,4 @@
-//! Source health registry and the retained status payload (DESIGN §2 `status`).
+//! Source health registry and the retained status payload (docs/design.md, "Wire contract").
 
 use crate::event::{now_ms, rfc3339_ms, Stream, SCHEMA};
 use crate::spool::Spool;

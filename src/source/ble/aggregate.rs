@@ -1,5 +1,5 @@
 //! From advertising reports to events: `ble.sighting` windows, `ble.presence` sessions and
-//! `ble.census` counts (DESIGN §2).
+//! `ble.census` counts (docs/design.md, "Wire contract").
 //!
 //! Time comes only from the reports' timestamps (and [`Aggregator::tick`]), so a replayed log
 //! and the live scanner run exactly this code. The raw address is turned into a pseudonym on
