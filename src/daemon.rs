@@ -233,7 +233,7 @@ async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
     let path = cfg.gateway.state_dir.join("status.json");
     loop {
         tick.tick().await;
-        let payload = status::payload(
+        let payload = status::file_payload(
             &cfg.gateway.store_id,
             &cfg.gateway.gateway_id,
             "running",

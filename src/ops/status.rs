@@ -27,6 +27,7 @@ static SOURCES: OnceLock<Mutex<BTreeMap<String, SourceHealth>>> = OnceLock::new(
 static STARTED: OnceLock<Instant> = OnceLock::new();
 static DEAD_TASKS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 static STOPPING: AtomicBool = AtomicBool::new(false);
+static PENDING_RESTART: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Marks a pipeline task that must keep running: if it panics, or (for tasks that only end on
 /// shutdown) ends before the gateway is stopping, the gateway turns unhealthy, `/healthz` says
@@ -110,6 +111,33 @@ pub fn set_source(name: &str, state: &str, detail: Option<String>) {
         h.state = state.to_string();
         h.detail = detail;
     }
+}
+
+/// Records the changed keys a reload could not apply (they wait for a restart), so the status
+/// file tells the operator what the running gateway is not doing yet.
+pub fn set_pending_restart(keys: Vec<String>) {
+    if let Ok(mut p) = PENDING_RESTART.lock() {
+        *p = keys;
+    }
+}
+
+/// The changed keys that wait for a restart (empty when the running configuration is the file).
+pub fn pending_restart() -> Vec<String> {
+    PENDING_RESTART
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default()
+}
+
+/// The status file for `storegw status`: the retained status document plus the reload keys
+/// pending a restart. Kept apart from [`payload`] so the MQTT status message is unchanged.
+pub fn file_payload(store: &str, gateway: &str, state: &str, spool: Option<&Spool>) -> Vec<u8> {
+    let doc = payload(store, gateway, state, spool);
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&doc) else {
+        return doc;
+    };
+    v["pending_restart"] = pending_restart().into();
+    serde_json::to_vec(&v).unwrap_or(doc)
 }
 
 /// Records that a source saw input now.

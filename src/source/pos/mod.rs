@@ -33,6 +33,7 @@ pub use config::PosConfig;
 use crate::source::SourceContext;
 use model::{Parsed, Reject};
 use std::collections::BTreeMap;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// What every parser needs from the configuration.
@@ -150,22 +151,79 @@ pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(
         ingest.clone().run_expiry(ctx.shutdown.clone()),
     )];
-    for w in &c.watch {
-        tasks.push(tokio::spawn(files::run(
-            w.clone(),
-            ingest.clone(),
-            ctx.shutdown.clone(),
-        )));
-    }
-    for p in &c.poll {
-        tasks.push(tokio::spawn(poll::run(
-            p.clone(),
-            ingest.clone(),
-            ctx.cfg.gateway.state_dir.clone(),
-            ctx.shutdown.clone(),
-        )));
-    }
+    tasks.push(tokio::spawn(run_inputs(
+        ingest,
+        ctx.cfg.gateway.state_dir.clone(),
+        ctx.config.clone(),
+        ctx.shutdown.clone(),
+    )));
     tasks
+}
+
+/// Runs the watched directories and pollers of the live configuration; when a reload changes
+/// `sources.pos.watch` or `sources.pos.poll`, stops them (a file half stored is read again and
+/// recognised as duplicate, docs/pos.md) and starts the new set.
+async fn run_inputs(
+    ingest: std::sync::Arc<ingest::Ingest>,
+    state_dir: std::path::PathBuf,
+    mut config: watch::Receiver<std::sync::Arc<crate::config::Config>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (watches, polls) = {
+            let c = config.borrow_and_update();
+            (c.sources.pos.watch.clone(), c.sources.pos.poll.clone())
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        for w in &watches {
+            tasks.push(tokio::spawn(files::run(
+                w.clone(),
+                ingest.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        for p in &polls {
+            tasks.push(tokio::spawn(poll::run(
+                p.clone(),
+                ingest.clone(),
+                state_dir.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        let mut config_open = true;
+        let reload = loop {
+            tokio::select! {
+                changed = config.changed(), if config_open => {
+                    if changed.is_err() {
+                        config_open = false;
+                        continue;
+                    }
+                    let c = config.borrow().clone();
+                    if c.sources.pos.watch != watches || c.sources.pos.poll != polls {
+                        break true;
+                    }
+                }
+                _ = shutdown.wait_for(|s| *s) => break false,
+            }
+        };
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        if !reload {
+            return;
+        }
+        tracing::info!(
+            "POS: watched directories and pollers restarting with the reloaded configuration"
+        );
+    }
 }
 
 /// Routes the POS source adds to the loopback HTTP server.

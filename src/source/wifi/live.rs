@@ -3,13 +3,14 @@
 //! when the adapter disappears (retried every 10 s, visible in status).
 
 use super::capture::{Capture, CaptureError, LinkMode};
-use super::config::WifiConfig;
 use super::pipeline::{Pipeline, Stats};
+use crate::config::Config;
 use crate::event::{now_ms, Event};
 use crate::ops::{metrics, status};
 use crate::source::SourceContext;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 const RETRY: Duration = Duration::from_secs(10);
 /// Frames longer than this are cut (probe requests are a few hundred bytes).
@@ -41,11 +42,9 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
                     bpf = cfg.bpf_filter,
                     "wifi capture started"
                 );
-                let hop = (!cfg.channels.is_empty()).then(|| tokio::spawn(hop(cfg.clone())));
+                let hopper = tokio::spawn(hop(cfg.interface.clone(), ctx.config.clone()));
                 let r = capture_loop(&ctx, &cap, &mut p, &mut reported).await;
-                if let Some(h) = hop {
-                    h.abort();
-                }
+                hopper.abort();
                 match r {
                     Ok(()) => return, // shutdown
                     Err(e) => e,
@@ -186,32 +185,53 @@ async fn capture_loop(
 }
 
 /// Channel hopping through `iw` (nl80211 from Rust would need a netlink implementation;
-/// `iw` is in every distribution and already needed to set monitor mode).
-async fn hop(cfg: WifiConfig) {
+/// `iw` is in every distribution and already needed to set monitor mode). The channel list and
+/// dwell are read from the live configuration before every hop, so a reload applies them at
+/// the next hop; with no channels configured the hopper waits for a reload that sets some.
+async fn hop(interface: String, mut config: watch::Receiver<Arc<Config>>) {
     let mut warned = false;
+    let mut next = 0usize;
+    let mut current: Vec<u16> = Vec::new();
     loop {
-        for &ch in &cfg.channels {
-            let iface = cfg.interface.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("iw")
-                    .args(["dev", &iface, "set", "channel", &ch.to_string()])
-                    .output()
-            })
-            .await;
-            let failed = match r {
-                Ok(Ok(o)) if o.status.success() => None,
-                Ok(Ok(o)) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                Ok(Err(e)) => Some(format!("cannot run iw: {e}")),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = failed {
-                if !warned {
-                    tracing::warn!(interface = %cfg.interface, channel = ch, "channel hop failed: {why}");
-                    status::set_source("wifi", "degraded", Some(format!("channel hopping: {why}")));
-                    warned = true;
-                }
+        let (channels, dwell) = {
+            let c = config.borrow_and_update();
+            (c.sources.wifi.channels.clone(), c.sources.wifi.hop_dwell.0)
+        };
+        if channels.is_empty() {
+            if config.changed().await.is_err() {
+                return;
             }
-            tokio::time::sleep(cfg.hop_dwell.0).await;
+            continue;
         }
+        if channels != current {
+            if !current.is_empty() {
+                tracing::info!(channels = ?channels, "Wi-Fi: channel list reloaded");
+            }
+            current = channels;
+            next = 0;
+        }
+        let ch = current[next % current.len()];
+        next = (next + 1) % current.len();
+        let iface = interface.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("iw")
+                .args(["dev", &iface, "set", "channel", &ch.to_string()])
+                .output()
+        })
+        .await;
+        let failed = match r {
+            Ok(Ok(o)) if o.status.success() => None,
+            Ok(Ok(o)) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Ok(Err(e)) => Some(format!("cannot run iw: {e}")),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            if !warned {
+                tracing::warn!(interface = %interface, channel = ch, "channel hop failed: {why}");
+                status::set_source("wifi", "degraded", Some(format!("channel hopping: {why}")));
+                warned = true;
+            }
+        }
+        tokio::time::sleep(dwell).await;
     }
 }
