@@ -120,13 +120,15 @@ impl Pipeline {
         let ctx = crate::source::SourceContext {
             cfg: Arc::new(cfg.clone()),
             tx,
-            spool: spool.clone(),
+            pos_sink: crate::source::DurableSink::new(spool.clone()),
             devices: devices.clone(),
             shutdown: sources_stop_rx,
             config: config_rx,
         };
-        let sources = crate::source::start_all(&ctx);
-        let source_routes = crate::source::http_routes(&ctx);
+        let crate::source::Started {
+            tasks: sources,
+            routes: source_routes,
+        } = crate::source::start_all(&ctx);
         // The writer ends once every sender is gone: the context's copy must go too.
         drop(ctx);
         let mut http_task = None;

@@ -9,7 +9,6 @@ pub mod fuzzing;
 pub mod model;
 pub mod ops;
 pub mod privacy;
-pub mod replay;
 pub mod source;
 pub mod spool;
 pub mod uplink;

@@ -234,6 +234,25 @@ impl Simulator {
     }
 }
 
+/// Starts the simulator when enabled; it stops at shutdown or at its `limit`.
+pub fn start(ctx: &crate::source::SourceContext) -> crate::source::Started {
+    if !ctx.cfg.sources.sim.enabled {
+        return crate::source::Started::default();
+    }
+    let sim = run(
+        ctx.cfg.sources.sim.clone(),
+        ctx.tx.clone(),
+        Some(ctx.config.clone()),
+    );
+    let mut stop = ctx.shutdown.clone();
+    crate::source::Started::tasks(vec![tokio::spawn(async move {
+        tokio::select! {
+            _ = sim => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    })])
+}
+
 /// Feeds simulated events into the pipeline at `cfg.rate` until `limit` (if any) is reached or
 /// the channel closes. With `live`, a reloaded `rate` and `limit` apply at once.
 pub async fn run(

@@ -30,7 +30,7 @@ pub mod timefmt;
 
 pub use config::PosConfig;
 
-use crate::source::SourceContext;
+use crate::source::{SourceContext, Started};
 use model::{Parsed, Reject};
 use std::collections::BTreeMap;
 use tokio::sync::watch;
@@ -133,21 +133,27 @@ pub fn parse_input(text: &str, format: &str, o: &ParseOpts) -> Result<ParseOut, 
     }
 }
 
-/// Starts the HTTP-independent tasks (watched directories, pollers) when enabled.
-pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
+/// Starts the POS source when enabled: one ingest store shared by the watched directories, the
+/// pollers and the HTTP routes it returns.
+pub fn start(ctx: &SourceContext) -> Started {
     let c = &ctx.cfg.sources.pos;
     if !c.enabled {
-        return Vec::new();
+        return Started::default();
     }
-    let ingest = match ingest::Ingest::shared(ctx) {
-        Ok(i) => i,
+    let ingest = match ingest::Ingest::new(ctx.pos_sink.clone(), &ctx.cfg) {
+        Ok(i) => std::sync::Arc::new(i),
         Err(e) => {
             tracing::error!(error = %e, "POS source cannot start");
             crate::ops::status::set_source("pos", "failed", Some(e));
-            return Vec::new();
+            return Started::default();
         }
     };
     crate::ops::status::set_source("pos", "running", None);
+    let routes = if c.http.enabled {
+        http::routes(ingest.clone(), &c.http)
+    } else {
+        axum::Router::new()
+    };
     let mut tasks = vec![tokio::spawn(
         ingest.clone().run_expiry(ctx.shutdown.clone()),
     )];
@@ -157,7 +163,7 @@ pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
         ctx.config.clone(),
         ctx.shutdown.clone(),
     )));
-    tasks
+    Started { tasks, routes }
 }
 
 /// Runs the watched directories and pollers of the live configuration; when a reload changes
@@ -226,27 +232,11 @@ async fn run_inputs(
     }
 }
 
-/// Routes the POS source adds to the loopback HTTP server.
-pub fn http_routes(ctx: &SourceContext) -> axum::Router {
-    let c = &ctx.cfg.sources.pos;
-    if !c.enabled || !c.http.enabled {
-        return axum::Router::new();
-    }
-    match ingest::Ingest::shared(ctx) {
-        Ok(i) => http::routes(i, &c.http),
-        Err(e) => {
-            tracing::error!(error = %e, "POS HTTP ingest is off");
-            crate::ops::status::set_source("pos", "failed", Some(e));
-            axum::Router::new()
-        }
-    }
-}
-
 /// `storegw replay --pos FILE`: the same parsing, normalization and scrubbing as the live
 /// inputs; prints the events and returns the summary.
 pub fn replay(
     path: &std::path::Path,
-    r: &mut crate::replay::Replay,
+    r: &mut crate::source::replay::Replay,
 ) -> Result<serde_json::Value, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let text =

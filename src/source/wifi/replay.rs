@@ -7,7 +7,7 @@ use super::pipeline::Pipeline;
 /// Runs `path` through the pipeline, emitting into `r`; returns the summary object.
 pub fn run(
     path: &std::path::Path,
-    r: &mut crate::replay::Replay,
+    r: &mut crate::source::replay::Replay,
 ) -> Result<serde_json::Value, String> {
     let buf = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let format = pcap::detect(&buf).ok_or_else(|| {
