@@ -68,13 +68,9 @@ fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
     }
     // One append per stream, so a refused POS append never takes sensor events with it. The
     // events are moved into their stream's part, never cloned.
-    let mut parts: [Vec<Event>; 3] = Default::default();
+    let mut parts: [Vec<Event>; crate::event::Stream::COUNT] = Default::default();
     for e in buf.drain(..) {
-        let i = crate::event::Stream::ALL
-            .iter()
-            .position(|s| *s == e.stream())
-            .unwrap_or(0);
-        parts[i].push(e);
+        parts[e.stream().index()].push(e);
     }
     for (stream, part) in crate::event::Stream::ALL.into_iter().zip(parts) {
         if part.is_empty() {

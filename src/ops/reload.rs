@@ -276,7 +276,7 @@ impl Reloader {
 
 fn count(result: &str) {
     metrics::global().count(
-        "storegw_config_reloads_total",
+        crate::ops::metrics::Metric::ConfigReloads,
         &metrics::labels(&[("result", result)]),
         1,
     );

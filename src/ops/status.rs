@@ -8,10 +8,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+/// The health a source reports (its `state` in the status document and on `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// Opening its device or input.
+    Starting,
+    /// Producing events.
+    Running,
+    /// Running with a problem worth attention (channel hopping failed, a watch dir missing).
+    Degraded,
+    /// Not producing; the gateway is unhealthy until it recovers.
+    Failed,
+    /// Ended on purpose (shutdown, simulator limit).
+    Stopped,
+}
+
+impl SourceState {
+    /// The word used in the status document and the `state` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Starting => "starting",
+            SourceState::Running => "running",
+            SourceState::Degraded => "degraded",
+            SourceState::Failed => "failed",
+            SourceState::Stopped => "stopped",
+        }
+    }
+}
+
 /// What one source reports about itself.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct SourceHealth {
-    /// `starting`, `running`, `degraded`, `failed`, `stopped`.
+    /// A [`SourceState`] word (`starting`, `running`, …), kept as text in the document.
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -94,21 +122,22 @@ pub fn uptime_s() -> u64 {
 }
 
 /// Sets a source's state and detail.
-pub fn set_source(name: &str, state: &str, detail: Option<String>) {
+pub fn set_source(name: &str, state: SourceState, detail: Option<String>) {
     if let Ok(mut m) = sources().lock() {
         let h = m.entry(name.to_string()).or_default();
-        if state != h.state {
+        let word = state.as_str();
+        if word != h.state {
             match state {
-                "failed" | "degraded" => tracing::warn!(
+                SourceState::Failed | SourceState::Degraded => tracing::warn!(
                     source = name,
-                    state,
+                    state = word,
                     detail = detail.as_deref().unwrap_or(""),
                     "source unhealthy"
                 ),
-                _ => tracing::info!(source = name, state, "source state"),
+                _ => tracing::info!(source = name, state = word, "source state"),
             }
         }
-        h.state = state.to_string();
+        h.state = word.to_string();
         h.detail = detail;
     }
 }
@@ -156,7 +185,7 @@ pub fn source_restart(name: &str, what: &str) {
         m.entry(name.to_string()).or_default().restarts += 1;
     }
     crate::ops::metrics::global().count(
-        "storegw_source_restarts_total",
+        crate::ops::metrics::Metric::SourceRestarts,
         &crate::ops::metrics::labels(&[("source", name), ("what", what)]),
         1,
     );
@@ -174,7 +203,7 @@ pub fn unhealthy_reasons(spool: &Spool) -> Vec<String> {
         r.extend(d.iter().map(|t| format!("pipeline task {t} ended")));
     }
     for (name, h) in source_snapshot() {
-        if h.state == "failed" {
+        if h.state == SourceState::Failed.as_str() {
             r.push(format!(
                 "source {name} failed: {}",
                 h.detail.unwrap_or_default()

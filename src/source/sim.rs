@@ -260,7 +260,7 @@ pub async fn run(
     tx: mpsc::Sender<Event>,
     mut live: Option<watch::Receiver<Arc<Config>>>,
 ) {
-    crate::ops::status::set_source("sim", "running", None);
+    crate::ops::status::set_source("sim", crate::ops::status::SourceState::Running, None);
     let mut cfg = cfg;
     let mut sim = Simulator::new(&cfg);
     // Emit in small bursts so high rates do not need a timer per event.
@@ -291,7 +291,7 @@ pub async fn run(
             if cfg.limit > 0 && sent >= cfg.limit {
                 crate::ops::status::set_source(
                     "sim",
-                    "stopped",
+                    crate::ops::status::SourceState::Stopped,
                     Some(format!("limit of {} events reached", cfg.limit)),
                 );
                 return;

@@ -40,7 +40,7 @@ pub fn start(ctx: &SourceContext) -> Started {
     {
         crate::ops::status::set_source(
             "ble",
-            "failed",
+            crate::ops::status::SourceState::Failed,
             Some("built without the ble-live feature: live scanning unavailable".into()),
         );
         Started::default()

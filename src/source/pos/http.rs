@@ -88,7 +88,11 @@ fn authorized(st: &HttpState, h: &HeaderMap) -> bool {
 }
 
 fn bad_request(r: &Reject) -> Response {
-    crate::ops::metrics::global().count("storegw_pos_rejected_total", "input=\"http\"", 1);
+    crate::ops::metrics::global().count(
+        crate::ops::metrics::Metric::PosRejected,
+        "input=\"http\"",
+        1,
+    );
     tracing::warn!(at = %r.at, reason = %r.reason, "POS push rejected");
     json_err(
         StatusCode::BAD_REQUEST,

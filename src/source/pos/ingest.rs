@@ -61,7 +61,7 @@ pub struct Stored {
 }
 
 fn conflict(n: &Normalized) -> StoreError {
-    crate::ops::metrics::global().count("storegw_pos_conflicts_total", "", 1);
+    crate::ops::metrics::global().count(crate::ops::metrics::Metric::PosConflicts, "", 1);
     let id = n
         .event
         .body()
@@ -175,7 +175,11 @@ impl Ingest {
             };
             if dup {
                 out.duplicates += 1;
-                crate::ops::metrics::global().count("storegw_pos_duplicates_total", "", 1);
+                crate::ops::metrics::global().count(
+                    crate::ops::metrics::Metric::PosDuplicates,
+                    "",
+                    1,
+                );
                 continue;
             }
             keys.insert(n.key.clone(), n.content);
@@ -198,7 +202,7 @@ impl Ingest {
             Ok(s) => s,
             Err(SpoolError::Full { .. }) => {
                 crate::ops::metrics::global().count(
-                    "storegw_pos_refused_total",
+                    crate::ops::metrics::Metric::PosRefused,
                     "reason=\"spool_full\"",
                     1,
                 );

@@ -144,11 +144,11 @@ pub fn start(ctx: &SourceContext) -> Started {
         Ok(i) => std::sync::Arc::new(i),
         Err(e) => {
             tracing::error!(error = %e, "POS source cannot start");
-            crate::ops::status::set_source("pos", "failed", Some(e));
+            crate::ops::status::set_source("pos", crate::ops::status::SourceState::Failed, Some(e));
             return Started::default();
         }
     };
-    crate::ops::status::set_source("pos", "running", None);
+    crate::ops::status::set_source("pos", crate::ops::status::SourceState::Running, None);
     let routes = if c.http.enabled {
         http::routes(ingest.clone(), &c.http)
     } else {

@@ -26,14 +26,14 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
     loop {
         status::set_source(
             "wifi",
-            "starting",
+            crate::ops::status::SourceState::Starting,
             Some(format!("opening {}", cfg.interface)),
         );
         let err = match Capture::open(&cfg.interface, mode, cfg.bpf_filter) {
             Ok(cap) => {
                 status::set_source(
                     "wifi",
-                    "running",
+                    crate::ops::status::SourceState::Running,
                     Some(format!("capturing on {}", cfg.interface)),
                 );
                 tracing::info!(
@@ -54,7 +54,7 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
         };
         let msg = err.to_string();
         tracing::error!(interface = %cfg.interface, "{msg}");
-        status::set_source("wifi", "failed", Some(msg));
+        status::set_source("wifi", crate::ops::status::SourceState::Failed, Some(msg));
         // Keep the windows ticking while the adapter is away.
         let until = tokio::time::Instant::now() + RETRY;
         loop {
@@ -83,7 +83,7 @@ async fn finish(ctx: &SourceContext, p: &mut Pipeline) {
     let mut out = Vec::new();
     p.finish(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(2), send(&ctx.tx, out)).await;
-    status::set_source("wifi", "stopped", None);
+    status::set_source("wifi", crate::ops::status::SourceState::Stopped, None);
 }
 
 async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
@@ -98,17 +98,33 @@ async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
 fn report(s: &Stats, last: &mut Stats) {
     let m = metrics::global();
     for (name, now, before) in [
-        ("storegw_wifi_frames_total", s.frames, last.frames),
         (
-            "storegw_wifi_probe_requests_total",
+            crate::ops::metrics::Metric::WifiFrames,
+            s.frames,
+            last.frames,
+        ),
+        (
+            crate::ops::metrics::Metric::WifiProbeRequests,
             s.probe_requests,
             last.probe_requests,
         ),
-        ("storegw_wifi_accepted_total", s.accepted, last.accepted),
-        ("storegw_wifi_malformed_total", s.malformed, last.malformed),
-        ("storegw_wifi_bad_fcs_total", s.bad_fcs, last.bad_fcs),
         (
-            "storegw_wifi_group_source_total",
+            crate::ops::metrics::Metric::WifiAccepted,
+            s.accepted,
+            last.accepted,
+        ),
+        (
+            crate::ops::metrics::Metric::WifiMalformed,
+            s.malformed,
+            last.malformed,
+        ),
+        (
+            crate::ops::metrics::Metric::WifiBadFcs,
+            s.bad_fcs,
+            last.bad_fcs,
+        ),
+        (
+            crate::ops::metrics::Metric::WifiGroupSource,
             s.group_source,
             last.group_source,
         ),
@@ -163,13 +179,13 @@ async fn capture_loop(
                 send(&ctx.tx, std::mem::take(&mut out)).await;
                 report(&p.stats, reported);
                 metrics::global().gauge(
-                    "storegw_wifi_tracked_devices",
+                    crate::ops::metrics::Metric::WifiTrackedDevices,
                     "",
                     p.estimator.len() as f64,
                 );
                 let drops = cap.kernel_drops();
                 if drops > 0 {
-                    metrics::global().count("storegw_wifi_kernel_drops_total", "", drops);
+                    metrics::global().count(crate::ops::metrics::Metric::WifiKernelDrops, "", drops);
                 }
                 if p.stats.frames > 0 {
                     status::source_input("wifi");
@@ -228,7 +244,11 @@ async fn hop(interface: String, mut config: watch::Receiver<Arc<Config>>) {
         if let Some(why) = failed {
             if !warned {
                 tracing::warn!(interface = %interface, channel = ch, "channel hop failed: {why}");
-                status::set_source("wifi", "degraded", Some(format!("channel hopping: {why}")));
+                status::set_source(
+                    "wifi",
+                    crate::ops::status::SourceState::Degraded,
+                    Some(format!("channel hopping: {why}")),
+                );
                 warned = true;
             }
         }

@@ -196,7 +196,7 @@ impl Pipeline {
         let Some(epoch) = self.epoch(ts_ms) else {
             // No key for this epoch (fail closed): the probe is dropped, never kept raw.
             crate::ops::metrics::global().count(
-                "storegw_dropped_events_total",
+                crate::ops::metrics::Metric::DroppedEvents,
                 &crate::ops::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
                 1,
             );
