@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::event::Event;
-use crate::ops::{http, metrics, status, systemd};
+use crate::ops::{http_server, metrics, status, systemd};
 use crate::spool::Spool;
 use crate::uplink::{self, UplinkSettings};
 use std::sync::Arc;
@@ -23,7 +23,6 @@ pub struct Pipeline {
     http: Option<JoinHandle<()>>,
     shutdown_tx: watch::Sender<bool>,
     sources_stop: watch::Sender<bool>,
-    flush_interval: Duration,
     /// The configuration in effect; SIGHUP reload publishes here (see `ops::reload`).
     pub config: watch::Sender<Arc<Config>>,
 }
@@ -129,9 +128,9 @@ impl Pipeline {
         drop(ctx);
         let mut http_task = None;
         if cfg.http.enabled {
-            let router = http::base_router(spool.clone()).merge(source_routes);
-            let limits = http::Limits::from_config(&cfg.http);
-            match http::serve(&cfg.http.listen, router, limits).await {
+            let router = http_server::base_router(spool.clone()).merge(source_routes);
+            let limits = http_server::Limits::from_config(&cfg.http);
+            match http_server::serve(&cfg.http.listen, router, limits).await {
                 Ok(h) => http_task = Some(h),
                 Err(e) => tracing::error!("{e}; metrics, health and POS ingest are off"),
             }
@@ -155,7 +154,6 @@ impl Pipeline {
             http: http_task,
             shutdown_tx,
             sources_stop,
-            flush_interval: cfg.spool.flush_interval.0,
             config: config_tx,
         })
     }
@@ -194,7 +192,6 @@ impl Pipeline {
         if let Err(e) = self.spool.flush().await {
             tracing::error!(error = %e, "final spool flush failed");
         }
-        let _ = self.flush_interval;
         if let Some(e) = self.spool.storage_failure() {
             // sled flushes again when the database is dropped, and on a disk that refuses
             // writes that flush never returns: keep it alive so the process can exit.

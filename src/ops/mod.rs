@@ -1,6 +1,6 @@
 //! The control plane: metrics, health, status payloads, systemd integration.
 
-pub mod http;
+pub mod http_server;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::config::SimConfig;
 use crate::event::{now_ms, rfc3339_ms, Event};
-use crate::model::*;
+use crate::sensor_events::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,8 +10,8 @@ use super::adv::{self, Frame};
 use super::btsnoop::Report;
 use super::config::{self, BleConfig};
 use crate::event::{rfc3339_ms, Event};
-use crate::model::{BeaconId, BleCensus, BlePresence, BleSighting, RssiStats, Telemetry};
 use crate::privacy::DevicePseudonymizer;
+use crate::sensor_events::{BeaconId, BleCensus, BlePresence, BleSighting, RssiStats, Telemetry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 

@@ -18,8 +18,8 @@
 
 use super::config::WatchConfig;
 use super::ingest::{Ingest, StoreError};
-use super::model::{Reject, Tx};
 use super::normalize::Normalized;
+use super::transaction::{Reject, Tx};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

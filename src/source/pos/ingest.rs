@@ -7,8 +7,8 @@
 //! durable by the same flush as the events, so it survives restarts and crashes.
 
 use super::customer::JoinKey;
-use super::model::{Reject, Tx};
 use super::normalize::{normalize_at, Normalized};
+use super::transaction::{Reject, Tx};
 use super::{ParseOpts, PosConfig};
 use crate::source::DurableSink;
 use crate::spool::SpoolError;

@@ -2,21 +2,20 @@
 //! REST API, all parsed into one canonical transaction, scrubbed of card data, customer
 //! identifiers pseudonymized, and spooled durably before anyone is told "accepted".
 //!
-//! One concept per module: `model` (the canonical transaction), `money`, `timefmt`, `card`,
-//! `customer`, `normalize`; parsers `poslog`, `csv`, `json`, `square`, `shopify`; the
-//! durable store with its idempotency index `ingest`; and the three inputs `http`, `files`,
-//! `poll`.
+//! One concept per module: `transaction` (the canonical transaction), `money`, `timefmt`,
+//! `card`, `customer`, `normalize`; parsers `poslog`, `csv`, `json`, `square`, `shopify`; the
+//! durable store with its idempotency index `ingest`; and the three inputs `http_push`,
+//! `files`, `poll`.
 
 pub mod card;
 pub mod config;
 pub mod csv;
 pub mod customer;
 pub mod files;
-pub mod http;
+pub mod http_push;
 pub mod ingest;
 pub mod json;
 mod jsonutil;
-pub mod model;
 pub mod money;
 pub mod normalize;
 pub mod pii;
@@ -27,14 +26,15 @@ pub mod square;
 pub mod stream;
 pub mod textfold;
 pub mod timefmt;
+pub mod transaction;
 
 pub use config::PosConfig;
 
 use crate::source::{SourceContext, Started};
-use model::{Parsed, Reject};
 use std::collections::BTreeMap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use transaction::{Parsed, Reject};
 
 /// What every parser needs from the configuration.
 #[derive(Debug, Clone)]
@@ -150,7 +150,7 @@ pub fn start(ctx: &SourceContext) -> Started {
     };
     crate::ops::status::set_source("pos", crate::ops::status::SourceState::Running, None);
     let routes = if c.http.enabled {
-        http::routes(ingest.clone(), &c.http)
+        http_push::routes(ingest.clone(), &c.http)
     } else {
         axum::Router::new()
     };

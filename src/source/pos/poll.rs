@@ -5,7 +5,7 @@
 
 use super::config::PollConfig;
 use super::ingest::{Ingest, StoreError};
-use super::model::Tx;
+use super::transaction::Tx;
 use super::ParseOpts;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

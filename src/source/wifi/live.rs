@@ -1,9 +1,9 @@
-//! The live Wi-Fi task: capture socket → [`Pipeline`] → spool channel, a one-second timer that
+//! The live Wi-Fi task: capture socket → [`FrameStage`] → spool channel, a one-second timer that
 //! advances event time (so quiet windows are still reported), channel hopping, and recovery
 //! when the adapter disappears (retried every 10 s, visible in status).
 
 use super::capture::{Capture, CaptureError, LinkMode};
-use super::pipeline::{Pipeline, Stats};
+use super::frame_stage::{FrameStage, Stats};
 use crate::config::Config;
 use crate::event::{now_ms, Event};
 use crate::ops::{metrics, status};
@@ -20,7 +20,7 @@ const SNAP: usize = 4096;
 pub async fn run(ctx: SourceContext, mode: LinkMode) {
     let cfg = ctx.cfg.sources.wifi.clone();
     let mut stop = ctx.shutdown.clone();
-    let mut p = Pipeline::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone(), false);
+    let mut p = FrameStage::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone(), false);
     p.footfall.open_at(now_ms());
     let mut reported = Stats::default();
     loop {
@@ -79,7 +79,7 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn finish(ctx: &SourceContext, p: &mut Pipeline) {
+async fn finish(ctx: &SourceContext, p: &mut FrameStage) {
     let mut out = Vec::new();
     p.finish(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(2), send(&ctx.tx, out)).await;
@@ -140,7 +140,7 @@ fn report(s: &Stats, last: &mut Stats) {
 async fn capture_loop(
     ctx: &SourceContext,
     cap: &Capture,
-    p: &mut Pipeline,
+    p: &mut FrameStage,
     reported: &mut Stats,
 ) -> Result<(), CaptureError> {
     let mut stop = ctx.shutdown.clone();

@@ -8,11 +8,11 @@ pub mod estimate;
 pub mod fcs;
 pub mod footfall;
 pub mod frame;
+pub mod frame_stage;
 pub mod live;
 pub mod pcap;
-pub mod pipeline;
 pub mod radiotap;
-mod replay;
+mod recorded;
 
 pub use config::WifiConfig;
 
@@ -35,5 +35,5 @@ pub fn replay(
     path: &std::path::Path,
     r: &mut crate::source::replay::Replay,
 ) -> Result<serde_json::Value, String> {
-    replay::run(path, r)
+    recorded::run(path, r)
 }

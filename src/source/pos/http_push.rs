@@ -3,7 +3,7 @@
 
 use super::config::PosHttpConfig;
 use super::ingest::{Ingest, StoreError};
-use super::model::{Reject, Tx};
+use super::transaction::{Reject, Tx};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};

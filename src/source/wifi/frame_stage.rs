@@ -85,7 +85,7 @@ struct HashKeys {
 }
 
 /// The per-source processing stage.
-pub struct Pipeline {
+pub struct FrameStage {
     cfg: WifiConfig,
     devices: Arc<DevicePseudonymizer>,
     keys: HashKeys,
@@ -98,7 +98,7 @@ pub struct Pipeline {
     totals: Option<Totals>,
 }
 
-impl Pipeline {
+impl FrameStage {
     /// Applies a reloaded configuration (SIGHUP): FCS and group-address policies and the
     /// footfall thresholds.
     pub fn reconfigure(&mut self, cfg: &WifiConfig, min_count: u32) {
@@ -115,10 +115,10 @@ impl Pipeline {
         min_count: u32,
         devices: Arc<DevicePseudonymizer>,
         track_totals: bool,
-    ) -> Pipeline {
+    ) -> FrameStage {
         let mut footfall = Footfall::new(cfg, min_count);
         footfall.set_visit_ids(devices.clone());
-        Pipeline {
+        FrameStage {
             footfall,
             estimator: Estimator::new(estimate::Settings::from_config(cfg)),
             keys: HashKeys {
