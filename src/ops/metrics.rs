@@ -4,9 +4,9 @@
 //!
 //! Every family is declared in this module (docs/design.md, "Metrics"): the fixed ones in
 //! [`FAMILIES`], the ones call sites feed in [`Metric`]; call sites name a variant, never a
-//! string. The registry is in-house rather than `prometheus-client`: it keeps the exposition
-//! byte-for-byte what operators' dashboards and `tests/ops_http.rs` rely on, and adds no
-//! dependency to the Raspberry Pi binary (see docs/design.md for the measurement).
+//! string. The registry is in-house rather than `prometheus-client`: it keeps the 0.0.4 text
+//! exposition (`_total` names in `# TYPE`, no `# EOF`) that operators' dashboards and
+//! `tests/ops_http.rs` rely on (docs/design.md, "Metrics").
 
 use crate::event::Stream;
 use std::collections::BTreeMap;
