@@ -261,21 +261,28 @@ fn main() -> ExitCode {
             publish,
         } => {
             init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
-            let mut r = match storegw::replay::Replay::new(config.as_deref(), format, publish) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
+            let mut r =
+                match storegw::source::replay::Replay::new(config.as_deref(), format, publish) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                };
             let rt = match runtime() {
                 Ok(r) => r,
                 Err(c) => return c,
             };
             let summary = match (ble, wifi, pos) {
-                (Some(p), _, _) => storegw::source::ble::replay(&p, &mut r),
-                (_, Some(p), _) => storegw::source::wifi::replay(&p, &mut r),
-                (_, _, Some(p)) => storegw::source::pos::replay(&p, &mut r),
+                (Some(p), _, _) => {
+                    storegw::source::replay(storegw::source::ReplayFeed::Ble, &p, &mut r)
+                }
+                (_, Some(p), _) => {
+                    storegw::source::replay(storegw::source::ReplayFeed::Wifi, &p, &mut r)
+                }
+                (_, _, Some(p)) => {
+                    storegw::source::replay(storegw::source::ReplayFeed::Pos, &p, &mut r)
+                }
                 _ => Err("give one input: --ble FILE, --wifi FILE or --pos FILE".into()),
             };
             let done = match summary {

@@ -168,12 +168,9 @@ struct SeqState {
     hwm: u64,
 }
 
+/// The stream's slot in the per-stream arrays (the one mapping, `Stream::index()`).
 fn idx(s: Stream) -> usize {
-    match s {
-        Stream::Ble => 0,
-        Stream::Wifi => 1,
-        Stream::Pos => 2,
-    }
+    s.index()
 }
 
 fn unix_us() -> u64 {
@@ -237,10 +234,11 @@ impl Spool {
                 )
             }
         };
+        // Indexed by `Stream::index()`, like every per-stream array.
         let trees = [
-            db.open_tree("ble")?,
-            db.open_tree("wifi")?,
-            db.open_tree("pos")?,
+            db.open_tree(Stream::ALL[0].as_str())?,
+            db.open_tree(Stream::ALL[1].as_str())?,
+            db.open_tree(Stream::ALL[2].as_str())?,
         ];
         let meta = db.open_tree("meta")?;
         let state: [StreamState; 3] = Default::default();
@@ -275,7 +273,11 @@ impl Spool {
             trees,
             meta,
             gateway: gateway.to_string(),
-            caps: [cfg.ble.clone(), cfg.wifi.clone(), cfg.pos.clone()],
+            caps: Stream::ALL.map(|s| match s {
+                Stream::Ble => cfg.ble.clone(),
+                Stream::Wifi => cfg.wifi.clone(),
+                Stream::Pos => cfg.pos.clone(),
+            }),
             state,
             append_lock: Mutex::new(SeqState { next, hwm: new_hwm }),
             drops: Mutex::new(drops),
@@ -423,7 +425,11 @@ mod chunk_tests {
             let s = Spool::open(&p, "gw", &SpoolConfig::default())?;
             let seqs = s.append(&events)?;
             assert_eq!(s.depth(Stream::Ble).depth, 2500);
-            assert_eq!(s.trees[0].len(), 3, "2500 events make 3 chunks");
+            assert_eq!(
+                s.trees[idx(Stream::Ble)].len(),
+                3,
+                "2500 events make 3 chunks"
+            );
             // Compressed: far below the raw JSON size.
             let raw: usize = events.iter().map(|e| e.to_wire("gw", 1).len()).sum();
             assert!(s.depth(Stream::Ble).bytes < raw as u64 / 2);
@@ -457,7 +463,7 @@ mod chunk_tests {
         }
         assert_eq!(s.depth(Stream::Ble).depth, 0);
         assert_eq!(s.depth(Stream::Ble).bytes, 0);
-        assert_eq!(s.trees[0].len(), 0);
+        assert_eq!(s.trees[idx(Stream::Ble)].len(), 0);
         Ok(())
     }
 
@@ -469,9 +475,12 @@ mod chunk_tests {
         s.append(&(0..5).map(census).collect::<Vec<_>>())?;
         // Damage the first chunk's body in place.
         let key = seqs[0].to_be_bytes();
-        let mut v = s.trees[0].get(key)?.ok_or("chunk missing")?.to_vec();
+        let mut v = s.trees[idx(Stream::Ble)]
+            .get(key)?
+            .ok_or("chunk missing")?
+            .to_vec();
         v.truncate(HEADER + 7);
-        s.trees[0].insert(key, v)?;
+        s.trees[idx(Stream::Ble)].insert(key, v)?;
         let got = s.peek(Stream::Ble, 0, 100, usize::MAX)?;
         assert_eq!(got.len(), 5, "the intact chunk is still delivered");
         assert_eq!(s.drops()["ble"]["corrupt"], 10);

@@ -89,7 +89,7 @@ struct HashKeys {
 }
 
 /// The per-source processing stage.
-pub struct Pipeline {
+pub struct FrameStage {
     cfg: WifiConfig,
     devices: Arc<DevicePseudonymizer>,
     keys: HashKeys,
@@ -102,7 +102,7 @@ pub struct Pipeline {
     totals: Option<Totals>,
 }
 
-impl Pipeline {
+impl FrameStage {
     /// Applies a reloaded configuration (SIGHUP): FCS and group-address policies and the
     /// footfall thresholds.
     pub fn reconfigure(&mut self, cfg: &WifiConfig, min_count: u32) {
@@ -119,10 +119,10 @@ impl Pipeline {
         min_count: u32,
         devices: Arc<DevicePseudonymizer>,
         track_totals: bool,
-    ) -> Pipeline {
+    ) -> FrameStage {
         let mut footfall = Footfall::new(cfg, min_count);
         footfall.set_visit_ids(devices.clone());
-        Pipeline {
+        FrameStage {
             footfall,
             estimator: Estimator::new(estimate::Settings::from_config(cfg)),
             keys: HashKeys {
@@ -212,7 +212,7 @@ impl Pipeline {
         let Some(epoch) = self.epoch(ts_ms) else {
             // No key for this epoch (fail closed): the probe is dropped, never kept raw.
             crate::ops::metrics::global().count(
-                "storegw_dropped_events_total",
+                crate::ops::metrics::Metric::DroppedEvents,
                 &crate::ops::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
                 1,
             );
@@ -305,7 +305,7 @@ mod tests {
         f
     }
 
-    fn pipeline(rotation_s: u64) -> Pipeline {
+    fn pipeline(rotation_s: u64) -> FrameStage {
         let devices = DevicePseudonymizer::new(Duration::from_secs(rotation_s), 8)
             .map(Arc::new)
             .expect("kernel CSPRNG");
@@ -314,7 +314,7 @@ mod tests {
             min_dwell: crate::config::Dur::secs(0),
             ..WifiConfig::default()
         };
-        Pipeline::new(&cfg, 1, devices, true)
+        FrameStage::new(&cfg, 1, devices, true)
     }
 
     #[test]
@@ -360,7 +360,7 @@ mod tests {
             estimate_devices: false,
             ..WifiConfig::default()
         };
-        let mut p = Pipeline::new(&cfg, 1, devices, true);
+        let mut p = FrameStage::new(&cfg, 1, devices, true);
         let mut out = Vec::new();
         for i in 0..3u8 {
             p.frame(
