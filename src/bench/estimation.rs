@@ -89,7 +89,8 @@ pub fn rate(tshark: Option<f64>) -> Result<Row, String> {
     let frames = probe_frames(200_000)?;
     let mut best = f64::MAX;
     let mut out = Vec::new();
-    for _ in 0..3 {
+    // Best of seven: the shortest run is the one least disturbed by the rest of the machine.
+    for _ in 0..7 {
         let mut p = pipeline()?;
         let t = Instant::now();
         for (ts, d) in &frames {
