@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod model;
 pub mod ops;
 pub mod privacy;
+pub mod remote;
 pub mod replay;
 pub mod source;
 pub mod spool;
