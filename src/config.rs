@@ -1031,4 +1031,54 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn remote_section_checks_the_key_file() -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+        let line = crate::remote::document::format_public_key(&key.verifying_key());
+        std::fs::write(dir.path().join("remote.pub"), format!("{line}\n"))?;
+        let set_mode = |m: u32| {
+            std::fs::set_permissions(
+                dir.path().join("remote.pub"),
+                std::fs::Permissions::from_mode(m),
+            )
+        };
+        let text = |extra: &str| {
+            format!(
+                "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n[http]\nenabled = false\n[remote]\npublic_key_file = \"remote.pub\"\n{extra}"
+            )
+        };
+        let check = |t: &str| {
+            parse("x.toml", t, Some(dir.path()))
+                .err()
+                .map(|e| e.to_string())
+        };
+        set_mode(0o644)?;
+        let cfg = parse("x.toml", &text(""), Some(dir.path()))?;
+        assert_eq!(
+            cfg.remote.map(|r| r.confirm_timeout.0),
+            Some(Duration::from_secs(300))
+        );
+        set_mode(0o664)?;
+        let e = check(&text("")).unwrap_or_default();
+        assert!(
+            e.contains("remote.public_key_file") && e.contains("writable"),
+            "{e}"
+        );
+        set_mode(0o600)?;
+        let e = check(&text("confirm_timeout = \"5s\"\n")).unwrap_or_default();
+        assert!(e.contains("remote.confirm_timeout"), "{e}");
+        std::fs::write(dir.path().join("remote.pub"), "not a key\n")?;
+        let e = check(&text("")).unwrap_or_default();
+        assert!(e.contains("remote.public_key_file"), "{e}");
+        std::fs::remove_file(dir.path().join("remote.pub"))?;
+        let e = check(&text("")).unwrap_or_default();
+        assert!(e.contains("cannot read"), "{e}");
+        // Without the section remote configuration is off.
+        let t = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n[http]\nenabled = false\n";
+        assert!(parse("x.toml", t, None)?.remote.is_none());
+        Ok(())
+    }
 }
