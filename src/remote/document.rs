@@ -741,4 +741,24 @@ mod tests {
         bare.pop();
         assert!(run(&bare, &keys(&k), 0).is_ok());
     }
+
+    #[test]
+    fn fuzz_seed_reaches_validation() {
+        // fuzz/seeds/remote_document/signed_ok.toml is signed with the fuzz target's fixed key,
+        // so the fuzzer starts from a document that passes every step.
+        let seed = include_bytes!("../../fuzz/seeds/remote_document/signed_ok.toml");
+        let k = key(7);
+        let local: toml::Table =
+            toml::from_str("[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n")
+                .unwrap_or_default();
+        let cx = Context {
+            keys: &keys(&k),
+            now: now(),
+            last_version: 1,
+            local: &local,
+            base: None,
+        };
+        let r = verify(seed, &cx).map(|v| v.document.version);
+        assert_eq!(r.map_err(|e| e.reason()), Ok(2));
+    }
 }
