@@ -162,7 +162,7 @@ pub struct StreamCap {
     pub max_age: Dur,
 }
 
-/// Pseudonymization settings (DESIGN §3).
+/// Pseudonymization settings (docs/design.md, "Privacy model").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrivacyConfig {
@@ -529,7 +529,7 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), String> {
     Ok((host, port, tls))
 }
 
-/// True for ids that are safe as one MQTT topic level (DESIGN §2).
+/// True for ids that are safe as one MQTT topic level (docs/design.md, "Wire contract").
 pub fn valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()

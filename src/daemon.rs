@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::event::Event;
-use crate::ops::{http, metrics, status, systemd};
+use crate::ops::{http_server, metrics, status, systemd};
 use crate::spool::Spool;
 use crate::uplink::{self, UplinkSettings};
 use std::sync::Arc;
@@ -23,7 +23,6 @@ pub struct Pipeline {
     http: Option<JoinHandle<()>>,
     shutdown_tx: watch::Sender<bool>,
     sources_stop: watch::Sender<bool>,
-    flush_interval: Duration,
     /// The configuration in effect; SIGHUP reload publishes here (see `ops::reload`).
     pub config: watch::Sender<Arc<Config>>,
 }
@@ -68,13 +67,9 @@ fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
     }
     // One append per stream, so a refused POS append never takes sensor events with it. The
     // events are moved into their stream's part, never cloned.
-    let mut parts: [Vec<Event>; 3] = Default::default();
+    let mut parts: [Vec<Event>; crate::event::Stream::COUNT] = Default::default();
     for e in buf.drain(..) {
-        let i = crate::event::Stream::ALL
-            .iter()
-            .position(|s| *s == e.stream())
-            .unwrap_or(0);
-        parts[i].push(e);
+        parts[e.stream().index()].push(e);
     }
     for (stream, part) in crate::event::Stream::ALL.into_iter().zip(parts) {
         if part.is_empty() {
@@ -120,20 +115,22 @@ impl Pipeline {
         let ctx = crate::source::SourceContext {
             cfg: Arc::new(cfg.clone()),
             tx,
-            spool: spool.clone(),
+            pos_sink: crate::source::DurableSink::new(spool.clone()),
             devices: devices.clone(),
             shutdown: sources_stop_rx,
             config: config_rx,
         };
-        let sources = crate::source::start_all(&ctx);
-        let source_routes = crate::source::http_routes(&ctx);
+        let crate::source::Started {
+            tasks: sources,
+            routes: source_routes,
+        } = crate::source::start_all(&ctx);
         // The writer ends once every sender is gone: the context's copy must go too.
         drop(ctx);
         let mut http_task = None;
         if cfg.http.enabled {
-            let router = http::base_router(spool.clone()).merge(source_routes);
-            let limits = http::Limits::from_config(&cfg.http);
-            match http::serve(&cfg.http.listen, router, limits).await {
+            let router = http_server::base_router(spool.clone()).merge(source_routes);
+            let limits = http_server::Limits::from_config(&cfg.http);
+            match http_server::serve(&cfg.http.listen, router, limits).await {
                 Ok(h) => http_task = Some(h),
                 Err(e) => tracing::error!("{e}; metrics, health and POS ingest are off"),
             }
@@ -157,7 +154,6 @@ impl Pipeline {
             http: http_task,
             shutdown_tx,
             sources_stop,
-            flush_interval: cfg.spool.flush_interval.0,
             config: config_tx,
         })
     }
@@ -196,7 +192,6 @@ impl Pipeline {
         if let Err(e) = self.spool.flush().await {
             tracing::error!(error = %e, "final spool flush failed");
         }
-        let _ = self.flush_interval;
         if let Some(e) = self.spool.storage_failure() {
             // sled flushes again when the database is dropped, and on a disk that refuses
             // writes that flush never returns: keep it alive so the process can exit.
@@ -233,7 +228,7 @@ async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
     let path = cfg.gateway.state_dir.join("status.json");
     loop {
         tick.tick().await;
-        let payload = status::payload(
+        let payload = status::file_payload(
             &cfg.gateway.store_id,
             &cfg.gateway.gateway_id,
             "running",

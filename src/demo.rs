@@ -64,10 +64,10 @@ dynamic_filters = true
             }
         })
         .map_err(|e| format!("cannot start embedded broker: {e}"))?;
-    // Wait until it accepts connections.
+    // Wait until it answers MQTT.
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if broker_answers(port) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -77,6 +77,30 @@ dynamic_filters = true
     ))
 }
 
+/// Whether an MQTT broker on `127.0.0.1:port` accepts a connection: a CONNECT answered by a
+/// successful CONNACK. A bare TCP connect closed before any CONNECT is what rumqttd logs as an
+/// error ("connection closed by peer"), so readiness is probed with a real, if minimal, session;
+/// closing it after the CONNACK is an ordinary disconnect to the broker.
+#[cfg(feature = "demo")]
+fn broker_answers(port: u16) -> bool {
+    use std::io::Read;
+    const CLIENT_ID: &[u8] = b"storegw-demo-probe";
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+    // MQTT 3.1.1 CONNECT: protocol "MQTT" level 4, clean session, keep-alive 5 s.
+    let mut connect = vec![0x10, (12 + CLIENT_ID.len()) as u8];
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 5]);
+    connect.extend_from_slice(&(CLIENT_ID.len() as u16).to_be_bytes());
+    connect.extend_from_slice(CLIENT_ID);
+    let mut connack = [0u8; 4];
+    tcp.write_all(&connect).is_ok()
+        && tcp.read_exact(&mut connack).is_ok()
+        && connack[0] == 0x20
+        && connack[3] == 0
+}
+
 /// What the demo subscriber saw.
 #[derive(Default)]
 struct Seen {
@@ -84,6 +108,7 @@ struct Seen {
     per_kind: BTreeMap<String, u64>,
     duplicates: u64,
     samples: BTreeMap<String, serde_json::Value>,
+    /// The last status document (after a clean stop: the retained `offline`).
     status: Option<serde_json::Value>,
 }
 
@@ -178,8 +203,10 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
             _ = crate::daemon::termination() => break,
         }
     }
-    println!("\n\nstopping: draining the spool…");
+    println!("\n\nstopping: waiting for the batches in flight…");
+    let spool = pipeline.spool.clone();
     pipeline.shutdown().await;
+    let ran_s = started.elapsed().as_secs();
     tokio::time::sleep(Duration::from_millis(500)).await;
     subscriber.abort();
     let s = seen
@@ -195,12 +222,14 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
         "{:<18} {:>10}   (duplicates received: {})",
         "total", total, s.duplicates
     );
-    if let Some(st) = &s.status {
-        println!(
-            "\nlast status: state={} uptime_s={} spool={}",
-            st["state"], st["uptime_s"], st["spool"]
-        );
-    }
+    let acked: u64 = crate::event::Stream::ALL
+        .iter()
+        .map(|st| crate::ops::metrics::global().events_out_total(*st))
+        .sum();
+    println!(
+        "\n{}",
+        last_status_line(s.status.as_ref(), ran_s, spool.total_depth(), acked)
+    );
     if let Some(sample) = s
         .samples
         .get("pos.transaction")
@@ -216,4 +245,32 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
         return Err("no events arrived at the subscriber".into());
     }
     Ok(())
+}
+
+/// The summary's status line: the state the broker holds for this gateway (`offline` after a
+/// clean stop, retained), how long the pipeline ran, what is left in the spool and how many
+/// events the broker acknowledged.
+fn last_status_line(
+    status: Option<&serde_json::Value>,
+    uptime_s: u64,
+    spool_depth: u64,
+    delivered: u64,
+) -> String {
+    let state = status
+        .and_then(|v| v["state"].as_str())
+        .unwrap_or("unknown");
+    let why = if state == "offline" {
+        " (retained, published on a clean stop)"
+    } else {
+        ""
+    };
+    let left = if spool_depth > 0 {
+        " (kept for the next start: a stop waits only for the batches in flight)"
+    } else {
+        ""
+    };
+    format!(
+        "last status: state=\"{state}\"{why} uptime_s={uptime_s} spool_depth={spool_depth}{left} \
+         delivered={delivered}"
+    )
 }

@@ -1,4 +1,4 @@
-//! The wire model: what the central platform receives (DESIGN §2, schema `storegw.v1`).
+//! The wire model: what the central platform receives (docs/design.md, "Wire contract"; schema `storegw.v1`).
 
 use serde::Serialize;
 use std::fmt;
@@ -17,8 +17,21 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Every data stream, in uplink priority order (POS first: it is what the till waits on).
+    /// Every data stream, in uplink priority order; `ALL[s.index()] == s` (POS first: it is what the till waits on).
     pub const ALL: [Stream; 3] = [Stream::Pos, Stream::Ble, Stream::Wifi];
+
+    /// Number of data streams, the length of every per-stream array.
+    pub const COUNT: usize = Stream::ALL.len();
+
+    /// The stream's slot in per-stream arrays: its position in [`Stream::ALL`]. The one
+    /// stream-to-index mapping; every per-stream array is indexed by it.
+    pub const fn index(self) -> usize {
+        match self {
+            Stream::Pos => 0,
+            Stream::Ble => 1,
+            Stream::Wifi => 2,
+        }
+    }
 
     /// Topic and tree name of the stream.
     pub fn as_str(self) -> &'static str {
@@ -288,6 +301,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_index_per_stream() {
+        for (i, s) in Stream::ALL.into_iter().enumerate() {
+            assert_eq!(s.index(), i);
+        }
+    }
 
     #[test]
     fn formats_rfc3339_ms() {

@@ -6,7 +6,7 @@ use crate::privacy::DevicePseudonymizer;
 use crate::source::ble::{adv, aggregate::Aggregator, btsnoop::Report, config::BleConfig, input};
 use crate::source::pos::{customer::JoinKey, normalize::normalize, parse_input, ParseOpts};
 use crate::source::wifi::config::{Policy, WifiConfig};
-use crate::source::wifi::{frame, pcap, pipeline::Pipeline};
+use crate::source::wifi::{frame, frame_stage::FrameStage, pcap};
 use std::sync::Arc;
 
 /// A fuzz entry point: untrusted bytes in, nothing out, never a panic.
@@ -48,7 +48,7 @@ pub fn wifi_capture(data: &[u8]) {
         return;
     };
     let Some(devices) = devices() else { return };
-    let mut p = Pipeline::new(&WifiConfig::default(), 1, devices, true);
+    let mut p = FrameStage::new(&WifiConfig::default(), 1, devices, true);
     let mut out = Vec::new();
     for rec in reader {
         let Ok(rec) = rec else { break };
@@ -93,7 +93,7 @@ pub fn wifi_frame(data: &[u8]) {
     };
     let _ = frame::decode(linktype, bytes, cut, cfg.verify_fcs);
     let Some(devices) = devices() else { return };
-    let mut p = Pipeline::new(&cfg, 1, devices, false);
+    let mut p = FrameStage::new(&cfg, 1, devices, false);
     let mut out = Vec::new();
     p.frame(linktype, bytes, cut, 1_700_000_000_000, &mut out);
     p.finish(&mut out);

@@ -1,16 +1,17 @@
-//! storegw: the in-store edge gateway of the retail CDP (see README and DESIGN).
+//! storegw: the in-store edge gateway of the retail CDP (see README and docs/design.md).
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod model;
 pub mod ops;
 pub mod privacy;
 pub mod remote;
-pub mod replay;
+pub mod sensor_events;
 pub mod source;
 pub mod spool;
 pub mod uplink;

@@ -65,6 +65,7 @@ enum Cmd {
         publish: bool,
     },
     /// Measure throughput and footprint beside same-run baselines; writes a markdown report.
+    #[cfg(feature = "bench")]
     Bench {
         /// Report path (the raw figures go next to it as .json).
         #[arg(long, default_value = "BENCHMARKS.md")]
@@ -290,6 +291,10 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo { duration, rate } => {
+            // The embedded broker stays quiet: rumqttd 0.20 logs a client's clean DISCONNECT
+            // (what the uplink sends on stop) as an ERROR, "router-drop" or "no-connection id N
+            // is already gone", whichever of its two disconnect paths runs second.
+            // STOREGW_LOG=rumqttd=info shows its log.
             init_logging(
                 "warn,rumqttd=off",
                 fmt_override.as_deref().unwrap_or("text"),
@@ -308,21 +313,28 @@ fn main() -> ExitCode {
             publish,
         } => {
             init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
-            let mut r = match storegw::replay::Replay::new(config.as_deref(), format, publish) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
+            let mut r =
+                match storegw::source::replay::Replay::new(config.as_deref(), format, publish) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                };
             let rt = match runtime() {
                 Ok(r) => r,
                 Err(c) => return c,
             };
             let summary = match (ble, wifi, pos) {
-                (Some(p), _, _) => storegw::source::ble::replay(&p, &mut r),
-                (_, Some(p), _) => storegw::source::wifi::replay(&p, &mut r),
-                (_, _, Some(p)) => storegw::source::pos::replay(&p, &mut r),
+                (Some(p), _, _) => {
+                    storegw::source::replay(storegw::source::ReplayFeed::Ble, &p, &mut r)
+                }
+                (_, Some(p), _) => {
+                    storegw::source::replay(storegw::source::ReplayFeed::Wifi, &p, &mut r)
+                }
+                (_, _, Some(p)) => {
+                    storegw::source::replay(storegw::source::ReplayFeed::Pos, &p, &mut r)
+                }
                 _ => Err("give one input: --ble FILE, --wifi FILE or --pos FILE".into()),
             };
             let done = match summary {
@@ -337,6 +349,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "bench")]
         Cmd::Bench {
             out,
             events,

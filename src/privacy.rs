@@ -1,6 +1,6 @@
-//! Device pseudonyms (DESIGN §3): HMAC-SHA256 under a key that exists only in RAM and is
-//! replaced every rotation period, aligned to local midnight, so pseudonyms of different days
-//! cannot be linked, not even by the operator.
+//! Device pseudonyms (docs/design.md, "Privacy model"): HMAC-SHA256 under a key that exists
+//! only in RAM and is replaced every rotation period, aligned to local midnight, so pseudonyms
+//! of different days cannot be linked, not even by the operator.
 
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;

@@ -2,6 +2,8 @@
 //! docs/fuzzing.md) and fuzz/seeds/<target>/ goes through the same entry point the fuzz target
 //! runs, on the stable toolchain, in every test run.
 
+#![cfg(feature = "fuzzing")]
+
 use std::path::Path;
 
 #[test]

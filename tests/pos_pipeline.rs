@@ -49,38 +49,13 @@ fn config(
     write_secret(&dir.join("join.key"), JOIN_KEY)?;
     write_secret(&dir.join("square.token"), "sq-token")?;
     write_secret(&dir.join("shopify.token"), "sh-token")?;
-    let path = dir.join("storegw.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[gateway]
-store_id = "s042"
-gateway_id = "gw1"
-state_dir = "{state}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {mqtt}
-reconnect_min = "100ms"
-reconnect_max = "1s"
-linger = "50ms"
-status_interval = "2s"
-connect_timeout = "3s"
-
-[spool.pos]
+    let rest = format!(
+        r#"[spool.pos]
 max_bytes = "{pos_cap}"
 max_age = "30d"
 
 [privacy]
 join_key_file = "join.key"
-
-[http]
-enabled = true
-listen = "127.0.0.1:{http}"
-
-[log]
-level = "info"
-format = "text"
 
 [sources.pos]
 enabled = true
@@ -113,11 +88,15 @@ url = "http://127.0.0.1:{api}/admin/api/2024-01"
 token_file = "shopify.token"
 interval = "1s"
 start = "2008-01-01T00:00:00Z"
-"#,
-            state = dir.join("state").display()
-        ),
-    )?;
-    Ok(path)
+"#
+    );
+    common::write_config_with_http(
+        dir,
+        mqtt,
+        "",
+        &format!("enabled = true\nlisten = \"127.0.0.1:{http}\""),
+        &rest,
+    )
 }
 
 /// A local Square + Shopify API serving the shared examples plus orders full of personal data.

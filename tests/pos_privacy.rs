@@ -26,13 +26,13 @@ fn config(
         "[spool.pos]\nmax_bytes = \"1GiB\"\nmax_age = \"30d\"\n\n[sources.pos]\nenabled = true\ndefault_currency = \"EUR\"\nnaive_time_offset = \"+01:00\"\n\n[sources.pos.http]\ntoken_file = \"{}\"\nbody_timeout = \"2s\"\n\n{watch}",
         dir.join("pos.token").display()
     );
-    let path = common::write_config(dir, mqtt, "", &rest)?;
-    let text = std::fs::read_to_string(&path)?.replace(
-        "[http]\nenabled = false\n",
-        &format!("[http]\nenabled = true\nlisten = \"127.0.0.1:{http}\"\n{extra_http}\n"),
-    );
-    std::fs::write(&path, text)?;
-    Ok(path)
+    common::write_config_with_http(
+        dir,
+        mqtt,
+        "",
+        &format!("enabled = true\nlisten = \"127.0.0.1:{http}\"\n{extra_http}"),
+        &rest,
+    )
 }
 
 async fn wait_http(base: &str, gw: &Gateway) -> R {

@@ -168,7 +168,7 @@ async fn live_task_emits_census_from_injected_probes() -> TestResult {
         cfg: cfg.clone(),
         config: config_rx,
         tx,
-        spool,
+        pos_sink: storegw::source::DurableSink::new(spool),
         devices: Arc::new(storegw::privacy::DevicePseudonymizer::new(
             Duration::from_secs(86_400),
             8,

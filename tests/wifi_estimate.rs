@@ -11,13 +11,7 @@ use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const PHONES: [&str; 5] = [
-    "iPhone11-B",
-    "iPhone11-F",
-    "iPhoneXR-A",
-    "iPhone12Pro-C",
-    "S21Ultra-M",
-];
+use storegw::bench::estimation::PHONES;
 
 fn labelled() -> Option<PathBuf> {
     let dir = common::shared_data()?.join("wifi/labelled");
@@ -226,16 +220,28 @@ fn mape(rows: &[Row], pick: impl Fn(&Row) -> f64) -> f64 {
         / rows.len().max(1) as f64
 }
 
-#[test]
-fn mixes_of_two_to_five_phones_are_counted_per_window() -> TestResult {
+/// The labelled directory, a temp dir for the mixes, and the replay config.
+type MixSetup = (PathBuf, tempfile::TempDir, PathBuf);
+
+/// The labelled data, python3 for its mixer, a temp dir and a config; None (with the reason
+/// printed) when something is missing.
+fn mix_setup() -> Result<Option<MixSetup>, Box<dyn std::error::Error>> {
     let Some(dir) = labelled() else {
-        return Ok(());
+        return Ok(None);
     };
     if !python() {
-        return Ok(());
+        return Ok(None);
     }
     let tmp = tempfile::tempdir()?;
     let cfg = config(tmp.path())?;
+    Ok(Some((dir, tmp, cfg)))
+}
+
+#[test]
+fn mixes_of_two_to_five_phones_are_counted_per_window() -> TestResult {
+    let Some((dir, tmp, cfg)) = mix_setup()? else {
+        return Ok(());
+    };
     let mut all = Vec::new();
     let mut rng = fastrand::Rng::with_seed(11);
     for n in 2..=5usize {
@@ -276,14 +282,9 @@ fn mixes_of_two_to_five_phones_are_counted_per_window() -> TestResult {
 /// hidden: they count as one device in most shared windows.
 #[test]
 fn two_identical_iphones_are_reported() -> TestResult {
-    let Some(dir) = labelled() else {
+    let Some((dir, tmp, cfg)) = mix_setup()? else {
         return Ok(());
     };
-    if !python() {
-        return Ok(());
-    }
-    let tmp = tempfile::tempdir()?;
-    let cfg = config(tmp.path())?;
     let mut all = Vec::new();
     for seed in 1..=3 {
         let (rows, _) = mix_windows(&dir, tmp.path(), &cfg, &["iPhone11-B", "iPhone11-F"], seed)?;

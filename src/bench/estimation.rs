@@ -7,15 +7,16 @@ use super::Row;
 use crate::privacy::DevicePseudonymizer;
 use crate::source::wifi::config::WifiConfig;
 use crate::source::wifi::frame::LINKTYPE_RADIOTAP;
+use crate::source::wifi::frame_stage::FrameStage;
 use crate::source::wifi::pcap;
-use crate::source::wifi::pipeline::Pipeline;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PHONES: [&str; 5] = [
+/// The labelled phones (`../shared/data/wifi/labelled`, one phone per capture).
+pub const PHONES: [&str; 5] = [
     "iPhone11-B",
     "iPhone11-F",
     "iPhoneXR-A",
@@ -33,9 +34,9 @@ fn labelled_dir() -> Result<PathBuf, String> {
 }
 
 /// The shipped defaults: estimation on, visits off.
-fn pipeline() -> Result<Pipeline, String> {
+fn pipeline() -> Result<FrameStage, String> {
     let devices = Arc::new(DevicePseudonymizer::new(Duration::from_secs(86_400), 8)?);
-    Ok(Pipeline::new(&WifiConfig::default(), 1, devices, false))
+    Ok(FrameStage::new(&WifiConfig::default(), 1, devices, false))
 }
 
 /// Probe frames of every labelled capture, repeated with fresh addresses (the FCS recomputed)

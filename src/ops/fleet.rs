@@ -3,14 +3,12 @@
 //! them all over, and prints one line per gateway, worst first, or JSON for scripts. The exit
 //! status says whether any gateway needs attention, so a cron job or a CI step can alert on it.
 
-use crate::config::parse_broker_url;
 use crate::event::now_ms;
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// What to read and when a gateway counts as needing attention.
@@ -282,33 +280,14 @@ pub fn json_report(list: &[GatewayHealth]) -> Value {
 /// MQTT client options: a throw-away clean session, credentials and TLS as `storegw tail`
 /// takes them.
 fn mqtt_options(o: &FleetOptions) -> Result<MqttOptions, String> {
-    let (host, port, tls) = parse_broker_url(&o.broker).map_err(|e| format!("--broker: {e}"))?;
-    let id = format!("storegw-fleet-{:08x}", fastrand::u32(..));
-    let mut m = MqttOptions::new(id, host, port);
-    m.set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(4 * 1024 * 1024, 64 * 1024);
-    if let Some(u) = &o.username {
-        let pw = match &o.password_file {
-            Some(p) => crate::config::check_secret_mode(p)
-                .map_err(|e| format!("--password-file {e}"))
-                .and_then(|_| {
-                    std::fs::read_to_string(p)
-                        .map_err(|e| format!("--password-file {}: {e}", p.display()))
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-            None => String::new(),
-        };
-        m.set_credentials(u.clone(), pw);
-    }
-    if tls {
-        let cfg = crate::uplink::tls_config(o.ca_file.as_deref(), None)?;
-        m.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
-        ));
-    }
-    Ok(m)
+    crate::ops::tail::client_options(
+        &o.broker,
+        o.username.as_deref(),
+        o.password_file.as_deref(),
+        o.ca_file.as_deref(),
+        "storegw-fleet",
+        4 * 1024 * 1024,
+    )
 }
 
 /// Quiet time after the last retained document before the listing is considered complete

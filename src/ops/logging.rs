@@ -21,9 +21,13 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+// `Targets` rather than `EnvFilter`: the same `warn,storegw=info` directives without the regex
+// engine and its Unicode tables (about 1 MiB of the store binary). Span and field filters are
+// the part of env-filter syntax it does not read.
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::{reload, Layer, Registry};
 
-type FilterHandle = reload::Handle<EnvFilter, Registry>;
+type FilterHandle = reload::Handle<Targets, Registry>;
 
 static HANDLE: OnceLock<FilterHandle> = OnceLock::new();
 /// Set when `STOREGW_LOG` chose the filter: a config reload then leaves it alone.
@@ -76,10 +80,12 @@ pub fn choose(format: &str) -> Sink {
 
 /// The filter of a configured level: storegw's own targets at `level`, every library at
 /// `warn` at most (below it they print identifiers and payloads).
-fn filter_for(level: &str) -> EnvFilter {
+fn filter_for(level: &str) -> Targets {
     let libs = if level == "error" { "error" } else { "warn" };
-    EnvFilter::try_new(format!("{libs},storegw={level}"))
-        .unwrap_or_else(|_| EnvFilter::new("warn,storegw=info"))
+    format!("{libs},storegw={level}")
+        .parse()
+        .or_else(|_| "warn,storegw=info".parse())
+        .unwrap_or_default()
 }
 
 /// What replaces an address-like pattern in a log line.
@@ -297,11 +303,11 @@ where
     }
 }
 
-/// Installs the global subscriber once; later calls are ignored. `STOREGW_LOG` (an env-filter
-/// directive such as `storegw=debug`) overrides `level`.
+/// Installs the global subscriber once; later calls are ignored. `STOREGW_LOG` (comma-separated
+/// `target=level` directives such as `storegw=debug`) overrides `level`.
 pub fn init(level: &str, format: &str) {
     let (filter, from_env) = match std::env::var("STOREGW_LOG") {
-        Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<Targets>() {
             Ok(f) => (f, true),
             Err(_) => (filter_for(level), false),
         },
@@ -421,7 +427,7 @@ mod tests {
     #[test]
     fn every_configurable_level_builds_a_filter() {
         for l in ["trace", "debug", "info", "warn", "error"] {
-            assert!(EnvFilter::try_new(format!("{l},rumqttc=warn")).is_ok());
+            assert!(format!("{l},rumqttc=warn").parse::<Targets>().is_ok());
         }
     }
 }

@@ -1,6 +1,12 @@
 //! Process-wide counters and gauges, rendered as Prometheus text on `/metrics`.
 //!
 //! Labels are streams, reasons and source names only: never an identifier.
+//!
+//! Every family is declared in this module (docs/design.md, "Metrics"): the fixed ones in
+//! [`FAMILIES`], the ones call sites feed in [`Metric`]; call sites name a variant, never a
+//! string. The registry is in-house rather than `prometheus-client`: it keeps the 0.0.4 text
+//! exposition (`_total` names in `# TYPE`, no `# EOF`) that operators' dashboards and
+//! `tests/ops_http.rs` rely on (docs/design.md, "Metrics").
 
 use crate::event::Stream;
 use std::collections::BTreeMap;
@@ -11,8 +17,8 @@ use std::sync::{Mutex, OnceLock};
 /// All metrics of the process.
 #[derive(Default)]
 pub struct Metrics {
-    events_in: [AtomicU64; 3],
-    events_out: [AtomicU64; 3],
+    events_in: [AtomicU64; Stream::COUNT],
+    events_out: [AtomicU64; Stream::COUNT],
     batches_out: AtomicU64,
     mqtt_connected: AtomicI64,
     mqtt_reconnects: AtomicU64,
@@ -26,11 +32,7 @@ pub struct Metrics {
 const LATENCY_BOUNDS_MS: [u64; 7] = [5, 20, 50, 200, 1000, 5000, 30000];
 
 fn si(s: Stream) -> usize {
-    match s {
-        Stream::Ble => 0,
-        Stream::Wifi => 1,
-        Stream::Pos => 2,
-    }
+    s.index()
 }
 
 static GLOBAL: OnceLock<Metrics> = OnceLock::new();
@@ -57,7 +59,7 @@ impl Metrics {
     /// Events dropped or refused.
     pub fn drops(&self, s: Stream, reason: &str, n: u64) {
         self.count(
-            "storegw_dropped_events_total",
+            Metric::DroppedEvents,
             &labels(&[("stream", s.as_str()), ("reason", reason)]),
             n,
         );
@@ -86,24 +88,25 @@ impl Metrics {
         let b = LATENCY_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(7);
         self.ack_latency_buckets[b].fetch_add(1, Ordering::Relaxed);
     }
-    /// Adds to a free-form labelled counter (source health, malformed inputs, restarts).
-    pub fn count(&self, name: &str, labels: &str, n: u64) {
+    /// Adds to a labelled counter (source health, malformed inputs, restarts).
+    pub fn count(&self, m: Metric, labels: &str, n: u64) {
         if let Ok(mut c) = self.counters.lock() {
-            *c.entry((name.to_string(), labels.to_string())).or_default() += n;
+            *c.entry((m.name().to_string(), labels.to_string()))
+                .or_default() += n;
         }
     }
-    /// Sets a free-form labelled gauge.
-    pub fn gauge(&self, name: &str, labels: &str, v: f64) {
+    /// Sets a labelled gauge.
+    pub fn gauge(&self, m: Metric, labels: &str, v: f64) {
         if let Ok(mut g) = self.gauges.lock() {
-            g.insert((name.to_string(), labels.to_string()), v);
+            g.insert((m.name().to_string(), labels.to_string()), v);
         }
     }
     /// Current value of a labelled counter.
-    pub fn counter_value(&self, name: &str, labels: &str) -> u64 {
+    pub fn counter_value(&self, m: Metric, labels: &str) -> u64 {
         self.counters
             .lock()
             .ok()
-            .and_then(|c| c.get(&(name.to_string(), labels.to_string())).copied())
+            .and_then(|c| c.get(&(m.name().to_string(), labels.to_string())).copied())
             .unwrap_or(0)
     }
 
@@ -201,7 +204,7 @@ impl Metrics {
                 o,
                 "storegw_source_up{{{}}} {}",
                 labels(&[("source", name), ("state", &h.state)]),
-                (h.state == "running") as u8
+                (h.state == crate::ops::status::SourceState::Running.as_str()) as u8
             );
         }
         family(&mut o, "storegw_source_last_input_age_seconds", "gauge");
@@ -218,15 +221,19 @@ impl Metrics {
         }
         // Labelled counters and gauges: the documented families first (HELP and TYPE even
         // without samples), then any other family a source registers.
-        for name in FREE_FORM {
-            family(&mut o, name, "counter");
-            write_samples(&mut o, name, "counter", &counters, &gauges);
+        for m in Metric::ALL.iter().copied().filter(|m| m.always_listed()) {
+            family(&mut o, m.name(), m.kind());
+            write_samples(&mut o, m.name(), m.kind(), &counters, &gauges);
         }
         let mut extra: Vec<(&str, &str)> = counters
             .keys()
             .map(|(n, _)| (n.as_str(), "counter"))
             .chain(gauges.keys().map(|(n, _)| (n.as_str(), "gauge")))
-            .filter(|(n, _)| !FAMILIES.iter().any(|f| f.0 == *n))
+            .filter(|(n, _)| {
+                !Metric::ALL
+                    .iter()
+                    .any(|m| m.always_listed() && m.name() == *n)
+            })
             .collect();
         extra.sort();
         extra.dedup_by(|a, b| a.0 == b.0);
@@ -264,15 +271,93 @@ fn braces(labels: &str) -> String {
     }
 }
 
-/// Families fed through [`Metrics::count`] / [`Metrics::gauge`] rather than fixed fields.
-const FREE_FORM: [&str; 4] = [
-    "storegw_dropped_events_total",
-    "storegw_source_restarts_total",
-    "storegw_malformed_total",
-    "storegw_config_reloads_total",
-];
+/// Declares [`Metric`]: variant, exposed name, type, whether it is listed without samples,
+/// and HELP text, in one row each.
+macro_rules! metrics {
+    ($($v:ident => $name:literal, $kind:literal, $listed:literal, $help:literal;)*) => {
+        /// A family fed through [`Metrics::count`] / [`Metrics::gauge`] at its call sites.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Metric {
+            $(#[doc = $help] $v,)*
+        }
 
-/// Every metric family: name, type and HELP text. docs/operations.md lists the same.
+        impl Metric {
+            /// Every call-site family.
+            pub const ALL: &'static [Metric] = &[$(Metric::$v,)*];
+
+            /// The exposed name (part of the operator contract: never renamed).
+            pub const fn name(self) -> &'static str {
+                match self { $(Metric::$v => $name,)* }
+            }
+
+            /// `counter` or `gauge`.
+            pub const fn kind(self) -> &'static str {
+                match self { $(Metric::$v => $kind,)* }
+            }
+
+            /// HELP text.
+            pub const fn help(self) -> &'static str {
+                match self { $(Metric::$v => $help,)* }
+            }
+
+            /// Documented families are rendered (HELP and TYPE) even before their first sample.
+            const fn always_listed(self) -> bool {
+                match self { $(Metric::$v => $listed,)* }
+            }
+        }
+    };
+}
+
+metrics! {
+    DroppedEvents => "storegw_dropped_events_total", "counter", true,
+        "Events dropped or refused, by stream and reason.";
+    SourceRestarts => "storegw_source_restarts_total", "counter", true,
+        "Restarts of a source's component (e.g. the BLE scanner), by source and what restarted.";
+    Malformed => "storegw_malformed_total", "counter", true,
+        "Malformed inputs counted and skipped, by source and reason.";
+    ConfigReloads => "storegw_config_reloads_total", "counter", true,
+        "SIGHUP configuration reloads, by result (applied, rejected).";
+    HttpConnectionsRefused => "storegw_http_connections_refused_total", "counter", false,
+        "Loopback HTTP connections refused at the connection cap.";
+    WifiFrames => "storegw_wifi_frames_total", "counter", false,
+        "Wi-Fi frames captured.";
+    WifiProbeRequests => "storegw_wifi_probe_requests_total", "counter", false,
+        "Wi-Fi probe requests seen.";
+    WifiAccepted => "storegw_wifi_accepted_total", "counter", false,
+        "Wi-Fi probe requests counted.";
+    WifiMalformed => "storegw_wifi_malformed_total", "counter", false,
+        "Wi-Fi frames that did not parse.";
+    WifiBadFcs => "storegw_wifi_bad_fcs_total", "counter", false,
+        "Wi-Fi frames with a bad frame check sequence.";
+    WifiGroupSource => "storegw_wifi_group_source_total", "counter", false,
+        "Wi-Fi frames with a group (multicast) source address.";
+    WifiTrackedDevices => "storegw_wifi_tracked_devices", "gauge", false,
+        "Devices the Wi-Fi estimator tracks now.";
+    WifiKernelDrops => "storegw_wifi_kernel_drops_total", "counter", false,
+        "Frames the kernel dropped before the capture socket read them.";
+    BleReports => "storegw_ble_reports_total", "counter", false,
+        "BLE advertising reports received.";
+    BleMalformed => "storegw_ble_malformed_total", "counter", false,
+        "BLE advertising reports that did not parse.";
+    BleDecoded => "storegw_ble_decoded_total", "counter", false,
+        "BLE beacon frames decoded, by format.";
+    BleEvents => "storegw_ble_events_total", "counter", false,
+        "BLE events produced, by kind.";
+    PosPollErrors => "storegw_pos_poll_errors_total", "counter", false,
+        "Failed POS API polls.";
+    PosRejected => "storegw_pos_rejected_total", "counter", false,
+        "POS inputs rejected as invalid, by input.";
+    PosFiles => "storegw_pos_files_total", "counter", false,
+        "POS export files processed, by result.";
+    PosConflicts => "storegw_pos_conflicts_total", "counter", false,
+        "POS transactions refused: id reused with other content.";
+    PosDuplicates => "storegw_pos_duplicates_total", "counter", false,
+        "POS transactions already stored (idempotent retries).";
+    PosRefused => "storegw_pos_refused_total", "counter", false,
+        "POS inputs refused for lack of room, by reason.";
+}
+
+/// Every fixed metric family: name, type and HELP text. docs/operations.md lists the same.
 pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "storegw_build_info",
@@ -349,26 +434,6 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "gauge",
         "Seconds since a source last saw input.",
     ),
-    (
-        "storegw_dropped_events_total",
-        "counter",
-        "Events dropped or refused, by stream and reason.",
-    ),
-    (
-        "storegw_source_restarts_total",
-        "counter",
-        "Restarts of a source's component (e.g. the BLE scanner), by source and what restarted.",
-    ),
-    (
-        "storegw_malformed_total",
-        "counter",
-        "Malformed inputs counted and skipped, by source and reason.",
-    ),
-    (
-        "storegw_config_reloads_total",
-        "counter",
-        "SIGHUP configuration reloads, by result (applied, rejected).",
-    ),
 ];
 
 fn family(o: &mut String, name: &str, kind: &str) {
@@ -376,6 +441,12 @@ fn family(o: &mut String, name: &str, kind: &str) {
         .iter()
         .find(|f| f.0 == name)
         .map(|f| f.2)
+        .or_else(|| {
+            Metric::ALL
+                .iter()
+                .find(|m| m.name() == name)
+                .map(|m| m.help())
+        })
         .unwrap_or("Source-defined metric.");
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -403,7 +474,7 @@ fn valid_name(n: &str) -> bool {
 /// exposition format requires, so a reason string can never break the `/metrics` page.
 ///
 /// Convention for sources: malformed input is counted as
-/// `count("storegw_malformed_total", &labels(&[("source", "wifi"), ("reason", "short_frame")]), n)`
+/// `count(Metric::Malformed, &labels(&[("source", "wifi"), ("reason", "short_frame")]), n)`
 /// with a short, fixed snake_case reason (never input data, never an identifier).
 pub fn labels(pairs: &[(&str, &str)]) -> String {
     let mut out = String::new();
@@ -429,7 +500,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> String {
 /// Counts malformed input of a source (see [`labels`] for the convention).
 pub fn malformed(source: &str, reason: &str, n: u64) {
     global().count(
-        "storegw_malformed_total",
+        Metric::Malformed,
         &labels(&[("source", source), ("reason", reason)]),
         n,
     );
@@ -451,12 +522,12 @@ mod tests {
     fn every_family_is_declared_once() {
         let m = Metrics::default();
         m.count(
-            "storegw_malformed_total",
+            Metric::Malformed,
             &labels(&[("source", "x"), ("reason", "y")]),
             2,
         );
-        m.count("custom_total", "a=\"b\"", 1);
-        m.gauge("custom_gauge", "", f64::INFINITY);
+        m.count(Metric::PosFiles, "result=\"done\"", 1);
+        m.gauge(Metric::WifiTrackedDevices, "", f64::INFINITY);
         let text = m.render(None);
         let mut seen = std::collections::HashSet::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
@@ -464,7 +535,8 @@ mod tests {
             assert!(seen.insert(name.to_string()), "{name} declared twice");
         }
         assert!(text.contains("storegw_malformed_total{source=\"x\",reason=\"y\"} 2"));
-        assert!(text.contains("custom_gauge +Inf"));
+        assert!(text.contains("storegw_wifi_tracked_devices +Inf"));
+        assert!(text.contains("# HELP storegw_pos_files_total POS export files"));
         assert!(text.contains("# HELP storegw_dropped_events_total "));
     }
 }

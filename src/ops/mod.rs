@@ -1,7 +1,7 @@
 //! The control plane: metrics, health, status payloads, systemd integration.
 
 pub mod fleet;
-pub mod http;
+pub mod http_server;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

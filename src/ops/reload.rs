@@ -1,46 +1,143 @@
 //! SIGHUP configuration reload: what applies at once, what waits for a restart, and keeping the
-//! running configuration when the new file is bad.
+//! running configuration when the new file is bad (docs/design.md, "Reload").
 //!
-//! Live settings (log level, sources' thresholds and allowlists, `privacy.min_count`, the
-//! simulator's rate) reach the pipeline through a `watch` channel of `Arc<Config>` that every
-//! source holds in its `SourceContext`. Settings that shape the spool, the MQTT session, the
-//! HTTP listener or the identity of the gateway are kept at their running values and named in
-//! the log, so the published configuration is always the one in effect.
+//! One table, [`RULES`], decides for every key whether it applies live or needs a restart. The
+//! same table builds the published configuration (restart-only settings keep their running
+//! values), the log lines (applied / pending a restart) and the status file's
+//! `pending_restart` list, so what the gateway says is what it does. Live settings reach the
+//! sources through the `watch` channel of `Arc<Config>` in their `SourceContext`.
 
 use crate::config::{self, Config};
-use crate::ops::{logging, metrics};
+use crate::ops::{logging, metrics, status};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Keys (dotted prefixes) whose change needs a restart.
-const RESTART_PREFIXES: [&str; 9] = [
-    "gateway",
-    "mqtt",
-    "spool",
-    "http",
-    "privacy.rotation",
-    "privacy.pseudonym_bytes",
-    "privacy.join_key_file",
-    "log.format",
-    "sources.sim.seed",
+/// How a changed key takes effect.
+#[derive(Clone, Copy)]
+pub enum Apply {
+    /// A running task reads the new value (watch channel) and uses it at once.
+    Live,
+    /// Only a restart applies it; until then the function copies the running value into the
+    /// configuration being published (`(published, running)`).
+    Restart(fn(&mut Config, &Config)),
+}
+
+/// One row of the reload table: a dotted key or key prefix and how its changes apply.
+pub struct Rule {
+    /// Dotted key; it also covers every key below it (`mqtt` covers `mqtt.host`).
+    pub key: &'static str,
+    /// Live or restart-only.
+    pub apply: Apply,
+}
+
+const fn live(key: &'static str) -> Rule {
+    Rule {
+        key,
+        apply: Apply::Live,
+    }
+}
+
+const fn restart(key: &'static str, keep: fn(&mut Config, &Config)) -> Rule {
+    Rule {
+        key,
+        apply: Apply::Restart(keep),
+    }
+}
+
+/// The reload table; the most specific (longest) matching key wins, and a key no row covers
+/// needs a restart (nothing is claimed live unless a task is known to read it).
+pub const RULES: &[Rule] = &[
+    restart("gateway", |e, r| e.gateway = r.gateway.clone()),
+    restart("mqtt", |e, r| {
+        let drain_rate = e.mqtt.drain_rate;
+        e.mqtt = r.mqtt.clone();
+        e.mqtt.drain_rate = drain_rate;
+    }),
+    live("mqtt.drain_rate"),
+    restart("spool", |e, r| e.spool = r.spool.clone()),
+    restart("http", |e, r| e.http = r.http.clone()),
+    live("privacy.min_count"),
+    restart("privacy.rotation", |e, r| {
+        e.privacy.rotation = r.privacy.rotation
+    }),
+    restart("privacy.pseudonym_bytes", |e, r| {
+        e.privacy.pseudonym_bytes = r.privacy.pseudonym_bytes
+    }),
+    restart("privacy.join_key_file", |e, r| {
+        e.privacy.join_key_file = r.privacy.join_key_file.clone()
+    }),
+    live("log.level"),
+    restart("log.format", |e, r| e.log.format = r.log.format.clone()),
+    // Simulator: rate and limit are re-read by the running task.
+    live("sources.sim"),
+    restart("sources.sim.enabled", |e, r| {
+        e.sources.sim.enabled = r.sources.sim.enabled
+    }),
+    restart("sources.sim.seed", |e, r| {
+        e.sources.sim.seed = r.sources.sim.seed
+    }),
+    restart("sources.sim.beacons", |e, r| {
+        e.sources.sim.beacons = r.sources.sim.beacons
+    }),
+    restart("sources.sim.registers", |e, r| {
+        e.sources.sim.registers = r.sources.sim.registers
+    }),
+    restart("sources.sim.currency", |e, r| {
+        e.sources.sim.currency = r.sources.sim.currency.clone()
+    }),
+    // BLE: the aggregator takes windows, beacons, allowlists and thresholds on reload; the
+    // scanner's adapter and its watchdog timings are chosen when it starts.
+    live("sources.ble"),
+    restart("sources.ble.enabled", |e, r| {
+        e.sources.ble.enabled = r.sources.ble.enabled
+    }),
+    restart("sources.ble.adapter", |e, r| {
+        e.sources.ble.adapter = r.sources.ble.adapter.clone()
+    }),
+    restart("sources.ble.stall_timeout", |e, r| {
+        e.sources.ble.stall_timeout = r.sources.ble.stall_timeout
+    }),
+    restart("sources.ble.retry_interval", |e, r| {
+        e.sources.ble.retry_interval = r.sources.ble.retry_interval
+    }),
+    // Wi-Fi: the pipeline takes windows and policies on reload, the channel hopper re-reads
+    // its list and dwell; the capture socket (interface, BPF filter) is opened at start.
+    live("sources.wifi"),
+    restart("sources.wifi.enabled", |e, r| {
+        e.sources.wifi.enabled = r.sources.wifi.enabled
+    }),
+    restart("sources.wifi.interface", |e, r| {
+        e.sources.wifi.interface = r.sources.wifi.interface.clone()
+    }),
+    restart("sources.wifi.bpf_filter", |e, r| {
+        e.sources.wifi.bpf_filter = r.sources.wifi.bpf_filter
+    }),
+    // POS: the ingest store (currency, register, time offset, idempotency window, join key
+    // country) and the HTTP routes are built once; watchers and pollers restart on reload.
+    restart("sources.pos", |e, r| {
+        let watch = std::mem::take(&mut e.sources.pos.watch);
+        let poll = std::mem::take(&mut e.sources.pos.poll);
+        e.sources.pos = r.sources.pos.clone();
+        e.sources.pos.watch = watch;
+        e.sources.pos.poll = poll;
+    }),
+    live("sources.pos.watch"),
+    live("sources.pos.poll"),
 ];
 
-/// Keys under a restart-only prefix that still apply live.
-const LIVE_EXCEPTIONS: [&str; 1] = ["mqtt.drain_rate"];
+/// The table row that governs `key`, if any.
+pub fn rule(key: &str) -> Option<&'static Rule> {
+    RULES
+        .iter()
+        .filter(|r| key == r.key || (key.starts_with(r.key) && key[r.key.len()..].starts_with('.')))
+        .max_by_key(|r| r.key.len())
+}
 
 /// True when changing `key` takes a restart to apply.
 pub fn needs_restart(key: &str) -> bool {
-    if LIVE_EXCEPTIONS.contains(&key) {
-        return false;
-    }
-    let prefixed = |p: &str| key == p || key.starts_with(&format!("{p}."));
-    RESTART_PREFIXES.iter().any(|p| prefixed(p))
-        || (key.starts_with("sources.") && key.ends_with(".enabled"))
-        || ["beacons", "registers", "currency"]
-            .iter()
-            .any(|k| key == format!("sources.sim.{k}"))
+    !matches!(rule(key).map(|r| r.apply), Some(Apply::Live))
 }
 
 /// Flattens a TOML document into dotted key → value text.
@@ -88,22 +185,15 @@ pub fn changed_keys(old: &str, new: &str) -> Vec<String> {
 /// running value.
 pub fn effective(running: &Config, new: Config) -> Config {
     let mut e = new;
-    e.gateway = running.gateway.clone();
-    let drain_rate = e.mqtt.drain_rate;
-    e.mqtt = running.mqtt.clone();
-    e.mqtt.drain_rate = drain_rate;
-    e.spool = running.spool.clone();
-    e.http = running.http.clone();
-    e.privacy.rotation = running.privacy.rotation;
-    e.privacy.pseudonym_bytes = running.privacy.pseudonym_bytes;
-    e.privacy.join_key_file = running.privacy.join_key_file.clone();
-    e.log.format = running.log.format.clone();
-    let (sim, old) = (&mut e.sources.sim, &running.sources.sim);
-    sim.enabled = old.enabled;
-    sim.seed = old.seed;
-    sim.beacons = old.beacons;
-    sim.registers = old.registers;
-    sim.currency = old.currency.clone();
+    // Broad rows first, so a narrower row (or a live exception inside a restart row) has the
+    // last word on its own key.
+    let mut rows: Vec<&Rule> = RULES.iter().collect();
+    rows.sort_by_key(|r| r.key.len());
+    for r in rows {
+        if let Apply::Restart(keep) = r.apply {
+            keep(&mut e, running);
+        }
+    }
     e
 }
 
@@ -172,6 +262,7 @@ impl Reloader {
             applied = %if live.is_empty() { "(nothing)".to_string() } else { live.join(", ") },
             "configuration reloaded"
         );
+        status::set_pending_restart(pending.clone());
         if !pending.is_empty() {
             tracing::warn!(
                 keys = %pending.join(", "),
@@ -185,7 +276,7 @@ impl Reloader {
 
 fn count(result: &str) {
     metrics::global().count(
-        "storegw_config_reloads_total",
+        crate::ops::metrics::Metric::ConfigReloads,
         &metrics::labels(&[("result", result)]),
         1,
     );
@@ -236,5 +327,43 @@ mod tests {
         assert_eq!(e.gateway.gateway_id, "g1");
         assert_eq!(e.sources.sim.rate, 99.0);
         Ok(())
+    }
+
+    #[test]
+    fn table_classes_drive_the_published_configuration() -> Result<(), config::ConfigError> {
+        let base = format!(
+            "{BASE}[sources.wifi]\ninterface = \"wlan1\"\nchannels = [1]\n\
+             [sources.pos]\ndefault_currency = \"EUR\"\n[[sources.pos.watch]]\ndir = \"/a\"\n"
+        );
+        let new_text = base
+            .replace("wlan1", "wlan2")
+            .replace("[1]", "[6, 11]")
+            .replace("EUR", "GBP")
+            .replace("/a", "/b");
+        let keys = changed_keys(&base, &new_text);
+        let restart: Vec<_> = keys.iter().filter(|k| needs_restart(k)).collect();
+        assert_eq!(
+            restart,
+            ["sources.pos.default_currency", "sources.wifi.interface"]
+        );
+        let running = config::parse("a.toml", &base, None)?;
+        let e = effective(&running, config::parse("a.toml", &new_text, None)?);
+        assert_eq!(e.sources.wifi.interface, "wlan1");
+        assert_eq!(e.sources.wifi.channels, [6, 11]);
+        assert_eq!(e.sources.pos.default_currency, "EUR");
+        assert_eq!(
+            e.sources.pos.watch.first().map(|w| w.dir.clone()),
+            Some(std::path::PathBuf::from("/b"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_never_claimed_live() {
+        assert!(needs_restart("brand_new.key"));
+        assert!(!needs_restart("mqtt.drain_rate"));
+        assert!(needs_restart("mqtt.drain"));
+        assert!(!needs_restart("sources.pos.watch"));
+        assert!(needs_restart("sources.pos.http.token_file"));
     }
 }

@@ -1,4 +1,4 @@
-//! Source health registry and the retained status payload (DESIGN §2 `status`).
+//! Source health registry and the retained status payload (docs/design.md, "Wire contract").
 
 use crate::event::{now_ms, rfc3339_ms, Stream, SCHEMA};
 use crate::spool::Spool;
@@ -8,10 +8,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+/// The health a source reports (its `state` in the status document and on `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// Opening its device or input.
+    Starting,
+    /// Producing events.
+    Running,
+    /// Running with a problem worth attention (channel hopping failed, a watch dir missing).
+    Degraded,
+    /// Not producing; the gateway is unhealthy until it recovers.
+    Failed,
+    /// Ended on purpose (shutdown, simulator limit).
+    Stopped,
+}
+
+impl SourceState {
+    /// The word used in the status document and the `state` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Starting => "starting",
+            SourceState::Running => "running",
+            SourceState::Degraded => "degraded",
+            SourceState::Failed => "failed",
+            SourceState::Stopped => "stopped",
+        }
+    }
+}
+
 /// What one source reports about itself.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct SourceHealth {
-    /// `starting`, `running`, `degraded`, `failed`, `stopped`.
+    /// A [`SourceState`] word (`starting`, `running`, …), kept as text in the document.
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -27,6 +55,7 @@ static SOURCES: OnceLock<Mutex<BTreeMap<String, SourceHealth>>> = OnceLock::new(
 static STARTED: OnceLock<Instant> = OnceLock::new();
 static DEAD_TASKS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 static STOPPING: AtomicBool = AtomicBool::new(false);
+static PENDING_RESTART: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Marks a pipeline task that must keep running: if it panics, or (for tasks that only end on
 /// shutdown) ends before the gateway is stopping, the gateway turns unhealthy, `/healthz` says
@@ -93,23 +122,51 @@ pub fn uptime_s() -> u64 {
 }
 
 /// Sets a source's state and detail.
-pub fn set_source(name: &str, state: &str, detail: Option<String>) {
+pub fn set_source(name: &str, state: SourceState, detail: Option<String>) {
     if let Ok(mut m) = sources().lock() {
         let h = m.entry(name.to_string()).or_default();
-        if state != h.state {
+        let word = state.as_str();
+        if word != h.state {
             match state {
-                "failed" | "degraded" => tracing::warn!(
+                SourceState::Failed | SourceState::Degraded => tracing::warn!(
                     source = name,
-                    state,
+                    state = word,
                     detail = detail.as_deref().unwrap_or(""),
                     "source unhealthy"
                 ),
-                _ => tracing::info!(source = name, state, "source state"),
+                _ => tracing::info!(source = name, state = word, "source state"),
             }
         }
-        h.state = state.to_string();
+        h.state = word.to_string();
         h.detail = detail;
     }
+}
+
+/// Records the changed keys a reload could not apply (they wait for a restart), so the status
+/// file tells the operator what the running gateway is not doing yet.
+pub fn set_pending_restart(keys: Vec<String>) {
+    if let Ok(mut p) = PENDING_RESTART.lock() {
+        *p = keys;
+    }
+}
+
+/// The changed keys that wait for a restart (empty when the running configuration is the file).
+pub fn pending_restart() -> Vec<String> {
+    PENDING_RESTART
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default()
+}
+
+/// The status file for `storegw status`: the retained status document plus the reload keys
+/// pending a restart. Kept apart from [`payload`] so the MQTT status message is unchanged.
+pub fn file_payload(store: &str, gateway: &str, state: &str, spool: Option<&Spool>) -> Vec<u8> {
+    let doc = payload(store, gateway, state, spool);
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&doc) else {
+        return doc;
+    };
+    v["pending_restart"] = pending_restart().into();
+    serde_json::to_vec(&v).unwrap_or(doc)
 }
 
 /// Records that a source saw input now.
@@ -128,7 +185,7 @@ pub fn source_restart(name: &str, what: &str) {
         m.entry(name.to_string()).or_default().restarts += 1;
     }
     crate::ops::metrics::global().count(
-        "storegw_source_restarts_total",
+        crate::ops::metrics::Metric::SourceRestarts,
         &crate::ops::metrics::labels(&[("source", name), ("what", what)]),
         1,
     );
@@ -146,7 +203,7 @@ pub fn unhealthy_reasons(spool: &Spool) -> Vec<String> {
         r.extend(d.iter().map(|t| format!("pipeline task {t} ended")));
     }
     for (name, h) in source_snapshot() {
-        if h.state == "failed" {
+        if h.state == SourceState::Failed.as_str() {
             r.push(format!(
                 "source {name} failed: {}",
                 h.detail.unwrap_or_default()

@@ -313,14 +313,34 @@ fn spool_depth(status: &Value) -> u64 {
 }
 
 fn mqtt_options(o: &TailOptions) -> Result<MqttOptions, String> {
-    let (host, port, tls) = parse_broker_url(&o.broker).map_err(|e| format!("--broker: {e}"))?;
-    let id = format!("storegw-tail-{:08x}", fastrand::u32(..));
+    client_options(
+        &o.broker,
+        o.username.as_deref(),
+        o.password_file.as_deref(),
+        o.ca_file.as_deref(),
+        "storegw-tail",
+        64 * 1024 * 1024,
+    )
+}
+
+/// MQTT options of the central team's tools (`tail`, `fleet`): a throw-away clean session
+/// under a random client id, credentials from a 0600 password file, TLS for `mqtts://`.
+pub(crate) fn client_options(
+    broker: &str,
+    username: Option<&str>,
+    password_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+    id_prefix: &str,
+    max_packet: usize,
+) -> Result<MqttOptions, String> {
+    let (host, port, tls) = parse_broker_url(broker).map_err(|e| format!("--broker: {e}"))?;
+    let id = format!("{id_prefix}-{:08x}", fastrand::u32(..));
     let mut m = MqttOptions::new(id, host, port);
     m.set_clean_session(true)
         .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(64 * 1024 * 1024, 64 * 1024);
-    if let Some(u) = &o.username {
-        let pw = match &o.password_file {
+        .set_max_packet_size(max_packet, 64 * 1024);
+    if let Some(u) = username {
+        let pw = match password_file {
             Some(p) => crate::config::check_secret_mode(p)
                 .map_err(|e| format!("--password-file {e}"))
                 .and_then(|_| {
@@ -331,10 +351,10 @@ fn mqtt_options(o: &TailOptions) -> Result<MqttOptions, String> {
                 .to_string(),
             None => String::new(),
         };
-        m.set_credentials(u.clone(), pw);
+        m.set_credentials(u.to_string(), pw);
     }
     if tls {
-        let cfg = crate::uplink::tls_config(o.ca_file.as_deref(), None)?;
+        let cfg = crate::uplink::tls_config(ca_file, None)?;
         m.set_transport(Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
         ));

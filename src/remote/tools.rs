@@ -5,10 +5,9 @@ use super::document::{self, Context, TrustedKeys};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroize as _;
 
@@ -192,34 +191,14 @@ pub fn config_topic(prefix: &str, store: &str, gateway: Option<&str>) -> String 
 }
 
 fn mqtt_options(o: &PushOptions) -> Result<MqttOptions, String> {
-    let (host, port, tls) =
-        crate::config::parse_broker_url(&o.broker).map_err(|e| format!("--broker: {e}"))?;
-    let id = format!("storegw-push-{:08x}", fastrand::u32(..));
-    let mut m = MqttOptions::new(id, host, port);
-    m.set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1024 * 1024, 1024 * 1024);
-    if let Some(u) = &o.username {
-        let pw = match &o.password_file {
-            Some(p) => crate::config::check_secret_mode(p)
-                .map_err(|e| format!("--password-file {e}"))
-                .and_then(|_| {
-                    std::fs::read_to_string(p)
-                        .map_err(|e| format!("--password-file {}: {e}", p.display()))
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-            None => String::new(),
-        };
-        m.set_credentials(u.clone(), pw);
-    }
-    if tls {
-        let cfg = crate::uplink::tls_config(o.ca_file.as_deref(), None)?;
-        m.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
-        ));
-    }
-    Ok(m)
+    crate::ops::tail::client_options(
+        &o.broker,
+        o.username.as_deref(),
+        o.password_file.as_deref(),
+        o.ca_file.as_deref(),
+        "storegw-push",
+        1024 * 1024,
+    )
 }
 
 /// `storegw push`: publishes a signed document retained at QoS 1 and waits for the broker's

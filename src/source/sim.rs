@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::config::SimConfig;
 use crate::event::{now_ms, rfc3339_ms, Event};
-use crate::model::*;
+use crate::sensor_events::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,6 +234,25 @@ impl Simulator {
     }
 }
 
+/// Starts the simulator when enabled; it stops at shutdown or at its `limit`.
+pub fn start(ctx: &crate::source::SourceContext) -> crate::source::Started {
+    if !ctx.cfg.sources.sim.enabled {
+        return crate::source::Started::default();
+    }
+    let sim = run(
+        ctx.cfg.sources.sim.clone(),
+        ctx.tx.clone(),
+        Some(ctx.config.clone()),
+    );
+    let mut stop = ctx.shutdown.clone();
+    crate::source::Started::tasks(vec![tokio::spawn(async move {
+        tokio::select! {
+            _ = sim => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    })])
+}
+
 /// Feeds simulated events into the pipeline at `cfg.rate` until `limit` (if any) is reached or
 /// the channel closes. With `live`, a reloaded `rate` and `limit` apply at once.
 pub async fn run(
@@ -241,7 +260,7 @@ pub async fn run(
     tx: mpsc::Sender<Event>,
     mut live: Option<watch::Receiver<Arc<Config>>>,
 ) {
-    crate::ops::status::set_source("sim", "running", None);
+    crate::ops::status::set_source("sim", crate::ops::status::SourceState::Running, None);
     let mut cfg = cfg;
     let mut sim = Simulator::new(&cfg);
     // Emit in small bursts so high rates do not need a timer per event.
@@ -272,7 +291,7 @@ pub async fn run(
             if cfg.limit > 0 && sent >= cfg.limit {
                 crate::ops::status::set_source(
                     "sim",
-                    "stopped",
+                    crate::ops::status::SourceState::Stopped,
                     Some(format!("limit of {} events reached", cfg.limit)),
                 );
                 return;

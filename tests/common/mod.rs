@@ -318,11 +318,25 @@ pub fn write_secret(path: &Path, content: impl AsRef<[u8]>) -> std::io::Result<(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// A config for tests; `extra` is appended (sections must not repeat the ones given here).
+/// A config for tests with the loopback HTTP server off; `rest` is appended (sections must not
+/// repeat the ones given here).
 pub fn write_config(
     dir: &Path,
     port: u16,
     mqtt_extra: &str,
+    rest: &str,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    write_config_with_http(dir, port, mqtt_extra, "enabled = false", rest)
+}
+
+/// The one test config writer: `storegw.toml` in `dir` for a gateway (`s042`/`gw1`, state in
+/// `dir/state`) talking to the broker on `port` with fast reconnects; `http` is the body of
+/// `[http]`, `rest` is appended (sections must not repeat the ones given here).
+pub fn write_config_with_http(
+    dir: &Path,
+    port: u16,
+    mqtt_extra: &str,
+    http: &str,
     rest: &str,
 ) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let path = dir.join("storegw.toml");
@@ -345,7 +359,7 @@ connect_timeout = "3s"
 {mqtt_extra}
 
 [http]
-enabled = false
+{http}
 
 [log]
 level = "info"

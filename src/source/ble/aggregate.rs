@@ -1,5 +1,5 @@
 //! From advertising reports to events: `ble.sighting` windows, `ble.presence` sessions and
-//! `ble.census` counts (DESIGN §2).
+//! `ble.census` counts (docs/design.md, "Wire contract").
 //!
 //! Time comes only from the reports' timestamps (and [`Aggregator::tick`]), so a replayed log
 //! and the live scanner run exactly this code. The raw address is turned into a pseudonym on
@@ -10,8 +10,8 @@ use super::adv::{self, Frame};
 use super::btsnoop::Report;
 use super::config::{self, BleConfig};
 use crate::event::{rfc3339_ms, Event};
-use crate::model::{BeaconId, BleCensus, BlePresence, BleSighting, RssiStats, Telemetry};
 use crate::privacy::DevicePseudonymizer;
+use crate::sensor_events::{BeaconId, BleCensus, BlePresence, BleSighting, RssiStats, Telemetry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -231,19 +231,19 @@ impl Stats {
     pub fn export_since(&self, last: &mut Stats) {
         let m = crate::ops::metrics::global();
         m.count(
-            "storegw_ble_reports_total",
+            crate::ops::metrics::Metric::BleReports,
             "",
             self.reports.saturating_sub(last.reports),
         );
         m.count(
-            "storegw_ble_malformed_total",
+            crate::ops::metrics::Metric::BleMalformed,
             "what=\"ad_structure\"",
             self.malformed_ad.saturating_sub(last.malformed_ad),
         );
         for (t, n) in &self.decoded {
             let before = last.decoded.get(t).copied().unwrap_or(0);
             m.count(
-                "storegw_ble_decoded_total",
+                crate::ops::metrics::Metric::BleDecoded,
                 &format!("type=\"{t}\""),
                 n.saturating_sub(before),
             );
@@ -254,7 +254,7 @@ impl Stats {
             ("ble.census", self.census, last.census),
         ] {
             m.count(
-                "storegw_ble_events_total",
+                crate::ops::metrics::Metric::BleEvents,
                 &format!("kind=\"{kind}\""),
                 now.saturating_sub(before),
             );
@@ -347,7 +347,7 @@ impl Aggregator {
         let Ok((pseudonym, epoch)) = self.devices.pseudonym(&rep.addr, ts_ms) else {
             // No key for this epoch (fail closed): the report is dropped, never kept raw.
             crate::ops::metrics::global().count(
-                "storegw_dropped_events_total",
+                crate::ops::metrics::Metric::DroppedEvents,
                 &crate::ops::metrics::labels(&[("stream", "ble"), ("reason", "no_key")]),
                 1,
             );

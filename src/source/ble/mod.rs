@@ -15,14 +15,14 @@ pub mod scan;
 pub use config::BleConfig;
 
 use crate::source::SourceContext;
-use tokio::task::JoinHandle;
+use crate::source::Started;
 
 /// Starts the scanner when enabled. It must run inside the tokio runtime; failures to reach
 /// BlueZ are reported in status and retried, never returned.
-pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
+pub fn start(ctx: &SourceContext) -> Started {
     let ble = &ctx.cfg.sources.ble;
     if !ble.enabled {
-        return Vec::new();
+        return Started::default();
     }
     if ble.known_beacons == "allowlist" && ble.allowlist.is_empty() {
         tracing::warn!(
@@ -34,16 +34,16 @@ pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
     }
     #[cfg(feature = "ble-live")]
     {
-        vec![tokio::spawn(scan::run(ctx.clone()))]
+        Started::tasks(vec![tokio::spawn(scan::run(ctx.clone()))])
     }
     #[cfg(not(feature = "ble-live"))]
     {
         crate::ops::status::set_source(
             "ble",
-            "failed",
+            crate::ops::status::SourceState::Failed,
             Some("built without the ble-live feature: live scanning unavailable".into()),
         );
-        Vec::new()
+        Started::default()
     }
 }
 
@@ -52,7 +52,7 @@ pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
 /// returns the summary line.
 pub fn replay(
     path: &std::path::Path,
-    r: &mut crate::replay::Replay,
+    r: &mut crate::source::replay::Replay,
 ) -> Result<serde_json::Value, String> {
     let cfg = r.cfg.sources.ble.clone();
     let mut agg = aggregate::Aggregator::new(&cfg, r.cfg.privacy.min_count, r.devices.clone());

@@ -36,20 +36,24 @@ pub async fn run(ctx: SourceContext) {
     let cfg = ctx.cfg.sources.ble.clone();
     let mut agg = Aggregator::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone());
     let mut stop = ctx.shutdown.clone();
-    status::set_source("ble", "starting", None);
+    status::set_source("ble", crate::ops::status::SourceState::Starting, None);
     loop {
         if *stop.borrow() {
             break;
         }
         match open(&cfg).await {
             Ok(adapter) => {
-                status::set_source("ble", "running", None);
+                status::set_source("ble", crate::ops::status::SourceState::Running, None);
                 match session(&ctx, &cfg, &adapter, &mut agg).await {
                     End::Shutdown => break,
                     End::Reopen(why) => {
                         tracing::warn!(reason = %why, "BLE: reopening the adapter");
                         status::source_restart("ble", "adapter");
-                        status::set_source("ble", "degraded", Some(why));
+                        status::set_source(
+                            "ble",
+                            crate::ops::status::SourceState::Degraded,
+                            Some(why),
+                        );
                         let _ = adapter.stop_scan().await;
                         continue;
                     }
@@ -57,7 +61,7 @@ pub async fn run(ctx: SourceContext) {
             }
             Err(e) => {
                 tracing::error!("BLE: {e}");
-                status::set_source("ble", "failed", Some(e));
+                status::set_source("ble", crate::ops::status::SourceState::Failed, Some(e));
                 let sleep = tokio::time::sleep(cfg.retry_interval.0);
                 tokio::pin!(sleep);
                 let stopping = loop {
@@ -81,7 +85,7 @@ pub async fn run(ctx: SourceContext) {
     for e in out {
         let _ = ctx.tx.send(e).await;
     }
-    status::set_source("ble", "stopped", None);
+    status::set_source("ble", crate::ops::status::SourceState::Stopped, None);
 }
 
 /// Connects to BlueZ, picks the adapter and starts scanning.
@@ -302,7 +306,7 @@ async fn session(
                     last_advert = now;
                     if scan_restarted {
                         scan_restarted = false;
-                        status::set_source("ble", "running", None);
+                        status::set_source("ble", crate::ops::status::SourceState::Running, None);
                     }
                     status::source_input("ble");
                     if !send_all(ctx, &mut out).await {
@@ -327,7 +331,7 @@ async fn session(
                     status::source_restart("ble", "scan");
                     status::set_source(
                         "ble",
-                        "degraded",
+                        crate::ops::status::SourceState::Degraded,
                         Some(format!("no advertisement for {} s; scan restarted", stall.as_secs())),
                     );
                     let _ = adapter.stop_scan().await;

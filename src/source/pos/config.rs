@@ -66,7 +66,7 @@ impl Default for PosHttpConfig {
 }
 
 /// One `[[sources.pos.watch]]`: a directory a till exports files into.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
     pub dir: PathBuf,
@@ -100,7 +100,7 @@ impl Default for WatchConfig {
 
 /// Column names of a line-per-row CSV export; defaults are the UCI Online Retail layout.
 /// An empty name means the export has no such column.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CsvMapping {
     pub delimiter: String,
@@ -145,7 +145,7 @@ impl Default for CsvMapping {
 }
 
 /// One `[[sources.pos.poll]]`: a REST API polled with an updated-since cursor.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PollConfig {
     /// A short name; the cursor file is `pos-cursor-<name>.json` in the state directory.

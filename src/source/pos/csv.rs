@@ -5,7 +5,7 @@
 use super::card;
 use super::config::CsvMapping;
 use super::customer::RawCustomer;
-use super::model::{Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
+use super::transaction::{Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
 
 /// One record and the line it starts on (1-based).

@@ -18,8 +18,8 @@
 
 use super::config::WatchConfig;
 use super::ingest::{Ingest, StoreError};
-use super::model::{Reject, Tx};
 use super::normalize::Normalized;
+use super::transaction::{Reject, Tx};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -67,7 +67,7 @@ pub async fn run(
             tracing::error!(dir = %w.dir.display(), error = %e, "cannot create POS watch directory");
             crate::ops::status::set_source(
                 "pos",
-                "degraded",
+                crate::ops::status::SourceState::Degraded,
                 Some(format!("watch dir {}: {e}", w.dir.display())),
             );
         }
@@ -100,11 +100,15 @@ fn log_outcome(f: &Path, out: &Outcome) {
             accepted,
             duplicates,
         } => {
-            m.count("storegw_pos_files_total", "result=\"done\"", 1);
+            m.count(crate::ops::metrics::Metric::PosFiles, "result=\"done\"", 1);
             tracing::info!(file = %f.display(), accepted, duplicates, "POS file imported");
         }
         Outcome::Failed { why, sensitive } => {
-            m.count("storegw_pos_files_total", "result=\"failed\"", 1);
+            m.count(
+                crate::ops::metrics::Metric::PosFiles,
+                "result=\"failed\"",
+                1,
+            );
             if *sensitive {
                 tracing::warn!(file = %f.display(), reason = %why, "POS file refused and deleted: card authentication data");
             } else {

@@ -7,17 +7,18 @@
 //! durable by the same flush as the events, so it survives restarts and crashes.
 
 use super::customer::JoinKey;
-use super::model::{Reject, Tx};
 use super::normalize::{normalize_at, Normalized};
+use super::transaction::{Reject, Tx};
 use super::{ParseOpts, PosConfig};
-use crate::source::SourceContext;
-use crate::spool::{Spool, SpoolError};
-use std::sync::{Arc, Mutex};
+use crate::source::DurableSink;
+use crate::spool::SpoolError;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Shared state of the POS inputs.
+/// Shared state of the POS inputs: one per gateway, built by `pos::start` and handed to the
+/// HTTP routes, the watched directories and the pollers (one lock, one index).
 pub struct Ingest {
-    pub spool: Arc<Spool>,
+    sink: DurableSink,
     pub key: JoinKey,
     pub opts: ParseOpts,
     pub cfg: PosConfig,
@@ -60,7 +61,7 @@ pub struct Stored {
 }
 
 fn conflict(n: &Normalized) -> StoreError {
-    crate::ops::metrics::global().count("storegw_pos_conflicts_total", "", 1);
+    crate::ops::metrics::global().count(crate::ops::metrics::Metric::PosConflicts, "", 1);
     let id = n
         .event
         .body()
@@ -76,22 +77,19 @@ fn conflict(n: &Normalized) -> StoreError {
     })
 }
 
-type Registry = Mutex<Vec<(usize, std::sync::Weak<Ingest>)>>;
-static SHARED: Registry = Mutex::new(Vec::new());
-
 impl Ingest {
     /// Builds the ingest state for a spool and configuration.
-    pub fn new(spool: Arc<Spool>, cfg: &crate::config::Config) -> Result<Ingest, String> {
+    pub fn new(sink: DurableSink, cfg: &crate::config::Config) -> Result<Ingest, String> {
         let pc = cfg.sources.pos.clone();
         let key = JoinKey::load(
             cfg.privacy.join_key_file.as_deref(),
             &pc.phone_default_country,
         )?;
-        let index = spool
-            .aux_tree("pos_idempotency")
+        let index = sink
+            .index("pos_idempotency")
             .map_err(|e| format!("idempotency index: {e}"))?;
         Ok(Ingest {
-            spool,
+            sink,
             key,
             opts: ParseOpts::from_config(&pc),
             window_ms: i64::try_from(pc.idempotency_window.0.as_millis()).unwrap_or(i64::MAX),
@@ -100,23 +98,6 @@ impl Ingest {
             gateway: cfg.gateway.gateway_id.clone(),
             lock: tokio::sync::Mutex::new(()),
         })
-    }
-
-    /// One instance per spool, shared by HTTP, files and pollers (one lock, one index).
-    pub fn shared(ctx: &SourceContext) -> Result<Arc<Ingest>, String> {
-        let id = Arc::as_ptr(&ctx.spool) as usize;
-        let mut reg = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-        reg.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(i) = reg
-            .iter()
-            .find(|(k, _)| *k == id)
-            .and_then(|(_, w)| w.upgrade())
-        {
-            return Ok(i);
-        }
-        let i = Arc::new(Ingest::new(ctx.spool.clone(), &ctx.cfg)?);
-        reg.push((id, Arc::downgrade(&i)));
-        Ok(i)
     }
 
     /// Normalizes every transaction; the first failure refuses the whole input.
@@ -194,7 +175,11 @@ impl Ingest {
             };
             if dup {
                 out.duplicates += 1;
-                crate::ops::metrics::global().count("storegw_pos_duplicates_total", "", 1);
+                crate::ops::metrics::global().count(
+                    crate::ops::metrics::Metric::PosDuplicates,
+                    "",
+                    1,
+                );
                 continue;
             }
             keys.insert(n.key.clone(), n.content);
@@ -213,11 +198,11 @@ impl Ingest {
             v.extend_from_slice(h);
             batch.insert(k.as_bytes(), v);
         }
-        let seqs = match self.spool.append_indexed(&events, &self.index, &batch) {
+        let seqs = match self.sink.append_durable(&events, &self.index, &batch).await {
             Ok(s) => s,
             Err(SpoolError::Full { .. }) => {
                 crate::ops::metrics::global().count(
-                    "storegw_pos_refused_total",
+                    crate::ops::metrics::Metric::PosRefused,
                     "reason=\"spool_full\"",
                     1,
                 );
@@ -225,10 +210,6 @@ impl Ingest {
             }
             Err(e) => return Err(StoreError::Storage(e.to_string())),
         };
-        self.spool
-            .flush()
-            .await
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
         out.accepted = fresh.len();
         out.ids = seqs
             .iter()

@@ -3,7 +3,7 @@
 
 use super::customer::RawCustomer;
 use super::jsonutil::{sweep_sensitive, At};
-use super::model::{Discount, Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
+use super::transaction::{Discount, Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
 use serde_json::Value;
 

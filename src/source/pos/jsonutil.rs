@@ -2,8 +2,8 @@
 //! the sensitive-data sweep every JSON-based format goes through first.
 
 use super::card;
-use super::model::Reject;
 use super::money;
+use super::transaction::Reject;
 use serde_json::Value;
 
 /// A JSON value and its path from the document root (`$[0].lines[2]`).

@@ -2,21 +2,20 @@
 //! REST API, all parsed into one canonical transaction, scrubbed of card data, customer
 //! identifiers pseudonymized, and spooled durably before anyone is told "accepted".
 //!
-//! One concept per module: `model` (the canonical transaction), `money`, `timefmt`, `card`,
-//! `customer`, `normalize`; parsers `poslog`, `csv`, `json`, `square`, `shopify`; the
-//! durable store with its idempotency index `ingest`; and the three inputs `http`, `files`,
-//! `poll`.
+//! One concept per module: `transaction` (the canonical transaction), `money`, `timefmt`,
+//! `card`, `customer`, `normalize`; parsers `poslog`, `csv`, `json`, `square`, `shopify`; the
+//! durable store with its idempotency index `ingest`; and the three inputs `http_push`,
+//! `files`, `poll`.
 
 pub mod card;
 pub mod config;
 pub mod csv;
 pub mod customer;
 pub mod files;
-pub mod http;
+pub mod http_push;
 pub mod ingest;
 pub mod json;
 mod jsonutil;
-pub mod model;
 pub mod money;
 pub mod normalize;
 pub mod pii;
@@ -27,13 +26,15 @@ pub mod square;
 pub mod stream;
 pub mod textfold;
 pub mod timefmt;
+pub mod transaction;
 
 pub use config::PosConfig;
 
-use crate::source::SourceContext;
-use model::{Parsed, Reject};
+use crate::source::{SourceContext, Started};
 use std::collections::BTreeMap;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use transaction::{Parsed, Reject};
 
 /// What every parser needs from the configuration.
 #[derive(Debug, Clone)]
@@ -132,55 +133,102 @@ pub fn parse_input(text: &str, format: &str, o: &ParseOpts) -> Result<ParseOut, 
     }
 }
 
-/// Starts the HTTP-independent tasks (watched directories, pollers) when enabled.
-pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
+/// Starts the POS source when enabled: one ingest store shared by the watched directories, the
+/// pollers and the HTTP routes it returns.
+pub fn start(ctx: &SourceContext) -> Started {
     let c = &ctx.cfg.sources.pos;
     if !c.enabled {
-        return Vec::new();
+        return Started::default();
     }
-    let ingest = match ingest::Ingest::shared(ctx) {
-        Ok(i) => i,
+    let ingest = match ingest::Ingest::new(ctx.pos_sink.clone(), &ctx.cfg) {
+        Ok(i) => std::sync::Arc::new(i),
         Err(e) => {
             tracing::error!(error = %e, "POS source cannot start");
-            crate::ops::status::set_source("pos", "failed", Some(e));
-            return Vec::new();
+            crate::ops::status::set_source("pos", crate::ops::status::SourceState::Failed, Some(e));
+            return Started::default();
         }
     };
-    crate::ops::status::set_source("pos", "running", None);
+    crate::ops::status::set_source("pos", crate::ops::status::SourceState::Running, None);
+    let routes = if c.http.enabled {
+        http_push::routes(ingest.clone(), &c.http)
+    } else {
+        axum::Router::new()
+    };
     let mut tasks = vec![tokio::spawn(
         ingest.clone().run_expiry(ctx.shutdown.clone()),
     )];
-    for w in &c.watch {
-        tasks.push(tokio::spawn(files::run(
-            w.clone(),
-            ingest.clone(),
-            ctx.shutdown.clone(),
-        )));
-    }
-    for p in &c.poll {
-        tasks.push(tokio::spawn(poll::run(
-            p.clone(),
-            ingest.clone(),
-            ctx.cfg.gateway.state_dir.clone(),
-            ctx.shutdown.clone(),
-        )));
-    }
-    tasks
+    tasks.push(tokio::spawn(run_inputs(
+        ingest,
+        ctx.cfg.gateway.state_dir.clone(),
+        ctx.config.clone(),
+        ctx.shutdown.clone(),
+    )));
+    Started { tasks, routes }
 }
 
-/// Routes the POS source adds to the loopback HTTP server.
-pub fn http_routes(ctx: &SourceContext) -> axum::Router {
-    let c = &ctx.cfg.sources.pos;
-    if !c.enabled || !c.http.enabled {
-        return axum::Router::new();
-    }
-    match ingest::Ingest::shared(ctx) {
-        Ok(i) => http::routes(i, &c.http),
-        Err(e) => {
-            tracing::error!(error = %e, "POS HTTP ingest is off");
-            crate::ops::status::set_source("pos", "failed", Some(e));
-            axum::Router::new()
+/// Runs the watched directories and pollers of the live configuration; when a reload changes
+/// `sources.pos.watch` or `sources.pos.poll`, stops them (a file half stored is read again and
+/// recognised as duplicate, docs/pos.md) and starts the new set.
+async fn run_inputs(
+    ingest: std::sync::Arc<ingest::Ingest>,
+    state_dir: std::path::PathBuf,
+    mut config: watch::Receiver<std::sync::Arc<crate::config::Config>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (watches, polls) = {
+            let c = config.borrow_and_update();
+            (c.sources.pos.watch.clone(), c.sources.pos.poll.clone())
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        for w in &watches {
+            tasks.push(tokio::spawn(files::run(
+                w.clone(),
+                ingest.clone(),
+                stop_rx.clone(),
+            )));
         }
+        for p in &polls {
+            tasks.push(tokio::spawn(poll::run(
+                p.clone(),
+                ingest.clone(),
+                state_dir.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        let mut config_open = true;
+        let reload = loop {
+            tokio::select! {
+                changed = config.changed(), if config_open => {
+                    if changed.is_err() {
+                        config_open = false;
+                        continue;
+                    }
+                    let c = config.borrow().clone();
+                    if c.sources.pos.watch != watches || c.sources.pos.poll != polls {
+                        break true;
+                    }
+                }
+                _ = shutdown.wait_for(|s| *s) => break false,
+            }
+        };
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        if !reload {
+            return;
+        }
+        tracing::info!(
+            "POS: watched directories and pollers restarting with the reloaded configuration"
+        );
     }
 }
 
@@ -188,7 +236,7 @@ pub fn http_routes(ctx: &SourceContext) -> axum::Router {
 /// inputs; prints the events and returns the summary.
 pub fn replay(
     path: &std::path::Path,
-    r: &mut crate::replay::Replay,
+    r: &mut crate::source::replay::Replay,
 ) -> Result<serde_json::Value, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let text =

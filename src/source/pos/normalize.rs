@@ -5,8 +5,8 @@
 
 use super::card;
 use super::customer::{JoinKey, Pseudonyms};
-use super::model::{Discount, Line, Reject, Tender, Tx, TxType};
 use super::pii;
+use super::transaction::{Discount, Line, Reject, Tender, Tx, TxType};
 use crate::event::{rfc3339_ms, Event};
 use serde::Serialize;
 
@@ -337,7 +337,7 @@ fn content_hash(e: &Event, time_filled_in: bool) -> [u8; 32] {
 mod tests {
     use super::*;
     use crate::source::pos::customer::RawCustomer;
-    use crate::source::pos::model::StatedTotals;
+    use crate::source::pos::transaction::StatedTotals;
 
     fn sale() -> Tx {
         Tx {

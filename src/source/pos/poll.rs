@@ -5,7 +5,7 @@
 
 use super::config::PollConfig;
 use super::ingest::{Ingest, StoreError};
-use super::model::Tx;
+use super::transaction::Tx;
 use super::ParseOpts;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -84,7 +84,11 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                crate::ops::metrics::global().count("storegw_pos_poll_errors_total", "", 1);
+                crate::ops::metrics::global().count(
+                    crate::ops::metrics::Metric::PosPollErrors,
+                    "",
+                    1,
+                );
                 tracing::warn!(name = %p.name, error = %e, "POS poll failed");
             }
         }
@@ -181,7 +185,7 @@ impl Poller {
                 Ok(t) => txs.push(t),
                 Err(r) => {
                     crate::ops::metrics::global().count(
-                        "storegw_pos_rejected_total",
+                        crate::ops::metrics::Metric::PosRejected,
                         "input=\"poll\"",
                         1,
                     );

@@ -4,7 +4,7 @@
 
 use super::card;
 use super::customer::RawCustomer;
-use super::model::{Discount, Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
+use super::transaction::{Discount, Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
 use roxmltree::{Document, Node};
 

@@ -2,7 +2,7 @@
 //! rows sharing a transaction id) or one line at a time goes through the same parser as a
 //! small file, so memory stays bounded by the largest transaction, not by the file.
 
-use super::model::{Reject, Tx};
+use super::transaction::{Reject, Tx};
 use super::{csv, json, ParseOpts};
 use std::io::{BufRead, Read};
 use std::path::Path;

@@ -9,8 +9,8 @@
 use super::config::WifiConfig;
 use super::estimate::U64Map;
 use crate::event::{rfc3339_ms, Event};
-use crate::model::{WifiCensus, WifiVisit};
 use crate::privacy::{suppress, DevicePseudonymizer};
+use crate::sensor_events::{WifiCensus, WifiVisit};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -1,15 +1,16 @@
-//! The live Wi-Fi task: capture socket → [`Pipeline`] → spool channel, a one-second timer that
+//! The live Wi-Fi task: capture socket → [`FrameStage`] → spool channel, a one-second timer that
 //! advances event time (so quiet windows are still reported), channel hopping, and recovery
 //! when the adapter disappears (retried every 10 s, visible in status).
 
 use super::capture::{Capture, CaptureError, LinkMode};
-use super::config::WifiConfig;
-use super::pipeline::{Pipeline, Stats};
+use super::frame_stage::{FrameStage, Stats};
+use crate::config::Config;
 use crate::event::{now_ms, Event};
 use crate::ops::{metrics, status};
 use crate::source::SourceContext;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 const RETRY: Duration = Duration::from_secs(10);
 /// Frames longer than this are cut (probe requests are a few hundred bytes).
@@ -19,20 +20,20 @@ const SNAP: usize = 4096;
 pub async fn run(ctx: SourceContext, mode: LinkMode) {
     let cfg = ctx.cfg.sources.wifi.clone();
     let mut stop = ctx.shutdown.clone();
-    let mut p = Pipeline::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone(), false);
+    let mut p = FrameStage::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone(), false);
     p.footfall.open_at(now_ms());
     let mut reported = Stats::default();
     loop {
         status::set_source(
             "wifi",
-            "starting",
+            crate::ops::status::SourceState::Starting,
             Some(format!("opening {}", cfg.interface)),
         );
         let err = match Capture::open(&cfg.interface, mode, cfg.bpf_filter) {
             Ok(cap) => {
                 status::set_source(
                     "wifi",
-                    "running",
+                    crate::ops::status::SourceState::Running,
                     Some(format!("capturing on {}", cfg.interface)),
                 );
                 tracing::info!(
@@ -41,11 +42,9 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
                     bpf = cfg.bpf_filter,
                     "wifi capture started"
                 );
-                let hop = (!cfg.channels.is_empty()).then(|| tokio::spawn(hop(cfg.clone())));
+                let hopper = tokio::spawn(hop(cfg.interface.clone(), ctx.config.clone()));
                 let r = capture_loop(&ctx, &cap, &mut p, &mut reported).await;
-                if let Some(h) = hop {
-                    h.abort();
-                }
+                hopper.abort();
                 match r {
                     Ok(()) => return, // shutdown
                     Err(e) => e,
@@ -55,7 +54,7 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
         };
         let msg = err.to_string();
         tracing::error!(interface = %cfg.interface, "{msg}");
-        status::set_source("wifi", "failed", Some(msg));
+        status::set_source("wifi", crate::ops::status::SourceState::Failed, Some(msg));
         // Keep the windows ticking while the adapter is away.
         let until = tokio::time::Instant::now() + RETRY;
         loop {
@@ -80,11 +79,11 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn finish(ctx: &SourceContext, p: &mut Pipeline) {
+async fn finish(ctx: &SourceContext, p: &mut FrameStage) {
     let mut out = Vec::new();
     p.finish(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(2), send(&ctx.tx, out)).await;
-    status::set_source("wifi", "stopped", None);
+    status::set_source("wifi", crate::ops::status::SourceState::Stopped, None);
 }
 
 async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
@@ -99,17 +98,33 @@ async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
 fn report(s: &Stats, last: &mut Stats) {
     let m = metrics::global();
     for (name, now, before) in [
-        ("storegw_wifi_frames_total", s.frames, last.frames),
         (
-            "storegw_wifi_probe_requests_total",
+            crate::ops::metrics::Metric::WifiFrames,
+            s.frames,
+            last.frames,
+        ),
+        (
+            crate::ops::metrics::Metric::WifiProbeRequests,
             s.probe_requests,
             last.probe_requests,
         ),
-        ("storegw_wifi_accepted_total", s.accepted, last.accepted),
-        ("storegw_wifi_malformed_total", s.malformed, last.malformed),
-        ("storegw_wifi_bad_fcs_total", s.bad_fcs, last.bad_fcs),
         (
-            "storegw_wifi_group_source_total",
+            crate::ops::metrics::Metric::WifiAccepted,
+            s.accepted,
+            last.accepted,
+        ),
+        (
+            crate::ops::metrics::Metric::WifiMalformed,
+            s.malformed,
+            last.malformed,
+        ),
+        (
+            crate::ops::metrics::Metric::WifiBadFcs,
+            s.bad_fcs,
+            last.bad_fcs,
+        ),
+        (
+            crate::ops::metrics::Metric::WifiGroupSource,
             s.group_source,
             last.group_source,
         ),
@@ -125,7 +140,7 @@ fn report(s: &Stats, last: &mut Stats) {
 async fn capture_loop(
     ctx: &SourceContext,
     cap: &Capture,
-    p: &mut Pipeline,
+    p: &mut FrameStage,
     reported: &mut Stats,
 ) -> Result<(), CaptureError> {
     let mut stop = ctx.shutdown.clone();
@@ -164,13 +179,13 @@ async fn capture_loop(
                 send(&ctx.tx, std::mem::take(&mut out)).await;
                 report(&p.stats, reported);
                 metrics::global().gauge(
-                    "storegw_wifi_tracked_devices",
+                    crate::ops::metrics::Metric::WifiTrackedDevices,
                     "",
                     p.estimator.len() as f64,
                 );
                 let drops = cap.kernel_drops();
                 if drops > 0 {
-                    metrics::global().count("storegw_wifi_kernel_drops_total", "", drops);
+                    metrics::global().count(crate::ops::metrics::Metric::WifiKernelDrops, "", drops);
                 }
                 if p.stats.frames > 0 {
                     status::source_input("wifi");
@@ -186,32 +201,57 @@ async fn capture_loop(
 }
 
 /// Channel hopping through `iw` (nl80211 from Rust would need a netlink implementation;
-/// `iw` is in every distribution and already needed to set monitor mode).
-async fn hop(cfg: WifiConfig) {
+/// `iw` is in every distribution and already needed to set monitor mode). The channel list and
+/// dwell are read from the live configuration before every hop, so a reload applies them at
+/// the next hop; with no channels configured the hopper waits for a reload that sets some.
+async fn hop(interface: String, mut config: watch::Receiver<Arc<Config>>) {
     let mut warned = false;
+    let mut next = 0usize;
+    let mut current: Vec<u16> = Vec::new();
     loop {
-        for &ch in &cfg.channels {
-            let iface = cfg.interface.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("iw")
-                    .args(["dev", &iface, "set", "channel", &ch.to_string()])
-                    .output()
-            })
-            .await;
-            let failed = match r {
-                Ok(Ok(o)) if o.status.success() => None,
-                Ok(Ok(o)) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                Ok(Err(e)) => Some(format!("cannot run iw: {e}")),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = failed {
-                if !warned {
-                    tracing::warn!(interface = %cfg.interface, channel = ch, "channel hop failed: {why}");
-                    status::set_source("wifi", "degraded", Some(format!("channel hopping: {why}")));
-                    warned = true;
-                }
+        let (channels, dwell) = {
+            let c = config.borrow_and_update();
+            (c.sources.wifi.channels.clone(), c.sources.wifi.hop_dwell.0)
+        };
+        if channels.is_empty() {
+            if config.changed().await.is_err() {
+                return;
             }
-            tokio::time::sleep(cfg.hop_dwell.0).await;
+            continue;
         }
+        if channels != current {
+            if !current.is_empty() {
+                tracing::info!(channels = ?channels, "Wi-Fi: channel list reloaded");
+            }
+            current = channels;
+            next = 0;
+        }
+        let ch = current[next % current.len()];
+        next = (next + 1) % current.len();
+        let iface = interface.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("iw")
+                .args(["dev", &iface, "set", "channel", &ch.to_string()])
+                .output()
+        })
+        .await;
+        let failed = match r {
+            Ok(Ok(o)) if o.status.success() => None,
+            Ok(Ok(o)) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Ok(Err(e)) => Some(format!("cannot run iw: {e}")),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            if !warned {
+                tracing::warn!(interface = %interface, channel = ch, "channel hop failed: {why}");
+                status::set_source(
+                    "wifi",
+                    crate::ops::status::SourceState::Degraded,
+                    Some(format!("channel hopping: {why}")),
+                );
+                warned = true;
+            }
+        }
+        tokio::time::sleep(dwell).await;
     }
 }

@@ -8,33 +8,32 @@ pub mod estimate;
 pub mod fcs;
 pub mod footfall;
 pub mod frame;
+pub mod frame_stage;
 pub mod live;
 pub mod pcap;
-pub mod pipeline;
 pub mod radiotap;
-mod replay;
+mod recorded;
 
 pub use config::WifiConfig;
 
-use crate::source::SourceContext;
-use tokio::task::JoinHandle;
+use crate::source::{SourceContext, Started};
 
 /// Starts live capture on the configured monitor interface when enabled.
-pub fn start(ctx: &SourceContext) -> Vec<JoinHandle<()>> {
+pub fn start(ctx: &SourceContext) -> Started {
     if !ctx.cfg.sources.wifi.enabled {
-        return Vec::new();
+        return Started::default();
     }
-    vec![tokio::spawn(live::run(
+    Started::tasks(vec![tokio::spawn(live::run(
         ctx.clone(),
         capture::LinkMode::FromDevice,
-    ))]
+    ))])
 }
 
 /// `storegw replay` for this source: runs `path` through the live pipeline stages, emits the
 /// events into `r`, and returns the summary line.
 pub fn replay(
     path: &std::path::Path,
-    r: &mut crate::replay::Replay,
+    r: &mut crate::source::replay::Replay,
 ) -> Result<serde_json::Value, String> {
-    replay::run(path, r)
+    recorded::run(path, r)
 }

@@ -3,7 +3,7 @@
 
 use super::config::PosHttpConfig;
 use super::ingest::{Ingest, StoreError};
-use super::model::{Reject, Tx};
+use super::transaction::{Reject, Tx};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -88,7 +88,11 @@ fn authorized(st: &HttpState, h: &HeaderMap) -> bool {
 }
 
 fn bad_request(r: &Reject) -> Response {
-    crate::ops::metrics::global().count("storegw_pos_rejected_total", "input=\"http\"", 1);
+    crate::ops::metrics::global().count(
+        crate::ops::metrics::Metric::PosRejected,
+        "input=\"http\"",
+        1,
+    );
     tracing::warn!(at = %r.at, reason = %r.reason, "POS push rejected");
     json_err(
         StatusCode::BAD_REQUEST,

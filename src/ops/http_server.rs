@@ -97,7 +97,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let left = OPEN.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         if left + 1 == CAP.load(Ordering::Relaxed) {
-            crate::ops::status::set_source("http", "running", None);
+            crate::ops::status::set_source("http", crate::ops::status::SourceState::Running, None);
         }
     }
 }
@@ -213,10 +213,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: Router, limits: 
         if OPEN.load(Ordering::Relaxed) >= limits.max_connections {
             REFUSED.fetch_add(1, Ordering::Relaxed);
             REFUSED_AT.store(crate::event::now_ms(), Ordering::Relaxed);
-            crate::ops::metrics::global().count("storegw_http_connections_refused_total", "", 1);
+            crate::ops::metrics::global().count(
+                crate::ops::metrics::Metric::HttpConnectionsRefused,
+                "",
+                1,
+            );
             crate::ops::status::set_source(
                 "http",
-                "degraded",
+                crate::ops::status::SourceState::Degraded,
                 Some(format!(
                     "connection limit reached (http.max_connections = {})",
                     limits.max_connections
@@ -258,9 +262,17 @@ mod tests {
             "gw",
             &crate::config::SpoolConfig::default(),
         )?);
-        crate::ops::status::set_source("healthz-test", "failed", Some("no adapter".into()));
+        crate::ops::status::set_source(
+            "healthz-test",
+            crate::ops::status::SourceState::Failed,
+            Some("no adapter".into()),
+        );
         let r = healthz(State(spool.clone())).await.into_response();
-        crate::ops::status::set_source("healthz-test", "stopped", None);
+        crate::ops::status::set_source(
+            "healthz-test",
+            crate::ops::status::SourceState::Stopped,
+            None,
+        );
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = axum::body::to_bytes(r.into_body(), 4096).await?;
         let text = String::from_utf8_lossy(&body);

@@ -1,21 +1,31 @@
-//! The MQTT publisher: QoS 1 batches from the spool, deleted only on PUBACK (DESIGN §4).
+//! The MQTT publisher: QoS 1 batches from the spool, deleted only on PUBACK (docs/design.md,
+//! "Uplink").
+//!
+//! Split as state + I/O: [`schedule`] decides what to publish next (cursors, linger,
+//! round-robin, drain rate), [`inflight`] pairs PUBACKs with the batches they acknowledge, and
+//! this module only moves bytes between them, the spool and rumqttc.
 //!
 //! Each connection gets a fresh rumqttc event loop, so rumqttc never replays on its own: after a
 //! reconnect the uplink resends from the oldest unacknowledged event in the spool. Duplicates are
 //! therefore bounded by the in-flight window, and nothing leaves sled before its PUBACK.
 
 use crate::config::Config;
-use crate::event::{batch_payload, now_ms, topic, Stream};
+use crate::event::{batch_payload, now_ms, topic};
 use crate::ops::{metrics, status};
 use crate::spool::Spool;
 use rumqttc::{
     AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     Transport,
 };
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+pub mod inflight;
+pub mod schedule;
+
+use inflight::{InFlight, Sent};
+use schedule::{Limits, Scheduler, Step};
 
 /// Everything the uplink needs, resolved from the config once (secrets read, TLS built).
 #[derive(Clone)]
@@ -163,12 +173,6 @@ pub fn tls_config(
     }
 }
 
-struct InFlight {
-    stream: Option<Stream>,
-    seqs: Vec<crate::spool::AckRef>,
-    sent: Instant,
-}
-
 enum SessionEnd {
     Lost(String),
     Shutdown,
@@ -287,33 +291,9 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
     }
 }
 
-struct RateLimit {
-    rate: f64,
-    tokens: f64,
-    burst: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn allow(&mut self, n: usize) -> Option<Duration> {
-        if self.rate <= 0.0 {
-            return None;
-        }
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= n as f64 {
-            self.tokens -= n as f64;
-            None
-        } else {
-            Some(Duration::from_secs_f64(
-                (n as f64 - self.tokens) / self.rate,
-            ))
-        }
-    }
-}
-
+/// One connection's publishing loop: thin I/O around the [`Scheduler`] (what to send) and the
+/// [`InFlight`] tracker (what a PUBACK acknowledges). Ends when the connection is lost, or after
+/// a shutdown once everything in flight is acknowledged or `shutdown_timeout` has passed.
 async fn session(
     s: &mut UplinkSettings,
     spool: &Arc<Spool>,
@@ -322,33 +302,29 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     mut live: Option<&mut watch::Receiver<Arc<Config>>>,
 ) -> SessionEnd {
-    let mut cursor = [0u64; 3];
-    // A stream whose partial batch is lingering is not read again until its deadline, or until
-    // enough was appended to fill a batch: re-reading it on every PUBACK cost more than the
-    // publishing itself at full load. (deadline, appended count then, events seen then)
-    let mut lingering: [Option<(tokio::time::Instant, u64, usize)>; 3] = [None; 3];
-    let mut unassigned: VecDeque<InFlight> = VecDeque::new();
-    let mut by_pkid: HashMap<u16, InFlight> = HashMap::new();
-    let mut rr = 0usize;
-    let mut limiter = RateLimit {
-        rate: s.drain_rate as f64,
-        tokens: s.batch_max_events as f64,
-        burst: s.batch_max_events.max(s.drain_rate as usize) as f64,
-        at: Instant::now(),
-    };
+    let mut sched = Scheduler::new(
+        Limits {
+            batch_max_events: s.batch_max_events,
+            batch_max_bytes: s.batch_max_bytes,
+            linger: s.linger,
+            drain_rate: s.drain_rate,
+        },
+        tokio::time::Instant::now(),
+    );
+    let mut inflight = InFlight::new();
     let mut status_tick = tokio::time::interval(s.status_interval);
     let mut draining_since: Option<Instant> = None;
     let status_topic = s.topic("status");
-    let publish_status = |state: &str, unassigned: &mut VecDeque<InFlight>| {
+    let publish_status = |state: &str, inflight: &mut InFlight| {
         let payload = status::payload(&s.store, &s.gateway, state, Some(spool));
         if client
             .try_publish(status_topic.clone(), QoS::AtLeastOnce, true, payload)
             .is_ok()
         {
-            unassigned.push_back(InFlight {
+            inflight.queued(Sent {
                 stream: None,
-                seqs: Vec::new(),
-                sent: Instant::now(),
+                acks: Vec::new(),
+                at: Instant::now(),
             });
         }
     };
@@ -359,118 +335,78 @@ async fn session(
                 if rate != s.drain_rate {
                     tracing::info!(from = s.drain_rate, to = rate, "mqtt.drain_rate changed");
                     s.drain_rate = rate;
-                    limiter.rate = rate as f64;
-                    limiter.burst = s.batch_max_events.max(rate as usize) as f64;
+                    sched.set_drain_rate(rate);
                 }
             }
         }
-        let inflight = unassigned.len() + by_pkid.len();
         let mut wake_at: Option<tokio::time::Instant> = None;
         if draining_since.is_none() {
-            let mut room = s.max_inflight.saturating_sub(inflight);
-            let mut idle_streams = 0;
-            while room > 0 && idle_streams < Stream::ALL.len() {
-                let stream = Stream::ALL[rr % Stream::ALL.len()];
-                let si = rr % Stream::ALL.len();
-                if let Some((until, appended, seen)) = lingering[si] {
-                    let grown = spool.appended(stream).saturating_sub(appended) as usize;
-                    if tokio::time::Instant::now() < until && seen + grown < s.batch_max_events {
-                        wake_at = Some(wake_at.map_or(until, |w| w.min(until)));
-                        idle_streams += 1;
-                        rr += 1;
-                        continue;
+            while inflight.len() < s.max_inflight {
+                let batch = match sched.next(spool.as_ref(), tokio::time::Instant::now(), now_ms())
+                {
+                    Step::Publish(batch) => batch,
+                    Step::Wait(at) => {
+                        wake_at = at;
+                        break;
                     }
-                    lingering[si] = None;
-                }
-                let appended_before = spool.appended(stream);
-                let batch =
-                    match spool.peek(stream, cursor[si], s.batch_max_events, s.batch_max_bytes) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::error!(error = %e, "spool read failed");
-                            Vec::new()
-                        }
-                    };
-                if batch.is_empty() {
-                    idle_streams += 1;
-                    rr += 1;
-                    continue;
-                }
-                let age = Duration::from_millis((now_ms() - batch[0].enqueued_ms).max(0) as u64);
-                if batch.len() < s.batch_max_events && age < s.linger {
-                    let at = tokio::time::Instant::now() + (s.linger - age);
-                    wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
-                    lingering[si] = Some((at, appended_before, batch.len()));
-                    idle_streams += 1;
-                    rr += 1;
-                    continue;
-                }
-                if let Some(wait) = limiter.allow(batch.len()) {
-                    let at = tokio::time::Instant::now() + wait;
-                    wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
-                    break;
-                }
+                };
                 let payload = batch_payload(
                     &s.store,
                     &s.gateway,
                     now_ms(),
-                    batch.iter().map(|e| e.json()),
+                    batch.events.iter().map(|e| e.json()),
                 );
                 if client
-                    .try_publish(s.topic(stream.as_str()), QoS::AtLeastOnce, false, payload)
+                    .try_publish(
+                        s.topic(batch.stream.as_str()),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload,
+                    )
                     .is_err()
                 {
                     break;
                 }
-                cursor[si] = batch.last().map(|e| e.seq + 1).unwrap_or(cursor[si]);
-                unassigned.push_back(InFlight {
-                    stream: Some(stream),
-                    seqs: batch.iter().map(|e| e.ack_ref()).collect(),
-                    sent: Instant::now(),
+                sched.published(&batch);
+                inflight.queued(Sent {
+                    stream: Some(batch.stream),
+                    acks: batch.events.iter().map(|e| e.ack_ref()).collect(),
+                    at: Instant::now(),
                 });
-                room -= 1;
-                idle_streams = 0;
-                rr += 1;
             }
-        } else if (unassigned.is_empty() && by_pkid.is_empty())
+            wake_at = wake_at.or_else(|| sched.take_wake());
+        } else if inflight.is_empty()
             || draining_since.is_some_and(|d| d.elapsed() >= s.shutdown_timeout)
         {
-            return finish(s, &client, &mut eventloop, by_pkid.len() + unassigned.len()).await;
+            return finish(s, &client, &mut eventloop, inflight.len()).await;
         }
-        let room_left =
-            unassigned.len() + by_pkid.len() < s.max_inflight && draining_since.is_none();
+        let room_left = inflight.len() < s.max_inflight && draining_since.is_none();
         let wake =
             wake_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             ev = eventloop.poll() => match ev {
-                Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(f) = unassigned.pop_front() {
-                        by_pkid.insert(pkid, f);
-                    }
-                }
+                Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => inflight.on_publish(pkid),
                 Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(f) = by_pkid.remove(&ack.pkid) {
-                        if let Some(stream) = f.stream {
-                            if let Err(e) = spool.ack(stream, &f.seqs) {
-                                tracing::error!(error = %e, "spool delete after PUBACK failed");
-                            }
-                            metrics::global().events_out(stream, f.seqs.len() as u64);
-                            metrics::global().ack_latency(f.sent.elapsed().as_micros() as u64);
+                    if let Some(Sent { stream: Some(stream), acks, at }) = inflight.on_puback(ack.pkid) {
+                        if let Err(e) = spool.ack(stream, &acks) {
+                            tracing::error!(error = %e, "spool delete after PUBACK failed");
                         }
+                        metrics::global().events_out(stream, acks.len() as u64);
+                        metrics::global().ack_latency(at.elapsed().as_micros() as u64);
                     }
                 }
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                    publish_status("online", &mut unassigned);
+                    publish_status("online", &mut inflight);
                 }
                 Ok(_) => {}
                 Err(e) => return SessionEnd::Lost(describe(&e)),
             },
             _ = spool.wait_appended(), if room_left => {}
             _ = tokio::time::sleep_until(wake), if wake_at.is_some() => {}
-            _ = status_tick.tick() => publish_status("online", &mut unassigned),
+            _ = status_tick.tick() => publish_status("online", &mut inflight),
             _ = shutdown.changed(), if draining_since.is_none() => {
                 draining_since = Some(Instant::now());
-                tracing::info!(in_flight = unassigned.len() + by_pkid.len(), "shutting down: waiting for in-flight acknowledgements");
+                tracing::info!(in_flight = inflight.len(), "shutting down: waiting for in-flight acknowledgements");
             }
             _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
         }

@@ -1,5 +1,5 @@
-//! Bodies of the sensor event kinds (DESIGN §2); shared by the real aggregators and the
-//! simulator so both publish exactly the same shapes.
+//! Bodies of the sensor event kinds (docs/design.md, "Wire contract"); shared by the real
+//! aggregators and the simulator so both publish exactly the same shapes.
 
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -80,12 +80,16 @@ impl Totals {
 /// Per-epoch keys of the keyed hashes (address, fingerprint), wiped when replaced or dropped.
 struct HashKeys {
     epoch: i64,
+    /// Event times known to lie in `epoch` (a time-zone lookup per frame would cost more
+    /// than the rest of the frame's processing).
+    from_ms: i64,
+    until_ms: i64,
     addr: zeroize::Zeroizing<[u8; 16]>,
     fingerprint: zeroize::Zeroizing<[u8; 16]>,
 }
 
 /// The per-source processing stage.
-pub struct Pipeline {
+pub struct FrameStage {
     cfg: WifiConfig,
     devices: Arc<DevicePseudonymizer>,
     keys: HashKeys,
@@ -98,7 +102,7 @@ pub struct Pipeline {
     totals: Option<Totals>,
 }
 
-impl Pipeline {
+impl FrameStage {
     /// Applies a reloaded configuration (SIGHUP): FCS and group-address policies and the
     /// footfall thresholds.
     pub fn reconfigure(&mut self, cfg: &WifiConfig, min_count: u32) {
@@ -115,14 +119,16 @@ impl Pipeline {
         min_count: u32,
         devices: Arc<DevicePseudonymizer>,
         track_totals: bool,
-    ) -> Pipeline {
+    ) -> FrameStage {
         let mut footfall = Footfall::new(cfg, min_count);
         footfall.set_visit_ids(devices.clone());
-        Pipeline {
+        FrameStage {
             footfall,
             estimator: Estimator::new(estimate::Settings::from_config(cfg)),
             keys: HashKeys {
                 epoch: i64::MIN,
+                from_ms: i64::MAX,
+                until_ms: i64::MIN,
                 addr: zeroize::Zeroizing::new([0; 16]),
                 fingerprint: zeroize::Zeroizing::new([0; 16]),
             },
@@ -136,15 +142,25 @@ impl Pipeline {
     /// The key epoch of `ts_ms`; a new epoch draws new hash keys (the old ones are wiped) and
     /// forgets every track. None when the kernel gives no key material (fail closed).
     fn epoch(&mut self, ts_ms: i64) -> Option<i64> {
+        if (self.keys.from_ms..self.keys.until_ms).contains(&ts_ms) {
+            return Some(self.keys.epoch);
+        }
         let epoch = self.devices.epoch_of(ts_ms);
+        if epoch == self.keys.epoch && ts_ms < self.keys.from_ms {
+            self.keys.from_ms = ts_ms;
+            return Some(epoch);
+        }
         if epoch != self.keys.epoch {
             self.estimator.clear();
             self.keys.epoch = i64::MIN;
+            self.keys.until_ms = i64::MIN;
             let k = crate::privacy::random_key().ok()?;
             self.keys.addr.copy_from_slice(&k[..16]);
             self.keys.fingerprint.copy_from_slice(&k[16..]);
             self.keys.epoch = epoch;
         }
+        self.keys.from_ms = ts_ms;
+        self.keys.until_ms = self.devices.next_rotation_ms(ts_ms);
         Some(epoch)
     }
 
@@ -196,7 +212,7 @@ impl Pipeline {
         let Some(epoch) = self.epoch(ts_ms) else {
             // No key for this epoch (fail closed): the probe is dropped, never kept raw.
             crate::ops::metrics::global().count(
-                "storegw_dropped_events_total",
+                crate::ops::metrics::Metric::DroppedEvents,
                 &crate::ops::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
                 1,
             );
@@ -289,7 +305,7 @@ mod tests {
         f
     }
 
-    fn pipeline(rotation_s: u64) -> Pipeline {
+    fn pipeline(rotation_s: u64) -> FrameStage {
         let devices = DevicePseudonymizer::new(Duration::from_secs(rotation_s), 8)
             .map(Arc::new)
             .expect("kernel CSPRNG");
@@ -298,7 +314,7 @@ mod tests {
             min_dwell: crate::config::Dur::secs(0),
             ..WifiConfig::default()
         };
-        Pipeline::new(&cfg, 1, devices, true)
+        FrameStage::new(&cfg, 1, devices, true)
     }
 
     #[test]
@@ -344,7 +360,7 @@ mod tests {
             estimate_devices: false,
             ..WifiConfig::default()
         };
-        let mut p = Pipeline::new(&cfg, 1, devices, true);
+        let mut p = FrameStage::new(&cfg, 1, devices, true);
         let mut out = Vec::new();
         for i in 0..3u8 {
             p.frame(

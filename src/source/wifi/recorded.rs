@@ -1,13 +1,13 @@
-//! `storegw replay --wifi FILE`: a pcap or pcapng capture through the same [`Pipeline`] as
+//! `storegw replay --wifi FILE`: a pcap or pcapng capture through the same [`FrameStage`] as
 //! live capture, with the capture's own timestamps as event time.
 
+use super::frame_stage::FrameStage;
 use super::pcap::{self, Reader};
-use super::pipeline::Pipeline;
 
 /// Runs `path` through the pipeline, emitting into `r`; returns the summary object.
 pub fn run(
     path: &std::path::Path,
-    r: &mut crate::replay::Replay,
+    r: &mut crate::source::replay::Replay,
 ) -> Result<serde_json::Value, String> {
     let buf = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let format = pcap::detect(&buf).ok_or_else(|| {
@@ -18,7 +18,7 @@ pub fn run(
     })?;
     let reader = Reader::new(&buf).map_err(|e| format!("{}: {e}", path.display()))?;
     let cfg = r.cfg.sources.wifi.clone();
-    let mut p = Pipeline::new(&cfg, r.cfg.privacy.min_count, r.devices.clone(), true);
+    let mut p = FrameStage::new(&cfg, r.cfg.privacy.min_count, r.devices.clone(), true);
     let mut out = Vec::new();
     let mut file_error = None;
     let mut last_ts = 0i64;
