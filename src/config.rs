@@ -26,6 +26,25 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub sources: SourcesConfig,
+    /// Signed remote configuration (docs/fleet.md); off unless the section is written.
+    #[serde(default)]
+    pub remote: Option<RemoteConfig>,
+}
+
+/// `[remote]`: which keys may sign configuration documents for this gateway. Local-only: no
+/// document may set any of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Trusted Ed25519 public keys, one `ed25519:<base64>` per line.
+    pub public_key_file: PathBuf,
+    /// How long a changed configuration has to reach the broker before it is rolled back.
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout: Dur,
+}
+
+fn default_confirm_timeout() -> Dur {
+    Dur::secs(300)
 }
 
 /// Identity of this gateway and where it keeps state.
@@ -454,6 +473,11 @@ impl Config {
         fix(&mut self.mqtt.client_key_file);
         fix(&mut self.mqtt.password_file);
         fix(&mut self.privacy.join_key_file);
+        if let Some(r) = &mut self.remote {
+            if r.public_key_file.is_relative() {
+                r.public_key_file = base.join(&r.public_key_file);
+            }
+        }
         self.sources.ble.resolve_paths(base);
         self.sources.wifi.resolve_paths(base);
         self.sources.pos.resolve_paths(base);
@@ -862,7 +886,42 @@ fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
     c.sources.ble.validate(&mut v);
     c.sources.wifi.validate(&mut v);
     c.sources.pos.validate(&mut v);
+    if let Some(r) = &c.remote {
+        check_remote(r, &mut v);
+    }
     v
+}
+
+/// `[remote]`: the public key file must exist, hold at least one key and be writable only by
+/// its owner (public keys are not secret, so 0644 is fine; a key anyone may append to is not).
+fn check_remote(r: &RemoteConfig, v: &mut Vec<(String, String)>) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = "remote.public_key_file";
+    let p = &r.public_key_file;
+    match std::fs::metadata(p) {
+        Err(e) => v.push((key.into(), format!("cannot read `{}`: {e}", p.display()))),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o022 != 0 {
+                v.push((
+                    key.into(),
+                    format!(
+                        "`{}`: mode {mode:04o} is writable by group/others; chmod 644 it",
+                        p.display()
+                    ),
+                ));
+            } else if let Err(e) = crate::remote::document::TrustedKeys::load(p) {
+                v.push((key.into(), e));
+            }
+        }
+    }
+    let t = r.confirm_timeout.0;
+    if t < Duration::from_secs(30) || t > Duration::from_secs(3600) {
+        v.push((
+            "remote.confirm_timeout".into(),
+            "must be between 30s and 1h".into(),
+        ));
+    }
 }
 
 /// 1-based line of a byte offset.
@@ -971,5 +1030,55 @@ mod tests {
             err.starts_with("x.toml:5: mqtt.prot: unknown field `prot`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn remote_section_checks_the_key_file() -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+        let line = crate::remote::document::format_public_key(&key.verifying_key());
+        std::fs::write(dir.path().join("remote.pub"), format!("{line}\n"))?;
+        let set_mode = |m: u32| {
+            std::fs::set_permissions(
+                dir.path().join("remote.pub"),
+                std::fs::Permissions::from_mode(m),
+            )
+        };
+        let text = |extra: &str| {
+            format!(
+                "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n[http]\nenabled = false\n[remote]\npublic_key_file = \"remote.pub\"\n{extra}"
+            )
+        };
+        let check = |t: &str| {
+            parse("x.toml", t, Some(dir.path()))
+                .err()
+                .map(|e| e.to_string())
+        };
+        set_mode(0o644)?;
+        let cfg = parse("x.toml", &text(""), Some(dir.path()))?;
+        assert_eq!(
+            cfg.remote.map(|r| r.confirm_timeout.0),
+            Some(Duration::from_secs(300))
+        );
+        set_mode(0o664)?;
+        let e = check(&text("")).unwrap_or_default();
+        assert!(
+            e.contains("remote.public_key_file") && e.contains("writable"),
+            "{e}"
+        );
+        set_mode(0o600)?;
+        let e = check(&text("confirm_timeout = \"5s\"\n")).unwrap_or_default();
+        assert!(e.contains("remote.confirm_timeout"), "{e}");
+        std::fs::write(dir.path().join("remote.pub"), "not a key\n")?;
+        let e = check(&text("")).unwrap_or_default();
+        assert!(e.contains("remote.public_key_file"), "{e}");
+        std::fs::remove_file(dir.path().join("remote.pub"))?;
+        let e = check(&text("")).unwrap_or_default();
+        assert!(e.contains("cannot read"), "{e}");
+        // Without the section remote configuration is off.
+        let t = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n[http]\nenabled = false\n";
+        assert!(parse("x.toml", t, None)?.remote.is_none());
+        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, for the regression test.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("wifi_capture", wifi_capture),
     ("wifi_frame", wifi_frame),
     ("ble_adv", ble_adv),
@@ -22,6 +22,7 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("pos_xml", pos_xml),
     ("pos_csv", pos_csv),
     ("config", config),
+    ("remote_document", remote_document),
 ];
 
 /// A pseudonymizer for one fuzz input; None (the input is skipped) if the CSPRNG fails.
@@ -207,5 +208,32 @@ pub fn config(data: &[u8]) {
         if let Err(e) = crate::config::parse("fuzz.toml", text, None) {
             let _ = e.to_string();
         }
+    }
+}
+
+/// A signed remote configuration document as a gateway would receive it on its config topic:
+/// envelope split, signature check (against a fixed key, with the signature also recomputed so
+/// the fuzzer reaches the overlay parser), forbidden keys, merge and validation.
+pub fn remote_document(data: &[u8]) {
+    use crate::remote::document::{self, Context, TrustedKeys};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let Ok(keys) = TrustedKeys::parse(&document::format_public_key(&key.verifying_key())) else {
+        return;
+    };
+    let Ok(local) = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n".parse::<toml::Table>()
+    else {
+        return;
+    };
+    let cx = Context {
+        keys: &keys,
+        now: time::OffsetDateTime::UNIX_EPOCH,
+        last_version: 1,
+        local: &local,
+        base: None,
+    };
+    let _ = document::verify(data, &cx);
+    // The same bytes as an overlay, signed: exercises everything after the signature check.
+    if let Ok(signed) = document::sign(data, &key) {
+        let _ = document::verify(&signed, &cx);
     }
 }

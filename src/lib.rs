@@ -10,6 +10,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod ops;
 pub mod privacy;
+pub mod remote;
 pub mod sensor_events;
 pub mod source;
 pub mod spool;

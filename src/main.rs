@@ -157,6 +157,58 @@ enum Cmd {
         #[arg(long, default_value_t = 300.0)]
         stale: f64,
     },
+    /// Create an Ed25519 signing key for remote configuration: PREFIX.key (0600) and PREFIX.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a configuration overlay (TOML with an integer `version`) with a private key.
+    Sign {
+        file: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Output (default: FILE.signed).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run a gateway's verification of a signed document offline and print the result (exit 1
+    /// with the reason when a gateway would reject it).
+    Verify {
+        file: PathBuf,
+        /// Trusted public key file (as in [remote] public_key_file).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// The gateway's local configuration to merge over and validate.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Version the gateway last applied (the document must be newer).
+        #[arg(long, default_value_t = 0)]
+        last_version: i64,
+    },
+    /// Publish a signed document retained (QoS 1) to a gateway's config topic, or the fleet's.
+    Push {
+        file: PathBuf,
+        /// mqtt://host[:port] or mqtts://host[:port].
+        #[arg(long)]
+        broker: String,
+        /// Store id.
+        #[arg(long)]
+        store: String,
+        /// Gateway id (default: the fleet-wide topic {prefix}/_fleet/config).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Topic prefix (the gateways' mqtt.topic_prefix).
+        #[arg(long, default_value = "storegw/v1")]
+        prefix: String,
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the password (first line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM CA bundle for mqtts:// (default: the system bundle).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
     /// Spool depth, oldest age and drops, read from the state directory.
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -410,6 +462,89 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("fleet: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Keygen { out } => match storegw::remote::tools::keygen(&out) {
+            Ok(id) => {
+                println!(
+                    "key {id}: private {}.key (keep it off the gateways), public {}.pub",
+                    out.display(),
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Sign { file, key, out } => {
+            match storegw::remote::tools::sign_file(&file, &key, out.as_deref()) {
+                Ok(p) => {
+                    println!("{}", p.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sign: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Verify {
+            file,
+            public_key,
+            config,
+            last_version,
+        } => {
+            use storegw::remote::tools::{verify_file, VerifyOutcome};
+            match verify_file(&file, &public_key, config.as_deref(), last_version) {
+                Ok(VerifyOutcome::Accepted(text)) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Ok(VerifyOutcome::Rejected(r)) => {
+                    eprintln!("rejected: {}", r.reason());
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("verify: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Push {
+            file,
+            broker,
+            store,
+            gateway,
+            prefix,
+            username,
+            password_file,
+            ca_file,
+        } => {
+            init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
+            let opts = storegw::remote::tools::PushOptions {
+                broker,
+                store,
+                gateway,
+                prefix,
+                username,
+                password_file,
+                ca_file,
+            };
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            match rt.block_on(storegw::remote::tools::push(&opts, &file)) {
+                Ok(topic) => {
+                    println!("published retained on {topic}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("push: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }

@@ -1,0 +1,764 @@
+//! Signed configuration documents: parsing, signature check, expiry, replay, forbidden keys,
+//! layering over the local file and the same validation as `check-config`.
+//!
+//! The envelope is a text file a person can read and diff: the TOML overlay, then one last line
+//!
+//! ```text
+//! # storegw-signature: ed25519:<key-id>:<base64 signature>
+//! ```
+//!
+//! The signature covers every byte before that line (the overlay exactly as written, its final
+//! newline included). Being a TOML comment, the line leaves the whole file valid TOML. The key id
+//! is the first 8 bytes of SHA-256 over the 32-byte public key, in hex: it only picks which
+//! trusted key to try, it is never trusted by itself.
+
+use crate::config::{self, Config};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+use time::OffsetDateTime;
+
+/// Marker of the signature line; anything after it on the line is the signature itself.
+pub const SIGNATURE_PREFIX: &str = "# storegw-signature: ";
+
+/// Largest signed document accepted: a whole storegw.toml is a few KiB, and an MQTT retained
+/// message of unbounded size must not be parsed on a small store box.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// Why a document was refused; `reason()` is the short text the status document will carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a signed document at all (no signature line, bad base64, too big, not UTF-8 TOML).
+    Malformed(String),
+    /// Signed with a key id none of the trusted keys has.
+    UnknownKey(String),
+    /// The signature does not match the bytes under the named key (tampered or wrong key).
+    BadSignature,
+    /// `not_after` is in the past.
+    Expired,
+    /// `version` is not greater than the last applied one (a replay or an out-of-order push).
+    StaleVersion { version: i64, last: i64 },
+    /// The overlay sets a key only the local file may set.
+    ForbiddenKey(String),
+    /// The merged configuration fails `check-config`'s validation.
+    Invalid { key: String, message: String },
+}
+
+impl Rejection {
+    /// The short, stable reason string for status reporting and `storegw verify`.
+    pub fn reason(&self) -> String {
+        match self {
+            Rejection::Malformed(m) => format!("malformed: {m}"),
+            Rejection::UnknownKey(id) => format!("unknown_key: {id}"),
+            Rejection::BadSignature => "bad_signature".into(),
+            Rejection::Expired => "expired".into(),
+            Rejection::StaleVersion { version, last } => {
+                format!("stale_version: {version} <= {last}")
+            }
+            Rejection::ForbiddenKey(k) => format!("forbidden_key: {k}"),
+            Rejection::Invalid { key, message } => format!("invalid: {key}: {message}"),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Key id of a public key: names the key in a signature line without being trusted itself.
+pub fn key_id(key: &VerifyingKey) -> String {
+    let d = Sha256::digest(key.as_bytes());
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The public keys a gateway trusts (`[remote] public_key_file`).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    keys: Vec<(String, VerifyingKey)>,
+}
+
+impl TrustedKeys {
+    /// Parses a public key file: one `ed25519:<base64 32 bytes>` per line, optionally followed by
+    /// a comment; blank lines and `#` lines are skipped. Several keys let the central team rotate
+    /// its signing key without a window where gateways trust nothing.
+    pub fn parse(text: &str) -> Result<TrustedKeys, String> {
+        let mut keys = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let word = line.split_whitespace().next().unwrap_or("");
+            let key = parse_public_key(word).map_err(|e| format!("line {}: {e}", i + 1))?;
+            keys.push((key_id(&key), key));
+        }
+        if keys.is_empty() {
+            return Err("no public key (expected lines `ed25519:<base64>`)".into());
+        }
+        Ok(TrustedKeys { keys })
+    }
+
+    /// Reads and parses a public key file.
+    pub fn load(path: &Path) -> Result<TrustedKeys, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("`{}`: {e}", path.display()))
+    }
+
+    /// Ids of the trusted keys, for messages.
+    pub fn ids(&self) -> Vec<String> {
+        self.keys.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn get(&self, id: &str) -> Option<&VerifyingKey> {
+        self.keys.iter().find(|(k, _)| k == id).map(|(_, v)| v)
+    }
+}
+
+/// Parses `ed25519:<base64 of the 32-byte public key>`.
+pub fn parse_public_key(s: &str) -> Result<VerifyingKey, String> {
+    let b64 = s
+        .strip_prefix("ed25519:")
+        .ok_or("a public key starts with `ed25519:`")?;
+    let raw = B64
+        .decode(b64)
+        .map_err(|e| format!("public key is not base64: {e}"))?;
+    let bytes: [u8; 32] = raw
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("public key has {} bytes, not 32", raw.len()))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".into())
+}
+
+/// Renders a public key as one line of a public key file.
+pub fn format_public_key(key: &VerifyingKey) -> String {
+    format!("ed25519:{}", B64.encode(key.as_bytes()))
+}
+
+/// A signed document split into its parts (signature not yet checked).
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    /// The exact signed bytes: the overlay.
+    pub overlay: &'a [u8],
+    /// Key id named by the signature line.
+    pub key_id: String,
+    /// The 64-byte signature.
+    pub signature: Signature,
+}
+
+/// Splits a signed document into overlay bytes and signature line; checks nothing else.
+pub fn split(signed: &[u8]) -> Result<Envelope<'_>, Rejection> {
+    if signed.len() > MAX_DOCUMENT_BYTES {
+        return Err(Rejection::Malformed(format!(
+            "{} bytes, more than {MAX_DOCUMENT_BYTES}",
+            signed.len()
+        )));
+    }
+    // The signature line is the last line; a trailing newline after it is allowed.
+    let body = signed.strip_suffix(b"\n").unwrap_or(signed);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    let start = body
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let overlay = signed.get(..start).unwrap_or_default();
+    let last = body.get(start..).unwrap_or_default();
+    let sig_line = std::str::from_utf8(last)
+        .ok()
+        .and_then(|l| l.strip_prefix(SIGNATURE_PREFIX))
+        .ok_or_else(|| {
+            Rejection::Malformed(format!(
+                "the last line must be `{SIGNATURE_PREFIX}ed25519:<key-id>:<signature>`"
+            ))
+        })?;
+    let mut parts = sig_line.trim().splitn(3, ':');
+    let (Some("ed25519"), Some(id), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Rejection::Malformed(
+            "signature line must read ed25519:<key-id>:<signature>".into(),
+        ));
+    };
+    let raw = B64
+        .decode(sig)
+        .map_err(|_| Rejection::Malformed("signature is not base64".into()))?;
+    let bytes: [u8; 64] = raw
+        .as_slice()
+        .try_into()
+        .map_err(|_| Rejection::Malformed(format!("signature has {} bytes, not 64", raw.len())))?;
+    Ok(Envelope {
+        overlay,
+        key_id: id.to_string(),
+        signature: Signature::from_bytes(&bytes),
+    })
+}
+
+/// A document whose signature checked out: the overlay parsed, its header fields extracted.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The overlay's configuration keys (`version` and `not_after` removed).
+    pub overlay: toml::Table,
+    /// The document's version; each accepted document must carry a greater one.
+    pub version: i64,
+    /// After this instant the document is refused.
+    pub not_after: Option<OffsetDateTime>,
+    /// Id of the key that signed it.
+    pub key_id: String,
+}
+
+/// Parses overlay text into (config keys, version, not_after); used by `sign` before signing
+/// and by verification after the signature check.
+pub fn parse_overlay(text: &str) -> Result<(toml::Table, i64, Option<OffsetDateTime>), String> {
+    let mut t: toml::Table = toml::from_str(text)
+        .map_err(|e| format!("not TOML: {}", e.message().trim().replace('\n', " ")))?;
+    let version = match t.remove("version") {
+        Some(toml::Value::Integer(v)) if v > 0 => v,
+        Some(_) => return Err("`version` must be a positive integer".into()),
+        None => return Err("missing top-level `version` (a positive integer)".into()),
+    };
+    let not_after = match t.remove("not_after") {
+        None => None,
+        Some(v) => {
+            let s = match &v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Datetime(d) => d.to_string(),
+                _ => return Err("`not_after` must be an RFC 3339 date-time".into()),
+            };
+            let at = OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| {
+                    format!("`not_after` `{s}` is not an RFC 3339 date-time with offset")
+                })?;
+            Some(at)
+        }
+    };
+    Ok((t, version, not_after))
+}
+
+/// Step 1: the signature against the trusted keys, then the overlay's syntax and header.
+pub fn verify_signature(signed: &[u8], keys: &TrustedKeys) -> Result<Document, Rejection> {
+    let env = split(signed)?;
+    let key = keys
+        .get(&env.key_id)
+        .ok_or_else(|| Rejection::UnknownKey(env.key_id.clone()))?;
+    key.verify(env.overlay, &env.signature)
+        .map_err(|_| Rejection::BadSignature)?;
+    let text = std::str::from_utf8(env.overlay)
+        .map_err(|_| Rejection::Malformed("overlay is not UTF-8".into()))?;
+    let (overlay, version, not_after) = parse_overlay(text).map_err(Rejection::Malformed)?;
+    Ok(Document {
+        overlay,
+        version,
+        not_after,
+        key_id: env.key_id,
+    })
+}
+
+/// Steps 2 and 3: expiry against `now`, then the version against the last applied one.
+pub fn check_fresh(
+    doc: &Document,
+    now: OffsetDateTime,
+    last_version: i64,
+) -> Result<(), Rejection> {
+    if doc.not_after.is_some_and(|t| now > t) {
+        return Err(Rejection::Expired);
+    }
+    if doc.version <= last_version {
+        return Err(Rejection::StaleVersion {
+            version: doc.version,
+            last: last_version,
+        });
+    }
+    Ok(())
+}
+
+/// Keys only the local file may set, as dotted paths (`*` any table key, `[]` any array item);
+/// besides these, any key named `*_file` or `*_dir` anywhere is a secret's or a local path.
+pub const FORBIDDEN: &[&str] = &[
+    "remote",
+    "gateway.state_dir",
+    "gateway.store_id",
+    "gateway.gateway_id",
+    "sources.pos.watch.[].dir",
+];
+
+/// Step 4: every key of the overlay the local file alone may set (empty when none).
+pub fn forbidden_keys(overlay: &toml::Table) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(overlay, "", "", &mut out);
+    out
+}
+
+fn walk(t: &toml::Table, path: &str, pattern: &str, out: &mut Vec<String>) {
+    for (k, v) in t {
+        let p = join(path, k);
+        let pat = join(pattern, k);
+        let named_path = k.ends_with("_file") || k.ends_with("_dir");
+        if named_path || FORBIDDEN.contains(&pat.as_str()) {
+            out.push(p);
+            continue;
+        }
+        match v {
+            toml::Value::Table(sub) => walk(sub, &p, &pat, out),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::Value::Table(sub) = item {
+                        walk(sub, &format!("{p}.{i}"), &format!("{pat}.[]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+/// Deep merge: tables merge key by key, anything else (arrays included) is replaced whole.
+pub fn deep_merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => deep_merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// The effective configuration table: the local file, then the fleet overlay, then this
+/// gateway's overlay (the gateway's word wins over the fleet's, the fleet's over the file's).
+pub fn merge_layers(
+    local: &toml::Table,
+    fleet: Option<&toml::Table>,
+    gateway: Option<&toml::Table>,
+) -> toml::Table {
+    let mut merged = local.clone();
+    for layer in [fleet, gateway].into_iter().flatten() {
+        deep_merge(&mut merged, layer);
+    }
+    merged
+}
+
+/// Step 6: renders the merged table and runs `check-config`'s parsing and validation on it;
+/// `base` resolves relative paths as for the local file.
+pub fn validate_merged(
+    merged: &toml::Table,
+    base: Option<&Path>,
+) -> Result<(String, Config), Rejection> {
+    let text = toml::to_string(merged).map_err(|e| Rejection::Invalid {
+        key: "(document)".into(),
+        message: e.to_string(),
+    })?;
+    match config::parse("merged", &text, base) {
+        Ok(cfg) => Ok((text, cfg)),
+        Err(e) => {
+            let first = e.0.into_iter().next();
+            Err(Rejection::Invalid {
+                key: first
+                    .as_ref()
+                    .map(|i| i.key.clone())
+                    .unwrap_or_else(|| "(document)".into()),
+                message: first.map(|i| i.message).unwrap_or_default(),
+            })
+        }
+    }
+}
+
+/// What a successful verification yields.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The document as checked.
+    pub document: Document,
+    /// The merged configuration as TOML text (what a restart would write).
+    pub merged_text: String,
+    /// The merged configuration, validated.
+    pub config: Config,
+}
+
+/// Inputs of the full pipeline besides the document itself.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    /// Keys from `[remote] public_key_file`.
+    pub keys: &'a TrustedKeys,
+    /// The current time (a parameter so tests and replays are deterministic).
+    pub now: OffsetDateTime,
+    /// Version of the last document applied on this layer (0 when none).
+    pub last_version: i64,
+    /// The local file, parsed as a table.
+    pub local: &'a toml::Table,
+    /// Directory of the local file (relative paths).
+    pub base: Option<&'a Path>,
+}
+
+/// The whole pipeline in the documented order: signature, expiry, version, forbidden keys,
+/// merge over the local file, validation.
+pub fn verify(signed: &[u8], cx: &Context<'_>) -> Result<Verified, Rejection> {
+    let document = verify_signature(signed, cx.keys)?;
+    check_fresh(&document, cx.now, cx.last_version)?;
+    if let Some(k) = forbidden_keys(&document.overlay).into_iter().next() {
+        return Err(Rejection::ForbiddenKey(k));
+    }
+    let merged = merge_layers(cx.local, None, Some(&document.overlay));
+    let (merged_text, config) = validate_merged(&merged, cx.base)?;
+    Ok(Verified {
+        document,
+        merged_text,
+        config,
+    })
+}
+
+/// Signs overlay bytes: returns the signed document (overlay, a newline if it lacked one, the
+/// signature line). Refuses overlays that are not TOML or lack an integer `version`.
+pub fn sign(overlay: &[u8], key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, String> {
+    use ed25519_dalek::Signer;
+    let text = std::str::from_utf8(overlay).map_err(|_| "the overlay is not UTF-8".to_string())?;
+    if text.lines().any(|l| l.starts_with(SIGNATURE_PREFIX)) {
+        return Err("the file is already signed".into());
+    }
+    parse_overlay(text)?;
+    let mut body = overlay.to_vec();
+    if !body.is_empty() && !body.ends_with(b"\n") {
+        body.push(b'\n');
+    }
+    if body.len() + 200 > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "the overlay is larger than {MAX_DOCUMENT_BYTES} bytes"
+        ));
+    }
+    let sig = key.sign(&body);
+    let line = format!(
+        "{SIGNATURE_PREFIX}ed25519:{}:{}\n",
+        key_id(&key.verifying_key()),
+        B64.encode(sig.to_bytes())
+    );
+    body.extend_from_slice(line.as_bytes());
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn keys(k: &SigningKey) -> TrustedKeys {
+        TrustedKeys::parse(&format!(
+            "# central team\n{} main\n",
+            format_public_key(&k.verifying_key())
+        ))
+        .unwrap_or_default()
+    }
+
+    fn now() -> OffsetDateTime {
+        time::macros::datetime!(2026-06-01 12:00 UTC)
+    }
+
+    const LOCAL: &str = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\nstate_dir = \"/var/lib/storegw\"\n\n[http]\nenabled = false\n\n[log]\nlevel = \"info\"\n";
+
+    fn local() -> toml::Table {
+        toml::from_str(LOCAL).unwrap_or_default()
+    }
+
+    fn run(signed: &[u8], trusted: &TrustedKeys, last: i64) -> Result<Verified, Rejection> {
+        let l = local();
+        let cx = Context {
+            keys: trusted,
+            now: now(),
+            last_version: last,
+            local: &l,
+            base: None,
+        };
+        verify(signed, &cx)
+    }
+
+    fn signed(overlay: &str, k: &SigningKey) -> Vec<u8> {
+        sign(overlay.as_bytes(), k).unwrap_or_default()
+    }
+
+    #[test]
+    fn accepts_and_merges() {
+        let k = key(1);
+        let doc = signed("version = 2\n[log]\nlevel = \"debug\"\n", &k);
+        let v = run(&doc, &keys(&k), 1).map_err(|e| e.reason());
+        let v = v
+            .as_ref()
+            .map(|v| (v.document.version, v.config.log.level.as_str()));
+        assert_eq!(v, Ok((2, "debug")));
+    }
+
+    #[test]
+    fn rejects_bad_signature_tampering_and_wrong_key() {
+        let k = key(1);
+        let doc = signed("version = 2\n[log]\nlevel = \"debug\"\n", &k);
+        // One byte of the overlay changed.
+        let mut tampered = doc.clone();
+        if let Some(b) = tampered.iter_mut().position(|b| *b == b'd') {
+            tampered[b] = b'D';
+        }
+        assert_eq!(
+            run(&tampered, &keys(&k), 0).err(),
+            Some(Rejection::BadSignature)
+        );
+        // A byte of the signature changed.
+        let text = String::from_utf8(doc.clone()).unwrap_or_default();
+        let sig_start = text.rfind(':').unwrap_or(0) + 1;
+        let mut bad_sig = doc.clone();
+        bad_sig[sig_start] = if bad_sig[sig_start] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        assert_eq!(
+            run(&bad_sig, &keys(&k), 0).err(),
+            Some(Rejection::BadSignature)
+        );
+        // Signed by another key: unknown id; and a forged id naming the trusted key.
+        let other = signed("version = 2\n", &key(2));
+        assert!(matches!(
+            run(&other, &keys(&k), 0),
+            Err(Rejection::UnknownKey(_))
+        ));
+        let forged = String::from_utf8(other).unwrap_or_default().replace(
+            &key_id(&key(2).verifying_key()),
+            &key_id(&k.verifying_key()),
+        );
+        assert_eq!(
+            run(forged.as_bytes(), &keys(&k), 0).err(),
+            Some(Rejection::BadSignature)
+        );
+        // No signature line at all.
+        assert!(matches!(
+            run(b"version = 2\n", &keys(&k), 0),
+            Err(Rejection::Malformed(_))
+        ));
+        assert_eq!(Rejection::BadSignature.reason(), "bad_signature");
+    }
+
+    #[test]
+    fn several_trusted_keys() {
+        let (a, b) = (key(1), key(2));
+        let trusted = TrustedKeys::parse(&format!(
+            "{}\n\n{}\n",
+            format_public_key(&a.verifying_key()),
+            format_public_key(&b.verifying_key())
+        ));
+        let trusted = trusted.unwrap_or_default();
+        assert_eq!(trusted.ids().len(), 2);
+        assert!(run(&signed("version = 5\n", &b), &trusted, 0).is_ok());
+        assert!(TrustedKeys::parse("ed25519:AAAA\n").is_err());
+        assert!(TrustedKeys::parse("# nothing\n").is_err());
+    }
+
+    #[test]
+    fn rejects_expired() {
+        let k = key(1);
+        let doc = signed("version = 2\nnot_after = 2026-05-01T00:00:00Z\n", &k);
+        assert_eq!(run(&doc, &keys(&k), 0).err(), Some(Rejection::Expired));
+        assert_eq!(Rejection::Expired.reason(), "expired");
+        let ok = signed(
+            "version = 2\nnot_after = \"2026-07-01T00:00:00+02:00\"\n",
+            &k,
+        );
+        assert!(run(&ok, &keys(&k), 0).is_ok());
+        // A date-time without an offset is not an instant: refused at signing.
+        assert!(sign(b"version = 2\nnot_after = 2026-07-01T00:00:00\n", &k).is_err());
+    }
+
+    #[test]
+    fn rejects_older_and_equal_versions() {
+        let k = key(1);
+        let doc = signed("version = 7\n", &k);
+        for last in [7, 8] {
+            let r = run(&doc, &keys(&k), last).err();
+            assert_eq!(r, Some(Rejection::StaleVersion { version: 7, last }));
+        }
+        assert!(run(&doc, &keys(&k), 6).is_ok());
+        let r = Rejection::StaleVersion {
+            version: 7,
+            last: 7,
+        };
+        assert_eq!(r.reason(), "stale_version: 7 <= 7");
+    }
+
+    #[test]
+    fn rejects_each_forbidden_key_class() {
+        let k = key(1);
+        for (overlay, key) in [
+            ("[gateway]\nstate_dir = \"/tmp/x\"", "gateway.state_dir"),
+            ("[gateway]\ngateway_id = \"g2\"", "gateway.gateway_id"),
+            ("[gateway]\nstore_id = \"s2\"", "gateway.store_id"),
+            ("[remote]\nconfirm_timeout = \"1m\"", "remote"),
+            ("[mqtt]\npassword_file = \"/tmp/p\"", "mqtt.password_file"),
+            (
+                "[mqtt]\nclient_key_file = \"/tmp/k\"",
+                "mqtt.client_key_file",
+            ),
+            (
+                "[mqtt]\nclient_cert_file = \"/tmp/c\"",
+                "mqtt.client_cert_file",
+            ),
+            ("[mqtt]\nca_file = \"/tmp/ca\"", "mqtt.ca_file"),
+            (
+                "[privacy]\njoin_key_file = \"/tmp/j\"",
+                "privacy.join_key_file",
+            ),
+            (
+                "[sources.pos.http]\ntoken_file = \"/tmp/t\"",
+                "sources.pos.http.token_file",
+            ),
+            (
+                "[[sources.pos.poll]]\nurl = \"https://x\"\ntoken_file = \"/tmp/t\"",
+                "sources.pos.poll.0.token_file",
+            ),
+            (
+                "[[sources.pos.watch]]\ndir = \"/etc\"",
+                "sources.pos.watch.0.dir",
+            ),
+        ] {
+            let doc = signed(&format!("version = 2\n{overlay}\n"), &k);
+            let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
+            assert_eq!(r, Some(format!("forbidden_key: {key}")), "{overlay}");
+        }
+    }
+
+    #[test]
+    fn every_config_path_key_is_forbidden() {
+        // Every `_file` key the configuration knows is caught by the suffix rule.
+        let src = [
+            include_str!("../config.rs"),
+            include_str!("../source/pos/config.rs"),
+            include_str!("../source/ble/config.rs"),
+            include_str!("../source/wifi/config.rs"),
+        ];
+        for text in src {
+            for line in text.lines() {
+                let l = line.trim();
+                if let Some(rest) = l.strip_prefix("pub ") {
+                    if let Some((name, ty)) = rest.split_once(':') {
+                        if ty.contains("PathBuf") && !name.contains(' ') {
+                            assert!(
+                                name.ends_with("_file") || name.ends_with("_dir") || name == "dir",
+                                "path key `{name}` needs a forbidden rule"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_overlay_that_makes_config_invalid() {
+        let k = key(1);
+        let doc = signed("version = 2\n[log]\nlevel = \"loud\"\n", &k);
+        let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
+        assert_eq!(
+            r.as_deref(),
+            Some("invalid: log.level: `loud` is not one of trace, debug, info, warn, error")
+        );
+        let doc = signed("version = 2\n[mqtt]\nprot = 1\n", &k);
+        let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
+        assert!(
+            r.as_deref()
+                .is_some_and(|r| r.starts_with("invalid: ") && r.contains("prot")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn gateway_overrides_fleet_overrides_local() {
+        let local: toml::Table =
+            toml::from_str("[log]\nlevel = \"info\"\nformat = \"text\"\n[sources.ble]\nenabled = true\nwindow = \"10s\"\n[x]\na = [1, 2, 3]\n")
+                .unwrap_or_default();
+        let fleet: toml::Table = toml::from_str(
+            "[log]\nlevel = \"warn\"\n[sources.ble]\nwindow = \"20s\"\n[x]\na = [9]\n",
+        )
+        .unwrap_or_default();
+        let gw: toml::Table = toml::from_str("[log]\nlevel = \"debug\"\n").unwrap_or_default();
+        let m = merge_layers(&local, Some(&fleet), Some(&gw));
+        let get = |a: &str, b: &str| m.get(a).and_then(|t| t.get(b)).cloned();
+        assert_eq!(get("log", "level"), Some(toml::Value::from("debug")));
+        assert_eq!(get("log", "format"), Some(toml::Value::from("text")));
+        // Arrays are replaced, not appended.
+        assert_eq!(get("x", "a"), Some(toml::Value::Array(vec![9.into()])));
+        let ble = m.get("sources").and_then(|s| s.get("ble"));
+        assert_eq!(
+            ble.and_then(|b| b.get("window")).cloned(),
+            Some(toml::Value::from("20s"))
+        );
+        assert_eq!(
+            ble.and_then(|b| b.get("enabled")).cloned(),
+            Some(toml::Value::from(true))
+        );
+        // Without a gateway layer the fleet's value stands; without either, the file's.
+        let m = merge_layers(&local, Some(&fleet), None);
+        assert_eq!(
+            m.get("log").and_then(|t| t.get("level")).cloned(),
+            Some(toml::Value::from("warn"))
+        );
+        assert_eq!(merge_layers(&local, None, None), local);
+    }
+
+    #[test]
+    fn sign_refuses_bad_overlays() {
+        let k = key(1);
+        assert!(sign(b"[log]\nlevel = \"debug\"\n", &k).is_err());
+        assert!(sign(b"version = \"3\"\n", &k).is_err());
+        assert!(sign(b"version = 0\n", &k).is_err());
+        assert!(sign(b"version = 3\n[log\n", &k).is_err());
+        let once = signed("version = 3", &k);
+        assert!(sign(&once, &k).is_err(), "already signed");
+        // The signed bytes are the overlay with a final newline; the result stays TOML.
+        assert!(once.starts_with(b"version = 3\n# storegw-signature: ed25519:"));
+        let text = String::from_utf8(once).unwrap_or_default();
+        assert!(toml::from_str::<toml::Table>(&text).is_ok());
+    }
+
+    #[test]
+    fn crlf_and_trailing_newline_tolerated_on_signature_line_only() {
+        let k = key(1);
+        let doc = signed("version = 4\n", &k);
+        let mut crlf = doc.clone();
+        crlf.pop();
+        crlf.extend_from_slice(b"\r\n");
+        assert!(run(&crlf, &keys(&k), 0).is_ok());
+        let mut bare = doc;
+        bare.pop();
+        assert!(run(&bare, &keys(&k), 0).is_ok());
+    }
+
+    #[test]
+    fn fuzz_seed_reaches_validation() {
+        // fuzz/seeds/remote_document/signed_ok.toml is signed with the fuzz target's fixed key,
+        // so the fuzzer starts from a document that passes every step.
+        let seed = include_bytes!("../../fuzz/seeds/remote_document/signed_ok.toml");
+        let k = key(7);
+        let local: toml::Table =
+            toml::from_str("[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n")
+                .unwrap_or_default();
+        let cx = Context {
+            keys: &keys(&k),
+            now: now(),
+            last_version: 1,
+            local: &local,
+            base: None,
+        };
+        let r = verify(seed, &cx).map(|v| v.document.version);
+        assert_eq!(r.map_err(|e| e.reason()), Ok(2));
+    }
+}
