@@ -21,6 +21,25 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// How the central team's tools (`tail`, `fleet`, `push`) reach the broker.
+#[derive(clap::Args, Debug)]
+struct BrokerArgs {
+    /// mqtt://host[:port] or mqtts://host[:port].
+    #[arg(long)]
+    broker: String,
+    /// Topic prefix (the gateways' mqtt.topic_prefix).
+    #[arg(long, default_value = "storegw/v1")]
+    prefix: String,
+    #[arg(long)]
+    username: Option<String>,
+    /// File holding the password (first line).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// PEM CA bundle for mqtts:// (default: the system bundle).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway until SIGTERM/SIGINT.
@@ -93,26 +112,14 @@ enum Cmd {
     /// Subscribe to a store's live feed, validate every payload against the JSON Schemas,
     /// drop redelivered events by id, print one line per event or a running summary.
     Tail {
-        /// mqtt://host[:port] or mqtts://host[:port].
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        conn: BrokerArgs,
         /// Store id to follow.
         #[arg(long)]
         store: String,
         /// Only this gateway (default: every gateway of the store).
         #[arg(long)]
         gateway: Option<String>,
-        /// Topic prefix (the gateways' mqtt.topic_prefix).
-        #[arg(long, default_value = "storegw/v1")]
-        prefix: String,
-        #[arg(long)]
-        username: Option<String>,
-        /// File holding the password (first line).
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// PEM CA bundle for mqtts:// (default: the system bundle).
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
         /// Print running totals every 5 s instead of one line per event.
         #[arg(long)]
         summary: bool,
@@ -127,23 +134,11 @@ enum Cmd {
     /// when every gateway is healthy, 1 when any needs attention (or none reported), 2 when the
     /// broker could not be read.
     Fleet {
-        /// mqtt://host[:port] or mqtts://host[:port].
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        conn: BrokerArgs,
         /// Only this store (default: every store).
         #[arg(long)]
         store: Option<String>,
-        /// Topic prefix (the gateways' mqtt.topic_prefix).
-        #[arg(long, default_value = "storegw/v1")]
-        prefix: String,
-        #[arg(long)]
-        username: Option<String>,
-        /// File holding the password (first line).
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// PEM CA bundle for mqtts:// (default: the system bundle).
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
         /// Print a JSON document instead of lines.
         #[arg(long)]
         json: bool,
@@ -188,26 +183,14 @@ enum Cmd {
     /// Publish a signed document retained (QoS 1) to a gateway's config topic, or the fleet's.
     Push {
         file: PathBuf,
-        /// mqtt://host[:port] or mqtts://host[:port].
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        conn: BrokerArgs,
         /// Store id.
         #[arg(long)]
         store: String,
         /// Gateway id (default: the fleet-wide topic {prefix}/_fleet/config).
         #[arg(long)]
         gateway: Option<String>,
-        /// Topic prefix (the gateways' mqtt.topic_prefix).
-        #[arg(long, default_value = "storegw/v1")]
-        prefix: String,
-        #[arg(long)]
-        username: Option<String>,
-        /// File holding the password (first line).
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// PEM CA bundle for mqtts:// (default: the system bundle).
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
     },
     /// Spool depth, oldest age and drops, read from the state directory.
     Status {
@@ -372,13 +355,16 @@ fn main() -> ExitCode {
             run_to_exit("bench", storegw::bench::run(opts))
         }
         Cmd::Tail {
-            broker,
+            conn:
+                BrokerArgs {
+                    broker,
+                    prefix,
+                    username,
+                    password_file,
+                    ca_file,
+                },
             store,
             gateway,
-            prefix,
-            username,
-            password_file,
-            ca_file,
             summary,
             count,
             for_secs,
@@ -411,12 +397,15 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Fleet {
-            broker,
+            conn:
+                BrokerArgs {
+                    broker,
+                    prefix,
+                    username,
+                    password_file,
+                    ca_file,
+                },
             store,
-            prefix,
-            username,
-            password_file,
-            ca_file,
             json,
             wait,
             max_age,
@@ -514,14 +503,17 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Push {
+            conn:
+                BrokerArgs {
+                    broker,
+                    prefix,
+                    username,
+                    password_file,
+                    ca_file,
+                },
             file,
-            broker,
             store,
             gateway,
-            prefix,
-            username,
-            password_file,
-            ca_file,
         } => {
             init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
             let opts = storegw::remote::tools::PushOptions {

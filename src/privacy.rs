@@ -381,7 +381,19 @@ mod tests {
             Ok(e) => e,
             Err(e) => panic!("{e}"),
         };
-        let out = std::process::Command::new(exe)
+        // Cross-built tests run under an emulator (scripts/cross-build sets the runner): the
+        // child must be started through it too, there is no binfmt_misc to do it.
+        let runner = std::env::var("STOREGW_TEST_RUNNER").unwrap_or_default();
+        let mut words = runner.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(prog) => {
+                let mut c = std::process::Command::new(prog);
+                c.args(words).arg(&exe);
+                c
+            }
+            None => std::process::Command::new(&exe),
+        };
+        let out = cmd
             .args([
                 test,
                 "--exact",
