@@ -21,25 +21,6 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// How the central team's tools (`tail`, `fleet`, `push`) reach the broker.
-#[derive(clap::Args, Debug)]
-struct BrokerArgs {
-    /// mqtt://host[:port] or mqtts://host[:port].
-    #[arg(long)]
-    broker: String,
-    /// Topic prefix (the gateways' mqtt.topic_prefix).
-    #[arg(long, default_value = "storegw/v1")]
-    prefix: String,
-    #[arg(long)]
-    username: Option<String>,
-    /// File holding the password (first line).
-    #[arg(long)]
-    password_file: Option<PathBuf>,
-    /// PEM CA bundle for mqtts:// (default: the system bundle).
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway until SIGTERM/SIGINT.
@@ -113,7 +94,7 @@ enum Cmd {
     /// drop redelivered events by id, print one line per event or a running summary.
     Tail {
         #[command(flatten)]
-        conn: BrokerArgs,
+        conn: storegw::ops::tail::BrokerConn,
         /// Store id to follow.
         #[arg(long)]
         store: String,
@@ -135,7 +116,7 @@ enum Cmd {
     /// broker could not be read.
     Fleet {
         #[command(flatten)]
-        conn: BrokerArgs,
+        conn: storegw::ops::tail::BrokerConn,
         /// Only this store (default: every store).
         #[arg(long)]
         store: Option<String>,
@@ -184,7 +165,7 @@ enum Cmd {
     Push {
         file: PathBuf,
         #[command(flatten)]
-        conn: BrokerArgs,
+        conn: storegw::ops::tail::BrokerConn,
         /// Store id.
         #[arg(long)]
         store: String,
@@ -355,14 +336,7 @@ fn main() -> ExitCode {
             run_to_exit("bench", storegw::bench::run(opts))
         }
         Cmd::Tail {
-            conn:
-                BrokerArgs {
-                    broker,
-                    prefix,
-                    username,
-                    password_file,
-                    ca_file,
-                },
+            conn,
             store,
             gateway,
             summary,
@@ -375,13 +349,9 @@ fn main() -> ExitCode {
                 Err(c) => return c,
             };
             let opts = storegw::ops::tail::TailOptions {
-                broker,
+                conn,
                 store,
                 gateway,
-                prefix,
-                username,
-                password_file,
-                ca_file,
                 summary,
                 count,
                 duration: for_secs.map(Duration::from_secs),
@@ -397,14 +367,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Fleet {
-            conn:
-                BrokerArgs {
-                    broker,
-                    prefix,
-                    username,
-                    password_file,
-                    ca_file,
-                },
+            conn,
             store,
             json,
             wait,
@@ -417,12 +380,8 @@ fn main() -> ExitCode {
                 Err(c) => return c,
             };
             let opts = storegw::ops::fleet::FleetOptions {
-                broker,
+                conn,
                 store,
-                prefix,
-                username,
-                password_file,
-                ca_file,
                 wait: Duration::from_secs_f64(wait.clamp(0.1, 600.0)),
                 max_age_s: max_age,
                 stale_s: stale,
@@ -503,27 +462,16 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Push {
-            conn:
-                BrokerArgs {
-                    broker,
-                    prefix,
-                    username,
-                    password_file,
-                    ca_file,
-                },
+            conn,
             file,
             store,
             gateway,
         } => {
             init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
             let opts = storegw::remote::tools::PushOptions {
-                broker,
+                conn,
                 store,
                 gateway,
-                prefix,
-                username,
-                password_file,
-                ca_file,
             };
             let rt = match runtime() {
                 Ok(r) => r,

@@ -8,24 +8,15 @@ use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// What to read and when a gateway counts as needing attention.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
-    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
-    pub broker: String,
+    /// The broker and topic prefix (read access to `{prefix}/+/+/status` is enough).
+    pub conn: crate::ops::tail::BrokerConn,
     /// One store only; every store when `None`.
     pub store: Option<String>,
-    /// The gateways' `mqtt.topic_prefix`.
-    pub prefix: String,
-    /// Broker user name (read access to `{prefix}/+/+/status` is enough).
-    pub username: Option<String>,
-    /// File holding the broker password (first line), mode 0600 like every secret.
-    pub password_file: Option<PathBuf>,
-    /// CA bundle for `mqtts://` (the system bundle when `None`).
-    pub ca_file: Option<PathBuf>,
     /// Longest wait for retained documents after the subscription is acknowledged.
     pub wait: Duration,
     /// Oldest unsent event older than this makes a gateway `lagging`.
@@ -280,14 +271,7 @@ pub fn json_report(list: &[GatewayHealth]) -> Value {
 /// MQTT client options: a throw-away clean session, credentials and TLS as `storegw tail`
 /// takes them.
 fn mqtt_options(o: &FleetOptions) -> Result<MqttOptions, String> {
-    crate::ops::tail::client_options(
-        &o.broker,
-        o.username.as_deref(),
-        o.password_file.as_deref(),
-        o.ca_file.as_deref(),
-        "storegw-fleet",
-        4 * 1024 * 1024,
-    )
+    o.conn.client_options("storegw-fleet", 4 * 1024 * 1024)
 }
 
 /// Quiet time after the last retained document before the listing is considered complete
@@ -303,7 +287,7 @@ pub async fn run(o: &FleetOptions) -> Result<Vec<GatewayHealth>, String> {
     }
     let filter = format!(
         "{}/{}/+/status",
-        o.prefix,
+        o.conn.prefix,
         o.store.as_deref().unwrap_or("+")
     );
     let (client, mut ev) = AsyncClient::new(mqtt_options(o)?, 64);
@@ -339,7 +323,7 @@ pub async fn run(o: &FleetOptions) -> Result<Vec<GatewayHealth>, String> {
                     last_msg = Some(tokio::time::Instant::now());
                     let levels: Vec<&str> = p
                         .topic
-                        .strip_prefix(o.prefix.as_str())
+                        .strip_prefix(o.conn.prefix.as_str())
                         .and_then(|r| r.strip_prefix('/'))
                         .map(|r| r.split('/').collect())
                         .unwrap_or_default();
@@ -365,7 +349,7 @@ pub async fn run(o: &FleetOptions) -> Result<Vec<GatewayHealth>, String> {
     if subscribed_at.is_none() {
         return Err(format!(
             "cannot read {}: {}",
-            o.broker,
+            o.conn.broker,
             last_error.unwrap_or_else(|| "no answer".into())
         ));
     }
@@ -380,12 +364,14 @@ mod tests {
 
     fn opts() -> FleetOptions {
         FleetOptions {
-            broker: "mqtt://127.0.0.1".into(),
+            conn: crate::ops::tail::BrokerConn {
+                broker: "mqtt://127.0.0.1".into(),
+                prefix: "storegw/v1".into(),
+                username: None,
+                password_file: None,
+                ca_file: None,
+            },
             store: None,
-            prefix: "storegw/v1".into(),
-            username: None,
-            password_file: None,
-            ca_file: None,
             wait: Duration::from_secs(1),
             max_age_s: 300.0,
             stale_s: 300.0,

@@ -107,22 +107,75 @@ impl Validators {
     }
 }
 
+/// How the central team's tools (`tail`, `fleet`, `push`) reach the broker; the same command
+/// line options for all three.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerConn {
+    /// mqtt://host[:port] or mqtts://host[:port].
+    #[arg(long)]
+    pub broker: String,
+    /// Topic prefix (the gateways' mqtt.topic_prefix).
+    #[arg(long, default_value = "storegw/v1")]
+    pub prefix: String,
+    /// Broker user name.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// File holding the password (first line), mode 0600 like every secret.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA bundle for mqtts:// (default: the system bundle).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl BrokerConn {
+    /// MQTT options: a throw-away clean session under a random client id (`id_prefix-…`),
+    /// credentials from the password file, TLS for `mqtts://`.
+    pub fn client_options(
+        &self,
+        id_prefix: &str,
+        max_packet: usize,
+    ) -> Result<MqttOptions, String> {
+        let (host, port, tls) =
+            parse_broker_url(&self.broker).map_err(|e| format!("--broker: {e}"))?;
+        let id = format!("{id_prefix}-{:08x}", fastrand::u32(..));
+        let mut m = MqttOptions::new(id, host, port);
+        m.set_clean_session(true)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(max_packet, 64 * 1024);
+        if let Some(u) = &self.username {
+            let pw = match &self.password_file {
+                Some(p) => crate::config::check_secret_mode(p)
+                    .map_err(|e| format!("--password-file {e}"))
+                    .and_then(|_| {
+                        std::fs::read_to_string(p)
+                            .map_err(|e| format!("--password-file {}: {e}", p.display()))
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                None => String::new(),
+            };
+            m.set_credentials(u.clone(), pw);
+        }
+        if tls {
+            let cfg = crate::uplink::tls_config(self.ca_file.as_deref(), None)?;
+            m.set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
+            ));
+        }
+        Ok(m)
+    }
+}
+
 /// What to subscribe to and how to print.
 #[derive(Debug, Clone)]
 pub struct TailOptions {
-    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
-    pub broker: String,
+    /// The broker and topic prefix.
+    pub conn: BrokerConn,
     /// Store to follow.
     pub store: String,
     /// One gateway only; every gateway of the store when `None`.
     pub gateway: Option<String>,
-    /// The gateways' `mqtt.topic_prefix`.
-    pub prefix: String,
-    /// Broker credentials: user name, and a file holding the password.
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// CA bundle for `mqtts://` (the system bundle when `None`).
-    pub ca_file: Option<PathBuf>,
     /// Running totals every 5 s instead of one line per event.
     pub summary: bool,
     /// Stop after this many distinct events.
@@ -313,53 +366,7 @@ fn spool_depth(status: &Value) -> u64 {
 }
 
 fn mqtt_options(o: &TailOptions) -> Result<MqttOptions, String> {
-    client_options(
-        &o.broker,
-        o.username.as_deref(),
-        o.password_file.as_deref(),
-        o.ca_file.as_deref(),
-        "storegw-tail",
-        64 * 1024 * 1024,
-    )
-}
-
-/// MQTT options of the central team's tools (`tail`, `fleet`): a throw-away clean session
-/// under a random client id, credentials from a 0600 password file, TLS for `mqtts://`.
-pub(crate) fn client_options(
-    broker: &str,
-    username: Option<&str>,
-    password_file: Option<&std::path::Path>,
-    ca_file: Option<&std::path::Path>,
-    id_prefix: &str,
-    max_packet: usize,
-) -> Result<MqttOptions, String> {
-    let (host, port, tls) = parse_broker_url(broker).map_err(|e| format!("--broker: {e}"))?;
-    let id = format!("{id_prefix}-{:08x}", fastrand::u32(..));
-    let mut m = MqttOptions::new(id, host, port);
-    m.set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(max_packet, 64 * 1024);
-    if let Some(u) = username {
-        let pw = match password_file {
-            Some(p) => crate::config::check_secret_mode(p)
-                .map_err(|e| format!("--password-file {e}"))
-                .and_then(|_| {
-                    std::fs::read_to_string(p)
-                        .map_err(|e| format!("--password-file {}: {e}", p.display()))
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-            None => String::new(),
-        };
-        m.set_credentials(u.to_string(), pw);
-    }
-    if tls {
-        let cfg = crate::uplink::tls_config(ca_file, None)?;
-        m.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
-        ));
-    }
-    Ok(m)
+    o.conn.client_options("storegw-tail", 64 * 1024 * 1024)
 }
 
 /// Runs until Ctrl-C, `count` distinct events or `duration`; returns the totals.
@@ -374,11 +381,11 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
     }
     let filter = format!(
         "{}/{}/{}/+",
-        o.prefix,
+        o.conn.prefix,
         o.store,
         o.gateway.as_deref().unwrap_or("+")
     );
-    let mut checker = Checker::new(&o.prefix)?;
+    let mut checker = Checker::new(&o.conn.prefix)?;
     let (client, mut ev) = AsyncClient::new(mqtt_options(&o)?, 64);
     let start = Instant::now();
     let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
@@ -421,10 +428,10 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
                 Ok(_) => {}
                 Err(e) => {
                     failures += 1;
-                    eprintln!("broker {}: {e}", o.broker);
+                    eprintln!("broker {}: {e}", o.conn.broker);
                     last_error = Some(e.to_string());
                     if failures >= 5 && checker.totals.events == 0 {
-                        return Err(format!("cannot reach {}: {e}", o.broker));
+                        return Err(format!("cannot reach {}: {e}", o.conn.broker));
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -440,7 +447,7 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
     if !connected {
         return Err(format!(
             "never connected to {}: {}",
-            o.broker,
+            o.conn.broker,
             last_error.unwrap_or_else(|| "no answer".into())
         ));
     }

@@ -167,19 +167,12 @@ pub fn verify_file(
 /// `storegw push` options.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
-    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
-    pub broker: String,
+    /// The broker and topic prefix.
+    pub conn: crate::ops::tail::BrokerConn,
     /// Store id of the target gateway.
     pub store: String,
     /// Gateway id; `None` publishes on the fleet-wide topic.
     pub gateway: Option<String>,
-    /// The gateways' `mqtt.topic_prefix`.
-    pub prefix: String,
-    pub username: Option<String>,
-    /// File holding the password (first line).
-    pub password_file: Option<PathBuf>,
-    /// PEM CA bundle for mqtts://.
-    pub ca_file: Option<PathBuf>,
 }
 
 /// The topic a document goes to: one gateway's, or the fleet's.
@@ -191,14 +184,7 @@ pub fn config_topic(prefix: &str, store: &str, gateway: Option<&str>) -> String 
 }
 
 fn mqtt_options(o: &PushOptions) -> Result<MqttOptions, String> {
-    crate::ops::tail::client_options(
-        &o.broker,
-        o.username.as_deref(),
-        o.password_file.as_deref(),
-        o.ca_file.as_deref(),
-        "storegw-push",
-        1024 * 1024,
-    )
+    o.conn.client_options("storegw-push", 1024 * 1024)
 }
 
 /// `storegw push`: publishes a signed document retained at QoS 1 and waits for the broker's
@@ -218,7 +204,7 @@ pub async fn push(o: &PushOptions, file: &Path) -> Result<String, String> {
     let text = std::str::from_utf8(env.overlay)
         .map_err(|_| format!("`{}`: the overlay is not UTF-8", file.display()))?;
     document::parse_overlay(text).map_err(|e| format!("`{}`: {e}", file.display()))?;
-    let topic = config_topic(&o.prefix, &o.store, o.gateway.as_deref());
+    let topic = config_topic(&o.conn.prefix, &o.store, o.gateway.as_deref());
     let (client, mut ev) = AsyncClient::new(mqtt_options(o)?, 16);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let mut last_error = None;
@@ -227,7 +213,7 @@ pub async fn push(o: &PushOptions, file: &Path) -> Result<String, String> {
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(format!(
                     "no acknowledgement from {} within 15 s{}",
-                    o.broker,
+                    o.conn.broker,
                     last_error.map(|e| format!(": {e}")).unwrap_or_default()
                 ));
             }
