@@ -6,7 +6,8 @@ use super::capture::{Capture, CaptureError, LinkMode};
 use super::frame_stage::{FrameStage, Stats};
 use crate::config::Config;
 use crate::event::{now_ms, Event};
-use crate::ops::{metrics, status};
+use crate::ops::metrics::{self, Metric};
+use crate::ops::status;
 use crate::source::SourceContext;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,36 +99,16 @@ async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
 fn report(s: &Stats, last: &mut Stats) {
     let m = metrics::global();
     for (name, now, before) in [
+        (Metric::WifiFrames, s.frames, last.frames),
         (
-            crate::ops::metrics::Metric::WifiFrames,
-            s.frames,
-            last.frames,
-        ),
-        (
-            crate::ops::metrics::Metric::WifiProbeRequests,
+            Metric::WifiProbeRequests,
             s.probe_requests,
             last.probe_requests,
         ),
-        (
-            crate::ops::metrics::Metric::WifiAccepted,
-            s.accepted,
-            last.accepted,
-        ),
-        (
-            crate::ops::metrics::Metric::WifiMalformed,
-            s.malformed,
-            last.malformed,
-        ),
-        (
-            crate::ops::metrics::Metric::WifiBadFcs,
-            s.bad_fcs,
-            last.bad_fcs,
-        ),
-        (
-            crate::ops::metrics::Metric::WifiGroupSource,
-            s.group_source,
-            last.group_source,
-        ),
+        (Metric::WifiAccepted, s.accepted, last.accepted),
+        (Metric::WifiMalformed, s.malformed, last.malformed),
+        (Metric::WifiBadFcs, s.bad_fcs, last.bad_fcs),
+        (Metric::WifiGroupSource, s.group_source, last.group_source),
     ] {
         if now > before {
             m.count(name, "", now - before);
@@ -179,13 +160,13 @@ async fn capture_loop(
                 send(&ctx.tx, std::mem::take(&mut out)).await;
                 report(&p.stats, reported);
                 metrics::global().gauge(
-                    crate::ops::metrics::Metric::WifiTrackedDevices,
+                    Metric::WifiTrackedDevices,
                     "",
                     p.estimator.len() as f64,
                 );
                 let drops = cap.kernel_drops();
                 if drops > 0 {
-                    metrics::global().count(crate::ops::metrics::Metric::WifiKernelDrops, "", drops);
+                    metrics::global().count(Metric::WifiKernelDrops, "", drops);
                 }
                 if p.stats.frames > 0 {
                     status::source_input("wifi");
