@@ -887,14 +887,16 @@ fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
     c.sources.wifi.validate(&mut v);
     c.sources.pos.validate(&mut v);
     if let Some(r) = &c.remote {
-        check_remote(r, &mut v);
+        check_remote(r, c.mqtt.connect_timeout.0, &mut v);
     }
     v
 }
 
 /// `[remote]`: the public key file must exist, hold at least one key and be writable only by
 /// its owner (public keys are not secret, so 0644 is fine; a key anyone may append to is not).
-fn check_remote(r: &RemoteConfig, v: &mut Vec<(String, String)>) {
+/// `confirm_timeout` must leave a connection attempt time to finish, or every change that needs
+/// a restart would be rolled back.
+fn check_remote(r: &RemoteConfig, connect_timeout: Duration, v: &mut Vec<(String, String)>) {
     use std::os::unix::fs::PermissionsExt;
     let key = "remote.public_key_file";
     let p = &r.public_key_file;
@@ -916,10 +918,15 @@ fn check_remote(r: &RemoteConfig, v: &mut Vec<(String, String)>) {
         }
     }
     let t = r.confirm_timeout.0;
-    if t < Duration::from_secs(30) || t > Duration::from_secs(3600) {
+    if t > Duration::from_secs(3600) {
+        v.push(("remote.confirm_timeout".into(), "must be at most 1h".into()));
+    } else if t <= connect_timeout {
         v.push((
             "remote.confirm_timeout".into(),
-            "must be between 30s and 1h".into(),
+            format!(
+                "must be longer than mqtt.connect_timeout ({}s): a slow connection would roll every change back",
+                connect_timeout.as_secs_f64()
+            ),
         ));
     }
 }
@@ -1069,6 +1076,8 @@ mod tests {
         );
         set_mode(0o600)?;
         let e = check(&text("confirm_timeout = \"5s\"\n")).unwrap_or_default();
+        assert!(e.contains("remote.confirm_timeout"), "{e}");
+        let e = check(&text("confirm_timeout = \"2h\"\n")).unwrap_or_default();
         assert!(e.contains("remote.confirm_timeout"), "{e}");
         std::fs::write(dir.path().join("remote.pub"), "not a key\n")?;
         let e = check(&text("")).unwrap_or_default();

@@ -25,6 +25,8 @@ pub struct Pipeline {
     sources_stop: watch::Sender<bool>,
     /// The configuration in effect; SIGHUP reload publishes here (see `ops::reload`).
     pub config: watch::Sender<Arc<Config>>,
+    /// The device pseudonymizer (the `rotate-keys` command rotates it).
+    pub devices: Arc<crate::privacy::DevicePseudonymizer>,
 }
 
 /// Moves events from the sources' channel into the spool: buffered up to one chunk per stream
@@ -89,6 +91,14 @@ fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
 impl Pipeline {
     /// Opens the spool and starts every configured source, the uplink and the HTTP server.
     pub async fn start(cfg: &Config) -> Result<Pipeline, String> {
+        Self::start_with(cfg, None).await
+    }
+
+    /// [`Pipeline::start`], with the uplink carrying a remote-control link (docs/fleet.md).
+    pub async fn start_with(
+        cfg: &Config,
+        remote: Option<uplink::RemoteLink>,
+    ) -> Result<Pipeline, String> {
         status::mark_started();
         status::set_stopping(false);
         let settings = UplinkSettings::from_config(cfg)?;
@@ -136,12 +146,12 @@ impl Pipeline {
             }
         }
         background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
-        background.push(tokio::spawn(expire_device_keys(devices)));
+        background.push(tokio::spawn(expire_device_keys(devices.clone())));
         let up_spool = spool.clone();
         let up_config = config_tx.subscribe();
         let uplink = tokio::spawn(async move {
             let _vital = status::Vital::new("uplink");
-            uplink::run_live(settings, up_spool, shutdown_rx, Some(up_config)).await
+            uplink::run_live(settings, up_spool, shutdown_rx, Some(up_config), remote).await
         });
         systemd::ready();
         tracing::info!(store = %cfg.gateway.store_id, gateway = %cfg.gateway.gateway_id, spool = %spool.path().display(), "storegw started");
@@ -155,6 +165,7 @@ impl Pipeline {
             shutdown_tx,
             sources_stop,
             config: config_tx,
+            devices,
         })
     }
 
@@ -289,28 +300,226 @@ pub async fn termination() {
     }
 }
 
-/// `storegw run`: start, reload the configuration from `path` on SIGHUP, run until a
-/// termination signal, drain.
-pub async fn run(cfg: Config, path: &std::path::Path) -> Result<(), String> {
+/// How `storegw run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// A termination signal: drained and stopped.
+    Stopped,
+    /// A remote configuration change (or its rollback) takes a restart: the process exits with
+    /// [`RESTART_EXIT_CODE`] and systemd starts it again.
+    Restart,
+}
+
+/// Exit status asking systemd for a restart (EX_TEMPFAIL; the unit's
+/// `RestartForceExitStatus=75` restarts on it whatever `Restart=` says, and
+/// `SuccessExitStatus=75` keeps it from counting as a failure).
+pub const RESTART_EXIT_CODE: u8 = 75;
+
+/// `storegw run`: start (the local file merged with accepted remote layers), reload on SIGHUP,
+/// handle remote documents and commands, run until a termination signal, drain.
+pub async fn run(local: Config, path: &std::path::Path) -> Result<RunEnd, String> {
+    use crate::remote::agent::Agent;
     use tokio::signal::unix::{signal, SignalKind};
     // Registered before anything starts: SIGHUP's default action would end the process.
     let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
-    let mut reloader = crate::ops::reload::Reloader::new(path);
-    let p = Pipeline::start(&cfg).await?;
+    let local_level = local.log.level.clone();
+    let (cfg, mut agent) = Agent::boot(path, local)?;
+    if cfg.log.level != local_level {
+        crate::ops::logging::set_level(&cfg.log.level);
+    }
+    let mut reloader = match &agent {
+        Some(a) => crate::ops::reload::Reloader::from_text(a.running_text().to_string()),
+        None => crate::ops::reload::Reloader::new(path),
+    };
+    let mut control = None;
+    let link = agent.as_ref().map(|a| {
+        let (in_tx, in_rx) = mpsc::channel(uplink::INBOUND_CAPACITY);
+        let (out_tx, out_rx) = mpsc::channel(64);
+        control = Some(Control {
+            inbound: in_rx,
+            outbound: out_tx,
+        });
+        uplink::RemoteLink {
+            subscribe: a.subscriptions(),
+            inbound: in_tx,
+            outbound: out_rx,
+        }
+    });
+    let p = Pipeline::start_with(&cfg, link).await?;
     let term = termination();
     tokio::pin!(term);
+    let mut end = RunEnd::Stopped;
     loop {
+        let deadline = agent.as_ref().and_then(Agent::confirm_deadline);
         tokio::select! {
-            _ = &mut term => break,
+            _ = &mut term => {
+                tracing::info!("termination signal: draining");
+                break;
+            }
             Some(()) = hup.recv() => {
                 tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
-                reloader.reload(path, &p.config);
+                reload_local(path, &mut reloader, &p, agent.as_mut());
+            }
+            Some(msg) = recv_inbound(control.as_mut()) => {
+                if let (Some(a), Some(c)) = (agent.as_mut(), control.as_ref()) {
+                    let ctx = RemoteCtx { path, reloader: &mut reloader, pipeline: &p, out: &c.outbound };
+                    if handle_remote(a, msg, ctx).await == RunEnd::Restart {
+                        end = RunEnd::Restart;
+                        break;
+                    }
+                }
+            }
+            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                if let Some(a) = agent.as_mut() {
+                    if let Err(e) = a.on_confirm_timeout() {
+                        tracing::error!(error = %e, "cannot roll back the configuration");
+                    } else {
+                        end = RunEnd::Restart;
+                        break;
+                    }
+                }
             }
         }
     }
-    tracing::info!("termination signal: draining");
     p.shutdown().await;
-    Ok(())
+    Ok(end)
+}
+
+/// The daemon's ends of the remote link.
+struct Control {
+    inbound: mpsc::Receiver<uplink::Inbound>,
+    outbound: mpsc::Sender<uplink::Outbound>,
+}
+
+struct RemoteCtx<'a> {
+    path: &'a std::path::Path,
+    reloader: &'a mut crate::ops::reload::Reloader,
+    pipeline: &'a Pipeline,
+    out: &'a mpsc::Sender<uplink::Outbound>,
+}
+
+async fn recv_inbound(c: Option<&mut Control>) -> Option<uplink::Inbound> {
+    match c {
+        Some(c) => c.inbound.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGHUP and the `reload` command: the local file again, with the remote layers over it when
+/// remote configuration is on. Returns a short outcome for the command's answer.
+fn reload_local(
+    path: &std::path::Path,
+    reloader: &mut crate::ops::reload::Reloader,
+    p: &Pipeline,
+    agent: Option<&mut crate::remote::agent::Agent>,
+) -> String {
+    use crate::ops::reload::Reloader;
+    let Some(agent) = agent else {
+        return if reloader.reload(path, &p.config) {
+            "reloaded".into()
+        } else {
+            "rejected: see the log".into()
+        };
+    };
+    let file = path.display().to_string();
+    let Some((text, _)) = Reloader::read(path) else {
+        return "rejected: see the log".into();
+    };
+    match agent.remerge_local(&text) {
+        Ok((merged, cfg)) => {
+            reloader.apply(&file, merged, cfg, &p.config);
+            "reloaded".into()
+        }
+        Err(e) => {
+            Reloader::rejected(&file, &e);
+            format!("rejected: {e}")
+        }
+    }
+}
+
+/// One message from the uplink for the agent; returns [`RunEnd::Restart`] when the process
+/// must exit for a configuration change to take effect.
+async fn handle_remote(
+    agent: &mut crate::remote::agent::Agent,
+    msg: uplink::Inbound,
+    cx: RemoteCtx<'_>,
+) -> RunEnd {
+    use crate::remote::agent::{CommandOutcome, DocumentOutcome, Inbox};
+    use crate::remote::command::Action;
+    use uplink::{Inbound, Outbound};
+    let publish = |topic: String, payload: Vec<u8>, retain: bool| {
+        // The channel only fills when the uplink is stuck; the state is published again at
+        // the next connection anyway.
+        let _ = cx.out.try_send(Outbound::Publish {
+            topic,
+            payload,
+            retain,
+        });
+    };
+    match msg {
+        Inbound::Connected => {
+            agent.on_connected();
+            publish(agent.state_topic(), agent.state_payload(), true);
+            if let Some(answer) = agent.take_reconnect_answer() {
+                publish(agent.result_topic(), answer, false);
+            }
+        }
+        Inbound::ConnectFailed(e) => agent.on_connect_failed(e),
+        Inbound::Message { topic, payload } => match agent.inbox(&topic) {
+            Some(Inbox::Config(layer)) => match agent.on_document(layer, &payload) {
+                DocumentOutcome::Unchanged => {}
+                DocumentOutcome::Rejected(_) => {
+                    publish(agent.state_topic(), agent.state_payload(), true);
+                }
+                DocumentOutcome::Live { text, config, .. } => {
+                    let label = format!("remote {} document", layer.as_str());
+                    cx.reloader
+                        .apply(&label, text, *config, &cx.pipeline.config);
+                    publish(agent.state_topic(), agent.state_payload(), true);
+                }
+                DocumentOutcome::Restart { .. } => {
+                    publish(agent.state_topic(), agent.state_payload(), true);
+                    return RunEnd::Restart;
+                }
+            },
+            Some(Inbox::Command) => match agent.on_command(&payload) {
+                CommandOutcome::Refused(answer) => publish(agent.result_topic(), answer, false),
+                CommandOutcome::Run(c) => match c.action {
+                    Action::Status => {
+                        let _ = cx.out.try_send(Outbound::Status);
+                        publish(agent.result_topic(), agent.command_result(&c, None), false);
+                    }
+                    Action::Reconnect => {
+                        agent.defer_reconnect_answer(c.nonce.clone());
+                        let _ = cx.out.try_send(Outbound::Reconnect);
+                    }
+                    Action::RotateKeys => {
+                        cx.pipeline.devices.rotate_now();
+                        tracing::info!("device keys rotated by a signed command");
+                        publish(agent.result_topic(), agent.command_result(&c, None), false);
+                    }
+                    Action::Reload => {
+                        let outcome = reload_local(cx.path, cx.reloader, cx.pipeline, Some(agent));
+                        publish(agent.state_topic(), agent.state_payload(), true);
+                        publish(
+                            agent.result_topic(),
+                            agent.command_result(&c, Some(&outcome)),
+                            false,
+                        );
+                    }
+                },
+            },
+            None => tracing::debug!(%topic, "message on an unexpected topic ignored"),
+        },
+    }
+    RunEnd::Stopped
 }
 
 #[cfg(test)]

@@ -246,7 +246,10 @@ fn main() -> ExitCode {
                 Err(c) => return c,
             };
             match rt.block_on(storegw::daemon::run(cfg, &config)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(storegw::daemon::RunEnd::Stopped) => ExitCode::SUCCESS,
+                Ok(storegw::daemon::RunEnd::Restart) => {
+                    ExitCode::from(storegw::daemon::RESTART_EXIT_CODE)
+                }
                 Err(e) => {
                     tracing::error!("{e}");
                     eprintln!("storegw: {e}");

@@ -95,6 +95,9 @@ pub struct DevicePseudonymizer {
     state: Mutex<KeyState>,
     source: KeySource,
     offset_at: ZoneOffset,
+    /// Forced rotations so far (`rotate-keys` command): added to every epoch number, so the
+    /// aggregators see a new epoch and forget their state exactly as at a scheduled rotation.
+    generation: std::sync::atomic::AtomicI64,
 }
 
 impl DevicePseudonymizer {
@@ -122,20 +125,40 @@ impl DevicePseudonymizer {
             }),
             source,
             offset_at,
+            generation: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// Forced rotations so far; a cached epoch is stale once this changes.
+    pub fn generation(&self) -> i64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Rotates now (the `rotate-keys` command): the key is wiped, the next pseudonym draws a
+    /// new one under a new epoch number, and nothing links observations across the change.
+    pub fn rotate_now(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        st.key = None;
+        st.failing = false;
+    }
+
+    fn time_epoch(&self, now_ms: i64) -> i64 {
+        let s = now_ms.div_euclid(1000);
+        epoch_at(self.rotation_s, s, (self.offset_at)(s))
     }
 
     /// Key epoch of a time (see `privacy.rotation` in config/storegw.toml).
     pub fn epoch_of(&self, now_ms: i64) -> i64 {
-        let s = now_ms.div_euclid(1000);
-        epoch_at(self.rotation_s, s, (self.offset_at)(s))
+        self.time_epoch(now_ms).saturating_add(self.generation())
     }
 
     /// The first instant (ms) after `now_ms` that belongs to a later key epoch: the next local
     /// midnight for a daily rotation, found with the time zone's offset at that instant.
     pub fn next_rotation_ms(&self, now_ms: i64) -> i64 {
         let s0 = now_ms.div_euclid(1000);
-        let e0 = self.epoch_of(now_ms);
+        let e0 = self.time_epoch(now_ms);
         let later = |s: i64| epoch_at(self.rotation_s, s, (self.offset_at)(s)) > e0;
         let mut lo = s0;
         // A boundary lies within one period plus the largest daylight-saving shift.

@@ -207,7 +207,11 @@ pub struct Reloader {
 impl Reloader {
     /// Remembers the configuration text the gateway started with.
     pub fn new(path: &Path) -> Reloader {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        Self::from_text(std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    /// Starts from a configuration text (the local file merged with remote layers).
+    pub fn from_text(text: String) -> Reloader {
         Reloader {
             boot_text: text.clone(),
             last_text: text,
@@ -218,13 +222,25 @@ impl Reloader {
     /// the log level. A bad file is logged issue by issue (`file:line: key: message`) and the
     /// running configuration stays. Returns whether the new file was accepted.
     pub fn reload(&mut self, path: &Path, tx: &watch::Sender<Arc<Config>>) -> bool {
+        match Self::read(path) {
+            Some((text, new)) => {
+                self.apply(&path.display().to_string(), text, new, tx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads and validates `path` as `check-config` does; a bad file is logged issue by issue
+    /// and counted as a rejected reload.
+    pub fn read(path: &Path) -> Option<(String, Config)> {
         let file = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(file, error = %e, "reload: cannot read the configuration; keeping the running one");
                 count("rejected");
-                return false;
+                return None;
             }
         };
         let new = match config::parse(&file, &text, path.parent()) {
@@ -239,9 +255,28 @@ impl Reloader {
                     "reload: configuration rejected; keeping the running one"
                 );
                 count("rejected");
-                return false;
+                return None;
             }
         };
+        Some((text, new))
+    }
+
+    /// Counts and logs a configuration refused after reading (remote layers that no longer fit).
+    pub fn rejected(file: &str, reason: &str) {
+        tracing::error!(file, %reason, "reload: configuration rejected; keeping the running one");
+        count("rejected");
+    }
+
+    /// Publishes an accepted configuration (`text` as parsed into `new`): live keys apply at
+    /// once, restart-only keys keep their running values and are reported as pending. SIGHUP
+    /// and remote documents (already merged and validated) both end here.
+    pub fn apply(
+        &mut self,
+        file: &str,
+        text: String,
+        new: Config,
+        tx: &watch::Sender<Arc<Config>>,
+    ) {
         let running = tx.borrow().clone();
         let live: Vec<String> = changed_keys(&self.last_text, &text)
             .into_iter()
@@ -270,7 +305,6 @@ impl Reloader {
                 pending.join(", ")
             );
         }
-        true
     }
 }
 

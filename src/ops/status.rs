@@ -56,6 +56,7 @@ static STARTED: OnceLock<Instant> = OnceLock::new();
 static DEAD_TASKS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static PENDING_RESTART: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static CONFIG_STATE: Mutex<Option<serde_json::Value>> = Mutex::new(None);
 
 /// Marks a pipeline task that must keep running: if it panics, or (for tasks that only end on
 /// shutdown) ends before the gateway is stopping, the gateway turns unhealthy, `/healthz` says
@@ -150,6 +151,18 @@ pub fn set_pending_restart(keys: Vec<String>) {
     }
 }
 
+/// Sets the remote configuration state (`config` in the status document; docs/fleet.md). None
+/// when remote configuration is off: the field is then left out.
+pub fn set_config(state: Option<serde_json::Value>) {
+    if let Ok(mut c) = CONFIG_STATE.lock() {
+        *c = state;
+    }
+}
+
+fn config_state() -> Option<serde_json::Value> {
+    CONFIG_STATE.lock().ok().and_then(|c| c.clone())
+}
+
 /// The changed keys that wait for a restart (empty when the running configuration is the file).
 pub fn pending_restart() -> Vec<String> {
     PENDING_RESTART
@@ -237,6 +250,9 @@ pub fn payload(store: &str, gateway: &str, state: &str, spool: Option<&Spool>) -
         // Anything before 2024 means the box booted without a time source.
         "clock": { "sane": now > 1_704_067_200_000 },
     });
+    if let Some(c) = config_state() {
+        v["config"] = c;
+    }
     if let Some(sp) = spool {
         let mut depth = serde_json::Map::new();
         for s in Stream::ALL {

@@ -117,7 +117,8 @@ impl TrustedKeys {
         self.keys.iter().map(|(id, _)| id.clone()).collect()
     }
 
-    fn get(&self, id: &str) -> Option<&VerifyingKey> {
+    /// The trusted key with this id.
+    pub(crate) fn get(&self, id: &str) -> Option<&VerifyingKey> {
         self.keys.iter().find(|(k, _)| k == id).map(|(_, v)| v)
     }
 }

@@ -19,7 +19,7 @@ use rumqttc::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub mod inflight;
 pub mod schedule;
@@ -173,6 +173,45 @@ pub fn tls_config(
     }
 }
 
+/// What the uplink hands the remote agent (docs/fleet.md, "On the gateway"): it is the only
+/// MQTT connection, so messages on the subscribed topics and the connection's fate come from it.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Connected and subscribed.
+    Connected,
+    /// A connection attempt failed (the reason reaches a rollback's report).
+    ConnectFailed(String),
+    /// A message on one of the subscribed topics.
+    Message { topic: String, payload: Vec<u8> },
+}
+
+/// What the daemon asks the uplink to do on the connection.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Publish at QoS 1 (configuration state, command answers).
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    },
+    /// Publish the retained status document now.
+    Status,
+    /// Drop the connection and connect again.
+    Reconnect,
+}
+
+/// The remote-control side of the connection: topics to subscribe to after every CONNACK,
+/// messages in, requests out. Absent when `[remote]` is not configured (nothing subscribed).
+pub struct RemoteLink {
+    pub subscribe: Vec<String>,
+    pub inbound: mpsc::Sender<Inbound>,
+    pub outbound: mpsc::Receiver<Outbound>,
+}
+
+/// Messages accepted from the broker for the agent before new ones are dropped (documents are
+/// retained and come again at the next connection; a dropped command times out at its sender).
+pub const INBOUND_CAPACITY: usize = 32;
+
 enum SessionEnd {
     Lost(String),
     Shutdown,
@@ -190,15 +229,17 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 
 /// Publishes the spool until `shutdown` turns true, reconnecting forever with jittered backoff.
 pub async fn run(settings: UplinkSettings, spool: Arc<Spool>, shutdown: watch::Receiver<bool>) {
-    run_live(settings, spool, shutdown, None).await
+    run_live(settings, spool, shutdown, None, None).await
 }
 
-/// [`run`], and with `live` a reloaded `mqtt.drain_rate` applies to the running session.
+/// [`run`], and with `live` a reloaded `mqtt.drain_rate` applies to the running session; with
+/// `remote` the session subscribes to the remote topics and carries the agent's requests.
 pub async fn run_live(
     settings: UplinkSettings,
     spool: Arc<Spool>,
     mut shutdown: watch::Receiver<bool>,
     mut live: Option<watch::Receiver<Arc<Config>>>,
+    mut remote: Option<RemoteLink>,
 ) {
     let mut settings = settings;
     let mut attempt: u32 = 0;
@@ -223,6 +264,7 @@ pub async fn run_live(
                     eventloop,
                     &mut shutdown,
                     live.as_mut(),
+                    remote.as_mut(),
                 )
                 .await;
                 metrics::global().set_connected(false);
@@ -235,6 +277,9 @@ pub async fn run_live(
             }
             Err(e) => {
                 tracing::warn!(broker = %format!("{}:{}", settings.host, settings.port), error = %e, attempt, "cannot connect to broker");
+                if let Some(r) = &remote {
+                    let _ = r.inbound.try_send(Inbound::ConnectFailed(e));
+                }
             }
         }
         let wait = backoff(attempt, settings.reconnect_min, settings.reconnect_max);
@@ -301,6 +346,7 @@ async fn session(
     mut eventloop: EventLoop,
     shutdown: &mut watch::Receiver<bool>,
     mut live: Option<&mut watch::Receiver<Arc<Config>>>,
+    mut remote: Option<&mut RemoteLink>,
 ) -> SessionEnd {
     let mut sched = Scheduler::new(
         Limits {
@@ -328,6 +374,14 @@ async fn session(
             });
         }
     };
+    if let Some(r) = remote.as_deref_mut() {
+        for t in &r.subscribe {
+            if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
+                return SessionEnd::Lost(format!("cannot subscribe to {t}: {e}"));
+            }
+        }
+        let _ = r.inbound.try_send(Inbound::Connected);
+    }
     loop {
         if let Some(rx) = live.as_deref_mut() {
             if rx.has_changed().unwrap_or(false) {
@@ -398,18 +452,46 @@ async fn session(
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     publish_status("online", &mut inflight);
                 }
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    if let Some(r) = remote.as_deref_mut() {
+                        let msg = Inbound::Message { topic: p.topic.to_string(), payload: p.payload.to_vec() };
+                        if r.inbound.try_send(msg).is_err() {
+                            tracing::warn!(topic = %p.topic, "remote message dropped: the previous ones are still being handled");
+                        }
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => return SessionEnd::Lost(describe(&e)),
             },
             _ = spool.wait_appended(), if room_left => {}
             _ = tokio::time::sleep_until(wake), if wake_at.is_some() => {}
             _ = status_tick.tick() => publish_status("online", &mut inflight),
+            Some(req) = next_request(remote.as_deref_mut()), if draining_since.is_none() => match req {
+                Outbound::Publish { topic, payload, retain } => {
+                    if client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_ok() {
+                        inflight.queued(Sent { stream: None, acks: Vec::new(), at: Instant::now() });
+                    }
+                }
+                Outbound::Status => publish_status("online", &mut inflight),
+                Outbound::Reconnect => {
+                    let _ = client.try_disconnect();
+                    return SessionEnd::Lost("reconnect requested by a signed command".into());
+                }
+            },
             _ = shutdown.changed(), if draining_since.is_none() => {
                 draining_since = Some(Instant::now());
                 tracing::info!(in_flight = inflight.len(), "shutting down: waiting for in-flight acknowledgements");
             }
             _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
         }
+    }
+}
+
+/// The agent's next request, or never when there is no remote link.
+async fn next_request(remote: Option<&mut RemoteLink>) -> Option<Outbound> {
+    match remote {
+        Some(r) => r.outbound.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -80,6 +80,8 @@ impl Totals {
 /// Per-epoch keys of the keyed hashes (address, fingerprint), wiped when replaced or dropped.
 struct HashKeys {
     epoch: i64,
+    /// The pseudonymizer's forced-rotation count when `epoch` was computed.
+    generation: i64,
     /// Event times known to lie in `epoch` (a time-zone lookup per frame would cost more
     /// than the rest of the frame's processing).
     from_ms: i64,
@@ -127,6 +129,7 @@ impl FrameStage {
             estimator: Estimator::new(estimate::Settings::from_config(cfg)),
             keys: HashKeys {
                 epoch: i64::MIN,
+                generation: 0,
                 from_ms: i64::MAX,
                 until_ms: i64::MIN,
                 addr: zeroize::Zeroizing::new([0; 16]),
@@ -142,9 +145,13 @@ impl FrameStage {
     /// The key epoch of `ts_ms`; a new epoch draws new hash keys (the old ones are wiped) and
     /// forgets every track. None when the kernel gives no key material (fail closed).
     fn epoch(&mut self, ts_ms: i64) -> Option<i64> {
-        if (self.keys.from_ms..self.keys.until_ms).contains(&ts_ms) {
+        let generation = self.devices.generation();
+        if generation == self.keys.generation
+            && (self.keys.from_ms..self.keys.until_ms).contains(&ts_ms)
+        {
             return Some(self.keys.epoch);
         }
+        self.keys.generation = generation;
         let epoch = self.devices.epoch_of(ts_ms);
         if epoch == self.keys.epoch && ts_ms < self.keys.from_ms {
             self.keys.from_ms = ts_ms;

@@ -1,0 +1,625 @@
+//! The gateway's side of remote configuration and commands (docs/fleet.md, "On the gateway").
+//!
+//! The agent owns no I/O: the uplink hands it what arrives on the subscribed topics and tells
+//! it when the broker is reached, and `daemon::run` carries out what it decides (apply a
+//! configuration live, exit for a restart, run a command, publish an answer). Its decisions and
+//! their reasons are kept in `{state_dir}/remote/` ([`StateDir`]) before they take effect, so a
+//! restart or a power cut never loses a rollback or reopens a replay.
+//!
+//! A change that only touches live keys (the reload table, `ops::reload::RULES`) is applied at
+//! once. A change with a restart-only key is installed, and the process exits so systemd starts
+//! it with the new configuration; that start has `remote.confirm_timeout` to reach the broker,
+//! or it puts the previous document back and exits again. A start after the deadline rolls back
+//! before anything runs, so a configuration that crashes the gateway is undone as well.
+
+use crate::config::Config;
+use crate::event::{now_ms, rfc3339_ms, SCHEMA};
+use crate::ops::reload;
+use crate::remote::command::{self, Action, NonceLog};
+use crate::remote::document::{self, Rejection, TrustedKeys};
+use crate::remote::state::{Layer, Pending, Persisted, Report, StateDir};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Starts with an unconfirmed change before it is rolled back even if its deadline has not
+/// passed (a gateway that keeps crashing with it).
+pub const MAX_UNCONFIRMED_STARTS: u32 = 3;
+
+/// What a message on a config topic leads to.
+#[derive(Debug)]
+pub enum DocumentOutcome {
+    /// Already in effect (a retained message delivered again at a reconnection): nothing to do.
+    Unchanged,
+    /// Refused; the reason is in the report. Nothing changed.
+    Rejected(String),
+    /// Accepted and every changed key is live: publish this configuration (merged text, config,
+    /// changed keys).
+    Live {
+        text: String,
+        config: Box<Config>,
+        changed: Vec<String>,
+    },
+    /// Accepted with restart-only keys: installed; the process must exit and be restarted.
+    Restart { keys: Vec<String> },
+}
+
+/// What a message on the command topic leads to.
+#[derive(Debug)]
+pub enum CommandOutcome {
+    /// Verified: carry out the action, then answer with [`Agent::command_result`].
+    Run(command::Command),
+    /// Refused: publish this answer on `.../cmd/result`.
+    Refused(Vec<u8>),
+}
+
+/// The topics an agent listens on, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbox {
+    Config(Layer),
+    Command,
+}
+
+/// The gateway side of remote configuration; exists only when `[remote]` is configured.
+pub struct Agent {
+    store: String,
+    gateway: String,
+    prefix: String,
+    base: Option<PathBuf>,
+    keys: TrustedKeys,
+    confirm_timeout: Duration,
+    dir: StateDir,
+    state: Persisted,
+    nonces: NonceLog,
+    /// The local file as a table (updated on SIGHUP).
+    local: toml::Table,
+    /// The verified overlays in effect.
+    fleet: Option<toml::Table>,
+    gateway_overlay: Option<toml::Table>,
+    /// Merged configuration text in effect.
+    running_text: String,
+    /// Bytes of the last refused document per layer: a retained refusal delivered again at
+    /// every reconnection is not processed and reported again.
+    last_refused: [Option<Vec<u8>>; 2],
+    /// When an unconfirmed change must have reached the broker.
+    confirm_by: Option<tokio::time::Instant>,
+    last_connect_error: Option<String>,
+    /// A `reconnect` command is answered once the new connection is up.
+    reconnect_nonce: Option<String>,
+}
+
+fn layer_index(l: Layer) -> usize {
+    match l {
+        Layer::Fleet => 0,
+        Layer::Gateway => 1,
+    }
+}
+
+impl Agent {
+    /// At start: reads the remote state, rolls back an unconfirmed change whose time is up,
+    /// verifies the stored documents again and merges them over the local file. Returns the
+    /// configuration to run with and the agent (None when `[remote]` is not configured: then
+    /// nothing stored is used).
+    pub fn boot(local_path: &Path, local: Config) -> Result<(Config, Option<Agent>), String> {
+        let Some(remote) = local.remote.clone() else {
+            return Ok((local, None));
+        };
+        let keys = TrustedKeys::load(&remote.public_key_file)
+            .map_err(|e| format!("remote.public_key_file: {e}"))?;
+        let dir = StateDir::open(&local.gateway.state_dir)?;
+        let state = dir
+            .load()
+            .map_err(|e| format!("remote state damaged ({e}); move the file away to start over"))?;
+        let nonces = load_nonces(&dir);
+        let local_text = std::fs::read_to_string(local_path)
+            .map_err(|e| format!("cannot read {}: {e}", local_path.display()))?;
+        let local_table: toml::Table = local_text
+            .parse()
+            .map_err(|e| format!("{}: {e}", local_path.display()))?;
+        let mut agent = Agent {
+            store: local.gateway.store_id.clone(),
+            gateway: local.gateway.gateway_id.clone(),
+            prefix: local.mqtt.topic_prefix.clone(),
+            base: local_path.parent().map(Path::to_path_buf),
+            keys,
+            confirm_timeout: remote.confirm_timeout.0,
+            dir,
+            state,
+            nonces,
+            local: local_table,
+            fleet: None,
+            gateway_overlay: None,
+            running_text: String::new(),
+            last_refused: [None, None],
+            confirm_by: None,
+            last_connect_error: None,
+            reconnect_nonce: None,
+        };
+        agent.check_pending_at_boot()?;
+        for l in Layer::ALL {
+            match agent.stored_overlay(l) {
+                Ok(o) => agent.set_overlay(l, o),
+                Err(reason) => {
+                    tracing::error!(layer = l.as_str(), %reason, "stored remote document no longer accepted; running without it");
+                    agent.state.layer_mut(l).applied = 0;
+                    agent.report(0, l, "rejected", Some(format!("stored document: {reason}")));
+                }
+            }
+        }
+        let cfg = match agent.merged(None) {
+            Ok((text, cfg)) => {
+                agent.running_text = text;
+                cfg
+            }
+            Err(r) => {
+                // The local file changed under the layers: run the local file, say why.
+                tracing::error!(reason = %r.reason(), "remote layers do not fit the local file; running the local file alone");
+                agent.fleet = None;
+                agent.gateway_overlay = None;
+                agent.report(
+                    0,
+                    Layer::Gateway,
+                    "rejected",
+                    Some(format!("layers over the local file: {}", r.reason())),
+                );
+                agent.running_text = toml::to_string(&agent.local).unwrap_or_default();
+                local
+            }
+        };
+        agent.dir.write_effective(&agent.running_text)?;
+        agent.save()?;
+        Ok((cfg, Some(agent)))
+    }
+
+    /// A change installed by the previous process is confirmed by reaching the broker; this
+    /// start counts one more try, and rolls back when the deadline has passed or the tries are
+    /// used up.
+    fn check_pending_at_boot(&mut self) -> Result<(), String> {
+        let Some(mut p) = self.state.pending.clone() else {
+            return Ok(());
+        };
+        p.starts += 1;
+        let now = now_ms();
+        if now > p.deadline_ms || p.starts > MAX_UNCONFIRMED_STARTS {
+            let why = if now > p.deadline_ms {
+                format!(
+                    "not confirmed: the broker was not reached within {}s of applying it",
+                    self.confirm_timeout.as_secs()
+                )
+            } else {
+                format!("not confirmed after {} starts", p.starts - 1)
+            };
+            self.roll_back(&p, why)?;
+        } else {
+            let left = Duration::from_millis((p.deadline_ms - now).max(0) as u64);
+            self.confirm_by = Some(tokio::time::Instant::now() + left);
+            tracing::warn!(
+                layer = p.layer.as_str(),
+                version = p.version,
+                confirm_within_s = left.as_secs(),
+                "configuration applied by restart: waiting to reach the broker before keeping it"
+            );
+            self.state.pending = Some(p);
+        }
+        self.save()
+    }
+
+    fn roll_back(&mut self, p: &Pending, why: String) -> Result<(), String> {
+        let reason = match self.last_connect_error.as_ref().or(p.last_error.as_ref()) {
+            Some(e) => format!("{why} (last error: {e})"),
+            None => why,
+        };
+        tracing::error!(layer = p.layer.as_str(), version = p.version, %reason, "rolling back to the previous configuration");
+        self.dir.restore_previous(p.layer)?;
+        let prev = self
+            .dir
+            .document(p.layer)?
+            .and_then(|d| document::verify_signature(&d, &self.keys).ok())
+            .map(|d| d.version)
+            .unwrap_or(0);
+        let v = self.state.layer_mut(p.layer);
+        v.applied = prev;
+        v.floor = v.floor.max(p.version);
+        self.state.pending = None;
+        self.confirm_by = None;
+        self.report(p.version, p.layer, "rolled_back", Some(reason));
+        Ok(())
+    }
+
+    fn stored_overlay(&self, l: Layer) -> Result<Option<toml::Table>, String> {
+        let Some(doc) = self.dir.document(l)? else {
+            return Ok(None);
+        };
+        let d = document::verify_signature(&doc, &self.keys).map_err(|r| r.reason())?;
+        if let Some(k) = document::forbidden_keys(&d.overlay).into_iter().next() {
+            return Err(Rejection::ForbiddenKey(k).reason());
+        }
+        Ok(Some(d.overlay))
+    }
+
+    fn set_overlay(&mut self, l: Layer, o: Option<toml::Table>) {
+        match l {
+            Layer::Fleet => self.fleet = o,
+            Layer::Gateway => self.gateway_overlay = o,
+        }
+    }
+
+    /// Merges the layers (with `replace` standing in for one of them) over the local file and
+    /// validates the result as `check-config` does.
+    fn merged(
+        &self,
+        replace: Option<(Layer, &toml::Table)>,
+    ) -> Result<(String, Config), Rejection> {
+        let pick = |l: Layer, cur: &Option<toml::Table>| -> Option<toml::Table> {
+            match replace {
+                Some((r, t)) if r == l => Some(t.clone()),
+                _ => cur.clone(),
+            }
+        };
+        let fleet = pick(Layer::Fleet, &self.fleet);
+        let gw = pick(Layer::Gateway, &self.gateway_overlay);
+        let m = document::merge_layers(&self.local, fleet.as_ref(), gw.as_ref());
+        document::validate_merged(&m, self.base.as_deref())
+    }
+
+    /// The topics to subscribe to (QoS 1).
+    pub fn subscriptions(&self) -> Vec<String> {
+        vec![
+            self.topic("config"),
+            format!("{}/_fleet/config", self.prefix),
+            self.topic("cmd"),
+        ]
+    }
+
+    fn topic(&self, leaf: &str) -> String {
+        format!("{}/{}/{}/{leaf}", self.prefix, self.store, self.gateway)
+    }
+
+    /// Which inbox a topic is, if it is one of ours.
+    pub fn inbox(&self, topic: &str) -> Option<Inbox> {
+        if topic == self.topic("config") {
+            Some(Inbox::Config(Layer::Gateway))
+        } else if topic == format!("{}/_fleet/config", self.prefix) {
+            Some(Inbox::Config(Layer::Fleet))
+        } else if topic == self.topic("cmd") {
+            Some(Inbox::Command)
+        } else {
+            None
+        }
+    }
+
+    /// Verifies a document from a config topic and decides how it applies; the decision is on
+    /// disk before this returns.
+    pub fn on_document(&mut self, layer: Layer, signed: &[u8]) -> DocumentOutcome {
+        if signed.is_empty() {
+            // A cleared retained message: the layer's document stays; only a newer signed
+            // document changes anything.
+            return DocumentOutcome::Unchanged;
+        }
+        if self.dir.document(layer).ok().flatten().as_deref() == Some(signed)
+            || self.last_refused[layer_index(layer)].as_deref() == Some(signed)
+        {
+            return DocumentOutcome::Unchanged;
+        }
+        match self.accept(layer, signed) {
+            Ok(o) => o,
+            Err((version, r)) => {
+                let reason = r.reason();
+                tracing::warn!(layer = layer.as_str(), version, %reason, "remote configuration rejected");
+                self.last_refused[layer_index(layer)] = Some(signed.to_vec());
+                self.report(version, layer, "rejected", Some(reason.clone()));
+                if let Err(e) = self.save() {
+                    tracing::error!(error = %e, "cannot record the remote configuration state");
+                }
+                DocumentOutcome::Rejected(reason)
+            }
+        }
+    }
+
+    fn accept(&mut self, layer: Layer, signed: &[u8]) -> Result<DocumentOutcome, (i64, Rejection)> {
+        let doc = document::verify_signature(signed, &self.keys).map_err(|r| (0, r))?;
+        let v = doc.version;
+        let lv = *self.state.layer(layer);
+        if v == lv.floor && lv.floor > lv.applied {
+            // The change rolled back earlier, still retained on the broker: its rollback stays
+            // the report.
+            tracing::debug!(
+                layer = layer.as_str(),
+                version = v,
+                "rolled-back document delivered again; ignored"
+            );
+            return Ok(DocumentOutcome::Unchanged);
+        }
+        document::check_fresh(&doc, OffsetDateTime::now_utc(), lv.applied.max(lv.floor))
+            .map_err(|r| (v, r))?;
+        if let Some(k) = document::forbidden_keys(&doc.overlay).into_iter().next() {
+            return Err((v, Rejection::ForbiddenKey(k)));
+        }
+        let (text, cfg) = self
+            .merged(Some((layer, &doc.overlay)))
+            .map_err(|r| (v, r))?;
+        let changed = reload::changed_keys(&self.running_text, &text);
+        let restart: Vec<String> = changed
+            .iter()
+            .filter(|k| reload::needs_restart(k))
+            .cloned()
+            .collect();
+        let fail = |e: String| {
+            (
+                v,
+                Rejection::Invalid {
+                    key: "(state)".into(),
+                    message: e,
+                },
+            )
+        };
+        self.dir.install(layer, signed).map_err(fail)?;
+        {
+            let s = self.state.layer_mut(layer);
+            s.applied = v;
+            s.floor = s.floor.max(v);
+        }
+        self.dir.write_effective(&text).map_err(fail)?;
+        if restart.is_empty() {
+            self.set_overlay(layer, Some(doc.overlay));
+            self.running_text = text.clone();
+            self.report(v, layer, "applied", None);
+            self.save().map_err(fail)?;
+            tracing::info!(layer = layer.as_str(), version = v, keys = %changed.join(", "), "remote configuration applied live");
+            Ok(DocumentOutcome::Live {
+                text,
+                config: Box::new(cfg),
+                changed,
+            })
+        } else {
+            self.state.pending = Some(Pending {
+                layer,
+                version: v,
+                deadline_ms: now_ms().saturating_add(self.confirm_timeout.as_millis() as i64),
+                starts: 0,
+                last_error: None,
+            });
+            self.report(
+                v,
+                layer,
+                "pending",
+                Some(format!("restarting for {}", restart.join(", "))),
+            );
+            self.save().map_err(fail)?;
+            tracing::warn!(layer = layer.as_str(), version = v, keys = %restart.join(", "), "remote configuration needs a restart: exiting for systemd to start storegw with it");
+            Ok(DocumentOutcome::Restart { keys: restart })
+        }
+    }
+
+    /// The broker was reached: confirms a change applied by restart. Returns true when the
+    /// report changed.
+    pub fn on_connected(&mut self) -> bool {
+        self.last_connect_error = None;
+        let Some(p) = self.state.pending.take() else {
+            return false;
+        };
+        self.confirm_by = None;
+        self.report(p.version, p.layer, "applied", None);
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "cannot record the confirmed configuration");
+        }
+        tracing::info!(
+            layer = p.layer.as_str(),
+            version = p.version,
+            "configuration confirmed: the broker was reached with it"
+        );
+        true
+    }
+
+    /// The uplink could not connect; the reason goes into a rollback's report.
+    pub fn on_connect_failed(&mut self, error: String) {
+        if let Some(p) = &mut self.state.pending {
+            if p.last_error.as_deref() != Some(error.as_str()) {
+                p.last_error = Some(error.clone());
+                if let Err(e) = self.dir.save(&self.state) {
+                    tracing::error!(error = %e, "cannot record the remote configuration state");
+                }
+            }
+        }
+        self.last_connect_error = Some(error);
+    }
+
+    /// When an unconfirmed change must be rolled back (None: nothing to confirm).
+    pub fn confirm_deadline(&self) -> Option<tokio::time::Instant> {
+        self.confirm_by
+    }
+
+    /// The deadline passed without reaching the broker: puts the previous document back. The
+    /// process must then exit so the previous configuration runs.
+    pub fn on_confirm_timeout(&mut self) -> Result<(), String> {
+        let Some(p) = self.state.pending.clone() else {
+            return Ok(());
+        };
+        self.roll_back(
+            &p,
+            format!(
+                "not confirmed: the broker was not reached within {}s of applying it",
+                self.confirm_timeout.as_secs()
+            ),
+        )?;
+        self.save()
+    }
+
+    /// The local file was re-read (SIGHUP, `reload` command): the layers merged over its new
+    /// text, validated.
+    pub fn remerge_local(&mut self, local_text: &str) -> Result<(String, Config), String> {
+        let table: toml::Table = local_text.parse().map_err(|e| format!("{e}"))?;
+        let old = std::mem::replace(&mut self.local, table);
+        match self.merged(None) {
+            Ok((text, cfg)) => {
+                self.running_text = text.clone();
+                let _ = self.dir.write_effective(&text);
+                Ok((text, cfg))
+            }
+            Err(r) => {
+                self.local = old;
+                Err(format!(
+                    "the remote layers over the new local file: {}",
+                    r.reason()
+                ))
+            }
+        }
+    }
+
+    /// The merged configuration text in effect.
+    pub fn running_text(&self) -> &str {
+        &self.running_text
+    }
+
+    /// Verifies a command; a verified command's nonce is on disk before it runs.
+    pub fn on_command(&mut self, signed: &[u8]) -> CommandOutcome {
+        let now = now_ms();
+        match command::verify(
+            signed,
+            &self.keys,
+            &self.store,
+            &self.gateway,
+            now,
+            &mut self.nonces,
+        ) {
+            Ok(c) => {
+                if let Err(e) = save_nonces(&self.dir, &self.nonces) {
+                    // Without the nonce on disk a restart would accept the command again.
+                    tracing::error!(error = %e, "cannot record the command's nonce; refusing it");
+                    return CommandOutcome::Refused(self.result_payload(
+                        Some(c.action.as_str()),
+                        Some(&c.nonce),
+                        "refused",
+                        Some("cannot record the nonce"),
+                    ));
+                }
+                tracing::info!(command = c.action.as_str(), nonce = %c.nonce, "signed command accepted");
+                CommandOutcome::Run(c)
+            }
+            Err(r) => {
+                tracing::warn!(reason = %r.reason, "signed command refused");
+                CommandOutcome::Refused(self.result_payload(
+                    r.command.as_deref(),
+                    r.nonce.as_deref(),
+                    "refused",
+                    Some(&r.reason),
+                ))
+            }
+        }
+    }
+
+    /// The answer to a command that ran.
+    pub fn command_result(&self, c: &command::Command, detail: Option<&str>) -> Vec<u8> {
+        self.result_payload(Some(c.action.as_str()), Some(&c.nonce), "done", detail)
+    }
+
+    /// A `reconnect` is answered after the new connection is up.
+    pub fn defer_reconnect_answer(&mut self, nonce: String) {
+        self.reconnect_nonce = Some(nonce);
+    }
+
+    /// The deferred `reconnect` answer, once connected again.
+    pub fn take_reconnect_answer(&mut self) -> Option<Vec<u8>> {
+        let n = self.reconnect_nonce.take()?;
+        Some(self.result_payload(Some(Action::Reconnect.as_str()), Some(&n), "done", None))
+    }
+
+    fn result_payload(
+        &self,
+        command: Option<&str>,
+        nonce: Option<&str>,
+        result: &str,
+        reason: Option<&str>,
+    ) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schema": SCHEMA,
+            "kind": "command_result",
+            "store": self.store,
+            "gateway": self.gateway,
+            "command": command,
+            "nonce": nonce,
+            "result": result,
+            "reason": reason,
+            "at": rfc3339_ms(now_ms()),
+        }))
+        .unwrap_or_default()
+    }
+
+    /// Where command answers go.
+    pub fn result_topic(&self) -> String {
+        self.topic("cmd/result")
+    }
+
+    /// Where the retained configuration state goes.
+    pub fn state_topic(&self) -> String {
+        self.topic("config/state")
+    }
+
+    /// The `config` object of the status document.
+    pub fn status_object(&self) -> serde_json::Value {
+        let versions = serde_json::json!({
+            "fleet": self.state.fleet.applied,
+            "gateway": self.state.gateway.applied,
+        });
+        match &self.state.report {
+            Some(r) => serde_json::json!({
+                "version": r.version,
+                "layer": r.layer.as_str(),
+                "state": r.state,
+                "reason": r.reason,
+                "at": r.at,
+                "versions": versions,
+            }),
+            None => serde_json::json!({
+                "version": 0,
+                "layer": null,
+                "state": "local",
+                "reason": null,
+                "at": null,
+                "versions": versions,
+            }),
+        }
+    }
+
+    /// The retained `{prefix}/{store}/{gateway}/config/state` payload: the status document's
+    /// `config` object with the gateway's identity.
+    pub fn state_payload(&self) -> Vec<u8> {
+        let mut v = self.status_object();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("schema".into(), SCHEMA.into());
+            o.insert("kind".into(), "config_state".into());
+            o.insert("store".into(), self.store.clone().into());
+            o.insert("gateway".into(), self.gateway.clone().into());
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    fn report(&mut self, version: i64, layer: Layer, state: &str, reason: Option<String>) {
+        self.state.report = Some(Report {
+            version,
+            layer,
+            state: state.into(),
+            reason,
+            at: rfc3339_ms(now_ms()),
+        });
+        crate::ops::status::set_config(Some(self.status_object()));
+    }
+
+    fn save(&self) -> Result<(), String> {
+        crate::ops::status::set_config(Some(self.status_object()));
+        self.dir.save(&self.state)
+    }
+}
+
+fn load_nonces(dir: &StateDir) -> NonceLog {
+    let p = dir.path().join("nonces.json");
+    std::fs::read(&p)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_nonces(dir: &StateDir, log: &NonceLog) -> Result<(), String> {
+    let bytes = serde_json::to_vec(log).map_err(|e| e.to_string())?;
+    crate::remote::state::write_atomic(&dir.path().join("nonces.json"), &bytes)
+}

@@ -1,0 +1,620 @@
+//! Signed remote configuration and commands with the real daemon and a real mosquitto: a live
+//! change, a change applied by restart, every kind of rejection, a rollback from a dead broker,
+//! fleet vs gateway precedence, and signed commands (answered, replayed, expired, misdirected).
+//!
+//! The test plays systemd: a gateway that exits with status 75 is started again.
+
+mod common;
+use common::*;
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use storegw::remote::command::{self, Action};
+use storegw::remote::document;
+
+const PREFIX: &str = "storegw/v1/s042/gw1";
+const FLEET: &str = "storegw/v1/_fleet/config";
+
+fn signing_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[42u8; 32])
+}
+
+fn sign(overlay: &str) -> Result<Vec<u8>, String> {
+    document::sign(overlay.as_bytes(), &signing_key())
+}
+
+/// The central side: publishes documents and commands, records everything the gateway says.
+struct Central {
+    client: AsyncClient,
+    got: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Central {
+    async fn start(port: u16) -> Result<Central, Box<dyn std::error::Error>> {
+        let mut o = MqttOptions::new(format!("central-{}", free_port()), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut ev) = AsyncClient::new(o, 64);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let subscribed = Arc::new(Mutex::new(false));
+        let (g, s, c) = (got.clone(), subscribed.clone(), client.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                        for t in ["config/state", "cmd/result", "status"] {
+                            let _ = c.subscribe(format!("{PREFIX}/{t}"), QoS::AtLeastOnce).await;
+                        }
+                    }
+                    Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                        if let Ok(mut s) = s.lock() {
+                            *s = true;
+                        }
+                    }
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                        if let Ok(v) = serde_json::from_slice(&p.payload) {
+                            if let Ok(mut g) = g.lock() {
+                                g.push((p.topic.to_string(), v));
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && !subscribed.lock().map(|s| *s).unwrap_or(true) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Central { client, got, task })
+    }
+
+    async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> TestResult {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await?;
+        Ok(())
+    }
+
+    /// Every message on `leaf` so far.
+    fn on(&self, leaf: &str) -> Vec<serde_json::Value> {
+        let topic = format!("{PREFIX}/{leaf}");
+        self.got
+            .lock()
+            .map(|g| {
+                g.iter()
+                    .filter(|(t, _)| *t == topic)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn count(&self) -> usize {
+        self.got.lock().map(|g| g.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A gateway under a minimal supervisor: exit status 75 means "start me again".
+struct Supervised {
+    config: PathBuf,
+    log: PathBuf,
+    gw: Gateway,
+    restarts: u32,
+}
+
+impl Supervised {
+    fn start(config: &Path, log: &Path) -> Result<Supervised, Box<dyn std::error::Error>> {
+        Ok(Supervised {
+            config: config.to_path_buf(),
+            log: log.to_path_buf(),
+            gw: Gateway::start(config, log)?,
+            restarts: 0,
+        })
+    }
+
+    /// Restarts the gateway if it asked to be; any other exit is an error.
+    fn poll(&mut self) -> TestResult {
+        if let Some(st) = self.gw.child.try_wait()? {
+            if st.code() == Some(75) {
+                self.restarts += 1;
+                self.gw = Gateway::start(&self.config, &self.log)?;
+            } else {
+                return Err(format!("gateway exited with {st}:\n{}", self.gw.log_text()).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls (restarting as asked) until `cond` holds; false on timeout.
+    async fn until(
+        &mut self,
+        timeout: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) -> Result<bool, Box<dyn std::error::Error>> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            self.poll()?;
+            if cond() {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(false)
+    }
+
+    fn log_text(&self) -> String {
+        self.gw.log_text()
+    }
+}
+
+/// A gateway config with `[remote]` trusting the test key, the simulator on, and `http`.
+fn setup(
+    dir: &Path,
+    port: u16,
+    http: &str,
+    confirm: &str,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    std::fs::write(
+        dir.join("central.pub"),
+        format!(
+            "{}\n",
+            document::format_public_key(&signing_key().verifying_key())
+        ),
+    )?;
+    write_config_with_http(
+        dir,
+        port,
+        "",
+        http,
+        &format!(
+            "[sources.sim]\nenabled = true\nrate = 5.0\nseed = 3\n\n[remote]\npublic_key_file = \"{}\"\nconfirm_timeout = \"{confirm}\"\n",
+            dir.join("central.pub").display()
+        ),
+    )
+}
+
+fn latest_state(c: &Central) -> serde_json::Value {
+    c.on("config/state").last().cloned().unwrap_or_default()
+}
+
+fn state_is(c: &Central, version: i64, state: &str) -> bool {
+    let s = latest_state(c);
+    s["version"] == version && s["state"] == state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_and_restart_changes_and_every_rejection() -> TestResult {
+    require_mosquitto!();
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let broker = Mosquitto::start(&dir.join("broker"), "")?;
+    let central = Central::start(broker.port).await?;
+    let (port_a, port_b) = (free_port(), free_port());
+    let cfg = setup(
+        dir,
+        broker.port,
+        &format!("enabled = true\nlisten = \"127.0.0.1:{port_a}\""),
+        "30s",
+    )?;
+    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    // Before any document the gateway reports that it runs its local file.
+    assert!(
+        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
+            == "local")
+            .await?,
+        "no initial config state; log:\n{}",
+        gw.log_text()
+    );
+
+    // 1. A live change: the simulator rate and the log level, no restart.
+    let gw_topic = format!("{PREFIX}/config");
+    let t0 = Instant::now();
+    central
+        .publish(
+            &gw_topic,
+            sign("version = 1\n[sources.sim]\nrate = 50.0\n[log]\nlevel = \"debug\"\n")?,
+            true,
+        )
+        .await?;
+    assert!(
+        gw.until(Duration::from_secs(10), || state_is(&central, 1, "applied"))
+            .await?,
+        "v1 not applied: {}\n{}",
+        latest_state(&central),
+        gw.log_text()
+    );
+    eprintln!("live change confirmed in {:?}", t0.elapsed());
+    assert_eq!(gw.restarts, 0, "a live change restarted the gateway");
+    let log = gw.log_text();
+    assert!(log.contains("remote configuration applied live"), "{log}");
+    assert!(log.contains("applied=log.level, sources.sim.rate"), "{log}");
+    // The status file (refreshed every few seconds) carries the same state.
+    assert!(
+        gw.until(Duration::from_secs(10), || status_file(dir)
+            .is_some_and(|st| st["config"]["state"] == "applied"))
+            .await?
+    );
+    let st = status_file(dir).ok_or("no status file")?;
+    assert_eq!(st["config"]["versions"]["gateway"], 1, "{st}");
+
+    // 2. Rejections, each with its reason and nothing changed.
+    let mut tampered = sign("version = 2\n[sources.sim]\nrate = 60.0\n")?;
+    if let Some(b) = tampered.iter_mut().find(|b| **b == b'6') {
+        *b = b'9';
+    }
+    let expired = "version = 3\nnot_after = 2020-01-01T00:00:00Z\n[sources.sim]\nrate = 70.0\n";
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (tampered, "bad_signature"),
+        (
+            sign("version = 1\n[sources.sim]\nrate = 80.0\n")?,
+            "stale_version: 1 <= 1",
+        ),
+        (sign(expired)?, "expired"),
+        (
+            sign("version = 4\n[mqtt]\npassword_file = \"/tmp/pw\"\n")?,
+            "forbidden_key: mqtt.password_file",
+        ),
+        (
+            sign("version = 5\n[sources.sim]\nrate = -1.0\n")?,
+            "invalid: sources.sim.rate",
+        ),
+        (b"version = 6\n".to_vec(), "malformed"),
+    ];
+    for (doc, reason) in cases {
+        let before = central.on("config/state").len();
+        central.publish(&gw_topic, doc, true).await?;
+        let ok = gw
+            .until(Duration::from_secs(10), || {
+                central.on("config/state").len() > before
+                    && latest_state(&central)["state"] == "rejected"
+            })
+            .await?;
+        let s = latest_state(&central);
+        assert!(ok, "no rejection for {reason}: {s}\n{}", gw.log_text());
+        let got = s["reason"].as_str().unwrap_or_default();
+        assert!(
+            got.starts_with(reason),
+            "reason `{got}`, expected `{reason}`"
+        );
+        assert_eq!(
+            s["versions"]["gateway"], 1,
+            "a rejected document changed the version"
+        );
+        let effective = std::fs::read_to_string(dir.join("state/remote/effective.toml"))?;
+        assert!(effective.contains("rate = 50.0"), "{effective}");
+    }
+    assert_eq!(gw.restarts, 0);
+
+    // 3. A change that takes a restart: the HTTP port. The gateway exits with 75, starts
+    // with the new file, reaches the broker and confirms.
+    let t0 = Instant::now();
+    central
+        .publish(
+            &gw_topic,
+            sign(&format!(
+                "version = 7\n[sources.sim]\nrate = 50.0\n[log]\nlevel = \"debug\"\n[http]\nlisten = \"127.0.0.1:{port_b}\"\n"
+            ))?,
+            true,
+        )
+        .await?;
+    assert!(
+        gw.until(Duration::from_secs(30), || state_is(&central, 7, "applied")
+            && std::net::TcpStream::connect(("127.0.0.1", port_b)).is_ok())
+            .await?,
+        "v7 not applied by restart: {}\n{}",
+        latest_state(&central),
+        gw.log_text()
+    );
+    eprintln!("restart change confirmed in {:?}", t0.elapsed());
+    assert_eq!(gw.restarts, 1);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port_a)).is_err());
+    let effective = std::fs::read_to_string(dir.join("state/remote/effective.toml"))?;
+    assert!(effective.contains(&port_b.to_string()), "{effective}");
+    let previous = std::fs::read_to_string(dir.join("state/remote/effective.toml.prev"))?;
+    assert!(previous.contains(&port_a.to_string()), "{previous}");
+    // The local file is never rewritten.
+    assert!(std::fs::read_to_string(&cfg)?.contains(&port_a.to_string()));
+    // The retained v7 comes again at every connection and changes nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gw.poll()?;
+    assert_eq!(gw.restarts, 1);
+    let mut g = gw.gw;
+    assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_broker_is_rolled_back_within_confirm_timeout() -> TestResult {
+    require_mosquitto!();
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let broker = Mosquitto::start(&dir.join("broker"), "")?;
+    let central = Central::start(broker.port).await?;
+    let cfg = setup(dir, broker.port, "enabled = false", "4s")?;
+    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    assert!(
+        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
+            == "local")
+            .await?
+    );
+    let dead = free_port();
+    let t0 = Instant::now();
+    central
+        .publish(
+            &format!("{PREFIX}/config"),
+            sign(&format!("version = 1\n[mqtt]\nport = {dead}\n"))?,
+            true,
+        )
+        .await?;
+    assert!(
+        gw.until(Duration::from_secs(40), || state_is(
+            &central,
+            1,
+            "rolled_back"
+        ))
+        .await?,
+        "not rolled back: {}\n{}",
+        latest_state(&central),
+        gw.log_text()
+    );
+    let took = t0.elapsed();
+    eprintln!("rolled back and reported in {took:?} (confirm_timeout 4 s)");
+    let s = latest_state(&central);
+    let reason = s["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not confirmed"), "{reason}");
+    assert!(reason.contains("last error"), "{reason}");
+    assert_eq!(s["versions"]["gateway"], 0, "{s}");
+    assert_eq!(gw.restarts, 2, "one restart to apply, one to roll back");
+    assert!(took < Duration::from_secs(25), "{took:?}");
+    // Back on the working broker, the retained bad document is not applied again.
+    let before = central.count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gw.poll()?;
+    assert_eq!(gw.restarts, 2);
+    assert!(central.count() > before, "the gateway is not publishing");
+    let mut g = gw.gw;
+    assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_document_overrides_the_fleet_document() -> TestResult {
+    require_mosquitto!();
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let broker = Mosquitto::start(&dir.join("broker"), "")?;
+    let central = Central::start(broker.port).await?;
+    let cfg = setup(dir, broker.port, "enabled = false", "30s")?;
+    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    assert!(
+        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
+            == "local")
+            .await?
+    );
+    central
+        .publish(
+            FLEET,
+            sign("version = 10\n[sources.sim]\nrate = 7.0\n[log]\nlevel = \"debug\"\n")?,
+            true,
+        )
+        .await?;
+    assert!(
+        gw.until(Duration::from_secs(10), || state_is(
+            &central, 10, "applied"
+        ))
+        .await?
+    );
+    central
+        .publish(
+            &format!("{PREFIX}/config"),
+            sign("version = 1\n[sources.sim]\nrate = 500.0\n")?,
+            true,
+        )
+        .await?;
+    assert!(
+        gw.until(Duration::from_secs(10), || state_is(&central, 1, "applied"))
+            .await?
+    );
+    // A newer fleet document still loses to the gateway's on the key both set.
+    central
+        .publish(
+            FLEET,
+            sign("version = 11\n[sources.sim]\nrate = 9.0\n[log]\nlevel = \"info\"\n")?,
+            true,
+        )
+        .await?;
+    assert!(
+        gw.until(Duration::from_secs(10), || state_is(
+            &central, 11, "applied"
+        ))
+        .await?
+    );
+    let s = latest_state(&central);
+    assert_eq!(s["layer"], "fleet");
+    assert_eq!(s["versions"]["fleet"], 11);
+    assert_eq!(s["versions"]["gateway"], 1);
+    let effective: toml::Table =
+        std::fs::read_to_string(dir.join("state/remote/effective.toml"))?.parse()?;
+    assert_eq!(effective["sources"]["sim"]["rate"].as_float(), Some(500.0));
+    assert_eq!(effective["log"]["level"].as_str(), Some("info"));
+    assert_eq!(gw.restarts, 0);
+    // A restart rebuilds the same configuration from the stored layers.
+    let mut g = gw.gw;
+    assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
+    std::fs::remove_file(dir.join("state/remote/effective.toml"))?;
+    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    assert!(
+        gw.until(Duration::from_secs(10), || dir
+            .join("state/remote/effective.toml")
+            .exists())
+            .await?
+    );
+    let again: toml::Table =
+        std::fs::read_to_string(dir.join("state/remote/effective.toml"))?.parse()?;
+    assert_eq!(again, effective);
+    gw.poll()?;
+    let mut g = gw.gw;
+    assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
+    Ok(())
+}
+
+fn nonce(i: u32) -> String {
+    format!("test-nonce-{i:08}")
+}
+
+fn cmd(
+    action: Action,
+    n: &str,
+    store: &str,
+    gateway: &str,
+    ttl_ms: i64,
+) -> Result<Vec<u8>, String> {
+    let now = storegw::event::now_ms();
+    command::sign(
+        &command::render(action, store, gateway, n, now + ttl_ms),
+        &signing_key(),
+    )
+}
+
+fn answer(c: &Central, n: &str) -> Option<serde_json::Value> {
+    c.on("cmd/result")
+        .into_iter()
+        .rev()
+        .find(|v| v["nonce"] == n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_commands_are_answered_and_replays_refused() -> TestResult {
+    require_mosquitto!();
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let broker = Mosquitto::start(&dir.join("broker"), "")?;
+    let central = Central::start(broker.port).await?;
+    let cfg = setup(dir, broker.port, "enabled = false", "30s")?;
+    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    assert!(
+        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
+            == "local")
+            .await?
+    );
+    let topic = format!("{PREFIX}/cmd");
+    let mut i = 0;
+    for action in Action::ALL {
+        i += 1;
+        let n = nonce(i);
+        let statuses = central.on("status").len();
+        let t0 = Instant::now();
+        central
+            .publish(&topic, cmd(action, &n, "s042", "gw1", 60_000)?, false)
+            .await?;
+        assert!(
+            gw.until(Duration::from_secs(15), || answer(&central, &n).is_some())
+                .await?,
+            "{} not answered:\n{}",
+            action.as_str(),
+            gw.log_text()
+        );
+        let a = answer(&central, &n).unwrap_or_default();
+        eprintln!("{} answered in {:?}: {a}", action.as_str(), t0.elapsed());
+        assert_eq!(a["result"], "done", "{a}");
+        assert_eq!(a["command"], action.as_str());
+        match action {
+            Action::Status => assert!(central.on("status").len() > statuses),
+            Action::Reconnect => {
+                assert!(gw
+                    .log_text()
+                    .contains("reconnect requested by a signed command"))
+            }
+            Action::RotateKeys => assert!(gw.log_text().contains("device keys rotated")),
+            Action::Reload => assert_eq!(a["reason"], "reloaded"),
+        }
+    }
+    // The same command again (a replay), an expired one, one for another gateway, a forged one.
+    let n = nonce(1);
+    let replay = cmd(Action::Status, &n, "s042", "gw1", 60_000)?;
+    let refusals: Vec<(Vec<u8>, String, &str)> = vec![
+        (replay, n, "replayed"),
+        (
+            cmd(Action::Status, &nonce(100), "s042", "gw1", -1_000)?,
+            nonce(100),
+            "expired",
+        ),
+        (
+            cmd(Action::Reconnect, &nonce(101), "s042", "gw2", 60_000)?,
+            nonce(101),
+            "wrong_target",
+        ),
+    ];
+    for (doc, n, reason) in refusals {
+        let before = central.on("cmd/result").len();
+        central.publish(&topic, doc, false).await?;
+        assert!(
+            gw.until(Duration::from_secs(10), || central.on("cmd/result").len()
+                > before)
+                .await?
+        );
+        let a = central.on("cmd/result").last().cloned().unwrap_or_default();
+        assert_eq!(a["result"], "refused", "{a}");
+        assert_eq!(a["nonce"], n.as_str());
+        let got = a["reason"].as_str().unwrap_or_default();
+        assert!(got.starts_with(reason), "`{got}` for {reason}");
+    }
+    let before = central.on("cmd/result").len();
+    central
+        .publish(&topic, b"command = \"reconnect\"\n".to_vec(), false)
+        .await?;
+    assert!(
+        gw.until(Duration::from_secs(10), || central.on("cmd/result").len()
+            > before)
+            .await?
+    );
+    let a = central.on("cmd/result").last().cloned().unwrap_or_default();
+    assert_eq!(a["result"], "refused");
+    assert!(a["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("malformed"));
+    // A replay after a restart is still refused: the nonces are on disk.
+    let mut g = gw.gw;
+    assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
+    let states = central.on("config/state").len();
+    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    // Commands are not retained: publish once the gateway is connected again.
+    assert!(
+        gw.until(Duration::from_secs(20), || central.on("config/state").len()
+            > states)
+            .await?
+    );
+    for (n, expected) in [(nonce(2), "refused"), (nonce(200), "done")] {
+        let before = central.on("cmd/result").len();
+        central
+            .publish(
+                &topic,
+                cmd(Action::Reconnect, &n, "s042", "gw1", 60_000)?,
+                false,
+            )
+            .await?;
+        assert!(
+            gw.until(Duration::from_secs(10), || answer(&central, &n)
+                .is_some_and(|a| a["result"] == expected)
+                && central.on("cmd/result").len() > before)
+                .await?,
+            "{n}: expected {expected}: {:?}",
+            central.on("cmd/result").last()
+        );
+    }
+    gw.poll()?;
+    let mut g = gw.gw;
+    assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
+    Ok(())
+}
