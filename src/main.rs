@@ -173,6 +173,30 @@ enum Cmd {
         #[arg(long)]
         gateway: Option<String>,
     },
+    /// Sign a command for one gateway (status, reconnect, rotate-keys, reload), publish it and
+    /// print the gateway's answer (exit 1 when refused, 3 when no answer came).
+    Command {
+        /// status | reconnect | rotate-keys | reload
+        #[arg(value_parser = ["status", "reconnect", "rotate-keys", "reload"])]
+        action: String,
+        #[command(flatten)]
+        conn: storegw::ops::tail::BrokerConn,
+        /// Store id.
+        #[arg(long)]
+        store: String,
+        /// Gateway id.
+        #[arg(long)]
+        gateway: String,
+        /// Private key (from `storegw keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Validity of the command, e.g. 10m (at most 24h).
+        #[arg(long, default_value = "10m")]
+        ttl: storegw::config::Dur,
+        /// How long to wait for the answer, e.g. 30s.
+        #[arg(long, default_value = "30s")]
+        wait: storegw::config::Dur,
+    },
     /// Spool depth, oldest age and drops, read from the state directory.
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -461,6 +485,47 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("verify: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Command {
+            action,
+            conn,
+            store,
+            gateway,
+            key,
+            ttl,
+            wait,
+        } => {
+            init_logging("warn", fmt_override.as_deref().unwrap_or("text"));
+            let Some(action) = storegw::remote::command::Action::parse(&action) else {
+                eprintln!("unknown command `{action}`");
+                return ExitCode::from(2);
+            };
+            let opts = storegw::remote::tools::CommandOptions {
+                conn,
+                store,
+                gateway,
+                key,
+                ttl: ttl.0,
+                wait: wait.0,
+            };
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            match rt.block_on(storegw::remote::tools::command(&opts, action)) {
+                Ok(answer) => {
+                    println!("{answer}");
+                    if answer["result"] == "done" {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("command: {e}");
+                    ExitCode::from(3)
                 }
             }
         }

@@ -238,3 +238,100 @@ pub async fn push(o: &PushOptions, file: &Path) -> Result<String, String> {
     let _ = tokio::time::timeout(Duration::from_millis(300), ev.poll()).await;
     Ok(topic)
 }
+
+/// `storegw command` options.
+#[derive(Debug, Clone)]
+pub struct CommandOptions {
+    /// The broker and topic prefix.
+    pub conn: crate::ops::tail::BrokerConn,
+    /// Target store and gateway (the command is signed for exactly this gateway).
+    pub store: String,
+    pub gateway: String,
+    /// The private key signing the command.
+    pub key: PathBuf,
+    /// How long the command stays valid.
+    pub ttl: Duration,
+    /// How long to wait for the answer.
+    pub wait: Duration,
+}
+
+/// `storegw command`: signs a command for one gateway (fresh random nonce, expiry `ttl` from
+/// now), publishes it on `{prefix}/{store}/{gateway}/cmd` (QoS 1, not retained) and waits for
+/// the answer with the same nonce on `.../cmd/result`. Returns the answer; an error when none
+/// came within `wait` (the gateway is offline, or its link dropped the command).
+pub async fn command(
+    o: &CommandOptions,
+    action: super::command::Action,
+) -> Result<serde_json::Value, String> {
+    for (what, id) in [("--store", &o.store), ("--gateway", &o.gateway)] {
+        if !crate::config::valid_id(id) {
+            return Err(format!("{what} `{id}` is not a valid id"));
+        }
+    }
+    let ttl_ms = o.ttl.as_millis().min(i64::MAX as u128) as i64;
+    if ttl_ms <= 0 || ttl_ms > super::command::MAX_COMMAND_TTL_S * 1000 {
+        return Err(format!(
+            "--ttl must be between 1s and {}h",
+            super::command::MAX_COMMAND_TTL_S / 3600
+        ));
+    }
+    let key = load_signing_key(&o.key)?;
+    let mut raw = [0u8; 12];
+    getrandom::fill(&mut raw).map_err(|e| format!("no random nonce: {e}"))?;
+    let nonce: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let text = super::command::render(
+        action,
+        &o.store,
+        &o.gateway,
+        &nonce,
+        crate::event::now_ms().saturating_add(ttl_ms),
+    );
+    let signed = super::command::sign(&text, &key)?;
+    let base = format!("{}/{}/{}", o.conn.prefix, o.store, o.gateway);
+    let (client, mut ev) = AsyncClient::new(o.conn.client_options("storegw-cmd", 1024 * 1024)?, 16);
+    let deadline = tokio::time::Instant::now() + o.wait;
+    let mut last_error = None;
+    loop {
+        let e = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                let _ = client.disconnect().await;
+                return Err(format!(
+                    "no answer from {}/{} within {:?} (nonce {nonce}){}",
+                    o.store, o.gateway, o.wait,
+                    last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+                ));
+            }
+            e = ev.poll() => e,
+        };
+        match e {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                client
+                    .subscribe(format!("{base}/cmd/result"), QoS::AtLeastOnce)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // Subscribed before publishing, so the answer cannot be missed.
+            Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                client
+                    .publish(format!("{base}/cmd"), QoS::AtLeastOnce, false, signed.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
+                    continue;
+                };
+                if v["nonce"] == nonce.as_str() {
+                    let _ = client.disconnect().await;
+                    let _ = tokio::time::timeout(Duration::from_millis(300), ev.poll()).await;
+                    return Ok(v);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                last_error = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
