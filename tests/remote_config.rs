@@ -93,6 +93,31 @@ impl Central {
             .unwrap_or_default()
     }
 
+    /// Validates every message received against its JSON Schema; returns how many were checked.
+    fn check_schemas(&self) -> Result<usize, Box<dyn std::error::Error>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let load = |name: &str| -> Result<jsonschema::Validator, Box<dyn std::error::Error>> {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(name))?)?;
+            Ok(jsonschema::validator_for(&v).map_err(|e| format!("{name}: {e}"))?)
+        };
+        let state = load("config.state.schema.json")?;
+        let result = load("command.result.schema.json")?;
+        let status = load("status.schema.json")?;
+        let got = self.got.lock().map(|g| g.clone()).unwrap_or_default();
+        for (topic, v) in &got {
+            let schema = if topic.ends_with("/config/state") {
+                &state
+            } else if topic.ends_with("/cmd/result") {
+                &result
+            } else {
+                &status
+            };
+            let errs: Vec<String> = schema.iter_errors(v).map(|e| e.to_string()).collect();
+            assert!(errs.is_empty(), "{topic}: {v}: {errs:?}");
+        }
+        Ok(got.len())
+    }
+
     fn count(&self) -> usize {
         self.got.lock().map(|g| g.len()).unwrap_or(0)
     }
@@ -328,6 +353,7 @@ async fn live_and_restart_changes_and_every_rejection() -> TestResult {
     tokio::time::sleep(Duration::from_secs(2)).await;
     gw.poll()?;
     assert_eq!(gw.restarts, 1);
+    assert!(central.check_schemas()? > 10);
     let mut g = gw.gw;
     assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
     Ok(())
