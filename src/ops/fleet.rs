@@ -184,11 +184,14 @@ pub fn assess(
         if !h.alarms.is_empty() {
             warn.push("alarms".into());
         }
-        if h.config
+        // A refused or rolled-back remote configuration needs someone's attention; `local`,
+        // `applied` and `pending` (a restart confirming a change) do not.
+        if h
+            .config
             .as_deref()
-            .is_some_and(|c| c != "ok" && c != "loaded")
+            .is_some_and(|c| matches!(c, "rejected" | "rolled_back"))
         {
-            warn.push("config".into());
+            warn.push(format!("config {}", h.config.as_deref().unwrap_or_default()));
         }
     }
     h.severity = if !crit.is_empty() {
