@@ -318,10 +318,22 @@ pub const RESTART_EXIT_CODE: u8 = 75;
 /// `storegw run`: start (the local file merged with accepted remote layers), reload on SIGHUP,
 /// handle remote documents and commands, run until a termination signal, drain.
 pub async fn run(local: Config, path: &std::path::Path) -> Result<RunEnd, String> {
-    use crate::remote::agent::Agent;
     use tokio::signal::unix::{signal, SignalKind};
     // Registered before anything starts: SIGHUP's default action would end the process.
     let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    serve(local, path, termination(), Some(&mut hup)).await
+}
+
+/// The body of [`run`] without the process's signals: runs until `stop` resolves (or a remote
+/// change asks for a restart); `hup`, when given, triggers reloads. The fleet benchmark runs
+/// many of these in one process.
+pub async fn serve(
+    local: Config,
+    path: &std::path::Path,
+    stop: impl std::future::Future<Output = ()>,
+    mut hup: Option<&mut tokio::signal::unix::Signal>,
+) -> Result<RunEnd, String> {
+    use crate::remote::agent::Agent;
     let local_level = local.log.level.clone();
     let (cfg, mut agent) = Agent::boot(path, local)?;
     if cfg.log.level != local_level {
@@ -346,7 +358,7 @@ pub async fn run(local: Config, path: &std::path::Path) -> Result<RunEnd, String
         }
     });
     let p = Pipeline::start_with(&cfg, link).await?;
-    let term = termination();
+    let term = stop;
     tokio::pin!(term);
     let mut end = RunEnd::Stopped;
     loop {
@@ -356,7 +368,7 @@ pub async fn run(local: Config, path: &std::path::Path) -> Result<RunEnd, String
                 tracing::info!("termination signal: draining");
                 break;
             }
-            Some(()) = hup.recv() => {
+            Some(()) = recv_hup(hup.as_deref_mut()) => {
                 tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
                 reload_local(path, &mut reloader, &p, agent.as_mut());
             }
@@ -396,6 +408,13 @@ struct RemoteCtx<'a> {
     reloader: &'a mut crate::ops::reload::Reloader,
     pipeline: &'a Pipeline,
     out: &'a mpsc::Sender<uplink::Outbound>,
+}
+
+async fn recv_hup(hup: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match hup {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_inbound(c: Option<&mut Control>) -> Option<uplink::Inbound> {

@@ -613,13 +613,24 @@ async fn signed_commands_are_answered_and_replays_refused() -> TestResult {
     // The central tool: sign, publish, wait for the answer, in one command.
     use base64::Engine as _;
     let seed = base64::engine::general_purpose::STANDARD.encode(signing_key().to_bytes());
-    write_secret(&dir.join("central.key"), format!("ed25519-private:{seed}\n"))?;
+    write_secret(
+        &dir.join("central.key"),
+        format!("ed25519-private:{seed}\n"),
+    )?;
     let broker_url = format!("mqtt://127.0.0.1:{}", broker.port);
     let key = dir.join("central.key");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_storegw"))
             .args(["command", "rotate-keys", "--broker", &broker_url])
-            .args(["--store", "s042", "--gateway", "gw1", "--wait", "15s", "--key"])
+            .args([
+                "--store",
+                "s042",
+                "--gateway",
+                "gw1",
+                "--wait",
+                "15s",
+                "--key",
+            ])
             .arg(&key)
             .output()
     })

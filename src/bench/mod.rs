@@ -88,12 +88,13 @@ impl Row {
 
 /// Runs every measurement and writes the report.
 pub async fn run(opts: BenchOptions) -> Result<(), String> {
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 9] = [
         "spool",
         "e2e",
         "backlog",
         "footprint",
         "fleet",
+        "fleet-config",
         "ready",
         "size",
         "parsers",
@@ -114,7 +115,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         );
         rows.extend(spool_vs_sled(&work.join("spool"), opts.events)?);
     }
-    let needs_broker = ["e2e", "backlog", "footprint", "fleet"]
+    let needs_broker = ["e2e", "backlog", "footprint", "fleet", "fleet-config"]
         .iter()
         .any(|w| opts.wants(w));
     match mosquitto_path() {
@@ -146,6 +147,16 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 match fleet::fleet(&bin, &work.join("fleet"), opts.fleet, outage).await {
                     Ok(r) => rows.extend(r),
                     Err(e) => notes.push(format!("fleet simulation not measured: {e}")),
+                }
+            }
+            if opts.fleet > 0 && opts.wants("fleet-config") {
+                eprintln!(
+                    "bench: fleet of {} gateways, signed config rollout",
+                    opts.fleet
+                );
+                match fleet::config_rollout(&bin, &work.join("fleet-config"), opts.fleet).await {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => notes.push(format!("fleet config rollout not measured: {e}")),
                 }
             }
         }

@@ -186,12 +186,14 @@ pub fn assess(
         }
         // A refused or rolled-back remote configuration needs someone's attention; `local`,
         // `applied` and `pending` (a restart confirming a change) do not.
-        if h
-            .config
+        if h.config
             .as_deref()
             .is_some_and(|c| matches!(c, "rejected" | "rolled_back"))
         {
-            warn.push(format!("config {}", h.config.as_deref().unwrap_or_default()));
+            warn.push(format!(
+                "config {}",
+                h.config.as_deref().unwrap_or_default()
+            ));
         }
     }
     h.severity = if !crit.is_empty() {

@@ -313,7 +313,12 @@ pub async fn command(
             // Subscribed before publishing, so the answer cannot be missed.
             Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
                 client
-                    .publish(format!("{base}/cmd"), QoS::AtLeastOnce, false, signed.clone())
+                    .publish(
+                        format!("{base}/cmd"),
+                        QoS::AtLeastOnce,
+                        false,
+                        signed.clone(),
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
             }
