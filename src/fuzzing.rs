@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, for the regression test.
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("wifi_capture", wifi_capture),
     ("wifi_frame", wifi_frame),
     ("ble_adv", ble_adv),
@@ -23,6 +23,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("pos_csv", pos_csv),
     ("config", config),
     ("remote_document", remote_document),
+    ("remote_command", remote_command),
 ];
 
 /// A pseudonymizer for one fuzz input; None (the input is skipped) if the CSPRNG fails.
@@ -235,5 +236,25 @@ pub fn remote_document(data: &[u8]) {
     // The same bytes as an overlay, signed: exercises everything after the signature check.
     if let Ok(signed) = document::sign(data, &key) {
         let _ = document::verify(&signed, &cx);
+    }
+}
+
+/// A signed command as a gateway reads it from its cmd topic: envelope, signature, fields,
+/// target, expiry and the nonce log; the same bytes signed go through every later check.
+pub fn remote_command(data: &[u8]) {
+    use crate::remote::command::{self, NonceLog};
+    use crate::remote::document::{self, TrustedKeys};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let Ok(keys) = TrustedKeys::parse(&document::format_public_key(&key.verifying_key())) else {
+        return;
+    };
+    let mut log = NonceLog::default();
+    let now = 1_800_000_000_000;
+    let _ = command::verify(data, &keys, "s1", "g1", now, &mut log);
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(signed) = command::sign(text, &key) {
+            let _ = command::verify(&signed, &keys, "s1", "g1", now, &mut log);
+            let _ = command::verify(&signed, &keys, "s1", "g1", now, &mut log);
+        }
     }
 }

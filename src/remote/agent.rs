@@ -623,3 +623,129 @@ fn save_nonces(dir: &StateDir, log: &NonceLog) -> Result<(), String> {
     let bytes = serde_json::to_vec(log).map_err(|e| e.to_string())?;
     crate::remote::state::write_atomic(&dir.path().join("nonces.json"), &bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    fn key() -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
+    }
+
+    /// A gateway directory with a local file trusting `key()`, two installed gateway documents
+    /// (rate 5 then rate 9, the second awaiting confirmation) and `pending` as the state.
+    fn gateway_with_pending(
+        dir: &Path,
+        deadline_ms: i64,
+        starts: u32,
+    ) -> Result<(PathBuf, Config), Box<dyn std::error::Error>> {
+        std::fs::write(
+            dir.join("central.pub"),
+            document::format_public_key(&key().verifying_key()),
+        )?;
+        let path = dir.join("storegw.toml");
+        let text = format!(
+            "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\nstate_dir = \"{}\"\n[http]\nenabled = false\n\
+             [sources.sim]\nenabled = true\nrate = 1.0\n[remote]\npublic_key_file = \"central.pub\"\n",
+            dir.join("state").display()
+        );
+        std::fs::write(&path, &text)?;
+        let local = crate::config::parse("storegw.toml", &text, Some(dir))?;
+        let sd = StateDir::open(&dir.join("state"))?;
+        sd.install(
+            Layer::Gateway,
+            &document::sign(b"version = 1\n[sources.sim]\nrate = 5.0\n", &key())?,
+        )?;
+        sd.install(
+            Layer::Gateway,
+            &document::sign(b"version = 2\n[sources.sim]\nrate = 9.0\n", &key())?,
+        )?;
+        let mut st = Persisted::default();
+        st.gateway.applied = 2;
+        st.gateway.floor = 2;
+        st.pending = Some(Pending {
+            layer: Layer::Gateway,
+            version: 2,
+            deadline_ms,
+            starts,
+            last_error: Some("Connection refused".into()),
+        });
+        sd.save(&st)?;
+        Ok((path, local))
+    }
+
+    #[test]
+    fn a_start_after_the_deadline_rolls_back_before_running() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with_pending(tmp.path(), now_ms() - 1, 1)?;
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        let agent = agent.ok_or("no agent")?;
+        assert_eq!(cfg.sources.sim.rate, 5.0, "the previous document is back");
+        let s = agent.status_object();
+        assert_eq!(s["state"], "rolled_back");
+        assert_eq!(s["version"], 2);
+        assert_eq!(s["versions"]["gateway"], 1);
+        let reason = s["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("Connection refused"), "{reason}");
+        assert!(agent.confirm_deadline().is_none());
+        // The rolled-back version stays refused.
+        let st = StateDir::open(&tmp.path().join("state"))?.load()?;
+        assert_eq!((st.gateway.applied, st.gateway.floor), (1, 2));
+        assert!(st.pending.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_change_that_keeps_crashing_the_gateway_is_rolled_back() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) =
+            gateway_with_pending(tmp.path(), now_ms() + 600_000, MAX_UNCONFIRMED_STARTS)?;
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        assert_eq!(cfg.sources.sim.rate, 5.0);
+        let s = agent.ok_or("no agent")?.status_object();
+        assert_eq!(s["state"], "rolled_back");
+        assert!(s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("after 3 starts")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_pending_change_runs_until_confirmed_by_the_broker() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        let mut agent = agent.ok_or("no agent")?;
+        assert_eq!(cfg.sources.sim.rate, 9.0);
+        assert!(agent.confirm_deadline().is_some());
+        assert!(agent.on_connected());
+        assert_eq!(agent.status_object()["state"], "applied");
+        assert!(agent.confirm_deadline().is_none());
+        let st = StateDir::open(&tmp.path().join("state"))?.load()?;
+        assert!(st.pending.is_none());
+        assert_eq!(st.gateway.applied, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn stored_documents_from_an_untrusted_key_are_not_used() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        // The central team replaced its key: the stored documents no longer verify.
+        let other = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
+        std::fs::write(
+            tmp.path().join("central.pub"),
+            document::format_public_key(&other.verifying_key()),
+        )?;
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        assert_eq!(cfg.sources.sim.rate, 1.0, "the local file alone");
+        let s = agent.ok_or("no agent")?.status_object();
+        assert_eq!(s["state"], "rejected");
+        assert!(s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unknown_key")));
+        Ok(())
+    }
+}

@@ -215,6 +215,7 @@ pub fn verify(
     now_ms: i64,
     log: &mut NonceLog,
 ) -> Result<Command, Refusal> {
+    log.prune(now_ms);
     if signed.len() > MAX_DOCUMENT_BYTES {
         return Err(refuse("malformed: too big"));
     }
@@ -246,7 +247,6 @@ pub fn verify(
             MAX_COMMAND_TTL_S / 3600
         )));
     }
-    log.prune(now_ms);
     if log.seen.contains_key(&f.nonce) {
         return Err(tag("replayed: nonce already used".into()));
     }
