@@ -137,7 +137,7 @@ impl Agent {
         };
         agent.check_pending_at_boot()?;
         for l in Layer::ALL {
-            match agent.stored_overlay(l) {
+            match agent.boot_layer(l) {
                 Ok(o) => agent.set_overlay(l, o),
                 Err(reason) => {
                     tracing::error!(layer = l.as_str(), %reason, "stored remote document no longer accepted; running without it");
@@ -212,10 +212,10 @@ impl Agent {
         tracing::error!(layer = p.layer.as_str(), version = p.version, %reason, "rolling back to the previous configuration");
         self.dir.restore_previous(p.layer)?;
         let prev = self
-            .dir
-            .document(p.layer)?
-            .and_then(|d| document::verify_signature(&d, &self.keys).ok())
-            .map(|d| d.version)
+            .stored_overlay(p.layer)
+            .ok()
+            .flatten()
+            .map(|(_, v)| v)
             .unwrap_or(0);
         let v = self.state.layer_mut(p.layer);
         v.applied = prev;
@@ -226,7 +226,8 @@ impl Agent {
         Ok(())
     }
 
-    fn stored_overlay(&self, l: Layer) -> Result<Option<toml::Table>, String> {
+    /// The stored document of a layer, verified again, and its version.
+    fn stored_overlay(&self, l: Layer) -> Result<Option<(toml::Table, i64)>, String> {
         let Some(doc) = self.dir.document(l)? else {
             return Ok(None);
         };
@@ -234,7 +235,32 @@ impl Agent {
         if let Some(k) = document::forbidden_keys(&d.overlay).into_iter().next() {
             return Err(Rejection::ForbiddenKey(k).reason());
         }
-        Ok(Some(d.overlay))
+        Ok(Some((d.overlay, d.version)))
+    }
+
+    /// A layer's overlay at start. A stored document whose version is not the one recorded as
+    /// applied was stored by a process that stopped before recording it (power loss): the
+    /// previous document is put back, since nothing confirmed the new one.
+    fn boot_layer(&mut self, l: Layer) -> Result<Option<toml::Table>, String> {
+        let applied = self.state.layer(l).applied;
+        match self.stored_overlay(l)? {
+            Some((_, version)) if version != applied => {
+                tracing::warn!(layer = l.as_str(), version, "a document was stored but its application was interrupted; the previous one is back");
+                self.dir.restore_previous(l)?;
+                let back = self.stored_overlay(l)?;
+                let v = self.state.layer_mut(l);
+                v.applied = back.as_ref().map(|(_, v)| *v).unwrap_or(0);
+                v.floor = v.floor.max(version);
+                self.report(
+                    version,
+                    l,
+                    "rolled_back",
+                    Some("interrupted while being applied".into()),
+                );
+                Ok(back.map(|(o, _)| o))
+            }
+            other => Ok(other.map(|(o, _)| o)),
+        }
     }
 
     fn set_overlay(&mut self, l: Layer, o: Option<toml::Table>) {
@@ -726,6 +752,25 @@ mod tests {
         let st = StateDir::open(&tmp.path().join("state"))?.load()?;
         assert!(st.pending.is_none());
         assert_eq!(st.gateway.applied, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_document_stored_but_not_recorded_is_undone_at_start() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        // Power lost between storing version 2 and recording it: state.json still says 1.
+        let sd = StateDir::open(&tmp.path().join("state"))?;
+        let mut st = sd.load()?;
+        st.gateway.applied = 1;
+        st.gateway.floor = 1;
+        st.pending = None;
+        sd.save(&st)?;
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        assert_eq!(cfg.sources.sim.rate, 5.0);
+        let s = agent.ok_or("no agent")?.status_object();
+        assert_eq!(s["state"], "rolled_back");
+        assert_eq!(s["versions"]["gateway"], 1);
         Ok(())
     }
 

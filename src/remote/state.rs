@@ -177,13 +177,13 @@ impl StateDir {
         write_atomic(&cur, signed)
     }
 
-    /// Puts the previous document of a layer back (none, if there was none).
+    /// Puts the previous document of a layer back (none, if there was none). The previous file
+    /// stays, so a rollback cut short by a power loss gives the same result when it runs again.
     pub fn restore_previous(&self, l: Layer) -> Result<(), String> {
         match read_opt(&self.prev_path(l))? {
-            Some(old) => write_atomic(&self.doc_path(l), &old)?,
-            None => remove_opt(&self.doc_path(l))?,
+            Some(old) => write_atomic(&self.doc_path(l), &old),
+            None => remove_opt(&self.doc_path(l)),
         }
-        remove_opt(&self.prev_path(l))
     }
 
     /// Records the merged configuration, keeping the one it replaces as `effective.toml.prev`.
@@ -253,6 +253,9 @@ mod tests {
         s.install(Layer::Gateway, b"one")?;
         s.install(Layer::Gateway, b"two")?;
         assert_eq!(s.document(Layer::Gateway)?.as_deref(), Some(&b"two"[..]));
+        s.restore_previous(Layer::Gateway)?;
+        assert_eq!(s.document(Layer::Gateway)?.as_deref(), Some(&b"one"[..]));
+        // Running a rollback again (power lost before it was recorded) gives the same result.
         s.restore_previous(Layer::Gateway)?;
         assert_eq!(s.document(Layer::Gateway)?.as_deref(), Some(&b"one"[..]));
         // The first document of a layer rolls back to no document at all.
