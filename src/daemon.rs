@@ -545,6 +545,7 @@ async fn handle_remote(
 mod tests {
     use super::*;
     use crate::config::SpoolConfig;
+    use crate::event::EventKind;
 
     /// A source that stops (a simulator at its limit) closes the channel: its last events must
     /// be flushed then, not left for a tick that never comes.
@@ -561,7 +562,7 @@ mod tests {
         // Let the interval's immediate first tick pass, so only the close can flush.
         tokio::time::sleep(Duration::from_millis(50)).await;
         for i in 0..10 {
-            let e = Event::from_value("ble.census", i, serde_json::json!({ "devices": i }));
+            let e = Event::from_value(EventKind::BleCensus, i, serde_json::json!({ "devices": i }));
             tx.send(e).await?;
         }
         drop(tx);

@@ -232,7 +232,7 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
     );
     if let Some(sample) = s
         .samples
-        .get("pos.transaction")
+        .get(crate::event::EventKind::PosTransaction.as_str())
         .or_else(|| s.samples.values().next())
     {
         println!(

@@ -46,11 +46,6 @@ impl Stream {
     pub fn is_sensor(self) -> bool {
         !matches!(self, Stream::Pos)
     }
-
-    /// The stream an event kind travels on (`ble.sighting` → ble).
-    pub fn of_kind(kind: &str) -> Option<Stream> {
-        kind.split('.').next().and_then(|p| p.parse().ok())
-    }
 }
 
 impl fmt::Display for Stream {
@@ -73,15 +68,74 @@ impl FromStr for Stream {
     }
 }
 
-/// Every event kind of wire contract v1.
-pub const KINDS: [&str; 6] = [
-    "ble.sighting",
-    "ble.presence",
-    "ble.census",
-    "wifi.census",
-    "wifi.visit",
-    "pos.transaction",
-];
+/// Every event kind of wire contract v1 (one JSON Schema each in `schemas/`). A typed kind
+/// cannot be misspelled at a construction site, and its stream is a `match`, not a string split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    BleSighting,
+    BlePresence,
+    BleCensus,
+    WifiCensus,
+    WifiVisit,
+    PosTransaction,
+}
+
+impl EventKind {
+    /// Every kind, in the order of docs/design.md ("Wire contract").
+    pub const ALL: [EventKind; 6] = [
+        EventKind::BleSighting,
+        EventKind::BlePresence,
+        EventKind::BleCensus,
+        EventKind::WifiCensus,
+        EventKind::WifiVisit,
+        EventKind::PosTransaction,
+    ];
+
+    /// The exact `kind` string on the wire (and the schema file's stem).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::BleSighting => "ble.sighting",
+            EventKind::BlePresence => "ble.presence",
+            EventKind::BleCensus => "ble.census",
+            EventKind::WifiCensus => "wifi.census",
+            EventKind::WifiVisit => "wifi.visit",
+            EventKind::PosTransaction => "pos.transaction",
+        }
+    }
+
+    /// The stream (topic, spool tree, drop policy) events of this kind travel on.
+    pub const fn stream(self) -> Stream {
+        match self {
+            EventKind::BleSighting | EventKind::BlePresence | EventKind::BleCensus => Stream::Ble,
+            EventKind::WifiCensus | EventKind::WifiVisit => Stream::Wifi,
+            EventKind::PosTransaction => Stream::Pos,
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Serializes as the wire string, so a kind inside a serialized struct matches the envelope.
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Parses the wire string (tools reading payloads back, tests); anything else is an error.
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown event kind `{s}`"))
+    }
+}
 
 /// An event before the spool gives it an id: kind, time and the kind-specific fields.
 ///
@@ -89,7 +143,7 @@ pub const KINDS: [&str; 6] = [
 /// not a second serialization: at full load that is most of the gateway's CPU.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Event {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub ts_ms: i64,
     /// The body as a JSON object (`{...}`), without `id`, `kind` and `ts`.
     body: Vec<u8>,
@@ -108,7 +162,7 @@ impl fmt::Debug for Event {
 impl Event {
     /// Builds an event from a struct with named fields (none of them `id`, `kind` or `ts`:
     /// those are the envelope's).
-    pub fn new<T: Serialize>(kind: &'static str, ts_ms: i64, body: &T) -> Event {
+    pub fn new<T: Serialize>(kind: EventKind, ts_ms: i64, body: &T) -> Event {
         let mut buf = Vec::with_capacity(256);
         let is_object = serde_json::to_writer(&mut buf, body).is_ok()
             && buf.first() == Some(&b'{')
@@ -126,7 +180,7 @@ impl Event {
 
     /// Builds an event from a JSON value (tools and tests); `id`, `kind` and `ts` are removed,
     /// anything that is not an object becomes an empty body.
-    pub fn from_value(kind: &'static str, ts_ms: i64, body: serde_json::Value) -> Event {
+    pub fn from_value(kind: EventKind, ts_ms: i64, body: serde_json::Value) -> Event {
         let map = match body {
             serde_json::Value::Object(mut m) => {
                 for k in ["id", "kind", "ts"] {
@@ -144,9 +198,9 @@ impl Event {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The stream this event belongs to.
+    /// The stream this event belongs to (its kind's).
     pub fn stream(&self) -> Stream {
-        Stream::of_kind(self.kind).unwrap_or(Stream::Ble)
+        self.kind.stream()
     }
 
     /// Serializes the event as it goes on the wire, with the id the spool assigned.
@@ -164,7 +218,7 @@ impl Event {
         out.push(b':');
         write_u64(out, seq);
         out.extend_from_slice(b"\",\"kind\":\"");
-        out.extend_from_slice(self.kind.as_bytes());
+        out.extend_from_slice(self.kind.as_str().as_bytes());
         out.extend_from_slice(b"\",\"ts\":\"");
         write_rfc3339_ms(out, self.ts_ms);
         out.push(b'"');
@@ -316,7 +370,7 @@ mod tests {
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
-        let empty = Event::from_value("ble.census", 0, serde_json::json!({}));
+        let empty = Event::from_value(EventKind::BleCensus, 0, serde_json::json!({}));
         let v: serde_json::Value =
             serde_json::from_slice(&empty.to_wire("g", 18446744073709551615)).expect("valid json");
         assert_eq!(v["id"], "g:18446744073709551615");
@@ -325,7 +379,7 @@ mod tests {
     #[test]
     fn wire_event_splices_body() {
         let e = Event::from_value(
-            "wifi.census",
+            EventKind::WifiCensus,
             0,
             serde_json::json!({"probe_requests": 3, "id": "x"}),
         );
@@ -337,6 +391,21 @@ mod tests {
         let b = batch_payload("s1", "gw1", 0, [w.as_slice(), w.as_slice()].into_iter());
         let v: serde_json::Value = serde_json::from_slice(&b).expect("valid json");
         assert_eq!(v["events"].as_array().map(|a| a.len()), Some(2));
-        assert_eq!(Stream::of_kind("pos.transaction"), Some(Stream::Pos));
+    }
+
+    #[test]
+    fn one_wire_string_and_stream_per_kind() {
+        for k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
+            // The stream is the wire string's prefix (`ble.sighting` on `ble`).
+            assert_eq!(k.as_str().split('.').next(), Some(k.stream().as_str()));
+            assert_eq!(
+                serde_json::to_string(&k).ok(),
+                Some(format!("\"{}\"", k.as_str()))
+            );
+        }
+        assert!("ble".parse::<EventKind>().is_err());
+        assert!("status".parse::<EventKind>().is_err());
+        assert_eq!(EventKind::PosTransaction.stream(), Stream::Pos);
     }
 }

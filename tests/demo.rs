@@ -25,9 +25,9 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 fn demo_delivers_every_kind_through_the_embedded_broker() -> Result<(), Box<dyn std::error::Error>>
 {
     let (text, stderr) = demo(&[])?;
-    for kind in storegw::event::KINDS {
+    for kind in storegw::event::EventKind::ALL {
         assert!(
-            text.contains(kind),
+            text.contains(kind.as_str()),
             "no {kind} in the demo summary:\n{text}"
         );
     }

@@ -197,7 +197,7 @@ async fn live_task_emits_census_from_injected_probes() -> TestResult {
         assert!(
             !wire.contains("5a0e5790") && !wire.contains("5a:0e:57") && !wire.contains("shopwifi")
         );
-        if e.kind == "wifi.census" {
+        if e.kind == storegw::event::EventKind::WifiCensus {
             census.push(e.body());
         }
     }

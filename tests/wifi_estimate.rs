@@ -3,6 +3,9 @@
 //! `labelled.py mix`. Judged per census window against the truth file, and over the whole
 //! capture, beside naive address counting on the same input.
 
+// The PHONES table lives in the `bench` feature (storegw::bench::estimation).
+#![cfg(feature = "bench")]
+
 mod common;
 
 use std::collections::BTreeMap;

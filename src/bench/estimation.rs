@@ -196,7 +196,10 @@ fn mix(dir: &Path, tmp: &Path, phones: &[&str], seed: u32) -> Result<Vec<(f64, f
     }
     p.finish(&mut events);
     let mut by_start = BTreeMap::new();
-    for e in events.iter().filter(|e| e.kind == "wifi.census") {
+    for e in events
+        .iter()
+        .filter(|e| e.kind == crate::event::EventKind::WifiCensus)
+    {
         let b = e.body();
         let start = b["window_start"]
             .as_str()

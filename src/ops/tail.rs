@@ -4,7 +4,7 @@
 //! central team can check a feed without writing a consumer.
 
 use crate::config::parse_broker_url;
-use crate::event::{Stream, KINDS};
+use crate::event::{EventKind, Stream};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, Transport};
 use serde_json::Value;
 #[cfg(feature = "tail")]
@@ -21,27 +21,27 @@ const SCHEMAS: [(&str, &str); 8] = [
     ("batch", include_str!("../../schemas/batch.schema.json")),
     ("status", include_str!("../../schemas/status.schema.json")),
     (
-        "ble.sighting",
+        EventKind::BleSighting.as_str(),
         include_str!("../../schemas/ble.sighting.schema.json"),
     ),
     (
-        "ble.presence",
+        EventKind::BlePresence.as_str(),
         include_str!("../../schemas/ble.presence.schema.json"),
     ),
     (
-        "ble.census",
+        EventKind::BleCensus.as_str(),
         include_str!("../../schemas/ble.census.schema.json"),
     ),
     (
-        "wifi.census",
+        EventKind::WifiCensus.as_str(),
         include_str!("../../schemas/wifi.census.schema.json"),
     ),
     (
-        "wifi.visit",
+        EventKind::WifiVisit.as_str(),
         include_str!("../../schemas/wifi.visit.schema.json"),
     ),
     (
-        "pos.transaction",
+        EventKind::PosTransaction.as_str(),
         include_str!("../../schemas/pos.transaction.schema.json"),
     ),
 ];
@@ -306,12 +306,12 @@ impl Checker {
                 self.totals.duplicates += 1;
                 continue;
             }
-            let mut errs = if KINDS.contains(&kind) {
-                self.validators.check(kind, e)
-            } else {
-                vec![format!("unknown kind `{kind}`")]
+            let known = kind.parse::<EventKind>().ok();
+            let mut errs = match known {
+                Some(k) => self.validators.check(k.as_str(), e),
+                None => vec![format!("unknown kind `{kind}`")],
             };
-            if Stream::of_kind(kind).is_some_and(|s| s != stream) {
+            if known.is_some_and(|k| k.stream() != stream) {
                 errs.push(format!("{kind} on the {stream} topic"));
             }
             if id.is_empty() {
@@ -328,7 +328,7 @@ impl Checker {
             if errs.is_empty() {
                 out.push(format!(
                     "{ts} {store}/{gateway} {kind} {id}{}",
-                    detail(kind, e)
+                    detail(known, e)
                 ));
             } else {
                 self.totals.invalid_events += 1;
@@ -344,16 +344,16 @@ impl Checker {
 
 /// The figures a reader checks first, after the event id: Wi-Fi address counts beside the
 /// estimated devices (absent from gateways before device estimation: `-`), visit dwell.
-fn detail(kind: &str, e: &Value) -> String {
+fn detail(kind: Option<EventKind>, e: &Value) -> String {
     let n = |k: &str| e[k].as_u64().map_or("-".to_string(), |v| v.to_string());
     match kind {
-        "wifi.census" => format!(
+        Some(EventKind::WifiCensus) => format!(
             " devices={} devices_estimated={} in_store_estimated={}",
             n("devices"),
             n("devices_estimated"),
             n("in_store_estimated")
         ),
-        "wifi.visit" => format!(" dwell_s={}", e["dwell_s"].as_f64().unwrap_or(0.0)),
+        Some(EventKind::WifiVisit) => format!(" dwell_s={}", e["dwell_s"].as_f64().unwrap_or(0.0)),
         _ => String::new(),
     }
 }
@@ -464,7 +464,7 @@ mod tests {
         let mut sim = crate::source::sim::Simulator::new(&crate::config::SimConfig::default());
         let ev = loop {
             let e = sim.next_event(1_764_000_000_000);
-            if e.kind == "ble.sighting" {
+            if e.kind == EventKind::BleSighting {
                 break e;
             }
         };

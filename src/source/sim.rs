@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::config::SimConfig;
-use crate::event::{now_ms, rfc3339_ms, Event};
+use crate::event::{now_ms, rfc3339_ms, Event, EventKind};
 use crate::sensor_events::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ impl Simulator {
                 let spread = self.rng.i16(0..8);
                 let mean = base as f64 + self.rng.f64() * spread as f64;
                 Event::new(
-                    "ble.sighting",
+                    EventKind::BleSighting,
                     now,
                     &BleSighting {
                         beacon,
@@ -97,7 +97,7 @@ impl Simulator {
                     }
                 };
                 Event::new(
-                    "ble.presence",
+                    EventKind::BlePresence,
                     now,
                     &BlePresence {
                         beacon,
@@ -114,7 +114,7 @@ impl Simulator {
                 by_company.insert("0x004c".to_string(), random / 2);
                 by_company.insert("0x0006".to_string(), public / 3);
                 Event::new(
-                    "ble.census",
+                    EventKind::BleCensus,
                     now,
                     &BleCensus {
                         window_start: win,
@@ -151,7 +151,7 @@ impl Simulator {
                     hist.insert(b.to_string(), n);
                 }
                 Event::new(
-                    "wifi.census",
+                    EventKind::WifiCensus,
                     now,
                     &WifiCensus {
                         window_start: rfc3339_ms(now - now.rem_euclid(60_000)),
@@ -178,7 +178,7 @@ impl Simulator {
                 let mut dev = [0u8; 8];
                 self.rng.fill(&mut dev);
                 Event::new(
-                    "wifi.visit",
+                    EventKind::WifiVisit,
                     now,
                     &WifiVisit {
                         device: dev.iter().map(|b| format!("{b:02x}")).collect(),
@@ -215,7 +215,7 @@ impl Simulator {
         let tax = sum * 19 / 119;
         let card = self.rng.bool();
         Event::from_value(
-            "pos.transaction",
+            EventKind::PosTransaction,
             now,
             serde_json::json!({
                 "transaction_id": format!("sim-{}-{}", self.cfg.seed, self.tx_seq),
@@ -322,6 +322,6 @@ mod tests {
             assert_eq!(x.to_wire("g", 1), y.to_wire("g", 1));
             kinds.insert(x.kind);
         }
-        assert_eq!(kinds.len(), crate::event::KINDS.len());
+        assert_eq!(kinds.len(), EventKind::ALL.len());
     }
 }

@@ -321,6 +321,7 @@ fn is_lock_error(e: &str) -> bool {
 mod tests {
     use super::*;
     use crate::config::{ByteSize, Dur};
+    use crate::event::EventKind;
 
     fn cfg(cap: u64) -> SpoolConfig {
         let mut c = SpoolConfig::default();
@@ -330,7 +331,7 @@ mod tests {
     }
 
     /// An event padded with `n` pseudo-random (incompressible) characters.
-    fn ev(kind: &'static str, n: usize) -> Event {
+    fn ev(kind: EventKind, n: usize) -> Event {
         let mut rng = fastrand::Rng::with_seed(n as u64 ^ 0x5eed);
         let pad: String = (0..n).map(|_| rng.alphanumeric()).collect();
         Event::from_value(kind, 1, serde_json::json!({ "pad": pad }))
@@ -342,7 +343,10 @@ mod tests {
         let p = dir.path().join("spool");
         let first = {
             let s = Spool::open(&p, "gw", &cfg(1 << 20))?;
-            let seqs = s.append(&[ev("ble.census", 10), ev("pos.transaction", 10)])?;
+            let seqs = s.append(&[
+                ev(EventKind::BleCensus, 10),
+                ev(EventKind::PosTransaction, 10),
+            ])?;
             assert_eq!(s.depth(Stream::Ble).depth, 1);
             let got = s.peek(Stream::Pos, 0, 10, 1 << 20)?;
             assert_eq!(got.len(), 1);
@@ -356,7 +360,7 @@ mod tests {
         };
         let s = Spool::open(&p, "gw", &cfg(1 << 20))?;
         assert_eq!(s.depth(Stream::Ble).depth, 1);
-        let seqs = s.append(&[ev("ble.census", 1)])?;
+        let seqs = s.append(&[ev(EventKind::BleCensus, 1)])?;
         assert!(seqs[0] > first);
         Ok(())
     }
@@ -369,7 +373,7 @@ mod tests {
         let s = Spool::open(&dir.path().join("spool"), "gw", &c)?;
         let mut first_seq = None;
         for _ in 0..200 {
-            let seqs = s.append(&[ev("ble.census", 1000)])?;
+            let seqs = s.append(&[ev(EventKind::BleCensus, 1000)])?;
             first_seq.get_or_insert(seqs[0]);
         }
         assert!(s.depth(Stream::Ble).bytes <= 64 * 1024);
@@ -378,7 +382,7 @@ mod tests {
         assert!(s.drops()["ble"]["spool_full"] > 0);
         let mut refused = 0;
         for _ in 0..200 {
-            if let Err(SpoolError::Full { .. }) = s.append(&[ev("pos.transaction", 1000)]) {
+            if let Err(SpoolError::Full { .. }) = s.append(&[ev(EventKind::PosTransaction, 1000)]) {
                 refused += 1;
             }
         }
@@ -399,7 +403,7 @@ mod tests {
         std::fs::write(p.join("db"), vec![0xA5u8; 4096])?;
         let s = Spool::open(&p, "gw", &cfg(1 << 20))?;
         assert!(s.recovered().is_some());
-        s.append(&[ev("pos.transaction", 1)])?;
+        s.append(&[ev(EventKind::PosTransaction, 1)])?;
         Ok(())
     }
 }
@@ -407,10 +411,11 @@ mod tests {
 #[cfg(test)]
 mod chunk_tests {
     use super::*;
+    use crate::event::EventKind;
 
     fn census(i: usize) -> Event {
         Event::from_value(
-            "ble.census",
+            EventKind::BleCensus,
             i as i64,
             serde_json::json!({ "devices": i, "by_address_type": {"random": i} }),
         )
@@ -492,10 +497,11 @@ mod chunk_tests {
 #[cfg(test)]
 mod indexed_tests {
     use super::*;
+    use crate::event::EventKind;
 
     fn tx(i: u64) -> Event {
         Event::from_value(
-            "pos.transaction",
+            EventKind::PosTransaction,
             i as i64,
             serde_json::json!({ "transaction_id": format!("T{i}") }),
         )
@@ -513,7 +519,7 @@ mod indexed_tests {
         assert!(index.get(b"R1/T1")?.is_some());
         let mixed = [
             tx(2),
-            Event::from_value("ble.census", 0, serde_json::json!({})),
+            Event::from_value(EventKind::BleCensus, 0, serde_json::json!({})),
         ];
         assert!(s
             .append_indexed(&mixed, &index, &sled::Batch::default())

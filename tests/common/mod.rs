@@ -410,7 +410,7 @@ impl Schemas {
             Ok(jsonschema::validator_for(&v).map_err(|e| format!("{name}: {e}"))?)
         };
         let mut kinds = HashMap::new();
-        for k in storegw::event::KINDS {
+        for k in storegw::event::EventKind::ALL {
             kinds.insert(k.to_string(), load(&format!("{k}.schema.json"))?);
         }
         Ok(Schemas {

@@ -9,7 +9,7 @@
 use super::adv::{self, Frame};
 use super::btsnoop::Report;
 use super::config::{self, BleConfig};
-use crate::event::{rfc3339_ms, Event};
+use crate::event::{rfc3339_ms, Event, EventKind};
 use crate::privacy::DevicePseudonymizer;
 use crate::sensor_events::{BeaconId, BleCensus, BlePresence, BleSighting, RssiStats, Telemetry};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -249,9 +249,9 @@ impl Stats {
             );
         }
         for (kind, now, before) in [
-            ("ble.sighting", self.sightings, last.sightings),
-            ("ble.presence", self.presence, last.presence),
-            ("ble.census", self.census, last.census),
+            (EventKind::BleSighting, self.sightings, last.sightings),
+            (EventKind::BlePresence, self.presence, last.presence),
+            (EventKind::BleCensus, self.census, last.census),
         ] {
             m.count(
                 crate::ops::metrics::Metric::BleEvents,
@@ -555,7 +555,7 @@ impl Aggregator {
                 distance_m: d.is_finite().then(|| (d * 100.0).round() / 100.0),
                 telemetry: s.telemetry,
             };
-            out.push(Event::new("ble.sighting", ts, &body));
+            out.push(Event::new(EventKind::BleSighting, ts, &body));
             self.stats.sightings += 1;
         }
         if self.census_adverts > 0 {
@@ -585,7 +585,7 @@ impl Aggregator {
                 advertisements: self.census_adverts,
                 suppressed,
             };
-            out.push(Event::new("ble.census", ts, &body));
+            out.push(Event::new(EventKind::BleCensus, ts, &body));
             self.stats.census += 1;
         }
         self.census_addrs.clear();
@@ -596,7 +596,7 @@ impl Aggregator {
 
 fn presence_event(k: &BeaconKey, t: &str, sm: f64, dwell: Option<f64>, ts: i64) -> Event {
     Event::new(
-        "ble.presence",
+        EventKind::BlePresence,
         ts,
         &BlePresence {
             beacon: k.to_id(),
@@ -645,7 +645,10 @@ mod tests {
             a.push(t0 + i as i64 * 1000, &rep(1, *r, &ad), &mut out);
         }
         a.tick(t0 + 20_000, &mut out);
-        let s: Vec<_> = out.iter().filter(|e| e.kind == "ble.sighting").collect();
+        let s: Vec<_> = out
+            .iter()
+            .filter(|e| e.kind == EventKind::BleSighting)
+            .collect();
         assert_eq!(s.len(), 1);
         let b = &s[0].body();
         assert_eq!(b["count"], 3);
@@ -675,14 +678,17 @@ mod tests {
         }
         let tr: Vec<String> = out
             .iter()
-            .filter(|e| e.kind == "ble.presence")
+            .filter(|e| e.kind == EventKind::BlePresence)
             .map(|e| e.body()["transition"].as_str().unwrap_or("").to_string())
             .collect();
         // enter at -65, hold through -75/-79, exit at -81, -75 is not enough, enter at -60.
         assert_eq!(tr, ["enter", "exit", "enter"]);
         out.clear();
         a.tick(t0 + 6000 + 30_000, &mut out);
-        let exit: Vec<_> = out.iter().filter(|e| e.kind == "ble.presence").collect();
+        let exit: Vec<_> = out
+            .iter()
+            .filter(|e| e.kind == EventKind::BlePresence)
+            .collect();
         assert_eq!(exit.len(), 1);
         assert_eq!(exit[0].body()["transition"], "exit");
         assert_eq!(exit[0].body()["dwell_s"], 0.0);
@@ -731,8 +737,15 @@ mod tests {
         a.push(t0, &rep(1, -50, &known), &mut out);
         a.push(t0, &rep(2, -50, &other), &mut out);
         a.flush(t0 + 1, &mut out);
-        let kinds: Vec<&str> = out.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, ["ble.presence", "ble.sighting", "ble.census"]);
+        let kinds: Vec<EventKind> = out.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::BlePresence,
+                EventKind::BleSighting,
+                EventKind::BleCensus
+            ]
+        );
         assert_eq!(out[1].body()["beacon"]["major"], 1);
         assert_eq!(out[2].body()["devices"], 1);
     }
@@ -760,7 +773,10 @@ mod tests {
         a.push(t0, &rep(7, -60, &tlm_ad()), &mut out);
         a.push(t0 + 100, &rep(7, -60, &uid_ad()), &mut out);
         a.flush(t0 + 200, &mut out);
-        let s: Vec<_> = out.iter().filter(|e| e.kind == "ble.sighting").collect();
+        let s: Vec<_> = out
+            .iter()
+            .filter(|e| e.kind == EventKind::BleSighting)
+            .collect();
         assert_eq!(s.len(), 1);
         let b = &s[0].body();
         assert_eq!(b["beacon"]["type"], "eddystone_uid");
@@ -774,7 +790,7 @@ mod tests {
         assert_eq!(b["tx_power"], -29);
         assert!(b["distance_m"].as_f64().unwrap_or(9.0) < 1.0);
         assert!(
-            out.iter().all(|e| e.kind != "ble.census"),
+            out.iter().all(|e| e.kind != EventKind::BleCensus),
             "TLM of a beacon is no census"
         );
     }

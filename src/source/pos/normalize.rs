@@ -7,7 +7,7 @@ use super::card;
 use super::customer::{JoinKey, Pseudonyms};
 use super::pii;
 use super::transaction::{Discount, Line, Reject, Tender, Tx, TxType};
-use crate::event::{rfc3339_ms, Event};
+use crate::event::{rfc3339_ms, Event, EventKind};
 use serde::Serialize;
 
 /// The event body exactly as `schemas/pos.transaction.schema.json` describes it.
@@ -300,7 +300,7 @@ pub fn normalize_at(
     let body = TxBody { flags, ..body };
     let body_lines = body.lines.len();
     let ts = tx.time_ms.unwrap_or(now_ms);
-    let event = Event::new("pos.transaction", ts, &body);
+    let event = Event::new(EventKind::PosTransaction, ts, &body);
     let day = match (&business_day, tx.time_ms) {
         (Some(d), _) => d.clone(),
         (None, Some(ms)) => local_day(ms, offset_s).unwrap_or_default(),

@@ -8,7 +8,7 @@
 
 use super::config::WifiConfig;
 use super::estimate::U64Map;
-use crate::event::{rfc3339_ms, Event};
+use crate::event::{rfc3339_ms, Event, EventKind};
 use crate::privacy::{suppress, DevicePseudonymizer};
 use crate::sensor_events::{WifiCensus, WifiVisit};
 use std::collections::BTreeMap;
@@ -324,7 +324,7 @@ impl Footfall {
             0.0
         };
         out.push(Event::new(
-            "wifi.census",
+            EventKind::WifiCensus,
             start + self.window_ms,
             &WifiCensus {
                 window_start: rfc3339_ms(start),
@@ -368,7 +368,7 @@ impl Footfall {
             None => format!("track-{track}"),
         };
         out.push(Event::new(
-            "wifi.visit",
+            EventKind::WifiVisit,
             s.in_last,
             &WifiVisit {
                 device,
@@ -497,7 +497,10 @@ mod tests {
         f.observe(s(35_000, "b", Some(-52), 1), &mut out);
         // Long silence closes the sessions.
         f.advance(400_000, &mut out);
-        let visits: Vec<_> = out.iter().filter(|e| e.kind == "wifi.visit").collect();
+        let visits: Vec<_> = out
+            .iter()
+            .filter(|e| e.kind == EventKind::WifiVisit)
+            .collect();
         assert_eq!(visits.len(), 1);
         let v = &visits[0].body();
         assert_eq!(v["device"], format!("track-{}", id("a")));
@@ -518,11 +521,17 @@ mod tests {
         for t in [270, 300, 340] {
             f.observe(s(t * 1000, "a", Some(-50), 1), &mut out);
         }
-        let n = out.iter().filter(|e| e.kind == "wifi.visit").count();
+        let n = out
+            .iter()
+            .filter(|e| e.kind == EventKind::WifiVisit)
+            .count();
         assert_eq!(n, 1);
         // Key epoch changes: the open session and window are closed and forgotten.
         f.observe(s(345_000, "a2", Some(-50), 2), &mut out);
-        let n = out.iter().filter(|e| e.kind == "wifi.visit").count();
+        let n = out
+            .iter()
+            .filter(|e| e.kind == EventKind::WifiVisit)
+            .count();
         assert_eq!(n, 2);
         assert_eq!(f.tracked(), 1);
     }

@@ -345,14 +345,14 @@ mod tests {
         p.finish(&mut out);
         let visits: Vec<String> = out
             .iter()
-            .filter(|e| e.kind == "wifi.visit")
+            .filter(|e| e.kind == crate::event::EventKind::WifiVisit)
             .map(|e| e.body()["device"].as_str().unwrap_or_default().to_string())
             .collect();
         assert_eq!(visits.len(), 2, "one visit per epoch");
         assert_ne!(visits[0], visits[1]);
         let census: Vec<u64> = out
             .iter()
-            .filter(|e| e.kind == "wifi.census")
+            .filter(|e| e.kind == crate::event::EventKind::WifiCensus)
             .filter_map(|e| e.body()["devices_estimated"].as_u64())
             .collect();
         assert_eq!(census, [1, 1]);
