@@ -491,6 +491,16 @@ async fn the_gateway_document_overrides_the_fleet_document() -> TestResult {
     gw.poll()?;
     let mut g = gw.gw;
     assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
+    // `storegw status` with the gateway stopped shows the configuration state it left.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storegw"))
+        .arg("status")
+        .arg("--config")
+        .arg(&cfg)
+        .output()?;
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(st["config"]["versions"]["fleet"], 11, "{st}");
+    assert_eq!(st["config"]["versions"]["gateway"], 1, "{st}");
+    assert_eq!(st["config"]["state"], "applied", "{st}");
     Ok(())
 }
 

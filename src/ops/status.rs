@@ -301,7 +301,16 @@ pub fn offline_report(cfg: &crate::config::Config) -> Result<String, String> {
                 "not running",
                 Some(&sp),
             );
-            let v: serde_json::Value = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
+            let mut v: serde_json::Value = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
+            // The remote configuration state the gateway left behind, when it uses one.
+            if cfg.remote.is_some() {
+                let remote = crate::remote::state::StateDir::open(&cfg.gateway.state_dir)
+                    .and_then(|d| d.load());
+                v["config"] = match remote {
+                    Ok(st) => st.status_object(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+            }
             Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
         }
         Err(e) => {

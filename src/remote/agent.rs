@@ -583,28 +583,7 @@ impl Agent {
 
     /// The `config` object of the status document.
     pub fn status_object(&self) -> serde_json::Value {
-        let versions = serde_json::json!({
-            "fleet": self.state.fleet.applied,
-            "gateway": self.state.gateway.applied,
-        });
-        match &self.state.report {
-            Some(r) => serde_json::json!({
-                "version": r.version,
-                "layer": r.layer.as_str(),
-                "state": r.state,
-                "reason": r.reason,
-                "at": r.at,
-                "versions": versions,
-            }),
-            None => serde_json::json!({
-                "version": 0,
-                "layer": null,
-                "state": "local",
-                "reason": null,
-                "at": null,
-                "versions": versions,
-            }),
-        }
+        self.state.status_object()
     }
 
     /// The retained `{prefix}/{store}/{gateway}/config/state` payload: the status document's

@@ -88,6 +88,32 @@ pub struct Persisted {
 }
 
 impl Persisted {
+    /// The `config` object of the status document (docs/fleet.md, "Reporting").
+    pub fn status_object(&self) -> serde_json::Value {
+        let versions = serde_json::json!({
+            "fleet": self.fleet.applied,
+            "gateway": self.gateway.applied,
+        });
+        match &self.report {
+            Some(r) => serde_json::json!({
+                "version": r.version,
+                "layer": r.layer.as_str(),
+                "state": r.state,
+                "reason": r.reason,
+                "at": r.at,
+                "versions": versions,
+            }),
+            None => serde_json::json!({
+                "version": 0,
+                "layer": null,
+                "state": "local",
+                "reason": null,
+                "at": null,
+                "versions": versions,
+            }),
+        }
+    }
+
     /// The versions of a layer.
     pub fn layer(&self, l: Layer) -> &LayerVersions {
         match l {
