@@ -34,6 +34,9 @@ pub struct Sighting {
 /// Empty windows emitted at most in one stretch (a replay with a day-long gap stays short).
 const MAX_EMPTY_WINDOWS: i64 = 1440;
 
+/// Largest window maps (in entries) kept for the next window.
+const MAX_SPARE: usize = 4096;
+
 /// Buckets of the RSSI histogram: every `i8` value falls in one of the 10 dB buckets from
 /// -130 to 120.
 const HIST_BUCKETS: usize = BUCKET_LABELS.len();
@@ -105,6 +108,10 @@ pub struct Footfall {
     visit_ids: Option<Arc<DevicePseudonymizer>>,
     /// The serialized census of an empty window and the threshold it was made with.
     empty: Option<(i16, Vec<u8>)>,
+    /// The emptied maps of the last window, so the next one starts at the size its
+    /// predecessor needed instead of growing again (dropped with everything else by
+    /// [`Footfall::finish`]).
+    spare: Option<(U64Map<DevWindow>, U64Map<DevWindow>)>,
     /// Devices not tracked for visits because `max_tracked_devices` was reached.
     pub untracked: u64,
     /// `wifi.census` events produced.
@@ -140,6 +147,7 @@ impl Footfall {
             sessions: U64Map::default(),
             visit_ids: None,
             empty: None,
+            spare: None,
             untracked: 0,
             census_events: 0,
             visit_events: 0,
@@ -179,7 +187,14 @@ impl Footfall {
         self.advance(s.ts_ms, out);
         let in_store = self.in_store(s.rssi);
         let open = self.next_idx.unwrap_or(0);
-        let w = self.cur.get_or_insert_with(|| Window::new(open));
+        let spare = &mut self.spare;
+        let w = self.cur.get_or_insert_with(|| {
+            let mut w = Window::new(open);
+            if let Some((devices, estimated)) = spare.take() {
+                (w.devices, w.estimated) = (devices, estimated);
+            }
+            w
+        });
         // A sighting older than the open window (clock step, reordered capture) counts in it.
         w.probes += 1;
         w.directed += s.directed as u64;
@@ -280,6 +295,7 @@ impl Footfall {
         if let Some(w) = self.cur.take() {
             self.emit_census(w, out);
         }
+        self.spare = None;
         self.next_idx = None;
         let mut all: Vec<(u64, Session)> = self.sessions.drain().collect();
         all.sort_by_key(|(_, s)| s.last_seen);
@@ -296,6 +312,17 @@ impl Footfall {
         };
         out.push(event);
         self.census_events += 1;
+        let Window {
+            mut devices,
+            mut estimated,
+            ..
+        } = w;
+        // After a crowd, the memory goes back rather than staying reserved.
+        if (1..=MAX_SPARE).contains(&devices.capacity()) {
+            devices.clear();
+            estimated.clear();
+            self.spare = Some((devices, estimated));
+        }
     }
 
     /// The census of a window without probes. Only its start differs from one such window to

@@ -14,7 +14,6 @@ use crate::privacy::DevicePseudonymizer;
 use serde::Serialize;
 use siphasher::sip::SipHasher13;
 use std::collections::{HashMap, HashSet};
-use std::hash::Hasher;
 use std::sync::Arc;
 
 /// Strongest antenna signal taken as a measurement; above it the field counts as absent.
@@ -218,9 +217,7 @@ impl FrameStage {
             );
             return;
         };
-        let mut h = SipHasher13::new_with_key(&self.keys.addr);
-        h.write(&p.req.sa);
-        let addr = h.finish();
+        let addr = SipHasher13::new_with_key(&self.keys.addr).hash(&p.req.sa);
         let (track, placement) = self.estimator.observe(estimate::Probe {
             ts_ms,
             addr,
