@@ -196,6 +196,10 @@ impl Event {
 
 /// Appends the decimal digits of `v`, without going through `fmt` (hand-written bodies).
 pub fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    if v < 10 {
+        out.push(b'0' + v as u8);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

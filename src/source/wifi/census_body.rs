@@ -89,8 +89,14 @@ impl CensusBody {
             write_u64(out, v);
         }
         out.extend_from_slice(b",\"randomized_share\":");
-        // The one float: serde_json's own formatting, so the digits are the same.
-        if serde_json::to_writer(&mut *out, &self.randomized_share).is_err() {
+        // The one float: serde_json's own formatting, so the digits are the same. Its two
+        // most common values (nobody randomized, everybody randomized) are spelled out.
+        let share = self.randomized_share.to_bits();
+        if share == 0f64.to_bits() {
+            out.extend_from_slice(b"0.0");
+        } else if share == 1f64.to_bits() {
+            out.extend_from_slice(b"1.0");
+        } else if serde_json::to_writer(&mut *out, &self.randomized_share).is_err() {
             out.extend_from_slice(b"null");
         }
         for (key, v) in [
@@ -197,9 +203,10 @@ mod tests {
             c.devices_estimated = big();
             c.in_store_estimated = big();
             c.passer_by_estimated = big();
-            c.randomized_share = match rng.u8(0..3) {
+            c.randomized_share = match rng.u8(0..4) {
                 0 => 0.0,
                 1 => 1.0,
+                2 => -0.0,
                 _ => (rng.u32(0..1000) as f64 / rng.u32(1..1000) as f64 * 1000.0).round() / 1000.0,
             };
             c.suppressed = rng.bool();

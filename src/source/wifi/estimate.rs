@@ -284,8 +284,26 @@ impl Estimator {
 
     /// Places one probe; returns its track id (None when untracked) and how it was placed.
     pub fn observe(&mut self, p: Probe) -> (Option<u64>, Placement) {
-        self.sweep(p.ts_ms);
-        if let Some(&id) = self.by_addr.get(&p.addr) {
+        self.observe_with(p, || p.fingerprint)
+    }
+
+    /// [`Estimator::observe`] for a probe whose `fingerprint` is computed by `fingerprint`
+    /// only when needed: for an address no track held before this probe. The address is
+    /// looked up once (again only when the probe's sweep dropped tracks).
+    pub fn observe_with(
+        &mut self,
+        mut p: Probe,
+        fingerprint: impl FnOnce() -> u64,
+    ) -> (Option<u64>, Placement) {
+        let held = self.by_addr.get(&p.addr).copied();
+        if held.is_none() {
+            p.fingerprint = fingerprint();
+        }
+        let held = match self.sweep(p.ts_ms) {
+            true => self.by_addr.get(&p.addr).copied(),
+            false => held,
+        };
+        if let Some(id) = held {
             return self.known(id, p);
         }
         if p.randomized && self.set.link {
@@ -425,11 +443,14 @@ impl Estimator {
         Some(id)
     }
 
-    /// Drops tracks silent longer than `expire_ms`, at most once a second of event time.
-    fn sweep(&mut self, now_ms: i64) {
-        if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
+    /// Drops tracks silent longer than `expire_ms`, at most once a second of event time; true
+    /// when it looked.
+    fn sweep(&mut self, now_ms: i64) -> bool {
+        let due = now_ms.saturating_sub(self.last_sweep_ms) >= 1000;
+        if due {
             self.sweep_now(now_ms);
         }
+        due
     }
 
     fn sweep_now(&mut self, now_ms: i64) {

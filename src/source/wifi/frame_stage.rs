@@ -218,18 +218,18 @@ impl FrameStage {
             return;
         };
         let addr = SipHasher13::new_with_key(&self.keys.addr).hash(&p.req.sa);
-        let (track, placement) = self.estimator.observe(estimate::Probe {
+        let key = &self.keys.fingerprint;
+        let probe = estimate::Probe {
             ts_ms,
             addr,
             randomized,
-            // Only a new address needs its fingerprint.
-            fingerprint: if self.estimator.knows(addr) {
-                0
-            } else {
-                estimate::fingerprint(&self.keys.fingerprint, p.req.elements())
-            },
+            fingerprint: 0,
             seq: p.req.seq,
-        });
+        };
+        // Only a new address needs its fingerprint.
+        let (track, placement) = self
+            .estimator
+            .observe_with(probe, || estimate::fingerprint(key, p.req.elements()));
         // An untracked probe (track cap reached) counts as its own device.
         let track = track.unwrap_or(addr | 1 << 63);
         if let Some(t) = &mut self.totals {
