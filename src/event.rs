@@ -178,6 +178,22 @@ impl Event {
         }
     }
 
+    /// An event whose body is already serialized: `body` must be one JSON object without
+    /// `id`, `kind` and `ts` (a copy of a body [`Event::new`] made, with a field rewritten in
+    /// place). Anything that is not `{...}` becomes an empty body, as in [`Event::new`].
+    pub fn from_object(kind: EventKind, ts_ms: i64, mut body: Vec<u8>) -> Event {
+        if body.first() != Some(&b'{') || body.last() != Some(&b'}') {
+            body.clear();
+            body.extend_from_slice(b"{}");
+        }
+        Event { kind, ts_ms, body }
+    }
+
+    /// The serialized body, a JSON object.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+
     /// Builds an event from a JSON value (tools and tests); `id`, `kind` and `ts` are removed,
     /// anything that is not an object becomes an empty body.
     pub fn from_value(kind: EventKind, ts_ms: i64, body: serde_json::Value) -> Event {
@@ -232,8 +248,12 @@ impl Event {
     }
 }
 
-/// Decimal digits of `v`, without going through `fmt`.
-fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+/// Appends the decimal digits of `v`, without going through `fmt` (hand-written bodies).
+pub fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    if v < 10 {
+        out.push(b'0' + v as u8);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

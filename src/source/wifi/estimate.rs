@@ -18,7 +18,7 @@
 
 use super::dot11::Elements;
 use siphasher::sip::SipHasher13;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Hasher for maps keyed by values that are already keyed hashes (addresses, fingerprints) or
@@ -171,7 +171,53 @@ struct Track {
     prev_addr: u64,
     prev_last_ms: i64,
     /// The most recent addresses (at most [`ADDRS_PER_TRACK`]); older ones are forgotten.
-    addrs: VecDeque<u64>,
+    addrs: RecentAddrs,
+}
+
+/// The last [`ADDRS_PER_TRACK`] addresses of a track, oldest first, inside the track itself:
+/// a new device costs no allocation of its own.
+#[derive(Clone, Copy)]
+struct RecentAddrs {
+    addrs: [u64; ADDRS_PER_TRACK],
+    len: usize,
+}
+
+impl RecentAddrs {
+    fn one(addr: u64) -> RecentAddrs {
+        let mut addrs = [0; ADDRS_PER_TRACK];
+        addrs[0] = addr;
+        RecentAddrs { addrs, len: 1 }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        self.addrs.get(..self.len).unwrap_or(&self.addrs)
+    }
+
+    /// Appends `addr`; returns the oldest address when it had to make room.
+    fn push(&mut self, addr: u64) -> Option<u64> {
+        if let Some(slot) = self.addrs.get_mut(self.len) {
+            *slot = addr;
+            self.len += 1;
+            return None;
+        }
+        let oldest = self.addrs[0];
+        self.addrs.copy_within(1.., 0);
+        self.addrs[ADDRS_PER_TRACK - 1] = addr;
+        Some(oldest)
+    }
+
+    /// Forgets `addr`, keeping the order of the others.
+    fn remove(&mut self, addr: u64) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let a = self.addrs[i];
+            if a != addr {
+                self.addrs[kept] = a;
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
 }
 
 /// Addresses remembered per track. Randomizing phones never go back to an old address, so a
@@ -238,8 +284,26 @@ impl Estimator {
 
     /// Places one probe; returns its track id (None when untracked) and how it was placed.
     pub fn observe(&mut self, p: Probe) -> (Option<u64>, Placement) {
-        self.sweep(p.ts_ms);
-        if let Some(&id) = self.by_addr.get(&p.addr) {
+        self.observe_with(p, || p.fingerprint)
+    }
+
+    /// [`Estimator::observe`] for a probe whose `fingerprint` is computed by `fingerprint`
+    /// only when needed: for an address no track held before this probe. The address is
+    /// looked up once (again only when the probe's sweep dropped tracks).
+    pub fn observe_with(
+        &mut self,
+        mut p: Probe,
+        fingerprint: impl FnOnce() -> u64,
+    ) -> (Option<u64>, Placement) {
+        let held = self.by_addr.get(&p.addr).copied();
+        if held.is_none() {
+            p.fingerprint = fingerprint();
+        }
+        let held = match self.sweep(p.ts_ms) {
+            true => self.by_addr.get(&p.addr).copied(),
+            false => held,
+        };
+        if let Some(id) = held {
             return self.known(id, p);
         }
         if p.randomized && self.set.link {
@@ -253,11 +317,8 @@ impl Estimator {
                     t.cur_first_ms = p.ts_ms;
                     t.cur_last_ms = p.ts_ms;
                     t.cur_linked = true;
-                    t.addrs.push_back(p.addr);
-                    if t.addrs.len() > ADDRS_PER_TRACK {
-                        if let Some(old) = t.addrs.pop_front() {
-                            self.by_addr.remove(&old);
-                        }
+                    if let Some(old) = t.addrs.push(p.addr) {
+                        self.by_addr.remove(&old);
                     }
                     self.by_addr.insert(p.addr, id);
                     return (Some(id), Placement::Linked);
@@ -301,7 +362,7 @@ impl Estimator {
         let moved = t.cur_addr;
         let moved_seq = t.last_seq;
         let since = t.cur_first_ms;
-        t.addrs.retain(|a| *a != moved);
+        t.addrs.remove(moved);
         t.cur_addr = p.addr;
         t.cur_first_ms = p.ts_ms;
         t.cur_last_ms = p.ts_ms;
@@ -369,7 +430,7 @@ impl Estimator {
                 cur_linked: false,
                 prev_addr: 0,
                 prev_last_ms: i64::MIN,
-                addrs: VecDeque::from([p.addr]),
+                addrs: RecentAddrs::one(p.addr),
             },
         );
         self.by_addr.insert(p.addr, id);
@@ -382,11 +443,14 @@ impl Estimator {
         Some(id)
     }
 
-    /// Drops tracks silent longer than `expire_ms`, at most once a second of event time.
-    fn sweep(&mut self, now_ms: i64) {
-        if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
+    /// Drops tracks silent longer than `expire_ms`, at most once a second of event time; true
+    /// when it looked.
+    fn sweep(&mut self, now_ms: i64) -> bool {
+        let due = now_ms.saturating_sub(self.last_sweep_ms) >= 1000;
+        if due {
             self.sweep_now(now_ms);
         }
+        due
     }
 
     fn sweep_now(&mut self, now_ms: i64) {
@@ -400,7 +464,7 @@ impl Estimator {
             .collect();
         for id in gone {
             if let Some(t) = self.tracks.remove(&id) {
-                for a in &t.addrs {
+                for a in t.addrs.as_slice() {
                     self.by_addr.remove(a);
                 }
                 if let Some(v) = self.by_fingerprint.get_mut(&t.fingerprint) {
@@ -531,6 +595,22 @@ mod tests {
         }
         assert_eq!(e.len(), 1);
         assert_eq!(e.by_addr.len(), ADDRS_PER_TRACK);
+    }
+
+    #[test]
+    fn recent_addresses_keep_their_order() {
+        let mut r = RecentAddrs::one(1);
+        for a in 2..=ADDRS_PER_TRACK as u64 {
+            assert_eq!(r.push(a), None);
+        }
+        assert_eq!(r.push(100), Some(1));
+        assert_eq!(r.push(101), Some(2));
+        r.remove(5);
+        r.remove(42);
+        assert_eq!(r.as_slice(), [3, 4, 6, 7, 8, 100, 101]);
+        assert_eq!(r.push(102), None);
+        assert_eq!(r.push(103), Some(3));
+        assert_eq!(r.as_slice(), [4, 6, 7, 8, 100, 101, 102, 103]);
     }
 
     #[test]

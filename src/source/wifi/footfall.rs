@@ -6,12 +6,12 @@
 //! `device` is a pseudonym of the track's number under the rotating key: random per track,
 //! never derived from an address or a fingerprint.
 
+use super::census_body::{CensusBody, BUCKET_LABELS};
 use super::config::WifiConfig;
 use super::estimate::U64Map;
-use crate::event::{rfc3339_ms, Event, EventKind};
+use crate::event::{rfc3339_ms, write_rfc3339_ms, Event, EventKind};
 use crate::privacy::{suppress, DevicePseudonymizer};
-use crate::sensor_events::{WifiCensus, WifiVisit};
-use std::collections::BTreeMap;
+use crate::sensor_events::WifiVisit;
 use std::sync::Arc;
 
 /// One accepted probe request after the privacy stage.
@@ -34,6 +34,23 @@ pub struct Sighting {
 /// Empty windows emitted at most in one stretch (a replay with a day-long gap stays short).
 const MAX_EMPTY_WINDOWS: i64 = 1440;
 
+/// Largest window maps (in entries) kept for the next window.
+const MAX_SPARE: usize = 4096;
+
+/// Buckets of the RSSI histogram: every `i8` value falls in one of the 10 dB buckets from
+/// -130 to 120.
+const HIST_BUCKETS: usize = BUCKET_LABELS.len();
+/// Lower bound of the first histogram bucket.
+const HIST_LOWEST: i16 = -130;
+
+/// Kind of the per-window events.
+const CENSUS: EventKind = EventKind::WifiCensus;
+
+/// Where the window start sits in a serialized census body (its first field).
+const START_AT: usize = br#"{"window_start":""#.len();
+/// Length of an RFC 3339 window start with a four-digit year.
+const START_LEN: usize = "2026-01-01T00:00:00.000Z".len();
+
 #[derive(Default)]
 struct DevWindow {
     randomized: bool,
@@ -46,7 +63,8 @@ struct Window {
     directed: u64,
     devices: U64Map<DevWindow>,
     estimated: U64Map<DevWindow>,
-    hist: BTreeMap<i16, u64>,
+    /// Probes per 10 dB bucket ([`hist_index`]): a fixed array, no lookup per probe.
+    hist: [u64; HIST_BUCKETS],
     no_rssi: u64,
 }
 
@@ -58,7 +76,7 @@ impl Window {
             directed: 0,
             devices: U64Map::default(),
             estimated: U64Map::default(),
-            hist: BTreeMap::new(),
+            hist: [0; HIST_BUCKETS],
             no_rssi: 0,
         }
     }
@@ -88,6 +106,12 @@ pub struct Footfall {
     cur: Option<Window>,
     sessions: U64Map<Session>,
     visit_ids: Option<Arc<DevicePseudonymizer>>,
+    /// The serialized census of an empty window and the threshold it was made with.
+    empty: Option<(i16, Vec<u8>)>,
+    /// The emptied maps of the last window, so the next one starts at the size its
+    /// predecessor needed instead of growing again (dropped with everything else by
+    /// [`Footfall::finish`]).
+    spare: Option<(U64Map<DevWindow>, U64Map<DevWindow>)>,
     /// Devices not tracked for visits because `max_tracked_devices` was reached.
     pub untracked: u64,
     /// `wifi.census` events produced.
@@ -99,6 +123,11 @@ pub struct Footfall {
 /// 10 dB histogram bucket: lower bound (`-67` → `-70`).
 fn bucket(rssi: i8) -> i16 {
     (rssi as i16).div_euclid(10) * 10
+}
+
+/// Index of the histogram bucket of `rssi` in [`Window::hist`].
+fn hist_index(rssi: i8) -> usize {
+    ((bucket(rssi) - HIST_LOWEST) / 10) as usize
 }
 
 impl Footfall {
@@ -117,6 +146,8 @@ impl Footfall {
             cur: None,
             sessions: U64Map::default(),
             visit_ids: None,
+            empty: None,
+            spare: None,
             untracked: 0,
             census_events: 0,
             visit_events: 0,
@@ -156,12 +187,23 @@ impl Footfall {
         self.advance(s.ts_ms, out);
         let in_store = self.in_store(s.rssi);
         let open = self.next_idx.unwrap_or(0);
-        let w = self.cur.get_or_insert_with(|| Window::new(open));
+        let spare = &mut self.spare;
+        let w = self.cur.get_or_insert_with(|| {
+            let mut w = Window::new(open);
+            if let Some((devices, estimated)) = spare.take() {
+                (w.devices, w.estimated) = (devices, estimated);
+            }
+            w
+        });
         // A sighting older than the open window (clock step, reordered capture) counts in it.
         w.probes += 1;
         w.directed += s.directed as u64;
         match s.rssi {
-            Some(r) => *w.hist.entry(bucket(r)).or_default() += 1,
+            Some(r) => {
+                if let Some(n) = w.hist.get_mut(hist_index(r)) {
+                    *n += 1;
+                }
+            }
             None => w.no_rssi += 1,
         }
         for d in [
@@ -253,6 +295,7 @@ impl Footfall {
         if let Some(w) = self.cur.take() {
             self.emit_census(w, out);
         }
+        self.spare = None;
         self.next_idx = None;
         let mut all: Vec<(u64, Session)> = self.sessions.drain().collect();
         all.sort_by_key(|(_, s)| s.last_seen);
@@ -263,6 +306,55 @@ impl Footfall {
     }
 
     fn emit_census(&mut self, w: Window, out: &mut Vec<Event>) {
+        let event = match w.probes {
+            0 => self.empty_census(w.idx),
+            _ => self.census(&w),
+        };
+        out.push(event);
+        self.census_events += 1;
+        let Window {
+            mut devices,
+            mut estimated,
+            ..
+        } = w;
+        // After a crowd, the memory goes back rather than staying reserved.
+        if (1..=MAX_SPARE).contains(&devices.capacity()) {
+            devices.clear();
+            estimated.clear();
+            self.spare = Some((devices, estimated));
+        }
+    }
+
+    /// The census of a window without probes. Only its start differs from one such window to
+    /// the next, so the body is serialized once per threshold and the start written into a
+    /// copy: a replay across a gap, or a restart after one, emits up to [`MAX_EMPTY_WINDOWS`]
+    /// of them in a row.
+    fn empty_census(&mut self, idx: i64) -> Event {
+        let start = idx * self.window_ms;
+        if let Some((threshold, template)) = &self.empty {
+            if *threshold == self.threshold {
+                let mut body = Vec::with_capacity(template.len());
+                body.extend_from_slice(&template[..START_AT]);
+                write_rfc3339_ms(&mut body, start);
+                if body.len() == START_AT + START_LEN {
+                    body.extend_from_slice(&template[START_AT + START_LEN..]);
+                    return Event::from_object(CENSUS, start + self.window_ms, body);
+                }
+            }
+        }
+        let event = self.census(&Window::new(idx));
+        // Kept as a template only when the start is where the copies will write theirs.
+        let stamp = rfc3339_ms(start);
+        if stamp.len() == START_LEN
+            && event.body_bytes().get(START_AT..START_AT + START_LEN) == Some(stamp.as_bytes())
+        {
+            self.empty = Some((self.threshold, event.body_bytes().to_vec()));
+        }
+        event
+    }
+
+    /// The census of window `w`, serialized in full.
+    fn census(&self, w: &Window) -> Event {
         let k = self.min_count;
         let devices = w.devices.len() as u64;
         let randomized = w.devices.values().filter(|d| d.randomized).count() as u64;
@@ -305,46 +397,40 @@ impl Footfall {
         let passer_raw = devices.saturating_sub(in_store);
         let (in_store, s3) = sup(in_store);
         let (passer_by, s4) = sup(passer_raw);
-        let mut suppressed = s0 || s1 || s2 || s3 || s4 || s5 || s6 || s7 || s8 || s9;
-        let mut hist = BTreeMap::new();
-        for (b, n) in w
+        let mut body = CensusBody::new(
+            w.idx * self.window_ms,
+            (self.window_ms / 1000) as u32,
+            self.threshold,
+        );
+        body.suppressed = s0 || s1 || s2 || s3 || s4 || s5 || s6 || s7 || s8 || s9;
+        let buckets = w
             .hist
             .iter()
-            .map(|(b, n)| (b.to_string(), *n))
-            .chain((w.no_rssi > 0).then(|| ("none".to_string(), w.no_rssi)))
-        {
+            .zip(BUCKET_LABELS)
+            .filter(|(n, _)| **n > 0)
+            .map(|(n, label)| (label, *n));
+        for (label, n) in buckets.chain((w.no_rssi > 0).then_some(("none", w.no_rssi))) {
             let (n, s) = sup(n);
-            suppressed |= s;
-            hist.insert(b, n);
+            body.suppressed |= s;
+            body.push_histogram(label, n);
         }
-        let start = w.idx * self.window_ms;
-        let share = if devices_s > 0 {
-            (randomized as f64 / devices_s as f64 * 1000.0).round() / 1000.0
+        body.randomized_share = if devices_s > 0 {
+            ((randomized as f64 / devices_s as f64 * 1000.0).round() / 1000.0).min(1.0)
         } else {
             0.0
         };
-        out.push(Event::new(
-            EventKind::WifiCensus,
-            start + self.window_ms,
-            &WifiCensus {
-                window_start: rfc3339_ms(start),
-                window_s: (self.window_ms / 1000) as u32,
-                probe_requests: probes,
-                directed_probes: directed,
-                devices: devices_s,
-                randomized,
-                randomized_share: share.min(1.0),
-                in_store,
-                passer_by,
-                devices_estimated: est_s,
-                in_store_estimated: est_in_s,
-                passer_by_estimated: est_pass_s,
-                rssi_threshold_dbm: self.threshold,
-                rssi_histogram: hist,
-                suppressed,
-            },
-        ));
-        self.census_events += 1;
+        body.probe_requests = probes;
+        body.directed_probes = directed;
+        body.devices = devices_s;
+        body.randomized = randomized;
+        body.in_store = in_store;
+        body.passer_by = passer_by;
+        body.devices_estimated = est_s;
+        body.in_store_estimated = est_in_s;
+        body.passer_by_estimated = est_pass_s;
+        let mut out = Vec::with_capacity(512);
+        body.write(&mut out);
+        Event::from_object(CENSUS, (w.idx + 1) * self.window_ms, out)
     }
 
     fn emit_visit(&mut self, track: u64, s: Session, out: &mut Vec<Event>) {
@@ -450,6 +536,27 @@ mod tests {
         f.observe(s(t0 + 185_000, "a", Some(-50), 1), &mut out);
         assert_eq!(out.len(), 3);
         assert_eq!(out[2].body()["devices"], 0);
+    }
+
+    #[test]
+    fn an_empty_window_is_the_full_census_of_nothing() {
+        let mut f = Footfall::new(&cfg(false), 3);
+        let year_10000 = 253_402_300_800_000 / 60_000;
+        for (idx, threshold) in [
+            (28_333_334, -70),
+            (28_333_335, -70),
+            (0, -70),
+            (28_333_336, -55),
+            (-5, -55),
+            (year_10000, -55),
+            (year_10000 - 1, -55),
+            (28_333_337, -70),
+        ] {
+            f.threshold = threshold;
+            let e = f.empty_census(idx);
+            assert_eq!(e, f.census(&Window::new(idx)), "window {idx}");
+            assert_eq!(e.body()["rssi_threshold_dbm"], threshold);
+        }
     }
 
     #[test]

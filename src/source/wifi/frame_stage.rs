@@ -14,7 +14,6 @@ use crate::privacy::DevicePseudonymizer;
 use serde::Serialize;
 use siphasher::sip::SipHasher13;
 use std::collections::{HashMap, HashSet};
-use std::hash::Hasher;
 use std::sync::Arc;
 
 /// Strongest antenna signal taken as a measurement; above it the field counts as absent.
@@ -225,21 +224,19 @@ impl FrameStage {
             );
             return;
         };
-        let mut h = SipHasher13::new_with_key(&self.keys.addr);
-        h.write(&p.req.sa);
-        let addr = h.finish();
-        let (track, placement) = self.estimator.observe(estimate::Probe {
+        let addr = SipHasher13::new_with_key(&self.keys.addr).hash(&p.req.sa);
+        let key = &self.keys.fingerprint;
+        let probe = estimate::Probe {
             ts_ms,
             addr,
             randomized,
-            // Only a new address needs its fingerprint.
-            fingerprint: if self.estimator.knows(addr) {
-                0
-            } else {
-                estimate::fingerprint(&self.keys.fingerprint, p.req.elements())
-            },
+            fingerprint: 0,
             seq: p.req.seq,
-        });
+        };
+        // Only a new address needs its fingerprint.
+        let (track, placement) = self
+            .estimator
+            .observe_with(probe, || estimate::fingerprint(key, p.req.elements()));
         // An untracked probe (track cap reached) counts as its own device.
         let track = track.unwrap_or(addr | 1 << 63);
         if let Some(t) = &mut self.totals {

@@ -2,6 +2,7 @@
 //! monitor-mode interface or replay of pcap/pcapng files, both through one [`pipeline`].
 
 pub mod capture;
+mod census_body;
 pub mod config;
 pub mod dot11;
 pub mod estimate;
