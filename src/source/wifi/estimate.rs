@@ -288,17 +288,14 @@ impl Estimator {
     }
 
     /// [`Estimator::observe`] for a probe whose `fingerprint` is computed by `fingerprint`
-    /// only when needed: for an address no track held before this probe. The address is
-    /// looked up once (again only when the probe's sweep dropped tracks).
+    /// only when needed: for an address no live track holds. The address is looked up once
+    /// (again only when the probe's sweep dropped tracks).
     pub fn observe_with(
         &mut self,
         mut p: Probe,
         fingerprint: impl FnOnce() -> u64,
     ) -> (Option<u64>, Placement) {
         let held = self.by_addr.get(&p.addr).copied();
-        if held.is_none() {
-            p.fingerprint = fingerprint();
-        }
         let held = match self.sweep(p.ts_ms) {
             true => self.by_addr.get(&p.addr).copied(),
             false => held,
@@ -306,6 +303,9 @@ impl Estimator {
         if let Some(id) = held {
             return self.known(id, p);
         }
+        // After the sweep: an address whose track this very probe's sweep expired needs its
+        // fingerprint as much as a never-seen one.
+        p.fingerprint = fingerprint();
         if p.randomized && self.set.link {
             if let Some(id) = self.candidate(&p) {
                 if let Some(t) = self.tracks.get_mut(&id) {
@@ -535,6 +535,35 @@ mod tests {
         });
         assert_eq!(pl, Placement::New);
         assert_ne!(d, c);
+    }
+
+    /// An address back after `expire_ms` of silence has its old track dropped by the sweep its
+    /// own probe runs: the new track must carry the probe's real fingerprint, or the phone's
+    /// next random address could not link to it.
+    #[test]
+    fn a_track_expired_by_its_own_probe_is_recreated_with_its_fingerprint() {
+        let mut e = est();
+        let fp_calls = std::cell::Cell::new(0);
+        let (a, _) = e.observe(p(0, 1, 7, 100));
+        let (b, pl) = e.observe_with(p(400_000, 1, 0, 101), || {
+            fp_calls.set(fp_calls.get() + 1);
+            7
+        });
+        assert_eq!(pl, Placement::New);
+        assert_ne!(a, b);
+        assert_eq!(
+            fp_calls.get(),
+            1,
+            "the fingerprint is computed for the new track"
+        );
+        let (c, pl) = e.observe(p(400_050, 2, 7, 102));
+        assert_eq!((c, pl), (b, Placement::Linked));
+        // A known, live address does not pay for a fingerprint.
+        e.observe_with(p(400_100, 2, 0, 103), || {
+            fp_calls.set(fp_calls.get() + 1);
+            7
+        });
+        assert_eq!(fp_calls.get(), 1);
     }
 
     #[test]
