@@ -166,6 +166,9 @@ impl Agent {
                 local
             }
         };
+        // The topics follow the configuration the uplink runs with: a document may move the
+        // gateway to another `mqtt.topic_prefix`, and then listens and answers there.
+        agent.prefix = cfg.mqtt.topic_prefix.clone();
         agent.dir.write_effective(&agent.running_text)?;
         agent.save()?;
         Ok((cfg, Some(agent)))
@@ -750,6 +753,38 @@ mod tests {
         let s = agent.ok_or("no agent")?.status_object();
         assert_eq!(s["state"], "rolled_back");
         assert_eq!(s["versions"]["gateway"], 1);
+        Ok(())
+    }
+
+    #[test]
+    fn the_topics_follow_a_remotely_changed_prefix() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let sd = StateDir::open(&tmp.path().join("state"))?;
+        sd.install(
+            Layer::Gateway,
+            &document::sign(
+                b"version = 3\n[mqtt]\ntopic_prefix = \"retail/v2\"\n",
+                &key(),
+            )?,
+        )?;
+        let mut st = sd.load()?;
+        st.gateway.applied = 3;
+        st.gateway.floor = 3;
+        st.pending = None;
+        sd.save(&st)?;
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        let agent = agent.ok_or("no agent")?;
+        assert_eq!(cfg.mqtt.topic_prefix, "retail/v2");
+        assert!(agent
+            .subscriptions()
+            .contains(&"retail/v2/s1/g1/config".to_string()));
+        assert_eq!(agent.state_topic(), "retail/v2/s1/g1/config/state");
+        assert_eq!(
+            agent.inbox("retail/v2/_fleet/config"),
+            Some(Inbox::Config(Layer::Fleet))
+        );
+        assert_eq!(agent.inbox("storegw/v1/s1/g1/cmd"), None);
         Ok(())
     }
 
