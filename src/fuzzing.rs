@@ -231,6 +231,7 @@ pub fn remote_document(data: &[u8]) {
         last_version: 1,
         local: &local,
         base: None,
+        targets: &[],
     };
     let _ = document::verify(data, &cx);
     // The same bytes as an overlay, signed: exercises everything after the signature check.

@@ -20,8 +20,18 @@ fn signing_key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[42u8; 32])
 }
 
+/// Signs an overlay for this gateway's own topic.
 fn sign(overlay: &str) -> Result<Vec<u8>, String> {
-    document::sign(overlay.as_bytes(), &signing_key())
+    sign_for("s042/gw1", overlay)
+}
+
+/// Signs an overlay for `target` (`_fleet` or `<store>/<gateway>`), placed after `version`.
+fn sign_for(target: &str, overlay: &str) -> Result<Vec<u8>, String> {
+    let text = match overlay.split_once('\n') {
+        Some((first, rest)) => format!("{first}\ntarget = \"{target}\"\n{rest}"),
+        None => format!("{overlay}\ntarget = \"{target}\"\n"),
+    };
+    document::sign(text.as_bytes(), &signing_key())
 }
 
 /// The central side: publishes documents and commands, records everything the gateway says.
@@ -294,6 +304,14 @@ async fn live_and_restart_changes_and_every_rejection() -> TestResult {
             "invalid: sources.sim.rate",
         ),
         (b"version = 6\n".to_vec(), "malformed"),
+        (
+            sign_for("s042/gw2", "version = 8\n[sources.sim]\nrate = 1.0\n")?,
+            "wrong_target: s042/gw2",
+        ),
+        (
+            sign_for("_fleet", "version = 8\n[sources.sim]\nrate = 1.0\n")?,
+            "wrong_target: _fleet",
+        ),
     ];
     for (doc, reason) in cases {
         let before = central.on("config/state").len();
@@ -430,7 +448,10 @@ async fn the_gateway_document_overrides_the_fleet_document() -> TestResult {
     central
         .publish(
             FLEET,
-            sign("version = 10\n[sources.sim]\nrate = 7.0\n[log]\nlevel = \"debug\"\n")?,
+            sign_for(
+                "_fleet",
+                "version = 10\n[sources.sim]\nrate = 7.0\n[log]\nlevel = \"debug\"\n",
+            )?,
             true,
         )
         .await?;
@@ -455,7 +476,10 @@ async fn the_gateway_document_overrides_the_fleet_document() -> TestResult {
     central
         .publish(
             FLEET,
-            sign("version = 11\n[sources.sim]\nrate = 9.0\n[log]\nlevel = \"info\"\n")?,
+            sign_for(
+                "_fleet",
+                "version = 11\n[sources.sim]\nrate = 9.0\n[log]\nlevel = \"info\"\n",
+            )?,
             true,
         )
         .await?;

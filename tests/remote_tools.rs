@@ -79,7 +79,7 @@ fn keygen_sign_verify() -> TestResult {
     let o = sign(
         dir,
         "change.toml",
-        "version = 3\n[log]\nlevel = \"debug\"\n",
+        "version = 3\ntarget = \"s042/gw1\"\n[log]\nlevel = \"debug\"\n",
     )?;
     assert!(o.status.success(), "{}", text(&o));
     let o = verify(dir, "change.toml.signed")?;
@@ -123,7 +123,7 @@ fn keygen_sign_verify() -> TestResult {
     let o = sign(
         dir,
         "old.toml",
-        "version = 4\nnot_after = 2020-01-01T00:00:00Z\n[log]\nlevel = \"warn\"\n",
+        "version = 4\ntarget = \"s042/gw1\"\nnot_after = 2020-01-01T00:00:00Z\n[log]\nlevel = \"warn\"\n",
     )?;
     assert!(o.status.success(), "{}", text(&o));
     let o = verify(dir, "old.toml.signed")?;
@@ -134,7 +134,7 @@ fn keygen_sign_verify() -> TestResult {
     let o = sign(
         dir,
         "pw.toml",
-        "version = 5\n[mqtt]\npassword_file = \"/tmp/pw\"\n",
+        "version = 5\ntarget = \"s042/gw1\"\n[mqtt]\npassword_file = \"/tmp/pw\"\n",
     )?;
     assert!(o.status.success(), "{}", text(&o));
     let o = verify(dir, "pw.toml.signed")?;
@@ -145,7 +145,11 @@ fn keygen_sign_verify() -> TestResult {
     );
 
     // A value check-config refuses.
-    let o = sign(dir, "bad.toml", "version = 6\n[log]\nlevel = \"loud\"\n")?;
+    let o = sign(
+        dir,
+        "bad.toml",
+        "version = 6\ntarget = \"s042/gw1\"\n[log]\nlevel = \"loud\"\n",
+    )?;
     assert!(o.status.success(), "{}", text(&o));
     let o = verify(dir, "bad.toml.signed")?;
     assert!(
@@ -158,7 +162,11 @@ fn keygen_sign_verify() -> TestResult {
     let o = sign(dir, "nover.toml", "[log]\nlevel = \"debug\"\n")?;
     assert!(!o.status.success());
     assert!(text(&o).contains("version"), "{}", text(&o));
-    let o = sign(dir, "broken.toml", "version = 7\n[log\n")?;
+    let o = sign(
+        dir,
+        "broken.toml",
+        "version = 7\ntarget = \"s042/gw1\"\n[log\n",
+    )?;
     assert!(!o.status.success());
     Ok(())
 }
@@ -195,7 +203,7 @@ async fn push_publishes_retained_on_config_topics() -> TestResult {
     let o = sign(
         dir,
         "change.toml",
-        "version = 3\n[log]\nlevel = \"debug\"\n",
+        "version = 3\ntarget = \"s042/gw1\"\n[log]\nlevel = \"debug\"\n",
     )?;
     assert!(o.status.success(), "{}", text(&o));
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
@@ -219,19 +227,26 @@ async fn push_publishes_retained_on_config_topics() -> TestResult {
         "{}",
         text(&o)
     );
-    let o = storegw(
-        &[
-            "push",
-            "change.toml.signed",
-            "--broker",
-            &url,
-            "--store",
-            "s042",
-            "--prefix",
-            "acme/v1",
-        ],
+    // A document signed for one gateway is not pushed to the fleet topic (gateways would
+    // refuse it there); one signed for the fleet is.
+    let to_fleet = |file: &str| {
+        storegw(
+            &[
+                "push", file, "--broker", &url, "--store", "s042", "--prefix", "acme/v1",
+            ],
+            dir,
+        )
+    };
+    let o = to_fleet("change.toml.signed")?;
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("target `s042/gw1`"), "{}", text(&o));
+    let o = sign(
         dir,
+        "fleet.toml",
+        "version = 3\ntarget = \"_fleet\"\n[log]\nlevel = \"debug\"\n",
     )?;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = to_fleet("fleet.toml.signed")?;
     assert!(o.status.success(), "{}", text(&o));
 
     // An unsigned file is not pushed.
@@ -252,6 +267,7 @@ async fn push_publishes_retained_on_config_topics() -> TestResult {
 
     // A subscriber arriving afterwards gets both, retained, byte for byte.
     let signed = std::fs::read(dir.join("change.toml.signed"))?;
+    let fleet = std::fs::read(dir.join("fleet.toml.signed"))?;
     let got = retained(broker.port, "#", Duration::from_secs(2)).await;
     let mut topics: Vec<&str> = got.iter().map(|(t, _, _)| t.as_str()).collect();
     topics.sort();
@@ -261,7 +277,12 @@ async fn push_publishes_retained_on_config_topics() -> TestResult {
     );
     for (t, payload, retain) in &got {
         assert!(*retain, "{t} not retained");
-        assert_eq!(payload, &signed, "{t} payload differs");
+        let want = if t.contains("_fleet") {
+            &fleet
+        } else {
+            &signed
+        };
+        assert_eq!(payload, want, "{t} payload differs");
     }
     Ok(())
 }

@@ -260,7 +260,7 @@ pub async fn config_rollout(bin: &Path, dir: &Path, n: usize) -> Result<Vec<Row>
     let connected = reporting.lock().map(|r| *r).unwrap_or(0);
     // The document: a live setting (the simulator's rate), signed once for the whole fleet.
     let signed = document::sign(
-        format!("version = {version}\n[sources.sim]\nrate = 2.0\n").as_bytes(),
+        format!("version = {version}\ntarget = \"_fleet\"\n[sources.sim]\nrate = 2.0\n").as_bytes(),
         &key,
     )?;
     let mut o = MqttOptions::new("fleet-config-signer", "127.0.0.1", port);

@@ -235,6 +235,9 @@ impl Agent {
             return Ok(None);
         };
         let d = document::verify_signature(&doc, &self.keys).map_err(|r| r.reason())?;
+        if d.target != self.target(l) {
+            return Err(Rejection::WrongTarget(d.target).reason());
+        }
         if let Some(k) = document::forbidden_keys(&d.overlay).into_iter().next() {
             return Err(Rejection::ForbiddenKey(k).reason());
         }
@@ -345,9 +348,20 @@ impl Agent {
         }
     }
 
+    /// The `target` a document on `layer` must be signed for.
+    fn target(&self, layer: Layer) -> String {
+        match layer {
+            Layer::Fleet => document::FLEET_TARGET.to_string(),
+            Layer::Gateway => document::gateway_target(&self.store, &self.gateway),
+        }
+    }
+
     fn accept(&mut self, layer: Layer, signed: &[u8]) -> Result<DocumentOutcome, (i64, Rejection)> {
         let doc = document::verify_signature(signed, &self.keys).map_err(|r| (0, r))?;
         let v = doc.version;
+        if doc.target != self.target(layer) {
+            return Err((v, Rejection::WrongTarget(doc.target)));
+        }
         let lv = *self.state.layer(layer);
         if v == lv.floor && lv.floor > lv.applied {
             // The change rolled back earlier, still retained on the broker: its rollback stays
@@ -664,11 +678,17 @@ mod tests {
         let sd = StateDir::open(&dir.join("state"))?;
         sd.install(
             Layer::Gateway,
-            &document::sign(b"version = 1\n[sources.sim]\nrate = 5.0\n", &key())?,
+            &document::sign(
+                b"version = 1\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 5.0\n",
+                &key(),
+            )?,
         )?;
         sd.install(
             Layer::Gateway,
-            &document::sign(b"version = 2\n[sources.sim]\nrate = 9.0\n", &key())?,
+            &document::sign(
+                b"version = 2\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 9.0\n",
+                &key(),
+            )?,
         )?;
         let mut st = Persisted::default();
         st.gateway.applied = 2;
@@ -764,7 +784,7 @@ mod tests {
         sd.install(
             Layer::Gateway,
             &document::sign(
-                b"version = 3\n[mqtt]\ntopic_prefix = \"retail/v2\"\n",
+                b"version = 3\ntarget = \"s1/g1\"\n[mqtt]\ntopic_prefix = \"retail/v2\"\n",
                 &key(),
             )?,
         )?;

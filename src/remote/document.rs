@@ -37,6 +37,8 @@ pub enum Rejection {
     UnknownKey(String),
     /// The signature does not match the bytes under the named key (tampered or wrong key).
     BadSignature,
+    /// Signed for another gateway or layer (`target` does not name the topic it came on).
+    WrongTarget(String),
     /// `not_after` is in the past.
     Expired,
     /// `version` is not greater than the last applied one (a replay or an out-of-order push).
@@ -54,6 +56,7 @@ impl Rejection {
             Rejection::Malformed(m) => format!("malformed: {m}"),
             Rejection::UnknownKey(id) => format!("unknown_key: {id}"),
             Rejection::BadSignature => "bad_signature".into(),
+            Rejection::WrongTarget(t) => format!("wrong_target: {t}"),
             Rejection::Expired => "expired".into(),
             Rejection::StaleVersion { version, last } => {
                 format!("stale_version: {version} <= {last}")
@@ -209,13 +212,46 @@ pub struct Document {
     pub version: i64,
     /// After this instant the document is refused.
     pub not_after: Option<OffsetDateTime>,
+    /// What it is signed for: `_fleet` or `<store>/<gateway>` (see [`FLEET_TARGET`]).
+    pub target: String,
     /// Id of the key that signed it.
     pub key_id: String,
 }
 
-/// Parses overlay text into (config keys, version, not_after); used by `sign` before signing
-/// and by verification after the signature check.
-pub fn parse_overlay(text: &str) -> Result<(toml::Table, i64, Option<OffsetDateTime>), String> {
+/// The `target` of a fleet-wide document; a gateway's own documents name `<store>/<gateway>`.
+pub const FLEET_TARGET: &str = "_fleet";
+
+/// The header fields of an overlay.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub version: i64,
+    pub not_after: Option<OffsetDateTime>,
+    pub target: String,
+}
+
+/// The `target` a gateway's own documents must carry.
+pub fn gateway_target(store: &str, gateway: &str) -> String {
+    format!("{store}/{gateway}")
+}
+
+fn check_target(t: &str) -> Result<(), String> {
+    let ok = t == FLEET_TARGET
+        || t.split_once('/')
+            .is_some_and(|(s, g)| config::valid_id(s) && config::valid_id(g));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`target` `{t}` must be \"{FLEET_TARGET}\" or \"<store>/<gateway>\""
+        ))
+    }
+}
+
+/// Parses overlay text into its configuration keys and its header (`version`, `not_after`,
+/// `target`); used by `sign` before signing and by verification after the signature check.
+/// The target is signed with the rest, so a document signed for one gateway (or for the fleet)
+/// is refused on any other topic.
+pub fn parse_overlay(text: &str) -> Result<(toml::Table, Header), String> {
     let mut t: toml::Table = toml::from_str(text)
         .map_err(|e| format!("not TOML: {}", e.message().trim().replace('\n', " ")))?;
     let version = match t.remove("version") {
@@ -238,7 +274,24 @@ pub fn parse_overlay(text: &str) -> Result<(toml::Table, i64, Option<OffsetDateT
             Some(at)
         }
     };
-    Ok((t, version, not_after))
+    let target = match t.remove("target") {
+        Some(toml::Value::String(s)) => s,
+        Some(_) => return Err("`target` must be a string".into()),
+        None => {
+            return Err(format!(
+                "missing top-level `target` (\"{FLEET_TARGET}\" or \"<store>/<gateway>\")"
+            ))
+        }
+    };
+    check_target(&target)?;
+    Ok((
+        t,
+        Header {
+            version,
+            not_after,
+            target,
+        },
+    ))
 }
 
 /// Step 1: the signature against the trusted keys, then the overlay's syntax and header.
@@ -251,11 +304,12 @@ pub fn verify_signature(signed: &[u8], keys: &TrustedKeys) -> Result<Document, R
         .map_err(|_| Rejection::BadSignature)?;
     let text = std::str::from_utf8(env.overlay)
         .map_err(|_| Rejection::Malformed("overlay is not UTF-8".into()))?;
-    let (overlay, version, not_after) = parse_overlay(text).map_err(Rejection::Malformed)?;
+    let (overlay, h) = parse_overlay(text).map_err(Rejection::Malformed)?;
     Ok(Document {
         overlay,
-        version,
-        not_after,
+        version: h.version,
+        not_after: h.not_after,
+        target: h.target,
         key_id: env.key_id,
     })
 }
@@ -401,12 +455,17 @@ pub struct Context<'a> {
     pub local: &'a toml::Table,
     /// Directory of the local file (relative paths).
     pub base: Option<&'a Path>,
+    /// Targets accepted (the topic's: `_fleet` or `<store>/<gateway>`); empty accepts any.
+    pub targets: &'a [String],
 }
 
-/// The whole pipeline in the documented order: signature, expiry, version, forbidden keys,
-/// merge over the local file, validation.
+/// The whole pipeline in the documented order: signature, target, expiry, version, forbidden
+/// keys, merge over the local file, validation.
 pub fn verify(signed: &[u8], cx: &Context<'_>) -> Result<Verified, Rejection> {
     let document = verify_signature(signed, cx.keys)?;
+    if !cx.targets.is_empty() && !cx.targets.contains(&document.target) {
+        return Err(Rejection::WrongTarget(document.target));
+    }
     check_fresh(&document, cx.now, cx.last_version)?;
     if let Some(k) = forbidden_keys(&document.overlay).into_iter().next() {
         return Err(Rejection::ForbiddenKey(k));
@@ -483,6 +542,7 @@ mod tests {
             last_version: last,
             local: &l,
             base: None,
+            targets: &[],
         };
         verify(signed, &cx)
     }
@@ -494,7 +554,10 @@ mod tests {
     #[test]
     fn accepts_and_merges() {
         let k = key(1);
-        let doc = signed("version = 2\n[log]\nlevel = \"debug\"\n", &k);
+        let doc = signed(
+            "version = 2\ntarget = \"_fleet\"\n[log]\nlevel = \"debug\"\n",
+            &k,
+        );
         let v = run(&doc, &keys(&k), 1).map_err(|e| e.reason());
         let v = v
             .as_ref()
@@ -505,7 +568,10 @@ mod tests {
     #[test]
     fn rejects_bad_signature_tampering_and_wrong_key() {
         let k = key(1);
-        let doc = signed("version = 2\n[log]\nlevel = \"debug\"\n", &k);
+        let doc = signed(
+            "version = 2\ntarget = \"_fleet\"\n[log]\nlevel = \"debug\"\n",
+            &k,
+        );
         // One byte of the overlay changed.
         let mut tampered = doc.clone();
         if let Some(b) = tampered.iter_mut().position(|b| *b == b'd') {
@@ -529,7 +595,7 @@ mod tests {
             Some(Rejection::BadSignature)
         );
         // Signed by another key: unknown id; and a forged id naming the trusted key.
-        let other = signed("version = 2\n", &key(2));
+        let other = signed("version = 2\ntarget = \"_fleet\"\n", &key(2));
         assert!(matches!(
             run(&other, &keys(&k), 0),
             Err(Rejection::UnknownKey(_))
@@ -544,7 +610,7 @@ mod tests {
         );
         // No signature line at all.
         assert!(matches!(
-            run(b"version = 2\n", &keys(&k), 0),
+            run(b"version = 2\ntarget = \"_fleet\"\n", &keys(&k), 0),
             Err(Rejection::Malformed(_))
         ));
         assert_eq!(Rejection::BadSignature.reason(), "bad_signature");
@@ -560,7 +626,12 @@ mod tests {
         ));
         let trusted = trusted.unwrap_or_default();
         assert_eq!(trusted.ids().len(), 2);
-        assert!(run(&signed("version = 5\n", &b), &trusted, 0).is_ok());
+        assert!(run(
+            &signed("version = 5\ntarget = \"_fleet\"\n", &b),
+            &trusted,
+            0
+        )
+        .is_ok());
         assert!(TrustedKeys::parse("ed25519:AAAA\n").is_err());
         assert!(TrustedKeys::parse("# nothing\n").is_err());
     }
@@ -568,22 +639,29 @@ mod tests {
     #[test]
     fn rejects_expired() {
         let k = key(1);
-        let doc = signed("version = 2\nnot_after = 2026-05-01T00:00:00Z\n", &k);
+        let doc = signed(
+            "version = 2\ntarget = \"_fleet\"\nnot_after = 2026-05-01T00:00:00Z\n",
+            &k,
+        );
         assert_eq!(run(&doc, &keys(&k), 0).err(), Some(Rejection::Expired));
         assert_eq!(Rejection::Expired.reason(), "expired");
         let ok = signed(
-            "version = 2\nnot_after = \"2026-07-01T00:00:00+02:00\"\n",
+            "version = 2\ntarget = \"_fleet\"\nnot_after = \"2026-07-01T00:00:00+02:00\"\n",
             &k,
         );
         assert!(run(&ok, &keys(&k), 0).is_ok());
         // A date-time without an offset is not an instant: refused at signing.
-        assert!(sign(b"version = 2\nnot_after = 2026-07-01T00:00:00\n", &k).is_err());
+        assert!(sign(
+            b"version = 2\ntarget = \"_fleet\"\nnot_after = 2026-07-01T00:00:00\n",
+            &k
+        )
+        .is_err());
     }
 
     #[test]
     fn rejects_older_and_equal_versions() {
         let k = key(1);
-        let doc = signed("version = 7\n", &k);
+        let doc = signed("version = 7\ntarget = \"_fleet\"\n", &k);
         for last in [7, 8] {
             let r = run(&doc, &keys(&k), last).err();
             assert_eq!(r, Some(Rejection::StaleVersion { version: 7, last }));
@@ -631,7 +709,10 @@ mod tests {
                 "sources.pos.watch.0.dir",
             ),
         ] {
-            let doc = signed(&format!("version = 2\n{overlay}\n"), &k);
+            let doc = signed(
+                &format!("version = 2\ntarget = \"_fleet\"\n{overlay}\n"),
+                &k,
+            );
             let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
             assert_eq!(r, Some(format!("forbidden_key: {key}")), "{overlay}");
         }
@@ -666,13 +747,16 @@ mod tests {
     #[test]
     fn rejects_overlay_that_makes_config_invalid() {
         let k = key(1);
-        let doc = signed("version = 2\n[log]\nlevel = \"loud\"\n", &k);
+        let doc = signed(
+            "version = 2\ntarget = \"_fleet\"\n[log]\nlevel = \"loud\"\n",
+            &k,
+        );
         let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
         assert_eq!(
             r.as_deref(),
             Some("invalid: log.level: `loud` is not one of trace, debug, info, warn, error")
         );
-        let doc = signed("version = 2\n[mqtt]\nprot = 1\n", &k);
+        let doc = signed("version = 2\ntarget = \"_fleet\"\n[mqtt]\nprot = 1\n", &k);
         let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
         assert!(
             r.as_deref()
@@ -720,12 +804,14 @@ mod tests {
         let k = key(1);
         assert!(sign(b"[log]\nlevel = \"debug\"\n", &k).is_err());
         assert!(sign(b"version = \"3\"\n", &k).is_err());
-        assert!(sign(b"version = 0\n", &k).is_err());
-        assert!(sign(b"version = 3\n[log\n", &k).is_err());
-        let once = signed("version = 3", &k);
+        assert!(sign(b"version = 0\ntarget = \"_fleet\"\n", &k).is_err());
+        assert!(sign(b"version = 3\ntarget = \"_fleet\"\n[log\n", &k).is_err());
+        let once = signed("version = 3\ntarget = \"_fleet\"", &k);
         assert!(sign(&once, &k).is_err(), "already signed");
         // The signed bytes are the overlay with a final newline; the result stays TOML.
-        assert!(once.starts_with(b"version = 3\n# storegw-signature: ed25519:"));
+        assert!(
+            once.starts_with(b"version = 3\ntarget = \"_fleet\"\n# storegw-signature: ed25519:")
+        );
         let text = String::from_utf8(once).unwrap_or_default();
         assert!(toml::from_str::<toml::Table>(&text).is_ok());
     }
@@ -733,7 +819,7 @@ mod tests {
     #[test]
     fn crlf_and_trailing_newline_tolerated_on_signature_line_only() {
         let k = key(1);
-        let doc = signed("version = 4\n", &k);
+        let doc = signed("version = 4\ntarget = \"_fleet\"\n", &k);
         let mut crlf = doc.clone();
         crlf.pop();
         crlf.extend_from_slice(b"\r\n");
@@ -758,6 +844,7 @@ mod tests {
             last_version: 1,
             local: &local,
             base: None,
+            targets: &[],
         };
         let r = verify(seed, &cx).map(|v| v.document.version);
         assert_eq!(r.map_err(|e| e.reason()), Ok(2));

@@ -145,12 +145,26 @@ pub fn verify_file(
         .map_err(|e| format!("cannot read `{}`: {e}", config.display()))?;
     let local: toml::Table = toml::from_str(&local_text)
         .map_err(|e| format!("`{}`: {}", config.display(), e.message().trim()))?;
+    // The document must be signed for this gateway or for the fleet.
+    let id = |k: &str| {
+        local
+            .get("gateway")
+            .and_then(|g| g.get(k))
+            .and_then(toml::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let targets = [
+        document::FLEET_TARGET.to_string(),
+        document::gateway_target(&id("store_id"), &id("gateway_id")),
+    ];
     let cx = Context {
         keys: &keys,
         now,
         last_version,
         local: &local,
         base: config.parent(),
+        targets: &targets,
     };
     Ok(match document::verify(&data, &cx) {
         Ok(v) => VerifyOutcome::Accepted(format!(
@@ -203,7 +217,21 @@ pub async fn push(o: &PushOptions, file: &Path) -> Result<String, String> {
     let env = document::split(&data).map_err(|e| format!("`{}`: {e}", file.display()))?;
     let text = std::str::from_utf8(env.overlay)
         .map_err(|_| format!("`{}`: the overlay is not UTF-8", file.display()))?;
-    document::parse_overlay(text).map_err(|e| format!("`{}`: {e}", file.display()))?;
+    let (_, header) =
+        document::parse_overlay(text).map_err(|e| format!("`{}`: {e}", file.display()))?;
+    // Checked here too, so a document meant for another gateway is caught before it is pushed.
+    let want = match &o.gateway {
+        Some(g) => document::gateway_target(&o.store, g),
+        None => document::FLEET_TARGET.to_string(),
+    };
+    if header.target != want {
+        return Err(format!(
+            "`{}` is signed for target `{}`, not `{want}`: gateways would refuse it on {}",
+            file.display(),
+            header.target,
+            config_topic(&o.conn.prefix, &o.store, o.gateway.as_deref())
+        ));
+    }
     let topic = config_topic(&o.conn.prefix, &o.store, o.gateway.as_deref());
     let (client, mut ev) = AsyncClient::new(mqtt_options(o)?, 16);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
