@@ -383,12 +383,13 @@ pub async fn serve(
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 if let Some(a) = agent.as_mut() {
+                    // Restart even when the rollback could not be written: the next start finds
+                    // the change unconfirmed past its deadline and rolls it back before running.
                     if let Err(e) = a.on_confirm_timeout() {
-                        tracing::error!(error = %e, "cannot roll back the configuration");
-                    } else {
-                        end = RunEnd::Restart;
-                        break;
+                        tracing::error!(error = %e, "cannot roll back the configuration now; restarting to retry");
                     }
+                    end = RunEnd::Restart;
+                    break;
                 }
             }
         }
@@ -483,8 +484,8 @@ async fn handle_remote(
         });
     };
     match msg {
-        Inbound::Connected => {
-            agent.on_connected();
+        Inbound::Connected { subscribed } => {
+            agent.on_connected(subscribed);
             publish(agent.state_topic(), agent.state_payload(), true);
             if let Some(answer) = agent.take_reconnect_answer() {
                 publish(agent.result_topic(), answer, false);
@@ -527,11 +528,11 @@ async fn handle_remote(
                     Action::Reload => {
                         let outcome = reload_local(cx.path, cx.reloader, cx.pipeline, Some(agent));
                         publish(agent.state_topic(), agent.state_payload(), true);
-                        publish(
-                            agent.result_topic(),
-                            agent.command_result(&c, Some(&outcome)),
-                            false,
-                        );
+                        let answer = match outcome.strip_prefix("rejected: ") {
+                            Some(why) => agent.command_refused(&c, why),
+                            None => agent.command_result(&c, Some(&outcome)),
+                        };
+                        publish(agent.result_topic(), answer, false);
                     }
                 },
             },

@@ -17,7 +17,7 @@ use crate::event::{now_ms, rfc3339_ms, SCHEMA};
 use crate::ops::reload;
 use crate::remote::command::{self, Action, NonceLog};
 use crate::remote::document::{self, Rejection, TrustedKeys};
-use crate::remote::state::{Layer, Pending, Persisted, Report, StateDir};
+use crate::remote::state::{Installing, Layer, Pending, Persisted, Report, StateDir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -71,6 +71,8 @@ pub struct Agent {
     dir: StateDir,
     state: Persisted,
     nonces: NonceLog,
+    /// Commands are refused until then: the nonce log was lost (see `load_nonces`).
+    nonces_lost_until: Option<i64>,
     /// The local file as a table (updated on SIGHUP).
     local: toml::Table,
     /// The verified overlays in effect.
@@ -110,7 +112,7 @@ impl Agent {
         let state = dir
             .load()
             .map_err(|e| format!("remote state damaged ({e}); move the file away to start over"))?;
-        let nonces = load_nonces(&dir);
+        let (nonces, nonces_lost_until) = load_nonces(&dir);
         let local_text = std::fs::read_to_string(local_path)
             .map_err(|e| format!("cannot read {}: {e}", local_path.display()))?;
         let local_table: toml::Table = local_text
@@ -126,6 +128,7 @@ impl Agent {
             dir,
             state,
             nonces,
+            nonces_lost_until,
             local: local_table,
             fleet: None,
             gateway_overlay: None,
@@ -156,6 +159,8 @@ impl Agent {
                 tracing::error!(reason = %r.reason(), "remote layers do not fit the local file; running the local file alone");
                 agent.fleet = None;
                 agent.gateway_overlay = None;
+                agent.state.fleet.applied = 0;
+                agent.state.gateway.applied = 0;
                 agent.report(
                     0,
                     Layer::Gateway,
@@ -194,7 +199,10 @@ impl Agent {
             };
             self.roll_back(&p, why)?;
         } else {
-            let left = Duration::from_millis((p.deadline_ms - now).max(0) as u64);
+            // The wall clock may have jumped (a box without a battery-backed clock boots in
+            // the past): never wait longer than one confirm_timeout from this start.
+            let left = Duration::from_millis((p.deadline_ms - now).max(0) as u64)
+                .min(self.confirm_timeout);
             self.confirm_by = Some(tokio::time::Instant::now() + left);
             tracing::warn!(
                 layer = p.layer.as_str(),
@@ -244,29 +252,32 @@ impl Agent {
         Ok(Some((d.overlay, d.version)))
     }
 
-    /// A layer's overlay at start. A stored document whose version is not the one recorded as
-    /// applied was stored by a process that stopped before recording it (power loss): the
-    /// previous document is put back, since nothing confirmed the new one.
+    /// A layer's overlay at start. A document whose installation was interrupted (the intent
+    /// is still recorded) is taken back: the previous one returns, and the document, still
+    /// retained on the broker, is processed again at the next connection. A stored document
+    /// whose version the state does not record (state.json moved away, or a document refused at
+    /// an earlier start whose key is trusted again) is adopted as the layer's version.
     fn boot_layer(&mut self, l: Layer) -> Result<Option<toml::Table>, String> {
-        let applied = self.state.layer(l).applied;
-        match self.stored_overlay(l)? {
-            Some((_, version)) if version != applied => {
-                tracing::warn!(layer = l.as_str(), version, "a document was stored but its application was interrupted; the previous one is back");
-                self.dir.restore_previous(l)?;
-                let back = self.stored_overlay(l)?;
-                let v = self.state.layer_mut(l);
-                v.applied = back.as_ref().map(|(_, v)| *v).unwrap_or(0);
-                v.floor = v.floor.max(version);
-                self.report(
-                    version,
-                    l,
-                    "rolled_back",
-                    Some("interrupted while being applied".into()),
+        if let Some(i) = self.state.installing.filter(|i| i.layer == l) {
+            let stored = self.stored_overlay(l).ok().flatten().map(|(_, v)| v);
+            if stored == Some(i.version) {
+                tracing::warn!(
+                    layer = l.as_str(),
+                    version = i.version,
+                    "the installation of a document was interrupted; the previous one is back"
                 );
-                Ok(back.map(|(o, _)| o))
+                self.dir.restore_previous(l)?;
             }
-            other => Ok(other.map(|(o, _)| o)),
+            self.state.installing = None;
         }
+        let stored = self.stored_overlay(l)?;
+        let version = stored.as_ref().map(|(_, v)| *v).unwrap_or(0);
+        let v = self.state.layer_mut(l);
+        if version != v.applied {
+            v.applied = version;
+            v.floor = v.floor.max(version);
+        }
+        Ok(stored.map(|(o, _)| o))
     }
 
     fn set_overlay(&mut self, l: Layer, o: Option<toml::Table>) {
@@ -373,6 +384,16 @@ impl Agent {
             );
             return Ok(DocumentOutcome::Unchanged);
         }
+        if v == lv.applied
+            && self
+                .stored_overlay(layer)
+                .ok()
+                .flatten()
+                .is_some_and(|(o, _)| o == doc.overlay)
+        {
+            // The document in effect, in other bytes (line endings): nothing to apply or report.
+            return Ok(DocumentOutcome::Unchanged);
+        }
         document::check_fresh(&doc, OffsetDateTime::now_utc(), lv.applied.max(lv.floor))
             .map_err(|r| (v, r))?;
         if let Some(k) = document::forbidden_keys(&doc.overlay).into_iter().next() {
@@ -396,18 +417,46 @@ impl Agent {
                 },
             )
         };
-        self.dir.install(layer, signed).map_err(fail)?;
+        // The state after this document, committed only once every file is written: a full or
+        // failing disk leaves the running state as it was.
+        let mut next = self.state.clone();
         {
-            let s = self.state.layer_mut(layer);
+            let s = next.layer_mut(layer);
             s.applied = v;
             s.floor = s.floor.max(v);
         }
-        self.dir.write_effective(&text).map_err(fail)?;
+        let at = rfc3339_ms(now_ms());
+        if restart.is_empty() {
+            next.report = Some(Report {
+                version: v,
+                layer,
+                state: "applied".into(),
+                reason: None,
+                at,
+            });
+        } else {
+            next.pending = Some(Pending {
+                layer,
+                version: v,
+                deadline_ms: now_ms().saturating_add(self.confirm_timeout.as_millis() as i64),
+                starts: 0,
+                last_error: None,
+            });
+            next.report = Some(Report {
+                version: v,
+                layer,
+                state: "pending".into(),
+                reason: Some(format!("restarting for {}", restart.join(", "))),
+                at,
+            });
+        }
+        self.commit(layer, v, signed, next).map_err(fail)?;
+        if let Err(e) = self.dir.write_effective(&text) {
+            tracing::warn!(error = %e, "cannot record the merged configuration (effective.toml)");
+        }
         if restart.is_empty() {
             self.set_overlay(layer, Some(doc.overlay));
             self.running_text = text.clone();
-            self.report(v, layer, "applied", None);
-            self.save().map_err(fail)?;
             tracing::info!(layer = layer.as_str(), version = v, keys = %changed.join(", "), "remote configuration applied live");
             Ok(DocumentOutcome::Live {
                 text,
@@ -415,28 +464,51 @@ impl Agent {
                 changed,
             })
         } else {
-            self.state.pending = Some(Pending {
-                layer,
-                version: v,
-                deadline_ms: now_ms().saturating_add(self.confirm_timeout.as_millis() as i64),
-                starts: 0,
-                last_error: None,
-            });
-            self.report(
-                v,
-                layer,
-                "pending",
-                Some(format!("restarting for {}", restart.join(", "))),
-            );
-            self.save().map_err(fail)?;
             tracing::warn!(layer = layer.as_str(), version = v, keys = %restart.join(", "), "remote configuration needs a restart: exiting for systemd to start storegw with it");
             Ok(DocumentOutcome::Restart { keys: restart })
         }
     }
 
-    /// The broker was reached: confirms a change applied by restart. Returns true when the
-    /// report changed.
-    pub fn on_connected(&mut self) -> bool {
+    /// Stores a layer's new document and the state that goes with it, in an order a power cut
+    /// cannot break: the intent (`installing`) is recorded first, then the document is
+    /// installed (the previous one kept), then the new state replaces the intent. A start that
+    /// finds the intent puts the previous document back ([`Agent::boot`]). On a write error the
+    /// previous document and state stay in effect.
+    fn commit(
+        &mut self,
+        layer: Layer,
+        version: i64,
+        signed: &[u8],
+        mut next: Persisted,
+    ) -> Result<(), String> {
+        let mut intent = self.state.clone();
+        intent.installing = Some(Installing { layer, version });
+        self.dir.save(&intent)?;
+        if let Err(e) = self.dir.install(layer, signed) {
+            let _ = self.dir.save(&self.state);
+            return Err(e);
+        }
+        next.installing = None;
+        if let Err(e) = self.dir.save(&next) {
+            let _ = self.dir.restore_previous(layer);
+            let _ = self.dir.save(&self.state);
+            return Err(e);
+        }
+        self.state = next;
+        crate::ops::status::set_config(Some(self.status_object()));
+        Ok(())
+    }
+
+    /// The broker was reached and (`subscribed`) granted the remote topics: confirms a change
+    /// applied by restart. A refused subscription does not confirm: the gateway could not be
+    /// corrected remotely any more. Returns true when the report changed.
+    pub fn on_connected(&mut self, subscribed: bool) -> bool {
+        if !subscribed {
+            self.on_connect_failed(
+                "connected, but the broker refused the subscription to the remote topics".into(),
+            );
+            return false;
+        }
         self.last_connect_error = None;
         let Some(p) = self.state.pending.take() else {
             return false;
@@ -517,6 +589,13 @@ impl Agent {
     /// Verifies a command; a verified command's nonce is on disk before it runs.
     pub fn on_command(&mut self, signed: &[u8]) -> CommandOutcome {
         let now = now_ms();
+        if let Some(until) = self.nonces_lost_until.filter(|u| now < *u) {
+            let why = format!(
+                "busy: the nonce log was lost; commands are accepted again from {}",
+                rfc3339_ms(until)
+            );
+            return CommandOutcome::Refused(self.result_payload(None, None, "refused", Some(&why)));
+        }
         match command::verify(
             signed,
             &self.keys,
@@ -554,6 +633,17 @@ impl Agent {
     /// The answer to a command that ran.
     pub fn command_result(&self, c: &command::Command, detail: Option<&str>) -> Vec<u8> {
         self.result_payload(Some(c.action.as_str()), Some(&c.nonce), "done", detail)
+    }
+
+    /// The answer to a verified command that could not be carried out (a `reload` of a file
+    /// that does not pass validation).
+    pub fn command_refused(&self, c: &command::Command, why: &str) -> Vec<u8> {
+        self.result_payload(
+            Some(c.action.as_str()),
+            Some(&c.nonce),
+            "refused",
+            Some(why),
+        )
     }
 
     /// A `reconnect` is answered after the new connection is up.
@@ -633,12 +723,26 @@ impl Agent {
     }
 }
 
-fn load_nonces(dir: &StateDir) -> NonceLog {
+/// The nonce log, and until when commands must be refused because it was lost: a damaged or
+/// unreadable log could hide a nonce of a command that has not expired yet, so no command is
+/// accepted until every command signed before now has expired.
+fn load_nonces(dir: &StateDir) -> (NonceLog, Option<i64>) {
     let p = dir.path().join("nonces.json");
-    std::fs::read(&p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    let lost = || Some(now_ms().saturating_add(command::MAX_COMMAND_TTL_S * 1000));
+    match std::fs::read(&p) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(log) => (log, None),
+            Err(e) => {
+                tracing::error!(file = %p.display(), error = %e, "command nonce log damaged: signed commands are refused for 24 h");
+                (NonceLog::default(), lost())
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (NonceLog::default(), None),
+        Err(e) => {
+            tracing::error!(file = %p.display(), error = %e, "cannot read the command nonce log: signed commands are refused for 24 h");
+            (NonceLog::default(), lost())
+        }
+    }
 }
 
 fn save_nonces(dir: &StateDir, log: &NonceLog) -> Result<(), String> {
@@ -748,7 +852,7 @@ mod tests {
         let mut agent = agent.ok_or("no agent")?;
         assert_eq!(cfg.sources.sim.rate, 9.0);
         assert!(agent.confirm_deadline().is_some());
-        assert!(agent.on_connected());
+        assert!(agent.on_connected(true));
         assert_eq!(agent.status_object()["state"], "applied");
         assert!(agent.confirm_deadline().is_none());
         let st = StateDir::open(&tmp.path().join("state"))?.load()?;
@@ -758,21 +862,74 @@ mod tests {
     }
 
     #[test]
-    fn a_document_stored_but_not_recorded_is_undone_at_start() -> R {
+    fn an_interrupted_installation_is_undone_at_start() -> R {
         let tmp = tempfile::tempdir()?;
         let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
-        // Power lost between storing version 2 and recording it: state.json still says 1.
+        // Power lost after version 2 was installed, before its state was recorded.
         let sd = StateDir::open(&tmp.path().join("state"))?;
         let mut st = sd.load()?;
         st.gateway.applied = 1;
         st.gateway.floor = 1;
         st.pending = None;
+        st.installing = Some(Installing {
+            layer: Layer::Gateway,
+            version: 2,
+        });
         sd.save(&st)?;
         let (cfg, agent) = Agent::boot(&path, local)?;
         assert_eq!(cfg.sources.sim.rate, 5.0);
         let s = agent.ok_or("no agent")?.status_object();
-        assert_eq!(s["state"], "rolled_back");
         assert_eq!(s["versions"]["gateway"], 1);
+        let st = sd.load()?;
+        assert!(st.installing.is_none());
+        // Version 2 was never applied: it may come again.
+        assert_eq!(st.gateway.floor, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_nonce_log_refuses_commands_until_all_could_have_expired() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let cmd = command::sign(
+            &command::render(
+                Action::Status,
+                "s1",
+                "g1",
+                "abcdefghijklmnop",
+                now_ms() + 60_000,
+            ),
+            &key(),
+        )?;
+        std::fs::write(tmp.path().join("state/remote/nonces.json"), b"{broken")?;
+        let (_, agent) = Agent::boot(&path, local.clone())?;
+        let mut agent = agent.ok_or("no agent")?;
+        match agent.on_command(&cmd) {
+            CommandOutcome::Refused(a) => {
+                assert!(String::from_utf8_lossy(&a).contains("nonce log was lost"))
+            }
+            CommandOutcome::Run(_) => return Err("a command ran without its nonce log".into()),
+        }
+        // With a readable log the same command runs.
+        std::fs::remove_file(tmp.path().join("state/remote/nonces.json"))?;
+        let (_, agent) = Agent::boot(&path, local)?;
+        let mut agent = agent.ok_or("no agent")?;
+        assert!(matches!(agent.on_command(&cmd), CommandOutcome::Run(_)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_lost_state_file_adopts_the_stored_versions() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        std::fs::remove_file(tmp.path().join("state/remote/state.json"))?;
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        assert_eq!(
+            cfg.sources.sim.rate, 9.0,
+            "the stored document stays in effect"
+        );
+        let s = agent.ok_or("no agent")?.status_object();
+        assert_eq!(s["versions"]["gateway"], 2);
         Ok(())
     }
 

@@ -74,6 +74,14 @@ pub struct Pending {
     pub last_error: Option<String>,
 }
 
+/// A document being installed: recorded before the document file is written and cleared with
+/// the state that follows it, so a start can tell an interrupted installation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Installing {
+    pub layer: Layer,
+    pub version: i64,
+}
+
 /// `state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Persisted {
@@ -85,6 +93,8 @@ pub struct Persisted {
     pub report: Option<Report>,
     #[serde(default)]
     pub pending: Option<Pending>,
+    #[serde(default)]
+    pub installing: Option<Installing>,
 }
 
 impl Persisted {

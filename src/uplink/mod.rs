@@ -177,8 +177,10 @@ pub fn tls_config(
 /// MQTT connection, so messages on the subscribed topics and the connection's fate come from it.
 #[derive(Debug)]
 pub enum Inbound {
-    /// Connected and subscribed.
-    Connected,
+    /// Connected; `subscribed` when the broker granted every remote topic (SUBACK). Only a
+    /// granted subscription confirms a configuration change: a gateway the ACL cuts off from
+    /// its config topics could never be corrected remotely.
+    Connected { subscribed: bool },
     /// A connection attempt failed (the reason reaches a rollback's report).
     ConnectFailed(String),
     /// A message on one of the subscribed topics.
@@ -207,6 +209,10 @@ pub struct RemoteLink {
     pub inbound: mpsc::Sender<Inbound>,
     pub outbound: mpsc::Receiver<Outbound>,
 }
+
+/// Largest packet accepted from the broker: a signed document (at most 256 KiB) with its MQTT
+/// header; anything the gateway subscribes to is smaller.
+pub const INCOMING_MAX_BYTES: usize = crate::remote::document::MAX_DOCUMENT_BYTES + 16 * 1024;
 
 /// Messages accepted from the broker for the agent before new ones are dropped (documents are
 /// retained and come again at the next connection; a dropped command times out at its sender).
@@ -296,7 +302,7 @@ async fn connect(s: &UplinkSettings) -> Result<(AsyncClient, EventLoop), String>
     o.set_clean_session(false)
         .set_keep_alive(s.keep_alive)
         .set_inflight(s.max_inflight.clamp(1, u16::MAX as usize) as u16)
-        .set_max_packet_size(1024 * 1024, s.batch_max_bytes + 64 * 1024)
+        .set_max_packet_size(INCOMING_MAX_BYTES, s.batch_max_bytes + 64 * 1024)
         .set_request_channel_capacity(s.max_inflight + 16)
         .set_last_will(LastWill::new(
             s.topic("status"),
@@ -374,13 +380,14 @@ async fn session(
             });
         }
     };
-    if let Some(r) = remote.as_deref_mut() {
-        for t in &r.subscribe {
-            if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
-                return SessionEnd::Lost(format!("cannot subscribe to {t}: {e}"));
-            }
+    if let Some(r) = remote.as_deref() {
+        let filters = r
+            .subscribe
+            .iter()
+            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if let Err(e) = client.try_subscribe_many(filters) {
+            return SessionEnd::Lost(format!("cannot subscribe to the remote topics: {e}"));
         }
-        let _ = r.inbound.try_send(Inbound::Connected);
     }
     loop {
         if let Some(rx) = live.as_deref_mut() {
@@ -452,11 +459,30 @@ async fn session(
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     publish_status("online", &mut inflight);
                 }
+                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                    if let Some(r) = remote.as_deref_mut() {
+                        let subscribed = ack
+                            .return_codes
+                            .iter()
+                            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
+                        if !subscribed {
+                            tracing::error!(topics = %r.subscribe.join(", "), "the broker refused the subscription to the remote topics: check its ACL (docs/fleet.md); events are still delivered");
+                        }
+                        deliver(r, Inbound::Connected { subscribed }).await;
+                    }
+                }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     if let Some(r) = remote.as_deref_mut() {
+                        let command = p.topic.ends_with("/cmd");
                         let msg = Inbound::Message { topic: p.topic.to_string(), payload: p.payload.to_vec() };
-                        if r.inbound.try_send(msg).is_err() {
-                            tracing::warn!(topic = %p.topic, "remote message dropped: the previous ones are still being handled");
+                        if command {
+                            // A command may be dropped (its sender times out and may resend);
+                            // a configuration document never is.
+                            if r.inbound.try_send(msg).is_err() {
+                                tracing::warn!(topic = %p.topic, "command dropped: the previous ones are still being handled");
+                            }
+                        } else {
+                            deliver(r, msg).await;
                         }
                     }
                 }
@@ -484,6 +510,17 @@ async fn session(
             }
             _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
         }
+    }
+}
+
+/// Hands the agent a message it must not lose, waiting for room (the daemon handles each in
+/// milliseconds); gives up after a few seconds so a stopping daemon cannot wedge the session.
+async fn deliver(r: &RemoteLink, msg: Inbound) {
+    if tokio::time::timeout(Duration::from_secs(5), r.inbound.send(msg))
+        .await
+        .is_err()
+    {
+        tracing::warn!("remote message not handed over: the daemon is not reading");
     }
 }
 
