@@ -487,7 +487,7 @@ async fn handle_remote(
         Inbound::Connected { subscribed } => {
             agent.on_connected(subscribed);
             publish(agent.state_topic(), agent.state_payload(), true);
-            if let Some(answer) = agent.take_reconnect_answer() {
+            for answer in agent.take_reconnect_answers() {
                 publish(agent.result_topic(), answer, false);
             }
         }

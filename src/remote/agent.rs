@@ -86,8 +86,8 @@ pub struct Agent {
     /// When an unconfirmed change must have reached the broker.
     confirm_by: Option<tokio::time::Instant>,
     last_connect_error: Option<String>,
-    /// A `reconnect` command is answered once the new connection is up.
-    reconnect_nonce: Option<String>,
+    /// `reconnect` commands are answered once the new connection is up.
+    reconnect_nonces: Vec<String>,
 }
 
 fn layer_index(l: Layer) -> usize {
@@ -136,7 +136,7 @@ impl Agent {
             last_refused: [None, None],
             confirm_by: None,
             last_connect_error: None,
-            reconnect_nonce: None,
+            reconnect_nonces: Vec::new(),
         };
         agent.check_pending_at_boot()?;
         for l in Layer::ALL {
@@ -349,7 +349,11 @@ impl Agent {
             Err((version, r)) => {
                 let reason = r.reason();
                 tracing::warn!(layer = layer.as_str(), version, %reason, "remote configuration rejected");
-                self.last_refused[layer_index(layer)] = Some(signed.to_vec());
+                // A refusal for a cause that may pass (a disk that refused a write) is not
+                // remembered: the document is tried again when it comes again.
+                if !matches!(&r, Rejection::Invalid { key, .. } if key == "(state)") {
+                    self.last_refused[layer_index(layer)] = Some(signed.to_vec());
+                }
                 self.report(version, layer, "rejected", Some(reason.clone()));
                 if let Err(e) = self.save() {
                     tracing::error!(error = %e, "cannot record the remote configuration state");
@@ -648,13 +652,17 @@ impl Agent {
 
     /// A `reconnect` is answered after the new connection is up.
     pub fn defer_reconnect_answer(&mut self, nonce: String) {
-        self.reconnect_nonce = Some(nonce);
+        if self.reconnect_nonces.len() < 64 {
+            self.reconnect_nonces.push(nonce);
+        }
     }
 
-    /// The deferred `reconnect` answer, once connected again.
-    pub fn take_reconnect_answer(&mut self) -> Option<Vec<u8>> {
-        let n = self.reconnect_nonce.take()?;
-        Some(self.result_payload(Some(Action::Reconnect.as_str()), Some(&n), "done", None))
+    /// The deferred `reconnect` answers, once connected again.
+    pub fn take_reconnect_answers(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.reconnect_nonces)
+            .into_iter()
+            .map(|n| self.result_payload(Some(Action::Reconnect.as_str()), Some(&n), "done", None))
+            .collect()
     }
 
     fn result_payload(

@@ -500,7 +500,15 @@ async fn session(
                 }
                 Outbound::Status => publish_status("online", &mut inflight),
                 Outbound::Reconnect => {
-                    let _ = client.try_disconnect();
+                    // A clean DISCONNECT, so the broker does not publish the last will.
+                    if client.try_disconnect().is_ok() {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                            if matches!(ev, MqttEvent::Outgoing(Outgoing::Disconnect)) {
+                                break;
+                            }
+                        }
+                    }
                     return SessionEnd::Lost("reconnect requested by a signed command".into());
                 }
             },
