@@ -474,24 +474,34 @@ async fn handle_remote(
     use crate::remote::agent::{CommandOutcome, DocumentOutcome, Inbox};
     use crate::remote::command::Action;
     use uplink::{Inbound, Outbound};
-    let publish = |topic: String, payload: Vec<u8>, retain: bool| {
+    let publish_with = |topic: String, payload: Vec<u8>, retain: bool, confirms: bool| {
         // The channel only fills when the uplink is stuck; the state is published again at
         // the next connection anyway.
         let _ = cx.out.try_send(Outbound::Publish {
             topic,
             payload,
             retain,
+            confirms,
         });
     };
+    let publish =
+        |topic: String, payload: Vec<u8>, retain: bool| publish_with(topic, payload, retain, false);
     match msg {
         Inbound::Connected { subscribed } => {
             agent.on_connected(subscribed);
-            publish(agent.state_topic(), agent.state_payload(), true);
+            // Its acknowledgement confirms a pending change: the broker took a message on
+            // the new session, not only the connection.
+            publish_with(agent.state_topic(), agent.state_payload(), true, true);
             for answer in agent.take_reconnect_answers() {
                 publish(agent.result_topic(), answer, false);
             }
         }
         Inbound::ConnectFailed(e) => agent.on_connect_failed(e),
+        Inbound::Acknowledged => {
+            if agent.on_acknowledged() {
+                publish(agent.state_topic(), agent.state_payload(), true);
+            }
+        }
         Inbound::Message { topic, payload } => match agent.inbox(&topic) {
             Some(Inbox::Config(layer)) => match agent.on_document(layer, &payload) {
                 DocumentOutcome::Unchanged => {}

@@ -713,3 +713,59 @@ async fn signed_commands_are_answered_and_replays_refused() -> TestResult {
     assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
     Ok(())
 }
+
+/// A change that moves the gateway somewhere the broker's ACL does not allow (here a new topic
+/// prefix) gets a connection, but not a session that works: no acknowledged message confirms
+/// it, and it is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_acl_refuses_is_rolled_back() -> TestResult {
+    require_mosquitto!();
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let acl = dir.join("acl");
+    std::fs::create_dir_all(dir.join("broker"))?;
+    std::fs::write(&acl, "topic readwrite storegw/v1/#\n")?;
+    let _ = std::process::Command::new("chmod")
+        .arg("644")
+        .arg(&acl)
+        .status();
+    let broker = Mosquitto::start(
+        &dir.join("broker"),
+        &format!("acl_file {}\n", acl.display()),
+    )?;
+    let central = Central::start(broker.port).await?;
+    let cfg = setup(dir, broker.port, "enabled = false", "4s")?;
+    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    assert!(
+        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
+            == "local")
+            .await?,
+        "{}",
+        gw.log_text()
+    );
+    central
+        .publish(
+            &format!("{PREFIX}/config"),
+            sign("version = 1\n[mqtt]\ntopic_prefix = \"elsewhere/v1\"\n")?,
+            true,
+        )
+        .await?;
+    assert!(
+        gw.until(Duration::from_secs(40), || state_is(
+            &central,
+            1,
+            "rolled_back"
+        ))
+        .await?,
+        "not rolled back: {}\n{}",
+        latest_state(&central),
+        gw.log_text()
+    );
+    let s = latest_state(&central);
+    let reason = s["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not confirmed"), "{reason}");
+    assert_eq!(gw.restarts, 2);
+    let mut g = gw.gw;
+    assert!(g.sigterm_and_wait(Duration::from_secs(20)).is_some());
+    Ok(())
+}

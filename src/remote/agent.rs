@@ -86,6 +86,8 @@ pub struct Agent {
     /// When an unconfirmed change must have reached the broker.
     confirm_by: Option<tokio::time::Instant>,
     last_connect_error: Option<String>,
+    /// The current session's subscription was granted.
+    subscribed: bool,
     /// `reconnect` commands are answered once the new connection is up.
     reconnect_nonces: Vec<String>,
 }
@@ -136,6 +138,7 @@ impl Agent {
             last_refused: [None, None],
             confirm_by: None,
             last_connect_error: None,
+            subscribed: false,
             reconnect_nonces: Vec::new(),
         };
         agent.check_pending_at_boot()?;
@@ -507,10 +510,20 @@ impl Agent {
     /// applied by restart. A refused subscription does not confirm: the gateway could not be
     /// corrected remotely any more. Returns true when the report changed.
     pub fn on_connected(&mut self, subscribed: bool) -> bool {
+        self.subscribed = subscribed;
         if !subscribed {
             self.on_connect_failed(
                 "connected, but the broker refused the subscription to the remote topics".into(),
             );
+        }
+        false
+    }
+
+    /// The broker acknowledged the configuration state published on this session: with the
+    /// subscription granted, that confirms a change applied by restart. Returns true when the
+    /// report changed.
+    pub fn on_acknowledged(&mut self) -> bool {
+        if !self.subscribed {
             return false;
         }
         self.last_connect_error = None;
@@ -532,6 +545,7 @@ impl Agent {
 
     /// The uplink could not connect; the reason goes into a rollback's report.
     pub fn on_connect_failed(&mut self, error: String) {
+        self.subscribed = false;
         if let Some(p) = &mut self.state.pending {
             if p.last_error.as_deref() != Some(error.as_str()) {
                 p.last_error = Some(error.clone());
@@ -860,7 +874,8 @@ mod tests {
         let mut agent = agent.ok_or("no agent")?;
         assert_eq!(cfg.sources.sim.rate, 9.0);
         assert!(agent.confirm_deadline().is_some());
-        assert!(agent.on_connected(true));
+        assert!(!agent.on_connected(true));
+        assert!(agent.on_acknowledged());
         assert_eq!(agent.status_object()["state"], "applied");
         assert!(agent.confirm_deadline().is_none());
         let st = StateDir::open(&tmp.path().join("state"))?.load()?;

@@ -38,6 +38,9 @@ pub struct Sent {
     pub acks: Vec<AckRef>,
     /// When it was queued, for the acknowledgement latency metric.
     pub at: Instant,
+    /// The remote agent is told when this one is acknowledged (the configuration state that
+    /// confirms a change: the broker took a message on the new session).
+    pub confirms: bool,
 }
 
 /// Requests queued on the client and not yet acknowledged, paired with their packet ids as
@@ -95,6 +98,7 @@ mod tests {
             stream: Some(stream),
             acks: seqs.map(|seq| AckRef { chunk: 0, seq }).collect(),
             at: Instant::now(),
+            confirms: false,
         }
     }
 
@@ -103,6 +107,7 @@ mod tests {
             stream: None,
             acks: Vec::new(),
             at: Instant::now(),
+            confirms: false,
         }
     }
 

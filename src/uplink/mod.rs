@@ -183,6 +183,8 @@ pub enum Inbound {
     Connected { subscribed: bool },
     /// A connection attempt failed (the reason reaches a rollback's report).
     ConnectFailed(String),
+    /// The broker acknowledged a publish sent with `confirms` on this session.
+    Acknowledged,
     /// A message on one of the subscribed topics.
     Message { topic: String, payload: Vec<u8> },
 }
@@ -190,11 +192,13 @@ pub enum Inbound {
 /// What the daemon asks the uplink to do on the connection.
 #[derive(Debug)]
 pub enum Outbound {
-    /// Publish at QoS 1 (configuration state, command answers).
+    /// Publish at QoS 1 (configuration state, command answers); with `confirms`, its PUBACK
+    /// is reported back as [`Inbound::Acknowledged`].
     Publish {
         topic: String,
         payload: Vec<u8>,
         retain: bool,
+        confirms: bool,
     },
     /// Publish the retained status document now.
     Status,
@@ -222,6 +226,9 @@ enum SessionEnd {
     Lost(String),
     Shutdown,
 }
+
+/// A session this long resets the reconnect backoff.
+pub const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Full-jitter exponential backoff: uniform in [0, min(max, base·2^attempt)].
 pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
@@ -256,7 +263,7 @@ pub async fn run_live(
         }
         match connect(&settings).await {
             Ok((client, eventloop)) => {
-                attempt = 0;
+                let session_start = Instant::now();
                 if ever_connected {
                     metrics::global().reconnect();
                 }
@@ -274,6 +281,12 @@ pub async fn run_live(
                 )
                 .await;
                 metrics::global().set_connected(false);
+                // A broker that drops the session right after accepting it (an ACL that refuses
+                // the will or the topics) must not be hammered: the backoff only starts over
+                // after a session that lasted.
+                if session_start.elapsed() >= STABLE_SESSION {
+                    attempt = 0;
+                }
                 match end {
                     SessionEnd::Shutdown => return,
                     SessionEnd::Lost(e) => {
@@ -377,6 +390,7 @@ async fn session(
                 stream: None,
                 acks: Vec::new(),
                 at: Instant::now(),
+                confirms: false,
             });
         }
     };
@@ -433,6 +447,7 @@ async fn session(
                     stream: Some(batch.stream),
                     acks: batch.events.iter().map(|e| e.ack_ref()).collect(),
                     at: Instant::now(),
+                    confirms: false,
                 });
             }
             wake_at = wake_at.or_else(|| sched.take_wake());
@@ -448,12 +463,20 @@ async fn session(
             ev = eventloop.poll() => match ev {
                 Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => inflight.on_publish(pkid),
                 Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(Sent { stream: Some(stream), acks, at }) = inflight.on_puback(ack.pkid) {
-                        if let Err(e) = spool.ack(stream, &acks) {
-                            tracing::error!(error = %e, "spool delete after PUBACK failed");
+                    match inflight.on_puback(ack.pkid) {
+                        Some(Sent { stream: Some(stream), acks, at, .. }) => {
+                            if let Err(e) = spool.ack(stream, &acks) {
+                                tracing::error!(error = %e, "spool delete after PUBACK failed");
+                            }
+                            metrics::global().events_out(stream, acks.len() as u64);
+                            metrics::global().ack_latency(at.elapsed().as_micros() as u64);
                         }
-                        metrics::global().events_out(stream, acks.len() as u64);
-                        metrics::global().ack_latency(at.elapsed().as_micros() as u64);
+                        Some(Sent { confirms: true, .. }) => {
+                            if let Some(r) = remote.as_deref() {
+                                deliver(r, Inbound::Acknowledged).await;
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
@@ -493,9 +516,9 @@ async fn session(
             _ = tokio::time::sleep_until(wake), if wake_at.is_some() => {}
             _ = status_tick.tick() => publish_status("online", &mut inflight),
             Some(req) = next_request(remote.as_deref_mut()), if draining_since.is_none() => match req {
-                Outbound::Publish { topic, payload, retain } => {
+                Outbound::Publish { topic, payload, retain, confirms } => {
                     if client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_ok() {
-                        inflight.queued(Sent { stream: None, acks: Vec::new(), at: Instant::now() });
+                        inflight.queued(Sent { stream: None, acks: Vec::new(), at: Instant::now(), confirms });
                     }
                 }
                 Outbound::Status => publish_status("online", &mut inflight),
