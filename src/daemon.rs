@@ -363,6 +363,7 @@ pub async fn serve(
     let mut end = RunEnd::Stopped;
     loop {
         let deadline = agent.as_ref().and_then(Agent::confirm_deadline);
+        let settled = agent.as_ref().and_then(Agent::settle_deadline);
         tokio::select! {
             _ = &mut term => {
                 tracing::info!("termination signal: draining");
@@ -378,6 +379,18 @@ pub async fn serve(
                     if handle_remote(a, msg, ctx).await == RunEnd::Restart {
                         end = RunEnd::Restart;
                         break;
+                    }
+                }
+            }
+            _ = sleep_until_opt(settled), if settled.is_some() => {
+                if let (Some(a), Some(c)) = (agent.as_mut(), control.as_ref()) {
+                    if a.on_settled() {
+                        let _ = c.outbound.try_send(uplink::Outbound::Publish {
+                            topic: a.state_topic(),
+                            payload: a.state_payload(),
+                            retain: true,
+                            confirms: false,
+                        });
                     }
                 }
             }
@@ -497,11 +510,8 @@ async fn handle_remote(
             }
         }
         Inbound::ConnectFailed(e) => agent.on_connect_failed(e),
-        Inbound::Acknowledged => {
-            if agent.on_acknowledged() {
-                publish(agent.state_topic(), agent.state_payload(), true);
-            }
-        }
+        Inbound::Acknowledged => agent.on_acknowledged(),
+        Inbound::Disconnected => agent.on_disconnected(),
         Inbound::Message { topic, payload } => match agent.inbox(&topic) {
             Some(Inbox::Config(layer)) => match agent.on_document(layer, &payload) {
                 DocumentOutcome::Unchanged => {}

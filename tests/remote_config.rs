@@ -218,6 +218,29 @@ fn setup(
     )
 }
 
+/// A broker (`broker_extra` added to its configuration), the central side, and a gateway with
+/// `[remote]` that has connected and reported that it runs its local file.
+async fn scene(
+    dir: &Path,
+    broker_extra: &str,
+    http: &str,
+    confirm: &str,
+) -> Result<(Mosquitto, Central, PathBuf, Supervised), Box<dyn std::error::Error>> {
+    let broker = Mosquitto::start(&dir.join("broker"), broker_extra)?;
+    let central = Central::start(broker.port).await?;
+    let cfg = setup(dir, broker.port, http, confirm)?;
+    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    let local = gw
+        .until(Duration::from_secs(20), || {
+            latest_state(&central)["state"] == "local"
+        })
+        .await?;
+    if !local {
+        return Err(format!("no initial config state; log:\n{}", gw.log_text()).into());
+    }
+    Ok((broker, central, cfg, gw))
+}
+
 fn latest_state(c: &Central) -> serde_json::Value {
     c.on("config/state").last().cloned().unwrap_or_default()
 }
@@ -232,24 +255,10 @@ async fn live_and_restart_changes_and_every_rejection() -> TestResult {
     require_mosquitto!();
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let broker = Mosquitto::start(&dir.join("broker"), "")?;
-    let central = Central::start(broker.port).await?;
     let (port_a, port_b) = (free_port(), free_port());
-    let cfg = setup(
-        dir,
-        broker.port,
-        &format!("enabled = true\nlisten = \"127.0.0.1:{port_a}\""),
-        "30s",
-    )?;
-    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
+    let http = format!("enabled = true\nlisten = \"127.0.0.1:{port_a}\"");
     // Before any document the gateway reports that it runs its local file.
-    assert!(
-        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
-            == "local")
-            .await?,
-        "no initial config state; log:\n{}",
-        gw.log_text()
-    );
+    let (_broker, central, cfg, mut gw) = scene(dir, "", &http, "30s").await?;
 
     // 1. A live change: the simulator rate and the log level, no restart.
     let gw_topic = format!("{PREFIX}/config");
@@ -382,15 +391,7 @@ async fn a_dead_broker_is_rolled_back_within_confirm_timeout() -> TestResult {
     require_mosquitto!();
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let broker = Mosquitto::start(&dir.join("broker"), "")?;
-    let central = Central::start(broker.port).await?;
-    let cfg = setup(dir, broker.port, "enabled = false", "4s")?;
-    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
-    assert!(
-        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
-            == "local")
-            .await?
-    );
+    let (_broker, central, _cfg, mut gw) = scene(dir, "", "enabled = false", "4s").await?;
     let dead = free_port();
     let t0 = Instant::now();
     central
@@ -436,15 +437,7 @@ async fn the_gateway_document_overrides_the_fleet_document() -> TestResult {
     require_mosquitto!();
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let broker = Mosquitto::start(&dir.join("broker"), "")?;
-    let central = Central::start(broker.port).await?;
-    let cfg = setup(dir, broker.port, "enabled = false", "30s")?;
-    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
-    assert!(
-        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
-            == "local")
-            .await?
-    );
+    let (_broker, central, cfg, mut gw) = scene(dir, "", "enabled = false", "30s").await?;
     central
         .publish(
             FLEET,
@@ -558,15 +551,7 @@ async fn signed_commands_are_answered_and_replays_refused() -> TestResult {
     require_mosquitto!();
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let broker = Mosquitto::start(&dir.join("broker"), "")?;
-    let central = Central::start(broker.port).await?;
-    let cfg = setup(dir, broker.port, "enabled = false", "30s")?;
-    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
-    assert!(
-        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
-            == "local")
-            .await?
-    );
+    let (broker, central, cfg, mut gw) = scene(dir, "", "enabled = false", "30s").await?;
     let topic = format!("{PREFIX}/cmd");
     let mut i = 0;
     for action in Action::ALL {
@@ -729,20 +714,13 @@ async fn a_change_the_acl_refuses_is_rolled_back() -> TestResult {
         .arg("644")
         .arg(&acl)
         .status();
-    let broker = Mosquitto::start(
-        &dir.join("broker"),
+    let (_broker, central, _cfg, mut gw) = scene(
+        dir,
         &format!("acl_file {}\n", acl.display()),
-    )?;
-    let central = Central::start(broker.port).await?;
-    let cfg = setup(dir, broker.port, "enabled = false", "4s")?;
-    let mut gw = Supervised::start(&cfg, &dir.join("gw.log"))?;
-    assert!(
-        gw.until(Duration::from_secs(20), || latest_state(&central)["state"]
-            == "local")
-            .await?,
-        "{}",
-        gw.log_text()
-    );
+        "enabled = false",
+        "4s",
+    )
+    .await?;
     central
         .publish(
             &format!("{PREFIX}/config"),

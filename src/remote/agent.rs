@@ -88,6 +88,8 @@ pub struct Agent {
     last_connect_error: Option<String>,
     /// The current session's subscription was granted.
     subscribed: bool,
+    /// A working session confirms the pending change if it lasts until then.
+    settle_until: Option<tokio::time::Instant>,
     /// `reconnect` commands are answered once the new connection is up.
     reconnect_nonces: Vec<String>,
 }
@@ -139,6 +141,7 @@ impl Agent {
             confirm_by: None,
             last_connect_error: None,
             subscribed: false,
+            settle_until: None,
             reconnect_nonces: Vec::new(),
         };
         agent.check_pending_at_boot()?;
@@ -520,10 +523,36 @@ impl Agent {
     }
 
     /// The broker acknowledged the configuration state published on this session: with the
-    /// subscription granted, that confirms a change applied by restart. Returns true when the
+    /// subscription granted, the session only has to last [`Agent::settle_time`] to confirm a
+    /// change applied by restart (a broker that accepts and then drops the session, as an ACL
+    /// that refuses the new topics may, does not confirm it).
+    pub fn on_acknowledged(&mut self) {
+        if self.subscribed && self.state.pending.is_some() {
+            self.settle_until = Some(tokio::time::Instant::now() + self.settle_time());
+        }
+    }
+
+    /// The session ended: a confirmation waiting for it to settle is off.
+    pub fn on_disconnected(&mut self) {
+        self.subscribed = false;
+        self.settle_until = None;
+    }
+
+    /// How long a working session must last to confirm: a quarter of `confirm_timeout`, at
+    /// most 10 s.
+    pub fn settle_time(&self) -> Duration {
+        (self.confirm_timeout / 4).min(Duration::from_secs(10))
+    }
+
+    /// When a settling session confirms the pending change (None: nothing settling).
+    pub fn settle_deadline(&self) -> Option<tokio::time::Instant> {
+        self.settle_until
+    }
+
+    /// The session lasted: confirms the change applied by restart. Returns true when the
     /// report changed.
-    pub fn on_acknowledged(&mut self) -> bool {
-        if !self.subscribed {
+    pub fn on_settled(&mut self) -> bool {
+        if self.settle_until.take().is_none() {
             return false;
         }
         self.last_connect_error = None;
@@ -546,6 +575,7 @@ impl Agent {
     /// The uplink could not connect; the reason goes into a rollback's report.
     pub fn on_connect_failed(&mut self, error: String) {
         self.subscribed = false;
+        self.settle_until = None;
         if let Some(p) = &mut self.state.pending {
             if p.last_error.as_deref() != Some(error.as_str()) {
                 p.last_error = Some(error.clone());
@@ -875,7 +905,9 @@ mod tests {
         assert_eq!(cfg.sources.sim.rate, 9.0);
         assert!(agent.confirm_deadline().is_some());
         assert!(!agent.on_connected(true));
-        assert!(agent.on_acknowledged());
+        agent.on_acknowledged();
+        assert!(agent.settle_deadline().is_some());
+        assert!(agent.on_settled());
         assert_eq!(agent.status_object()["state"], "applied");
         assert!(agent.confirm_deadline().is_none());
         let st = StateDir::open(&tmp.path().join("state"))?.load()?;

@@ -185,6 +185,8 @@ pub enum Inbound {
     ConnectFailed(String),
     /// The broker acknowledged a publish sent with `confirms` on this session.
     Acknowledged,
+    /// The session ended (the connection was lost or dropped on purpose).
+    Disconnected,
     /// A message on one of the subscribed topics.
     Message { topic: String, payload: Vec<u8> },
 }
@@ -286,6 +288,9 @@ pub async fn run_live(
                 // after a session that lasted.
                 if session_start.elapsed() >= STABLE_SESSION {
                     attempt = 0;
+                }
+                if let Some(r) = &remote {
+                    let _ = r.inbound.try_send(Inbound::Disconnected);
                 }
                 match end {
                     SessionEnd::Shutdown => return,
