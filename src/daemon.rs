@@ -385,12 +385,7 @@ pub async fn serve(
             _ = sleep_until_opt(settled), if settled.is_some() => {
                 if let (Some(a), Some(c)) = (agent.as_mut(), control.as_ref()) {
                     if a.on_settled() {
-                        let _ = c.outbound.try_send(uplink::Outbound::Publish {
-                            topic: a.state_topic(),
-                            payload: a.state_payload(),
-                            retain: true,
-                            confirms: false,
-                        });
+                        let _ = c.outbound.try_send(state_update(a, false));
                     }
                 }
             }
@@ -422,6 +417,17 @@ struct RemoteCtx<'a> {
     reloader: &'a mut crate::ops::reload::Reloader,
     pipeline: &'a Pipeline,
     out: &'a mpsc::Sender<uplink::Outbound>,
+}
+
+/// The retained configuration state, published; with `confirms` its acknowledgement is
+/// reported back to the agent.
+fn state_update(a: &crate::remote::agent::Agent, confirms: bool) -> uplink::Outbound {
+    uplink::Outbound::Publish {
+        topic: a.state_topic(),
+        payload: a.state_payload(),
+        retain: true,
+        confirms,
+    }
 }
 
 async fn recv_hup(hup: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
@@ -487,24 +493,22 @@ async fn handle_remote(
     use crate::remote::agent::{CommandOutcome, DocumentOutcome, Inbox};
     use crate::remote::command::Action;
     use uplink::{Inbound, Outbound};
-    let publish_with = |topic: String, payload: Vec<u8>, retain: bool, confirms: bool| {
-        // The channel only fills when the uplink is stuck; the state is published again at
-        // the next connection anyway.
+    // The channel only fills when the uplink is stuck; the state is published again at the
+    // next connection anyway.
+    let publish = |topic: String, payload: Vec<u8>, retain: bool| {
         let _ = cx.out.try_send(Outbound::Publish {
             topic,
             payload,
             retain,
-            confirms,
+            confirms: false,
         });
     };
-    let publish =
-        |topic: String, payload: Vec<u8>, retain: bool| publish_with(topic, payload, retain, false);
     match msg {
         Inbound::Connected { subscribed } => {
             agent.on_connected(subscribed);
             // Its acknowledgement confirms a pending change: the broker took a message on
             // the new session, not only the connection.
-            publish_with(agent.state_topic(), agent.state_payload(), true, true);
+            let _ = cx.out.try_send(state_update(agent, true));
             for answer in agent.take_reconnect_answers() {
                 publish(agent.result_topic(), answer, false);
             }

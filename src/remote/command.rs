@@ -17,8 +17,7 @@
 //! expire within [`MAX_COMMAND_TTL_S`], and at most [`MAX_NONCES`] are remembered. None of the
 //! commands deletes data or runs a program.
 
-use crate::remote::document::{split, TrustedKeys, MAX_DOCUMENT_BYTES};
-use ed25519_dalek::Verifier;
+use crate::remote::document::{signed_text, TrustedKeys, MAX_DOCUMENT_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -160,24 +159,8 @@ pub fn render(
 
 /// Signs a command text: the text, then the signature line.
 pub fn sign(text: &str, key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, String> {
-    use ed25519_dalek::Signer;
     parse_fields(text)?;
-    let mut body = text.as_bytes().to_vec();
-    if !body.ends_with(b"\n") {
-        body.push(b'\n');
-    }
-    let sig = key.sign(&body);
-    let id = crate::remote::document::key_id(&key.verifying_key());
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
-    body.extend_from_slice(
-        format!(
-            "{}ed25519:{id}:{b64}\n",
-            crate::remote::document::SIGNATURE_PREFIX
-        )
-        .as_bytes(),
-    );
-    Ok(body)
+    Ok(crate::remote::document::seal(text, key))
 }
 
 /// The nonces of commands that have not expired yet, persisted so a restart does not reopen a
@@ -219,13 +202,7 @@ pub fn verify(
     if signed.len() > MAX_DOCUMENT_BYTES {
         return Err(refuse("malformed: too big"));
     }
-    let env = split(signed).map_err(|e| refuse(e.reason()))?;
-    let key = keys
-        .get(&env.key_id)
-        .ok_or_else(|| refuse(format!("unknown_key: {}", env.key_id)))?;
-    key.verify(env.overlay, &env.signature)
-        .map_err(|_| refuse("bad_signature"))?;
-    let text = std::str::from_utf8(env.overlay).map_err(|_| refuse("malformed: not UTF-8"))?;
+    let (text, _) = signed_text(signed, keys).map_err(|e| refuse(e.reason()))?;
     let f = parse_fields(text).map_err(|e| refuse(format!("malformed: {e}")))?;
     let tag = |reason: String| Refusal {
         reason,

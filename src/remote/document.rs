@@ -294,23 +294,51 @@ pub fn parse_overlay(text: &str) -> Result<(toml::Table, Header), String> {
     ))
 }
 
-/// Step 1: the signature against the trusted keys, then the overlay's syntax and header.
-pub fn verify_signature(signed: &[u8], keys: &TrustedKeys) -> Result<Document, Rejection> {
+/// The signed text of any envelope (a document or a command) once its signature checks out
+/// under a trusted key, with that key's id.
+pub fn signed_text<'a>(
+    signed: &'a [u8],
+    keys: &TrustedKeys,
+) -> Result<(&'a str, String), Rejection> {
     let env = split(signed)?;
     let key = keys
         .get(&env.key_id)
         .ok_or_else(|| Rejection::UnknownKey(env.key_id.clone()))?;
     key.verify(env.overlay, &env.signature)
         .map_err(|_| Rejection::BadSignature)?;
-    let text = std::str::from_utf8(env.overlay)
-        .map_err(|_| Rejection::Malformed("overlay is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(env.overlay).map_err(|_| Rejection::Malformed("not UTF-8".into()))?;
+    Ok((text, env.key_id))
+}
+
+/// Appends the signature line to `text` (a newline first if it lacks one): the envelope of
+/// documents and commands alike.
+pub fn seal(text: &str, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let mut body = text.as_bytes().to_vec();
+    if !body.is_empty() && !body.ends_with(b"\n") {
+        body.push(b'\n');
+    }
+    let sig = key.sign(&body);
+    let line = format!(
+        "{SIGNATURE_PREFIX}ed25519:{}:{}\n",
+        key_id(&key.verifying_key()),
+        B64.encode(sig.to_bytes())
+    );
+    body.extend_from_slice(line.as_bytes());
+    body
+}
+
+/// Step 1: the signature against the trusted keys, then the overlay's syntax and header.
+pub fn verify_signature(signed: &[u8], keys: &TrustedKeys) -> Result<Document, Rejection> {
+    let (text, key_id) = signed_text(signed, keys)?;
     let (overlay, h) = parse_overlay(text).map_err(Rejection::Malformed)?;
     Ok(Document {
         overlay,
         version: h.version,
         not_after: h.not_after,
         target: h.target,
-        key_id: env.key_id,
+        key_id,
     })
 }
 
@@ -482,29 +510,17 @@ pub fn verify(signed: &[u8], cx: &Context<'_>) -> Result<Verified, Rejection> {
 /// Signs overlay bytes: returns the signed document (overlay, a newline if it lacked one, the
 /// signature line). Refuses overlays that are not TOML or lack an integer `version`.
 pub fn sign(overlay: &[u8], key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, String> {
-    use ed25519_dalek::Signer;
     let text = std::str::from_utf8(overlay).map_err(|_| "the overlay is not UTF-8".to_string())?;
     if text.lines().any(|l| l.starts_with(SIGNATURE_PREFIX)) {
         return Err("the file is already signed".into());
     }
     parse_overlay(text)?;
-    let mut body = overlay.to_vec();
-    if !body.is_empty() && !body.ends_with(b"\n") {
-        body.push(b'\n');
-    }
-    if body.len() + 200 > MAX_DOCUMENT_BYTES {
+    if text.len() + 201 > MAX_DOCUMENT_BYTES {
         return Err(format!(
             "the overlay is larger than {MAX_DOCUMENT_BYTES} bytes"
         ));
     }
-    let sig = key.sign(&body);
-    let line = format!(
-        "{SIGNATURE_PREFIX}ed25519:{}:{}\n",
-        key_id(&key.verifying_key()),
-        B64.encode(sig.to_bytes())
-    );
-    body.extend_from_slice(line.as_bytes());
-    Ok(body)
+    Ok(seal(text, key))
 }
 
 #[cfg(test)]
