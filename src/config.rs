@@ -41,6 +41,18 @@ pub struct RemoteConfig {
     /// How long a changed configuration has to reach the broker before it is rolled back.
     #[serde(default = "default_confirm_timeout")]
     pub confirm_timeout: Dur,
+    /// The lowest document version accepted per layer, so a new or reset gateway (no replay
+    /// floor yet) cannot be served an old document by a broker that withholds newer ones.
+    #[serde(default)]
+    pub min_version: MinVersion,
+}
+
+/// `[remote.min_version]`: the lowest acceptable document version of each layer (0: any).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinVersion {
+    pub fleet: i64,
+    pub gateway: i64,
 }
 
 fn default_confirm_timeout() -> Dur {
@@ -529,6 +541,14 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), String> {
     Ok((host, port, tls))
 }
 
+/// Store ids no gateway may use: `{prefix}/_fleet/config` is every gateway's fleet topic, and
+/// an ACL written for a store named `_fleet` would cover it.
+pub const RESERVED_STORE_IDS: &[&str] = &["_fleet"];
+
+/// Gateway ids no gateway may use: `{prefix}/{store}/config` and `.../cmd` would then be both a
+/// gateway's level and another's remote topics.
+pub const RESERVED_GATEWAY_IDS: &[&str] = &["config", "cmd"];
+
 /// True for ids that are safe as one MQTT topic level (docs/design.md, "Wire contract").
 pub fn valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -585,6 +605,45 @@ pub fn check_secret_mode(path: &Path) -> Result<(), String> {
         "`{}`: mode {mode:04o} is {how} by {who}; chmod 600 it",
         path.display()
     ))
+}
+
+/// Refuses a file of trusted keys that anyone but root or the service user could change: the
+/// file itself (owner, group/other write bits) and its directory (same rules, so nobody else
+/// can swap the file for another). Public keys are not secret, so 0644 is fine.
+pub fn check_trusted_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = current_uid();
+    let check = |p: &Path, what: &str, fix: &str| -> Result<(), String> {
+        let meta =
+            std::fs::metadata(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(format!(
+                "`{}`: {what}mode {mode:04o} is writable by group/others; {fix}",
+                p.display()
+            ));
+        }
+        if meta.uid() != 0 && Some(meta.uid()) != me {
+            return Err(format!(
+                "`{}`: {what}owned by uid {}, neither root nor the user storegw runs as; chown it",
+                p.display(),
+                meta.uid()
+            ));
+        }
+        Ok(())
+    };
+    check(path, "", "chmod 644 it")?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    check(&dir, "its directory: ", "chmod go-w the directory")
+}
+
+/// The user this process runs as (the owner of `/proc/self`), without unsafe code.
+fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// Every secret file the configuration names, with its dotted key.
@@ -701,12 +760,28 @@ fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
             "gateway.store_id",
             format!("`{}` must match [A-Za-z0-9_-]{{1,64}}", c.gateway.store_id),
         );
+    } else if RESERVED_STORE_IDS.contains(&c.gateway.store_id.as_str()) {
+        bad(
+            "gateway.store_id",
+            format!(
+                "`{}` is reserved for the fleet-wide topic; choose another id",
+                c.gateway.store_id
+            ),
+        );
     }
     if !valid_id(&c.gateway.gateway_id) {
         bad(
             "gateway.gateway_id",
             format!(
                 "`{}` must match [A-Za-z0-9_-]{{1,64}}",
+                c.gateway.gateway_id
+            ),
+        );
+    } else if RESERVED_GATEWAY_IDS.contains(&c.gateway.gateway_id.as_str()) {
+        bad(
+            "gateway.gateway_id",
+            format!(
+                "`{}` is a topic level of the remote topics; choose another id",
                 c.gateway.gateway_id
             ),
         );
@@ -897,24 +972,22 @@ fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
 /// `confirm_timeout` must leave a connection attempt time to finish, or every change that needs
 /// a restart would be rolled back.
 fn check_remote(r: &RemoteConfig, connect_timeout: Duration, v: &mut Vec<(String, String)>) {
-    use std::os::unix::fs::PermissionsExt;
     let key = "remote.public_key_file";
     let p = &r.public_key_file;
-    match std::fs::metadata(p) {
-        Err(e) => v.push((key.into(), format!("cannot read `{}`: {e}", p.display()))),
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o022 != 0 {
-                v.push((
-                    key.into(),
-                    format!(
-                        "`{}`: mode {mode:04o} is writable by group/others; chmod 644 it",
-                        p.display()
-                    ),
-                ));
-            } else if let Err(e) = crate::remote::document::TrustedKeys::load(p) {
+    match check_trusted_file(p) {
+        Err(e) => v.push((key.into(), e)),
+        Ok(()) => {
+            if let Err(e) = crate::remote::document::TrustedKeys::load(p) {
                 v.push((key.into(), e));
             }
+        }
+    }
+    for (k, n) in [
+        ("remote.min_version.fleet", r.min_version.fleet),
+        ("remote.min_version.gateway", r.min_version.gateway),
+    ] {
+        if n < 0 {
+            v.push((k.into(), "must be 0 or a positive version".into()));
         }
     }
     let t = r.confirm_timeout.0;

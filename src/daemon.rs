@@ -21,6 +21,8 @@ pub struct Pipeline {
     uplink: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
+    /// Why the HTTP listener is not serving although it is enabled.
+    http_error: Option<String>,
     shutdown_tx: watch::Sender<bool>,
     sources_stop: watch::Sender<bool>,
     /// The configuration in effect; SIGHUP reload publishes here (see `ops::reload`).
@@ -137,12 +139,16 @@ impl Pipeline {
         // The writer ends once every sender is gone: the context's copy must go too.
         drop(ctx);
         let mut http_task = None;
+        let mut http_error = None;
         if cfg.http.enabled {
             let router = http_server::base_router(spool.clone()).merge(source_routes);
             let limits = http_server::Limits::from_config(&cfg.http);
             match http_server::serve(&cfg.http.listen, router, limits).await {
                 Ok(h) => http_task = Some(h),
-                Err(e) => tracing::error!("{e}; metrics, health and POS ingest are off"),
+                Err(e) => {
+                    tracing::error!("{e}; metrics, health and POS ingest are off");
+                    http_error = Some(format!("http.listen not bound: {e}"));
+                }
             }
         }
         background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
@@ -162,11 +168,32 @@ impl Pipeline {
             uplink,
             background,
             http: http_task,
+            http_error,
             shutdown_tx,
             sources_stop,
             config: config_tx,
             devices,
         })
+    }
+
+    /// Whether the pipeline runs as configured: no failed or still-starting source, no dead
+    /// task, the HTTP listener bound when enabled, the spool writable. A configuration change
+    /// is confirmed only while this holds (docs/fleet.md, "Confirmation").
+    pub fn health(&self) -> Result<(), String> {
+        let mut r = status::unhealthy_reasons(&self.spool);
+        if let Some(e) = &self.http_error {
+            r.push(e.clone());
+        }
+        for (name, h) in status::source_snapshot() {
+            if h.state == status::SourceState::Starting.as_str() {
+                r.push(format!("source {name} has not started yet"));
+            }
+        }
+        if r.is_empty() {
+            Ok(())
+        } else {
+            Err(r.join("; "))
+        }
     }
 
     /// Stops sources, spools what they produced, flushes, lets the uplink wait for in-flight
@@ -364,6 +391,7 @@ pub async fn serve(
     loop {
         let deadline = agent.as_ref().and_then(Agent::confirm_deadline);
         let settled = agent.as_ref().and_then(Agent::settle_deadline);
+        let probation = agent.as_ref().and_then(Agent::probation_deadline);
         tokio::select! {
             _ = &mut term => {
                 tracing::info!("termination signal: draining");
@@ -384,9 +412,28 @@ pub async fn serve(
             }
             _ = sleep_until_opt(settled), if settled.is_some() => {
                 if let (Some(a), Some(c)) = (agent.as_mut(), control.as_ref()) {
-                    if a.on_settled() {
+                    if a.on_settled(p.health()) {
                         let _ = c.outbound.try_send(state_update(a, false));
+                        // Documents that came while the change was pending apply now.
+                        let mut restart = false;
+                        for (layer, doc) in a.take_deferred() {
+                            let msg = uplink::Inbound::Message { topic: a.config_topic(layer), payload: doc };
+                            let ctx = RemoteCtx { path, reloader: &mut reloader, pipeline: &p, out: &c.outbound };
+                            if handle_remote(a, msg, ctx).await == RunEnd::Restart {
+                                restart = true;
+                                break;
+                            }
+                        }
+                        if restart {
+                            end = RunEnd::Restart;
+                            break;
+                        }
                     }
+                }
+            }
+            _ = sleep_until_opt(probation), if probation.is_some() => {
+                if let Some(a) = agent.as_mut() {
+                    a.on_probation_elapsed(p.health());
                 }
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
@@ -518,7 +565,9 @@ async fn handle_remote(
         Inbound::Disconnected => agent.on_disconnected(),
         Inbound::Message { topic, payload } => match agent.inbox(&topic) {
             Some(Inbox::Config(layer)) => match agent.on_document(layer, &payload) {
-                DocumentOutcome::Unchanged => {}
+                DocumentOutcome::Unchanged
+                | DocumentOutcome::Ignored
+                | DocumentOutcome::Deferred => {}
                 DocumentOutcome::Rejected(_) => {
                     publish(agent.state_topic(), agent.state_payload(), true);
                 }
@@ -534,6 +583,7 @@ async fn handle_remote(
                 }
             },
             Some(Inbox::Command) => match agent.on_command(&payload) {
+                CommandOutcome::Ignored => {}
                 CommandOutcome::Refused(answer) => publish(agent.result_topic(), answer, false),
                 CommandOutcome::Run(c) => match c.action {
                     Action::Status => {

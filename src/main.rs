@@ -146,6 +146,9 @@ enum Cmd {
         /// Output (default: FILE.signed).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How long the document stays valid when FILE names no `not_after` (at most 90d).
+        #[arg(long, default_value = "30d")]
+        valid_for: storegw::config::Dur,
     },
     /// Run a gateway's verification of a signed document offline and print the result (exit 1
     /// with the reason when a gateway would reject it).
@@ -454,18 +457,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Sign { file, key, out } => {
-            match storegw::remote::tools::sign_file(&file, &key, out.as_deref()) {
-                Ok(p) => {
-                    println!("{}", p.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("sign: {e}");
-                    ExitCode::FAILURE
-                }
+        Cmd::Sign {
+            file,
+            key,
+            out,
+            valid_for,
+        } => match storegw::remote::tools::sign_file(&file, &key, out.as_deref(), valid_for.0) {
+            Ok(p) => {
+                println!("{}", p.display());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("sign: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Verify {
             file,
             public_key,

@@ -375,6 +375,7 @@ mod tests {
                 username: None,
                 password_file: None,
                 ca_file: None,
+                allow_insecure: false,
             },
             store: None,
             wait: Duration::from_secs(1),

@@ -355,6 +355,10 @@ metrics! {
         "POS transactions already stored (idempotent retries).";
     PosRefused => "storegw_pos_refused_total", "counter", false,
         "POS inputs refused for lack of room, by reason.";
+    RemoteUnverified => "storegw_remote_unverified_total", "counter", true,
+        "Messages on the remote topics that no trusted key signed (ignored), by topic and reason.";
+    OutgoingOversized => "storegw_outgoing_oversized_total", "counter", true,
+        "Control messages (status, configuration state, command answers) too large to send, replaced by a bounded error.";
 }
 
 /// Every fixed metric family: name, type and HELP text. docs/operations.md lists the same.

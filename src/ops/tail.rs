@@ -126,6 +126,10 @@ pub struct BrokerConn {
     /// PEM CA bundle for mqtts:// (default: the system bundle).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// Send the user name and password over plain mqtt:// to a host other than this machine
+    /// (refused without it, as the daemon refuses without `mqtt.allow_insecure`).
+    #[arg(long)]
+    pub allow_insecure: bool,
 }
 
 impl BrokerConn {
@@ -139,6 +143,15 @@ impl BrokerConn {
         let (host, port, tls) =
             parse_broker_url(&self.broker).map_err(|e| format!("--broker: {e}"))?;
         let id = format!("{id_prefix}-{:08x}", fastrand::u32(..));
+        if self.username.is_some()
+            && !tls
+            && !self.allow_insecure
+            && !crate::config::is_loopback_host(&host)
+        {
+            return Err(format!(
+                "--broker: credentials would go in clear to `{host}` over mqtt://; use mqtts:// or --allow-insecure"
+            ));
+        }
         let mut m = MqttOptions::new(id, host, port);
         m.set_clean_session(true)
             .set_keep_alive(Duration::from_secs(30))

@@ -17,20 +17,36 @@ use crate::event::{now_ms, rfc3339_ms, SCHEMA};
 use crate::ops::reload;
 use crate::remote::command::{self, Action, NonceLog};
 use crate::remote::document::{self, Rejection, TrustedKeys};
-use crate::remote::state::{Installing, Layer, Pending, Persisted, Report, StateDir};
+use crate::remote::state::{Installing, Layer, Pending, Persisted, Probation, Report, StateDir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Starts with an unconfirmed change before it is rolled back even if its deadline has not
-/// passed (a gateway that keeps crashing with it).
+/// Starts with an unconfirmed change before it is rolled back (a gateway that keeps crashing
+/// with it never confirms it).
 pub const MAX_UNCONFIRMED_STARTS: u32 = 3;
+
+/// How long one start must run healthy after a change for the change to be trusted; until
+/// then each start counts, and [`MAX_PROBATION_STARTS`] of them roll it back.
+pub const PROBATION: Duration = Duration::from_secs(600);
+
+/// Starts within [`PROBATION`] of a change that roll it back: below systemd's start limit
+/// (the unit's `StartLimitBurst=10`), so the unit never stays failed because of a document.
+pub const MAX_PROBATION_STARTS: u32 = 5;
+
+/// One log line per this interval at most for unverified input on the remote topics.
+const UNVERIFIED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What a message on a config topic leads to.
 #[derive(Debug)]
 pub enum DocumentOutcome {
     /// Already in effect (a retained message delivered again at a reconnection): nothing to do.
     Unchanged,
+    /// Nothing proves it came from a trusted key: counted and dropped, nothing reported.
+    Ignored,
+    /// Signed, but a change is still being confirmed: kept and processed once it is (or
+    /// delivered again after a rollback's restart).
+    Deferred,
     /// Refused; the reason is in the report. Nothing changed.
     Rejected(String),
     /// Accepted and every changed key is live: publish this configuration (merged text, config,
@@ -51,6 +67,8 @@ pub enum CommandOutcome {
     Run(command::Command),
     /// Refused: publish this answer on `.../cmd/result`.
     Refused(Vec<u8>),
+    /// Nothing proves it came from a trusted key: counted and dropped, not answered.
+    Ignored,
 }
 
 /// The topics an agent listens on, by role.
@@ -92,6 +110,38 @@ pub struct Agent {
     settle_until: Option<tokio::time::Instant>,
     /// `reconnect` commands are answered once the new connection is up.
     reconnect_nonces: Vec<String>,
+    /// `[remote.min_version]` per layer.
+    min_version: [i64; 2],
+    /// Signed documents that came while a change was pending, per layer (the latest).
+    deferred: [Option<Vec<u8>>; 2],
+    /// Why the last settled session could not confirm (the pipeline was not healthy).
+    unhealthy: Option<String>,
+    /// When this start has run long enough to end the probation of a change.
+    probation_until: Option<tokio::time::Instant>,
+    /// state.json could not be read: documents are refused and the file is left as it is.
+    state_damaged: Option<String>,
+    /// Rate limit of the log line for unverified input.
+    unverified_log: LogLimiter,
+}
+
+/// At most one log line per interval; counts what it held back.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl LogLimiter {
+    /// Some(lines held back since the last one) when a line may be written now.
+    fn allow(&mut self, every: Duration) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < every) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
 }
 
 fn layer_index(l: Layer) -> usize {
@@ -113,9 +163,13 @@ impl Agent {
         let keys = TrustedKeys::load(&remote.public_key_file)
             .map_err(|e| format!("remote.public_key_file: {e}"))?;
         let dir = StateDir::open(&local.gateway.state_dir)?;
-        let state = dir
-            .load()
-            .map_err(|e| format!("remote state damaged ({e}); move the file away to start over"))?;
+        let (state, state_damaged) = match dir.load() {
+            Ok(s) => (s, None),
+            Err(e) => {
+                tracing::error!(error = %e, "remote state damaged: running the stored documents, refusing new ones until state.json is repaired or moved away");
+                (Persisted::default(), Some(e))
+            }
+        };
         let (nonces, nonces_lost_until) = load_nonces(&dir);
         let local_text = std::fs::read_to_string(local_path)
             .map_err(|e| format!("cannot read {}: {e}", local_path.display()))?;
@@ -143,8 +197,15 @@ impl Agent {
             subscribed: false,
             settle_until: None,
             reconnect_nonces: Vec::new(),
+            min_version: [remote.min_version.fleet, remote.min_version.gateway],
+            deferred: [None, None],
+            unhealthy: None,
+            probation_until: None,
+            state_damaged,
+            unverified_log: LogLimiter::default(),
         };
         agent.check_pending_at_boot()?;
+        agent.check_probation_at_boot()?;
         for l in Layer::ALL {
             match agent.boot_layer(l) {
                 Ok(o) => agent.set_overlay(l, o),
@@ -181,65 +242,111 @@ impl Agent {
         // gateway to another `mqtt.topic_prefix`, and then listens and answers there.
         agent.prefix = cfg.mqtt.topic_prefix.clone();
         agent.dir.write_effective(&agent.running_text)?;
+        if let Some(e) = agent.state_damaged.clone() {
+            agent.report(0, Layer::Gateway, "rejected", Some(damaged_reason(&e)));
+        }
         agent.save()?;
         Ok((cfg, Some(agent)))
     }
 
-    /// A change installed by the previous process is confirmed by reaching the broker; this
-    /// start counts one more try, and rolls back when the deadline has passed or the tries are
-    /// used up.
+    /// A change installed by the previous process is confirmed by reaching the broker and
+    /// running healthy; this start counts one more try and gets a full `confirm_timeout`,
+    /// measured on the monotonic clock. The tries are the bound: after
+    /// [`MAX_UNCONFIRMED_STARTS`] the change is rolled back before anything runs, so a
+    /// configuration that crashes the gateway is undone too, whatever the wall clock did.
     fn check_pending_at_boot(&mut self) -> Result<(), String> {
         let Some(mut p) = self.state.pending.clone() else {
             return Ok(());
         };
         p.starts += 1;
-        let now = now_ms();
-        if now > p.deadline_ms || p.starts > MAX_UNCONFIRMED_STARTS {
-            let why = if now > p.deadline_ms {
-                format!(
-                    "not confirmed: the broker was not reached within {}s of applying it",
-                    self.confirm_timeout.as_secs()
-                )
-            } else {
-                format!("not confirmed after {} starts", p.starts - 1)
-            };
-            self.roll_back(&p, why)?;
+        if p.starts > MAX_UNCONFIRMED_STARTS {
+            let why = format!("not confirmed after {} starts", p.starts - 1);
+            self.roll_back(p.layer, p.version, why)?;
         } else {
-            // The wall clock may have jumped (a box without a battery-backed clock boots in
-            // the past): never wait longer than one confirm_timeout from this start.
-            let left = Duration::from_millis((p.deadline_ms - now).max(0) as u64)
-                .min(self.confirm_timeout);
-            self.confirm_by = Some(tokio::time::Instant::now() + left);
+            self.confirm_by = Some(tokio::time::Instant::now() + self.confirm_timeout);
             tracing::warn!(
                 layer = p.layer.as_str(),
                 version = p.version,
-                confirm_within_s = left.as_secs(),
-                "configuration applied by restart: waiting to reach the broker before keeping it"
+                start = p.starts,
+                confirm_within_s = self.confirm_timeout.as_secs(),
+                "configuration applied by restart: waiting to reach the broker and run healthy before keeping it"
             );
             self.state.pending = Some(p);
         }
         self.save()
     }
 
-    fn roll_back(&mut self, p: &Pending, why: String) -> Result<(), String> {
-        let reason = match self.last_connect_error.as_ref().or(p.last_error.as_ref()) {
-            Some(e) => format!("{why} (last error: {e})"),
+    /// A change in effect but still on probation: this start counts; too many starts within
+    /// [`PROBATION`] of it roll it back.
+    fn check_probation_at_boot(&mut self) -> Result<(), String> {
+        let Some(mut p) = self.state.probation else {
+            return Ok(());
+        };
+        p.starts += 1;
+        if p.starts >= MAX_PROBATION_STARTS {
+            let why = format!(
+                "the gateway started {} times within {} min of this change",
+                p.starts,
+                PROBATION.as_secs() / 60
+            );
+            self.state.probation = None;
+            self.roll_back(p.layer, p.version, why)?;
+        } else {
+            self.state.probation = Some(p);
+            self.probation_until = Some(tokio::time::Instant::now() + PROBATION);
+        }
+        self.save()
+    }
+
+    /// When this start has run long enough to end a change's probation (None: none).
+    pub fn probation_deadline(&self) -> Option<tokio::time::Instant> {
+        self.probation_until
+    }
+
+    /// This start ran for [`PROBATION`]: the change on probation is kept for good if the
+    /// gateway is healthy now (`health`); if not, it is looked at again a minute later.
+    pub fn on_probation_elapsed(&mut self, health: Result<(), String>) {
+        if let Err(why) = health {
+            tracing::warn!(reason = %why, "a recent configuration change is still on probation: the gateway is unhealthy");
+            self.probation_until = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+            return;
+        }
+        self.probation_until = None;
+        if self.state.probation.take().is_some() {
+            if let Err(e) = self.save() {
+                tracing::error!(error = %e, "cannot record the end of a change's probation");
+            }
+        }
+    }
+
+    fn roll_back(&mut self, layer: Layer, version: i64, why: String) -> Result<(), String> {
+        let last = self
+            .unhealthy
+            .as_ref()
+            .or(self.last_connect_error.as_ref())
+            .or(self
+                .state
+                .pending
+                .as_ref()
+                .and_then(|p| p.last_error.as_ref()));
+        let reason = match last {
+            Some(e) => format!("{why} (last problem: {})", document::excerpt(e, 200)),
             None => why,
         };
-        tracing::error!(layer = p.layer.as_str(), version = p.version, %reason, "rolling back to the previous configuration");
-        self.dir.restore_previous(p.layer)?;
+        tracing::error!(layer = layer.as_str(), version, %reason, "rolling back to the previous configuration");
+        self.dir.restore_previous(layer)?;
         let prev = self
-            .stored_overlay(p.layer)
+            .stored_overlay(layer)
             .ok()
             .flatten()
             .map(|(_, v)| v)
             .unwrap_or(0);
-        let v = self.state.layer_mut(p.layer);
+        let v = self.state.layer_mut(layer);
         v.applied = prev;
-        v.floor = v.floor.max(p.version);
+        v.floor = v.floor.max(version);
         self.state.pending = None;
         self.confirm_by = None;
-        self.report(p.version, p.layer, "rolled_back", Some(reason));
+        self.report(version, layer, "rolled_back", Some(reason));
         Ok(())
     }
 
@@ -278,6 +385,13 @@ impl Agent {
         }
         let stored = self.stored_overlay(l)?;
         let version = stored.as_ref().map(|(_, v)| *v).unwrap_or(0);
+        let min = self.min_version[layer_index(l)];
+        if stored.is_some() && version < min {
+            return Err(format!(
+                "version {version} is below remote.min_version.{} ({min})",
+                l.as_str()
+            ));
+        }
         let v = self.state.layer_mut(l);
         if version != v.applied {
             v.applied = version;
@@ -324,6 +438,14 @@ impl Agent {
         format!("{}/{}/{}/{leaf}", self.prefix, self.store, self.gateway)
     }
 
+    /// The topic a layer's documents come on.
+    pub fn config_topic(&self, layer: Layer) -> String {
+        match layer {
+            Layer::Gateway => self.topic("config"),
+            Layer::Fleet => format!("{}/_fleet/config", self.prefix),
+        }
+    }
+
     /// Which inbox a topic is, if it is one of ours.
     pub fn inbox(&self, topic: &str) -> Option<Inbox> {
         if topic == self.topic("config") {
@@ -338,35 +460,102 @@ impl Agent {
     }
 
     /// Verifies a document from a config topic and decides how it applies; the decision is on
-    /// disk before this returns.
+    /// disk before this returns. Input no trusted key signed is only counted (never persisted,
+    /// reported or answered), and a signed document that comes while a change is pending waits
+    /// until that change is confirmed, so the rollback target stays the one before it.
     pub fn on_document(&mut self, layer: Layer, signed: &[u8]) -> DocumentOutcome {
         if signed.is_empty() {
             // A cleared retained message: the layer's document stays; only a newer signed
             // document changes anything.
             return DocumentOutcome::Unchanged;
         }
-        if self.dir.document(layer).ok().flatten().as_deref() == Some(signed)
-            || self.last_refused[layer_index(layer)].as_deref() == Some(signed)
+        let i = layer_index(layer);
+        if self.last_refused[i].as_deref() == Some(signed)
+            || self.dir.document(layer).ok().flatten().as_deref() == Some(signed)
         {
             return DocumentOutcome::Unchanged;
         }
-        match self.accept(layer, signed) {
-            Ok(o) => o,
-            Err((version, r)) => {
-                let reason = r.reason();
-                tracing::warn!(layer = layer.as_str(), version, %reason, "remote configuration rejected");
-                // A refusal for a cause that may pass (a disk that refused a write) is not
-                // remembered: the document is tried again when it comes again.
-                if !matches!(&r, Rejection::Invalid { key, .. } if key == "(state)") {
-                    self.last_refused[layer_index(layer)] = Some(signed.to_vec());
-                }
-                self.report(version, layer, "rejected", Some(reason.clone()));
-                if let Err(e) = self.save() {
-                    tracing::error!(error = %e, "cannot record the remote configuration state");
-                }
-                DocumentOutcome::Rejected(reason)
+        let doc = match document::verify_signature(signed, &self.keys) {
+            Ok(d) => d,
+            Err(r) if r.is_unverified() => {
+                self.unverified("config", &r);
+                self.last_refused[i] = Some(signed.to_vec());
+                return DocumentOutcome::Ignored;
             }
+            Err(r) => return self.refuse(layer, signed, 0, r),
+        };
+        if let Some(e) = &self.state_damaged {
+            let reason = damaged_reason(e);
+            tracing::warn!(layer = layer.as_str(), version = doc.version, %reason, "remote configuration refused");
+            // Reported, not persisted: the damaged file is left for a person to look at.
+            self.report(doc.version, layer, "rejected", Some(reason.clone()));
+            return DocumentOutcome::Rejected(reason);
         }
+        if self.state.pending.is_some() {
+            tracing::info!(
+                layer = layer.as_str(),
+                version = doc.version,
+                "signed document received while a change is being confirmed: it is applied after"
+            );
+            self.deferred[i] = Some(signed.to_vec());
+            return DocumentOutcome::Deferred;
+        }
+        match self.accept(layer, signed, doc) {
+            Ok(o) => o,
+            Err((version, r)) => self.refuse(layer, signed, version, r),
+        }
+    }
+
+    /// The documents deferred while a change was pending, to pass to [`Agent::on_document`]
+    /// again now that nothing is pending (fleet first, then gateway).
+    pub fn take_deferred(&mut self) -> Vec<(Layer, Vec<u8>)> {
+        if self.state.pending.is_some() {
+            return Vec::new();
+        }
+        Layer::ALL
+            .into_iter()
+            .filter_map(|l| self.deferred[layer_index(l)].take().map(|d| (l, d)))
+            .collect()
+    }
+
+    /// Counts unverified input on a remote topic (`storegw_remote_unverified_total`) and logs
+    /// it at most once a minute; nothing of the input is kept, reported or written.
+    fn unverified(&mut self, topic: &str, r: &Rejection) {
+        crate::ops::metrics::global().count(
+            crate::ops::metrics::Metric::RemoteUnverified,
+            &crate::ops::metrics::labels(&[("topic", topic), ("reason", r.label())]),
+            1,
+        );
+        if let Some(held) = self.unverified_log.allow(UNVERIFIED_LOG_EVERY) {
+            tracing::warn!(
+                topic,
+                reason = r.label(),
+                held_back = held,
+                "unverified message on a remote topic ignored (storegw_remote_unverified_total counts them)"
+            );
+        }
+    }
+
+    /// A signed document refused: reported and recorded.
+    fn refuse(
+        &mut self,
+        layer: Layer,
+        signed: &[u8],
+        version: i64,
+        r: Rejection,
+    ) -> DocumentOutcome {
+        let reason = r.reason();
+        tracing::warn!(layer = layer.as_str(), version, %reason, "remote configuration rejected");
+        // A refusal for a cause that may pass (a disk that refused a write) is not
+        // remembered: the document is tried again when it comes again.
+        if !matches!(&r, Rejection::Invalid { key, .. } if key == "(state)") {
+            self.last_refused[layer_index(layer)] = Some(signed.to_vec());
+        }
+        self.report(version, layer, "rejected", Some(reason.clone()));
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "cannot record the remote configuration state");
+        }
+        DocumentOutcome::Rejected(reason)
     }
 
     /// The `target` a document on `layer` must be signed for.
@@ -377,8 +566,20 @@ impl Agent {
         }
     }
 
-    fn accept(&mut self, layer: Layer, signed: &[u8]) -> Result<DocumentOutcome, (i64, Rejection)> {
-        let doc = document::verify_signature(signed, &self.keys).map_err(|r| (0, r))?;
+    /// The time expiry is judged against: never earlier than the latest time this gateway
+    /// recorded, so a clock that booted behind cannot make an expired document valid again.
+    fn checked_now(&self) -> OffsetDateTime {
+        let now = now_ms().max(self.state.clock_ms);
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc())
+    }
+
+    fn accept(
+        &mut self,
+        layer: Layer,
+        signed: &[u8],
+        doc: document::Document,
+    ) -> Result<DocumentOutcome, (i64, Rejection)> {
         let v = doc.version;
         if doc.target != self.target(layer) {
             return Err((v, Rejection::WrongTarget(doc.target)));
@@ -404,8 +605,11 @@ impl Agent {
             // The document in effect, in other bytes (line endings): nothing to apply or report.
             return Ok(DocumentOutcome::Unchanged);
         }
-        document::check_fresh(&doc, OffsetDateTime::now_utc(), lv.applied.max(lv.floor))
-            .map_err(|r| (v, r))?;
+        let floor = lv
+            .applied
+            .max(lv.floor)
+            .max(self.min_version[layer_index(layer)].saturating_sub(1));
+        document::check_fresh(&doc, self.checked_now(), floor).map_err(|r| (v, r))?;
         if let Some(k) = document::forbidden_keys(&doc.overlay).into_iter().next() {
             return Err((v, Rejection::ForbiddenKey(k)));
         }
@@ -444,11 +648,16 @@ impl Agent {
                 reason: None,
                 at,
             });
+            next.probation = Some(Probation {
+                layer,
+                version: v,
+                starts: 0,
+            });
         } else {
+            next.probation = None;
             next.pending = Some(Pending {
                 layer,
                 version: v,
-                deadline_ms: now_ms().saturating_add(self.confirm_timeout.as_millis() as i64),
                 starts: 0,
                 last_error: None,
             });
@@ -493,6 +702,8 @@ impl Agent {
     ) -> Result<(), String> {
         let mut intent = self.state.clone();
         intent.installing = Some(Installing { layer, version });
+        intent.clock_ms = intent.clock_ms.max(now_ms());
+        next.clock_ms = intent.clock_ms;
         self.dir.save(&intent)?;
         if let Err(e) = self.dir.install(layer, signed) {
             let _ = self.dir.save(&self.state);
@@ -549,17 +760,41 @@ impl Agent {
         self.settle_until
     }
 
-    /// The session lasted: confirms the change applied by restart. Returns true when the
-    /// report changed.
-    pub fn on_settled(&mut self) -> bool {
+    /// The session lasted: confirms the change applied by restart if the pipeline is healthy
+    /// (`health`: every enabled source running, the HTTP listener bound, the spool writable).
+    /// An unhealthy gateway does not confirm; it tries again one settle time later, until the
+    /// confirm deadline rolls the change back with the health problem as the reason. Returns
+    /// true when the report changed.
+    pub fn on_settled(&mut self, health: Result<(), String>) -> bool {
         if self.settle_until.take().is_none() {
             return false;
         }
         self.last_connect_error = None;
+        if self.state.pending.is_none() {
+            return false;
+        }
+        if let Err(why) = health {
+            if self.unhealthy.as_deref() != Some(why.as_str()) {
+                tracing::warn!(reason = %why, "configuration change not confirmed yet: the gateway is not healthy with it");
+            }
+            self.unhealthy = Some(why);
+            if self.subscribed {
+                self.settle_until = Some(tokio::time::Instant::now() + self.settle_time());
+            }
+            return false;
+        }
+        self.unhealthy = None;
         let Some(p) = self.state.pending.take() else {
             return false;
         };
         self.confirm_by = None;
+        // Confirmed, and watched for a while: repeated starts soon after still roll it back.
+        self.state.probation = Some(Probation {
+            layer: p.layer,
+            version: p.version,
+            starts: 0,
+        });
+        self.probation_until = Some(tokio::time::Instant::now() + PROBATION);
         self.report(p.version, p.layer, "applied", None);
         if let Err(e) = self.save() {
             tracing::error!(error = %e, "cannot record the confirmed configuration");
@@ -576,12 +811,17 @@ impl Agent {
     pub fn on_connect_failed(&mut self, error: String) {
         self.subscribed = false;
         self.settle_until = None;
-        if let Some(p) = &mut self.state.pending {
-            if p.last_error.as_deref() != Some(error.as_str()) {
+        let error = document::excerpt(&error, 200);
+        let changed = match &mut self.state.pending {
+            Some(p) if p.last_error.as_deref() != Some(error.as_str()) => {
                 p.last_error = Some(error.clone());
-                if let Err(e) = self.dir.save(&self.state) {
-                    tracing::error!(error = %e, "cannot record the remote configuration state");
-                }
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            if let Err(e) = self.save() {
+                tracing::error!(error = %e, "cannot record the remote configuration state");
             }
         }
         self.last_connect_error = Some(error);
@@ -598,13 +838,18 @@ impl Agent {
         let Some(p) = self.state.pending.clone() else {
             return Ok(());
         };
-        self.roll_back(
-            &p,
+        let why = if self.unhealthy.is_some() {
+            format!(
+                "not confirmed: the gateway did not run healthy within {}s of applying it",
+                self.confirm_timeout.as_secs()
+            )
+        } else {
             format!(
                 "not confirmed: the broker was not reached within {}s of applying it",
                 self.confirm_timeout.as_secs()
-            ),
-        )?;
+            )
+        };
+        self.roll_back(p.layer, p.version, why)?;
         self.save()
     }
 
@@ -634,9 +879,16 @@ impl Agent {
         &self.running_text
     }
 
-    /// Verifies a command; a verified command's nonce is on disk before it runs.
+    /// Verifies a command; a verified command's nonce is on disk before it runs. A command no
+    /// trusted key signed is counted and dropped without an answer.
     pub fn on_command(&mut self, signed: &[u8]) -> CommandOutcome {
         let now = now_ms();
+        if let Err(r) = document::signed_text(signed, &self.keys) {
+            if r.is_unverified() {
+                self.unverified("cmd", &r);
+                return CommandOutcome::Ignored;
+            }
+        }
         if let Some(until) = self.nonces_lost_until.filter(|u| now < *u) {
             let why = format!(
                 "busy: the nonce log was lost; commands are accepted again from {}",
@@ -769,10 +1021,24 @@ impl Agent {
         crate::ops::status::set_config(Some(self.status_object()));
     }
 
-    fn save(&self) -> Result<(), String> {
+    /// Publishes the state to the status document and writes state.json (never over a
+    /// damaged one: that is left for a person to look at).
+    fn save(&mut self) -> Result<(), String> {
         crate::ops::status::set_config(Some(self.status_object()));
+        if self.state_damaged.is_some() {
+            return Ok(());
+        }
+        self.state.clock_ms = self.state.clock_ms.max(now_ms());
         self.dir.save(&self.state)
     }
+}
+
+/// The report of a gateway whose state.json could not be read.
+fn damaged_reason(e: &str) -> String {
+    format!(
+        "state_damaged: {}; new documents are refused until state.json is repaired or moved away",
+        document::excerpt(e, 200)
+    )
 }
 
 /// The nonce log, and until when commands must be refused because it was lost: a damaged or
@@ -812,12 +1078,17 @@ mod tests {
         ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
     }
 
-    /// A gateway directory with a local file trusting `key()`, two installed gateway documents
-    /// (rate 5 then rate 9, the second awaiting confirmation) and `pending` as the state.
-    fn gateway_with_pending(
+    fn signed(overlay: &str) -> Result<Vec<u8>, String> {
+        document::sign(overlay.as_bytes(), &key())
+    }
+
+    /// A gateway directory with a local file trusting `key()` (`remote_extra` added to its
+    /// `[remote]`), two installed gateway documents (rate 5 then rate 9, the second awaiting
+    /// confirmation after `starts` starts).
+    fn gateway_with(
         dir: &Path,
-        deadline_ms: i64,
         starts: u32,
+        remote_extra: &str,
     ) -> Result<(PathBuf, Config), Box<dyn std::error::Error>> {
         std::fs::write(
             dir.join("central.pub"),
@@ -826,7 +1097,7 @@ mod tests {
         let path = dir.join("storegw.toml");
         let text = format!(
             "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\nstate_dir = \"{}\"\n[http]\nenabled = false\n\
-             [sources.sim]\nenabled = true\nrate = 1.0\n[remote]\npublic_key_file = \"central.pub\"\n",
+             [sources.sim]\nenabled = true\nrate = 1.0\n[remote]\npublic_key_file = \"central.pub\"\nconfirm_timeout = \"60s\"\n{remote_extra}",
             dir.join("state").display()
         );
         std::fs::write(&path, &text)?;
@@ -834,17 +1105,11 @@ mod tests {
         let sd = StateDir::open(&dir.join("state"))?;
         sd.install(
             Layer::Gateway,
-            &document::sign(
-                b"version = 1\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 5.0\n",
-                &key(),
-            )?,
+            &signed("version = 1\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 5.0\n")?,
         )?;
         sd.install(
             Layer::Gateway,
-            &document::sign(
-                b"version = 2\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 9.0\n",
-                &key(),
-            )?,
+            &signed("version = 2\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 9.0\n")?,
         )?;
         let mut st = Persisted::default();
         st.gateway.applied = 2;
@@ -852,7 +1117,6 @@ mod tests {
         st.pending = Some(Pending {
             layer: Layer::Gateway,
             version: 2,
-            deadline_ms,
             starts,
             last_error: Some("Connection refused".into()),
         });
@@ -860,66 +1124,381 @@ mod tests {
         Ok((path, local))
     }
 
-    #[test]
-    fn a_start_after_the_deadline_rolls_back_before_running() -> R {
-        let tmp = tempfile::tempdir()?;
-        let (path, local) = gateway_with_pending(tmp.path(), now_ms() - 1, 1)?;
+    fn gateway_with_pending(
+        dir: &Path,
+        starts: u32,
+    ) -> Result<(PathBuf, Config), Box<dyn std::error::Error>> {
+        gateway_with(dir, starts, "")
+    }
+
+    /// A booted agent with version 2 pending (first start after the change).
+    fn pending_agent(dir: &Path) -> Result<(Agent, Config), Box<dyn std::error::Error>> {
+        let (path, local) = gateway_with_pending(dir, 0)?;
         let (cfg, agent) = Agent::boot(&path, local)?;
-        let agent = agent.ok_or("no agent")?;
-        assert_eq!(cfg.sources.sim.rate, 5.0, "the previous document is back");
-        let s = agent.status_object();
-        assert_eq!(s["state"], "rolled_back");
-        assert_eq!(s["version"], 2);
-        assert_eq!(s["versions"]["gateway"], 1);
-        let reason = s["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("Connection refused"), "{reason}");
-        assert!(agent.confirm_deadline().is_none());
-        // The rolled-back version stays refused.
-        let st = StateDir::open(&tmp.path().join("state"))?.load()?;
-        assert_eq!((st.gateway.applied, st.gateway.floor), (1, 2));
-        assert!(st.pending.is_none());
-        Ok(())
+        Ok((agent.ok_or("no agent")?, cfg))
+    }
+
+    /// Connects, has the state publish acknowledged and lets the session settle.
+    fn settle(agent: &mut Agent) {
+        agent.on_connected(true);
+        agent.on_acknowledged();
+    }
+
+    fn state_file(dir: &Path) -> Result<Persisted, Box<dyn std::error::Error>> {
+        Ok(StateDir::open(&dir.join("state"))?.load()?)
     }
 
     #[test]
     fn a_change_that_keeps_crashing_the_gateway_is_rolled_back() -> R {
         let tmp = tempfile::tempdir()?;
-        let (path, local) =
-            gateway_with_pending(tmp.path(), now_ms() + 600_000, MAX_UNCONFIRMED_STARTS)?;
+        let (path, local) = gateway_with_pending(tmp.path(), MAX_UNCONFIRMED_STARTS)?;
         let (cfg, agent) = Agent::boot(&path, local)?;
-        assert_eq!(cfg.sources.sim.rate, 5.0);
-        let s = agent.ok_or("no agent")?.status_object();
+        assert_eq!(cfg.sources.sim.rate, 5.0, "the previous document is back");
+        let agent = agent.ok_or("no agent")?;
+        let s = agent.status_object();
+        assert_eq!(s["state"], "rolled_back");
+        assert_eq!(s["version"], 2);
+        assert_eq!(s["versions"]["gateway"], 1);
+        let reason = s["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("after 3 starts"), "{reason}");
+        assert!(reason.contains("Connection refused"), "{reason}");
+        assert!(agent.confirm_deadline().is_none());
+        // The rolled-back version stays refused.
+        let st = state_file(tmp.path())?;
+        assert_eq!((st.gateway.applied, st.gateway.floor), (1, 2));
+        assert!(st.pending.is_none());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_confirm_window_is_per_start_on_the_monotonic_clock() -> R {
+        // The change was accepted by a process whose wall clock was hours behind; the clock
+        // stepped during the restart. Whatever the wall clock says, this start gets a full
+        // confirm_timeout, and only the start count bounds the tries.
+        let tmp = tempfile::tempdir()?;
+        let (mut agent, cfg) = pending_agent(tmp.path())?;
+        assert_eq!(cfg.sources.sim.rate, 9.0, "the change runs");
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(agent.confirm_deadline(), Some(t0 + Duration::from_secs(60)));
+        assert_eq!(state_file(tmp.path())?.pending.map(|p| p.starts), Some(1));
+        // Nothing reached: the deadline rolls back.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        agent.on_connect_failed("Connection refused".into());
+        agent.on_confirm_timeout()?;
+        let s = agent.status_object();
         assert_eq!(s["state"], "rolled_back");
         assert!(s["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("after 3 starts")));
+            .is_some_and(|r| r.contains("not reached within 60s")));
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_settled_session_confirms_and_starts_the_probation() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (mut agent, _) = pending_agent(tmp.path())?;
+        assert!(!agent.on_connected(true));
+        agent.on_acknowledged();
+        let settle_at = agent.settle_deadline().ok_or("not settling")?;
+        assert_eq!(settle_at - tokio::time::Instant::now(), agent.settle_time());
+        tokio::time::advance(agent.settle_time()).await;
+        assert!(agent.on_settled(Ok(())));
+        assert_eq!(agent.status_object()["state"], "applied");
+        assert!(agent.confirm_deadline().is_none());
+        let st = state_file(tmp.path())?;
+        assert!(st.pending.is_none());
+        assert_eq!(st.gateway.applied, 2);
+        assert_eq!(
+            st.probation,
+            Some(Probation {
+                layer: Layer::Gateway,
+                version: 2,
+                starts: 0
+            })
+        );
+        // Ten healthy minutes end the probation.
+        assert_eq!(
+            agent.probation_deadline(),
+            Some(tokio::time::Instant::now() + PROBATION)
+        );
+        agent.on_probation_elapsed(Err("source wifi failed".into()));
+        assert!(
+            state_file(tmp.path())?.probation.is_some(),
+            "unhealthy: kept"
+        );
+        agent.on_probation_elapsed(Ok(()));
+        assert!(state_file(tmp.path())?.probation.is_none());
+        assert!(agent.probation_deadline().is_none());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unhealthy_pipeline_never_confirms_and_is_rolled_back() -> R {
+        // The broker is reachable, but the change broke a source (Wi-Fi without its
+        // capability, BLE without an adapter, an HTTP port the sandbox refuses).
+        let tmp = tempfile::tempdir()?;
+        let (mut agent, _) = pending_agent(tmp.path())?;
+        settle(&mut agent);
+        for _ in 0..5 {
+            tokio::time::advance(agent.settle_time()).await;
+            assert!(!agent.on_settled(Err("source wifi failed: Operation not permitted".into())));
+            assert!(agent.settle_deadline().is_some(), "tried again");
+        }
+        assert_eq!(state_file(tmp.path())?.pending.map(|p| p.version), Some(2));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        agent.on_confirm_timeout()?;
+        let s = agent.status_object();
+        assert_eq!(s["state"], "rolled_back");
+        let reason = s["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("did not run healthy"), "{reason}");
+        assert!(reason.contains("source wifi failed"), "{reason}");
+        assert_eq!(s["versions"]["gateway"], 1);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_subscription_does_not_confirm() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (mut agent, _) = pending_agent(tmp.path())?;
+        agent.on_connected(false);
+        agent.on_acknowledged();
+        assert!(agent.settle_deadline().is_none());
+        assert!(!agent.on_settled(Ok(())));
+        assert!(state_file(tmp.path())?.pending.is_some());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn documents_during_a_pending_change_wait_and_keep_the_rollback_target() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (mut agent, _) = pending_agent(tmp.path())?;
+        // A live-only v3 on the same layer, and a restart document on the other layer.
+        let v3 = signed("version = 3\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 11.0\n")?;
+        let fleet = signed("version = 1\ntarget = \"_fleet\"\n[log]\nformat = \"json\"\n")?;
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &v3),
+            DocumentOutcome::Deferred
+        ));
+        assert!(matches!(
+            agent.on_document(Layer::Fleet, &fleet),
+            DocumentOutcome::Deferred
+        ));
+        assert!(agent.take_deferred().is_empty(), "nothing while pending");
+        let st = state_file(tmp.path())?;
+        assert_eq!(
+            st.pending.map(|p| (p.layer, p.version)),
+            Some((Layer::Gateway, 2))
+        );
+        // The rollback restores v1, the document before the pending one.
+        agent.on_confirm_timeout()?;
+        let st = state_file(tmp.path())?;
+        assert_eq!((st.gateway.applied, st.gateway.floor), (1, 2));
+        let back = StateDir::open(&tmp.path().join("state"))?.document(Layer::Gateway)?;
+        assert!(back.is_some_and(|d| String::from_utf8_lossy(&d).contains("rate = 5.0")));
+        // v3 was never refused: it applies after the rollback.
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &v3),
+            DocumentOutcome::Live { .. }
+        ));
+        assert_eq!(agent.status_object()["versions"]["gateway"], 3);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferred_documents_apply_once_the_change_is_confirmed() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (mut agent, _) = pending_agent(tmp.path())?;
+        let v3 = signed("version = 3\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 11.0\n")?;
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &v3),
+            DocumentOutcome::Deferred
+        ));
+        settle(&mut agent);
+        tokio::time::advance(agent.settle_time()).await;
+        assert!(agent.on_settled(Ok(())));
+        let deferred = agent.take_deferred();
+        assert_eq!(deferred.len(), 1);
+        for (layer, doc) in deferred {
+            assert!(matches!(
+                agent.on_document(layer, &doc),
+                DocumentOutcome::Live { .. }
+            ));
+        }
+        let st = state_file(tmp.path())?;
+        assert_eq!((st.gateway.applied, st.gateway.floor), (3, 3));
         Ok(())
     }
 
     #[test]
-    fn a_pending_change_runs_until_confirmed_by_the_broker() -> R {
+    fn repeated_starts_within_the_probation_roll_the_change_back() -> R {
         let tmp = tempfile::tempdir()?;
-        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let (path, local) = gateway_with_pending(tmp.path(), 0)?;
+        let sd = StateDir::open(&tmp.path().join("state"))?;
+        let mut st = sd.load()?;
+        st.pending = None;
+        st.probation = Some(Probation {
+            layer: Layer::Gateway,
+            version: 2,
+            starts: 0,
+        });
+        sd.save(&st)?;
+        for start in 1..MAX_PROBATION_STARTS {
+            let (cfg, _) = Agent::boot(&path, local.clone())?;
+            assert_eq!(cfg.sources.sim.rate, 9.0, "start {start} keeps the change");
+        }
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        assert_eq!(cfg.sources.sim.rate, 5.0, "rolled back");
+        let s = agent.ok_or("no agent")?.status_object();
+        assert_eq!(s["state"], "rolled_back");
+        assert!(s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("started 5 times")));
+        let st = sd.load()?;
+        assert!(st.probation.is_none());
+        assert_eq!((st.gateway.applied, st.gateway.floor), (1, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn unverified_input_is_counted_never_written_or_reported() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (mut agent, _) = pending_agent(tmp.path())?;
+        let state_path = tmp.path().join("state/remote/state.json");
+        let before = std::fs::read(&state_path)?;
+        let modified = std::fs::metadata(&state_path)?.modified()?;
+        let report = agent.status_object();
+        let label = crate::ops::metrics::labels(&[("topic", "config"), ("reason", "malformed")]);
+        let counted = || {
+            crate::ops::metrics::global()
+                .counter_value(crate::ops::metrics::Metric::RemoteUnverified, &label)
+        };
+        let n0 = counted();
+        // A key id of 250,000 control bytes, then many distinct forgeries.
+        let mut huge = b"version = 9\n# storegw-signature: ed25519:".to_vec();
+        huge.extend(std::iter::repeat_n(1u8, 250_000));
+        huge.extend_from_slice(b":AAAA\n");
+        assert!(matches!(
+            agent.on_document(Layer::Fleet, &huge),
+            DocumentOutcome::Ignored
+        ));
+        let other = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+        for i in 0..200 {
+            let forged = document::sign(
+                format!("version = {}\ntarget = \"_fleet\"\n", 100 + i).as_bytes(),
+                &other,
+            )?;
+            assert!(matches!(
+                agent.on_document(Layer::Fleet, &forged),
+                DocumentOutcome::Ignored
+            ));
+            let mut tampered = signed(&format!("version = {}\ntarget = \"_fleet\"\n", 500 + i))?;
+            tampered[0] = b'V';
+            assert!(matches!(
+                agent.on_document(Layer::Fleet, &tampered),
+                DocumentOutcome::Ignored
+            ));
+            assert!(matches!(
+                agent.on_command(format!("junk {i}").as_bytes()),
+                CommandOutcome::Ignored
+            ));
+        }
+        assert!(counted() > n0, "counted");
+        assert_eq!(agent.status_object(), report, "the report is untouched");
+        assert_eq!(std::fs::read(&state_path)?, before);
+        assert_eq!(std::fs::metadata(&state_path)?.modified()?, modified);
+        let files: Vec<_> = std::fs::read_dir(tmp.path().join("state/remote"))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert!(
+            !files.iter().any(|f| f.to_string_lossy().contains("nonce")),
+            "{files:?}"
+        );
+        assert!(agent.state_payload().len() < 2048);
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_state_file_starts_reports_and_refuses_documents() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with_pending(tmp.path(), 0)?;
+        let state_path = tmp.path().join("state/remote/state.json");
+        std::fs::write(&state_path, b"{\"gateway\": broken")?;
         let (cfg, agent) = Agent::boot(&path, local)?;
         let mut agent = agent.ok_or("no agent")?;
-        assert_eq!(cfg.sources.sim.rate, 9.0);
-        assert!(agent.confirm_deadline().is_some());
-        assert!(!agent.on_connected(true));
-        agent.on_acknowledged();
-        assert!(agent.settle_deadline().is_some());
-        assert!(agent.on_settled());
-        assert_eq!(agent.status_object()["state"], "applied");
-        assert!(agent.confirm_deadline().is_none());
-        let st = StateDir::open(&tmp.path().join("state"))?.load()?;
-        assert!(st.pending.is_none());
-        assert_eq!(st.gateway.applied, 2);
+        assert_eq!(cfg.sources.sim.rate, 9.0, "the stored documents still run");
+        let s = agent.status_object();
+        assert_eq!(s["state"], "rejected");
+        assert!(s["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("state_damaged")));
+        let v3 = signed("version = 3\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 11.0\n")?;
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &v3),
+            DocumentOutcome::Rejected(r) if r.starts_with("state_damaged")
+        ));
+        assert_eq!(std::fs::read(&state_path)?, b"{\"gateway\": broken");
+        Ok(())
+    }
+
+    #[test]
+    fn min_version_refuses_old_documents_on_a_fresh_gateway() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (path, local) = gateway_with(tmp.path(), 0, "[remote.min_version]\ngateway = 5\n")?;
+        std::fs::remove_file(tmp.path().join("state/remote/state.json"))?;
+        let (cfg, agent) = Agent::boot(&path, local)?;
+        let mut agent = agent.ok_or("no agent")?;
+        assert_eq!(
+            cfg.sources.sim.rate, 1.0,
+            "the stored v2 is below the minimum"
+        );
+        let old = signed("version = 4\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 11.0\n")?;
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &old),
+            DocumentOutcome::Rejected(r) if r.starts_with("stale_version")
+        ));
+        let new = signed("version = 5\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 11.0\n")?;
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &new),
+            DocumentOutcome::Live { .. }
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn documents_must_expire_and_not_too_far_ahead() -> R {
+        let tmp = tempfile::tempdir()?;
+        let (mut agent, _) = pending_agent(tmp.path())?;
+        agent.state.pending = None;
+        let text = "version = 3\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 11.0\n";
+        let no_expiry = document::seal(text, &key());
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &no_expiry),
+            DocumentOutcome::Rejected(r) if r.starts_with("no_expiry")
+        ));
+        let far = document::seal(&format!("not_after = 2999-01-01T00:00:00Z\n{text}"), &key());
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &far),
+            DocumentOutcome::Rejected(r) if r.starts_with("expiry_too_far")
+        ));
+        // A clock that booted behind the last recorded time judges by the recorded time.
+        agent.state.clock_ms = now_ms() + 10 * 86_400_000;
+        let soon = document::sign_at(
+            text.as_bytes(),
+            &key(),
+            OffsetDateTime::now_utc(),
+            Duration::from_secs(86_400),
+        )?;
+        assert!(matches!(
+            agent.on_document(Layer::Gateway, &soon),
+            DocumentOutcome::Rejected(r) if r == "expired"
+        ));
         Ok(())
     }
 
     #[test]
     fn an_interrupted_installation_is_undone_at_start() -> R {
         let tmp = tempfile::tempdir()?;
-        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let (path, local) = gateway_with_pending(tmp.path(), 0)?;
         // Power lost after version 2 was installed, before its state was recorded.
         let sd = StateDir::open(&tmp.path().join("state"))?;
         let mut st = sd.load()?;
@@ -945,7 +1524,7 @@ mod tests {
     #[test]
     fn a_damaged_nonce_log_refuses_commands_until_all_could_have_expired() -> R {
         let tmp = tempfile::tempdir()?;
-        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let (path, local) = gateway_with_pending(tmp.path(), 0)?;
         let cmd = command::sign(
             &command::render(
                 Action::Status,
@@ -963,7 +1542,7 @@ mod tests {
             CommandOutcome::Refused(a) => {
                 assert!(String::from_utf8_lossy(&a).contains("nonce log was lost"))
             }
-            CommandOutcome::Run(_) => return Err("a command ran without its nonce log".into()),
+            other => return Err(format!("a command ran without its nonce log: {other:?}").into()),
         }
         // With a readable log the same command runs.
         std::fs::remove_file(tmp.path().join("state/remote/nonces.json"))?;
@@ -976,7 +1555,7 @@ mod tests {
     #[test]
     fn a_lost_state_file_adopts_the_stored_versions() -> R {
         let tmp = tempfile::tempdir()?;
-        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let (path, local) = gateway_with_pending(tmp.path(), 0)?;
         std::fs::remove_file(tmp.path().join("state/remote/state.json"))?;
         let (cfg, agent) = Agent::boot(&path, local)?;
         assert_eq!(
@@ -991,14 +1570,11 @@ mod tests {
     #[test]
     fn the_topics_follow_a_remotely_changed_prefix() -> R {
         let tmp = tempfile::tempdir()?;
-        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let (path, local) = gateway_with_pending(tmp.path(), 0)?;
         let sd = StateDir::open(&tmp.path().join("state"))?;
         sd.install(
             Layer::Gateway,
-            &document::sign(
-                b"version = 3\ntarget = \"s1/g1\"\n[mqtt]\ntopic_prefix = \"retail/v2\"\n",
-                &key(),
-            )?,
+            &signed("version = 3\ntarget = \"s1/g1\"\n[mqtt]\ntopic_prefix = \"retail/v2\"\n")?,
         )?;
         let mut st = sd.load()?;
         st.gateway.applied = 3;
@@ -1023,7 +1599,7 @@ mod tests {
     #[test]
     fn stored_documents_from_an_untrusted_key_are_not_used() -> R {
         let tmp = tempfile::tempdir()?;
-        let (path, local) = gateway_with_pending(tmp.path(), now_ms() + 600_000, 0)?;
+        let (path, local) = gateway_with_pending(tmp.path(), 0)?;
         // The central team replaced its key: the stored documents no longer verify.
         let other = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
         std::fs::write(

@@ -169,12 +169,24 @@ pub fn sign(text: &str, key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, Stri
 pub struct NonceLog {
     /// nonce → the command's expiry (ms since the epoch).
     seen: BTreeMap<String, i64>,
+    /// The latest time commands were checked at: a nonce is forgotten once its command expired
+    /// by this time, so a clock that steps back afterwards must not make the command valid
+    /// again. Expiry is judged against this mark, never against an earlier clock.
+    #[serde(default)]
+    high_water_ms: i64,
 }
 
 impl NonceLog {
+    /// Moves the high-water mark to `now_ms` if later; returns the time to judge expiry by.
+    pub fn advance(&mut self, now_ms: i64) -> i64 {
+        self.high_water_ms = self.high_water_ms.max(now_ms);
+        self.high_water_ms
+    }
+
     /// Forgets nonces whose commands have expired: an expired command is refused anyway.
     pub fn prune(&mut self, now_ms: i64) {
-        self.seen.retain(|_, exp| *exp >= now_ms);
+        let now = self.advance(now_ms);
+        self.seen.retain(|_, exp| *exp >= now);
     }
 
     /// Number of remembered nonces.
@@ -199,6 +211,8 @@ pub fn verify(
     log: &mut NonceLog,
 ) -> Result<Command, Refusal> {
     log.prune(now_ms);
+    // Never earlier than a time commands were already checked at (see `NonceLog`).
+    let now_ms = log.advance(now_ms);
     if signed.len() > MAX_DOCUMENT_BYTES {
         return Err(refuse("malformed: too big"));
     }
@@ -275,6 +289,34 @@ mod tests {
         let late = verify(&c, &keys, "s1", "g1", NOW + 60_001, &mut log);
         assert_eq!(late.map_err(|r| r.reason), Err("expired".to_string()));
         assert!(log.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_clock_stepping_back_does_not_reopen_an_expired_command() -> Result<(), String> {
+        let keys = trusted()?;
+        let mut log = NonceLog::default();
+        let c = cmd(Action::Reconnect, "abcdefghijklmnop", 60_000)?;
+        assert!(verify(&c, &keys, "s1", "g1", NOW, &mut log).is_ok());
+        // An hour later another command prunes the first nonce.
+        let other = sign(
+            &render(
+                Action::Status,
+                "s1",
+                "g1",
+                "qrstuvwxyzabcdef",
+                NOW + 3_660_000,
+            ),
+            &key(),
+        )?;
+        assert!(verify(&other, &keys, "s1", "g1", NOW + 3_600_000, &mut log).is_ok());
+        assert_eq!(log.len(), 1, "the first nonce was pruned");
+        // The log survives a restart (it is persisted), then the clock steps back.
+        let mut log: NonceLog =
+            serde_json::from_slice(&serde_json::to_vec(&log).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        let r = verify(&c, &keys, "s1", "g1", NOW + 1_000, &mut log).map_err(|r| r.reason);
+        assert_eq!(r, Err("expired".to_string()));
         Ok(())
     }
 

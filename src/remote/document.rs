@@ -15,10 +15,11 @@
 use crate::config::{self, Config};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// Marker of the signature line; anything after it on the line is the signature itself.
@@ -28,11 +29,45 @@ pub const SIGNATURE_PREFIX: &str = "# storegw-signature: ";
 /// message of unbounded size must not be parsed on a small store box.
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
+/// The longest a document may stay valid: `not_after` at most this far ahead of the gateway's
+/// clock. A broker that withholds newer documents can replay an old one for this long at most.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
+
+/// How long `storegw sign` makes a document valid when the overlay names no `not_after`.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
+
+/// The longest piece of outside text a refusal reason quotes; reasons go into state.json, the
+/// status document and `config/state`, so input must never size them.
+pub const MAX_EXCERPT: usize = 64;
+
+/// A bounded, printable excerpt of outside text: at most `max` characters, anything but
+/// printable ASCII shown as `?`, `...` when cut. Keeps a refusal reason a few hundred bytes
+/// whatever the input was.
+pub fn excerpt(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 3);
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push_str("...");
+            break;
+        }
+        out.push(if c.is_ascii_graphic() || c == ' ' {
+            c
+        } else {
+            '?'
+        });
+    }
+    out
+}
+
 /// Why a document was refused; `reason()` is the short text the status document will carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    /// Not a signed document at all (no signature line, bad base64, too big, not UTF-8 TOML).
+    /// Not a signed document at all (no signature line, bad base64, a key id that is not 16 hex
+    /// digits, too big): refused before any signature was checked.
     Malformed(String),
+    /// Signed by a trusted key, but the signed text is not a valid overlay (not UTF-8, not
+    /// TOML, no `version` or `target`). Reads `malformed: ...` like [`Rejection::Malformed`].
+    BadOverlay(String),
     /// Signed with a key id none of the trusted keys has.
     UnknownKey(String),
     /// The signature does not match the bytes under the named key (tampered or wrong key).
@@ -41,6 +76,10 @@ pub enum Rejection {
     WrongTarget(String),
     /// `not_after` is in the past.
     Expired,
+    /// The document carries no `not_after`: every document must expire.
+    NoExpiry,
+    /// `not_after` is more than [`MAX_VALIDITY`] ahead of the gateway's clock.
+    ExpiryTooFar,
     /// `version` is not greater than the last applied one (a replay or an out-of-order push).
     StaleVersion { version: i64, last: i64 },
     /// The overlay sets a key only the local file may set.
@@ -51,18 +90,56 @@ pub enum Rejection {
 
 impl Rejection {
     /// The short, stable reason string for status reporting and `storegw verify`.
+    /// Every piece of text taken from the input is cut to an [`excerpt`], so a reason is at most
+    /// a few hundred bytes of printable ASCII.
     pub fn reason(&self) -> String {
         match self {
-            Rejection::Malformed(m) => format!("malformed: {m}"),
-            Rejection::UnknownKey(id) => format!("unknown_key: {id}"),
+            Rejection::Malformed(m) | Rejection::BadOverlay(m) => {
+                format!("malformed: {}", excerpt(m, 160))
+            }
+            Rejection::UnknownKey(id) => format!("unknown_key: {}", excerpt(id, MAX_EXCERPT)),
             Rejection::BadSignature => "bad_signature".into(),
-            Rejection::WrongTarget(t) => format!("wrong_target: {t}"),
+            Rejection::WrongTarget(t) => format!("wrong_target: {}", excerpt(t, 130)),
             Rejection::Expired => "expired".into(),
+            Rejection::NoExpiry => "no_expiry: a document must carry `not_after`".into(),
+            Rejection::ExpiryTooFar => format!(
+                "expiry_too_far: not_after more than {} days ahead",
+                MAX_VALIDITY.as_secs() / 86_400
+            ),
             Rejection::StaleVersion { version, last } => {
                 format!("stale_version: {version} <= {last}")
             }
-            Rejection::ForbiddenKey(k) => format!("forbidden_key: {k}"),
-            Rejection::Invalid { key, message } => format!("invalid: {key}: {message}"),
+            Rejection::ForbiddenKey(k) => format!("forbidden_key: {}", excerpt(k, 130)),
+            Rejection::Invalid { key, message } => {
+                format!("invalid: {}: {}", excerpt(key, 130), excerpt(message, 200))
+            }
+        }
+    }
+
+    /// True when nothing proves the input came from a trusted key (no envelope, an unknown
+    /// key, a signature that does not verify). Such a refusal is only counted: it is never
+    /// persisted, reported or answered, so junk on a remote topic costs no disk write and
+    /// cannot shape what the gateway publishes.
+    pub fn is_unverified(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Malformed(_) | Rejection::UnknownKey(_) | Rejection::BadSignature
+        )
+    }
+
+    /// The `reason` label of `storegw_remote_unverified_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) | Rejection::BadOverlay(_) => "malformed",
+            Rejection::UnknownKey(_) => "unknown_key",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::WrongTarget(_) => "wrong_target",
+            Rejection::Expired => "expired",
+            Rejection::NoExpiry => "no_expiry",
+            Rejection::ExpiryTooFar => "expiry_too_far",
+            Rejection::StaleVersion { .. } => "stale_version",
+            Rejection::ForbiddenKey(_) => "forbidden_key",
+            Rejection::Invalid { .. } => "invalid",
         }
     }
 }
@@ -138,12 +215,23 @@ pub fn parse_public_key(s: &str) -> Result<VerifyingKey, String> {
         .as_slice()
         .try_into()
         .map_err(|_| format!("public key has {} bytes, not 32", raw.len()))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".into())
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "not a valid Ed25519 public key".to_string())?;
+    if key.is_weak() {
+        // A small-order point: signatures under it prove nothing.
+        return Err("a weak (small-order) Ed25519 public key".into());
+    }
+    Ok(key)
 }
 
 /// Renders a public key as one line of a public key file.
 pub fn format_public_key(key: &VerifyingKey) -> String {
     format!("ed25519:{}", B64.encode(key.as_bytes()))
+}
+
+/// True for a key id as [`key_id`] writes it: 16 lowercase hex digits.
+pub fn is_key_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A signed document split into its parts (signature not yet checked).
@@ -189,6 +277,11 @@ pub fn split(signed: &[u8]) -> Result<Envelope<'_>, Rejection> {
             "signature line must read ed25519:<key-id>:<signature>".into(),
         ));
     };
+    if !is_key_id(id) {
+        return Err(Rejection::Malformed(
+            "the key id must be 16 hex digits".into(),
+        ));
+    }
     let raw = B64
         .decode(sig)
         .map_err(|_| Rejection::Malformed("signature is not base64".into()))?;
@@ -304,10 +397,10 @@ pub fn signed_text<'a>(
     let key = keys
         .get(&env.key_id)
         .ok_or_else(|| Rejection::UnknownKey(env.key_id.clone()))?;
-    key.verify(env.overlay, &env.signature)
+    key.verify_strict(env.overlay, &env.signature)
         .map_err(|_| Rejection::BadSignature)?;
     let text =
-        std::str::from_utf8(env.overlay).map_err(|_| Rejection::Malformed("not UTF-8".into()))?;
+        std::str::from_utf8(env.overlay).map_err(|_| Rejection::BadOverlay("not UTF-8".into()))?;
     Ok((text, env.key_id))
 }
 
@@ -332,7 +425,7 @@ pub fn seal(text: &str, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
 /// Step 1: the signature against the trusted keys, then the overlay's syntax and header.
 pub fn verify_signature(signed: &[u8], keys: &TrustedKeys) -> Result<Document, Rejection> {
     let (text, key_id) = signed_text(signed, keys)?;
-    let (overlay, h) = parse_overlay(text).map_err(Rejection::Malformed)?;
+    let (overlay, h) = parse_overlay(text).map_err(Rejection::BadOverlay)?;
     Ok(Document {
         overlay,
         version: h.version,
@@ -342,14 +435,21 @@ pub fn verify_signature(signed: &[u8], keys: &TrustedKeys) -> Result<Document, R
     })
 }
 
-/// Steps 2 and 3: expiry against `now`, then the version against the last applied one.
+/// Steps 2 and 3: expiry against `now` (a document must carry `not_after`, at most
+/// [`MAX_VALIDITY`] ahead), then the version against the last applied one.
 pub fn check_fresh(
     doc: &Document,
     now: OffsetDateTime,
     last_version: i64,
 ) -> Result<(), Rejection> {
-    if doc.not_after.is_some_and(|t| now > t) {
+    let Some(not_after) = doc.not_after else {
+        return Err(Rejection::NoExpiry);
+    };
+    if now > not_after {
         return Err(Rejection::Expired);
+    }
+    if not_after - now > MAX_VALIDITY {
+        return Err(Rejection::ExpiryTooFar);
     }
     if doc.version <= last_version {
         return Err(Rejection::StaleVersion {
@@ -360,41 +460,63 @@ pub fn check_fresh(
     Ok(())
 }
 
-/// Keys only the local file may set, as dotted paths (`*` any table key, `[]` any array item);
-/// besides these, any key named `*_file` or `*_dir` anywhere is a secret's or a local path.
+/// Keys only the local file may set, as dotted paths (`[]` any array item); a table entry
+/// covers every key below it. Besides these, any key named `*_file` or `*_dir` anywhere is a
+/// secret's or a local path. A signing key reaches the whole fleet, so what it could do if it
+/// were ever misused is kept small (docs/fleet.md, "What a document may change"):
+/// - identity and remote control: `gateway`, `remote`;
+/// - transport security: where the broker is and how it is reached (`mqtt.url`, `mqtt.host`,
+///   `mqtt.tls`, `mqtt.allow_insecure`, `mqtt.username`), so credentials never go to a host
+///   or over a channel the local file did not choose;
+/// - privacy: the whole `privacy` section, `sources.ble.known_beacons` and
+///   `sources.wifi.visits` (what is pseudonymized, how long a key lives, what is tracked);
+/// - data loss: the whole `spool` section (caps and ages that delete the backlog);
+/// - exposure: `http.listen`;
+/// - local paths: `sources.pos.watch.[].dir`.
 pub const FORBIDDEN: &[&str] = &[
     "remote",
-    "gateway.state_dir",
-    "gateway.store_id",
-    "gateway.gateway_id",
+    "gateway",
+    "mqtt.url",
+    "mqtt.host",
+    "mqtt.tls",
+    "mqtt.allow_insecure",
+    "mqtt.username",
+    "privacy",
+    "spool",
+    "http.listen",
+    "sources.ble.known_beacons",
+    "sources.wifi.visits",
     "sources.pos.watch.[].dir",
 ];
 
 /// Step 4: every key of the overlay the local file alone may set (empty when none).
 pub fn forbidden_keys(overlay: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
-    walk(overlay, "", "", &mut out);
+    walk(overlay, "", "", false, &mut out);
     out
 }
 
-fn walk(t: &toml::Table, path: &str, pattern: &str, out: &mut Vec<String>) {
+/// Collects forbidden keys; below a forbidden table (`inside`) every leaf is one.
+fn walk(t: &toml::Table, path: &str, pattern: &str, inside: bool, out: &mut Vec<String>) {
     for (k, v) in t {
         let p = join(path, k);
         let pat = join(pattern, k);
         let named_path = k.ends_with("_file") || k.ends_with("_dir");
-        if named_path || FORBIDDEN.contains(&pat.as_str()) {
-            out.push(p);
-            continue;
-        }
+        let forbidden = inside || FORBIDDEN.contains(&pat.as_str());
         match v {
-            toml::Value::Table(sub) => walk(sub, &p, &pat, out),
-            toml::Value::Array(items) => {
+            toml::Value::Table(sub) if !named_path && !sub.is_empty() => {
+                walk(sub, &p, &pat, forbidden, out)
+            }
+            toml::Value::Array(items)
+                if !named_path && items.iter().any(|i| i.is_table()) && !forbidden =>
+            {
                 for (i, item) in items.iter().enumerate() {
                     if let toml::Value::Table(sub) = item {
-                        walk(sub, &format!("{p}.{i}"), &format!("{pat}.[]"), out);
+                        walk(sub, &format!("{p}.{i}"), &format!("{pat}.[]"), false, out);
                     }
                 }
             }
+            _ if named_path || forbidden => out.push(p),
             _ => {}
         }
     }
@@ -507,20 +629,57 @@ pub fn verify(signed: &[u8], cx: &Context<'_>) -> Result<Verified, Rejection> {
     })
 }
 
-/// Signs overlay bytes: returns the signed document (overlay, a newline if it lacked one, the
-/// signature line). Refuses overlays that are not TOML or lack an integer `version`.
+/// Signs overlay bytes now, valid for [`DEFAULT_VALIDITY`] unless the overlay names its own
+/// `not_after` (see [`sign_at`]).
 pub fn sign(overlay: &[u8], key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, String> {
+    sign_at(overlay, key, OffsetDateTime::now_utc(), DEFAULT_VALIDITY)
+}
+
+/// Signs overlay bytes: returns the signed document (overlay, a newline if it lacked one, the
+/// signature line). An overlay without `not_after` gets `not_after = now + valid_for` as its
+/// first line; one whose `not_after` is further than [`MAX_VALIDITY`] ahead is refused, as
+/// gateways would refuse it. Refuses overlays that are not TOML or lack `version` or `target`.
+pub fn sign_at(
+    overlay: &[u8],
+    key: &ed25519_dalek::SigningKey,
+    now: OffsetDateTime,
+    valid_for: Duration,
+) -> Result<Vec<u8>, String> {
     let text = std::str::from_utf8(overlay).map_err(|_| "the overlay is not UTF-8".to_string())?;
     if text.lines().any(|l| l.starts_with(SIGNATURE_PREFIX)) {
         return Err("the file is already signed".into());
     }
-    parse_overlay(text)?;
+    if valid_for > MAX_VALIDITY || valid_for.is_zero() {
+        return Err(format!(
+            "a document is valid for at most {} days",
+            MAX_VALIDITY.as_secs() / 86_400
+        ));
+    }
+    let (_, header) = parse_overlay(text)?;
+    let text = match header.not_after {
+        Some(t) if t - now > MAX_VALIDITY => {
+            return Err(format!(
+                "`not_after` is more than {} days ahead: gateways would refuse it",
+                MAX_VALIDITY.as_secs() / 86_400
+            ))
+        }
+        Some(_) => text.to_string(),
+        None => {
+            let until = (now + valid_for)
+                .replace_nanosecond(0)
+                .unwrap_or(now + valid_for);
+            let stamp = until
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| e.to_string())?;
+            format!("not_after = {stamp}\n{text}")
+        }
+    };
     if text.len() + 201 > MAX_DOCUMENT_BYTES {
         return Err(format!(
             "the overlay is larger than {MAX_DOCUMENT_BYTES} bytes"
         ));
     }
-    Ok(seal(text, key))
+    Ok(seal(&text, key))
 }
 
 #[cfg(test)]
@@ -564,7 +723,7 @@ mod tests {
     }
 
     fn signed(overlay: &str, k: &SigningKey) -> Vec<u8> {
-        sign(overlay.as_bytes(), k).unwrap_or_default()
+        sign_at(overlay.as_bytes(), k, now(), DEFAULT_VALIDITY).unwrap_or_default()
     }
 
     #[test]
@@ -633,6 +792,76 @@ mod tests {
     }
 
     #[test]
+    fn key_ids_are_exactly_16_hex_digits_and_reasons_stay_bounded() {
+        let k = key(1);
+        let doc =
+            String::from_utf8(signed("version = 2\ntarget = \"_fleet\"\n", &k)).unwrap_or_default();
+        let id = key_id(&k.verifying_key());
+        assert!(is_key_id(&id));
+        for bad in [
+            "\u{1}".repeat(250_000),
+            "ABCDEF0123456789".into(),
+            "0123456789abcde".into(),
+            "0123456789abcdef0".into(),
+            "\"}{\\".into(),
+        ] {
+            let forged = doc.replace(&id, &bad);
+            let r = run(forged.as_bytes(), &keys(&k), 0).err();
+            assert_eq!(
+                r.as_ref().map(|r| r.reason()),
+                Some("malformed: the key id must be 16 hex digits".to_string())
+            );
+            assert!(r.is_some_and(|r| r.is_unverified()));
+        }
+        // Every reason that quotes input quotes a bounded, printable excerpt.
+        let junk = "\u{1}\"\\é".repeat(100_000);
+        for r in [
+            Rejection::Malformed(junk.clone()),
+            Rejection::BadOverlay(junk.clone()),
+            Rejection::UnknownKey(junk.clone()),
+            Rejection::WrongTarget(junk.clone()),
+            Rejection::ForbiddenKey(junk.clone()),
+            Rejection::Invalid {
+                key: junk.clone(),
+                message: junk.clone(),
+            },
+        ] {
+            let reason = r.reason();
+            assert!(reason.len() < 400, "{} bytes", reason.len());
+            assert!(
+                reason.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                "{reason}"
+            );
+        }
+        // A signed document with a bad overlay is not "unverified": it is reported.
+        assert!(!Rejection::BadOverlay("x".into()).is_unverified());
+    }
+
+    #[test]
+    fn weak_public_keys_are_refused() {
+        // The identity point (small order): any signature "verifies" under some checks.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let line = format!("ed25519:{}", B64.encode(identity));
+        assert!(parse_public_key(&line).is_err_and(|e| e.contains("weak")));
+    }
+
+    #[test]
+    fn documents_must_carry_a_bounded_expiry() {
+        let k = key(1);
+        let no_expiry = seal("version = 2\ntarget = \"_fleet\"\n", &k);
+        assert_eq!(
+            run(&no_expiry, &keys(&k), 0).err(),
+            Some(Rejection::NoExpiry)
+        );
+        let far = seal(
+            "version = 2\ntarget = \"_fleet\"\nnot_after = 2026-12-01T00:00:00Z\n",
+            &k,
+        );
+        assert_eq!(run(&far, &keys(&k), 0).err(), Some(Rejection::ExpiryTooFar));
+    }
+
+    #[test]
     fn several_trusted_keys() {
         let (a, b) = (key(1), key(2));
         let trusted = TrustedKeys::parse(&format!(
@@ -697,7 +926,29 @@ mod tests {
             ("[gateway]\nstate_dir = \"/tmp/x\"", "gateway.state_dir"),
             ("[gateway]\ngateway_id = \"g2\"", "gateway.gateway_id"),
             ("[gateway]\nstore_id = \"s2\"", "gateway.store_id"),
-            ("[remote]\nconfirm_timeout = \"1m\"", "remote"),
+            (
+                "[remote]\nconfirm_timeout = \"1m\"",
+                "remote.confirm_timeout",
+            ),
+            (
+                "[remote.min_version]\nfleet = 0",
+                "remote.min_version.fleet",
+            ),
+            ("[mqtt]\nurl = \"mqtt://evil.example\"", "mqtt.url"),
+            ("[mqtt]\nhost = \"evil.example\"", "mqtt.host"),
+            ("[mqtt]\nallow_insecure = true", "mqtt.allow_insecure"),
+            ("[mqtt]\ntls = false", "mqtt.tls"),
+            ("[mqtt]\nusername = \"x\"", "mqtt.username"),
+            ("[privacy]\nrotation = \"3650d\"", "privacy.rotation"),
+            ("[privacy]\npseudonym_bytes = 16", "privacy.pseudonym_bytes"),
+            ("[spool.pos]\nmax_age = \"1m\"", "spool.pos.max_age"),
+            ("[spool]\nflush_interval = \"1h\"", "spool.flush_interval"),
+            ("[http]\nlisten = \"0.0.0.0:9380\"", "http.listen"),
+            (
+                "[sources.ble]\nknown_beacons = \"all\"",
+                "sources.ble.known_beacons",
+            ),
+            ("[sources.wifi]\nvisits = true", "sources.wifi.visits"),
             ("[mqtt]\npassword_file = \"/tmp/p\"", "mqtt.password_file"),
             (
                 "[mqtt]\nclient_key_file = \"/tmp/k\"",
@@ -824,10 +1075,24 @@ mod tests {
         assert!(sign(b"version = 3\ntarget = \"_fleet\"\n[log\n", &k).is_err());
         let once = signed("version = 3\ntarget = \"_fleet\"", &k);
         assert!(sign(&once, &k).is_err(), "already signed");
-        // The signed bytes are the overlay with a final newline; the result stays TOML.
-        assert!(
-            once.starts_with(b"version = 3\ntarget = \"_fleet\"\n# storegw-signature: ed25519:")
-        );
+        // The signed bytes are the overlay with a final newline, after the `not_after` sign
+        // adds; the result stays TOML.
+        assert!(once.starts_with(
+            b"not_after = 2026-07-01T12:00:00Z\nversion = 3\ntarget = \"_fleet\"\n# storegw-signature: ed25519:"
+        ));
+        // An overlay's own not_after is kept, unless gateways would refuse it.
+        let own = "version = 3\ntarget = \"_fleet\"\nnot_after = 2026-06-05T00:00:00Z\n";
+        let kept = sign_at(own.as_bytes(), &k, now(), DEFAULT_VALIDITY).unwrap_or_default();
+        assert!(kept.starts_with(own.as_bytes()));
+        let far = "version = 3\ntarget = \"_fleet\"\nnot_after = 2027-06-05T00:00:00Z\n";
+        assert!(sign_at(far.as_bytes(), &k, now(), DEFAULT_VALIDITY).is_err());
+        assert!(sign_at(
+            b"version = 3\ntarget = \"_fleet\"\n",
+            &k,
+            now(),
+            MAX_VALIDITY * 2
+        )
+        .is_err());
         let text = String::from_utf8(once).unwrap_or_default();
         assert!(toml::from_str::<toml::Table>(&text).is_ok());
     }

@@ -58,20 +58,31 @@ pub struct Report {
     pub at: String,
 }
 
-/// A change applied by a restart, kept until the gateway reaches the broker with it.
+/// A change applied by a restart, kept until the gateway reaches the broker with it and runs
+/// healthy. Its time limit is measured per start on the monotonic clock (the wall clock of a
+/// box without a battery-backed clock can step by hours during the restart); the number of
+/// starts bounds how often it is tried.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pending {
     /// The layer and version being confirmed.
     pub layer: Layer,
     pub version: i64,
-    /// Wall-clock deadline (ms since the epoch): a start after it rolls back at once, so a
-    /// configuration that crashes the gateway is undone too.
-    pub deadline_ms: i64,
     /// Starts with this change so far.
     pub starts: u32,
     /// Why the broker could not be reached, for the rollback's report.
     #[serde(default)]
     pub last_error: Option<String>,
+}
+
+/// A change already in effect, watched for a while: a gateway that keeps restarting soon after
+/// it (a source that fails later, a watchdog that is no longer fed) has it rolled back before
+/// systemd's start limit leaves the unit failed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Probation {
+    pub layer: Layer,
+    pub version: i64,
+    /// Starts since the change was applied that did not run through the probation time.
+    pub starts: u32,
 }
 
 /// A document being installed: recorded before the document file is written and cleared with
@@ -95,6 +106,13 @@ pub struct Persisted {
     pub pending: Option<Pending>,
     #[serde(default)]
     pub installing: Option<Installing>,
+    #[serde(default)]
+    pub probation: Option<Probation>,
+    /// The latest wall-clock time this gateway recorded (ms since the epoch): expiry is never
+    /// judged against an earlier time, so a clock that booted behind cannot revive an
+    /// expired document.
+    #[serde(default)]
+    pub clock_ms: i64,
 }
 
 impl Persisted {
@@ -141,6 +159,9 @@ impl Persisted {
     }
 }
 
+/// The longest report reason kept, in characters (reasons are built from bounded excerpts).
+pub const MAX_REASON: usize = 400;
+
 /// The remote directory of a gateway.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -180,11 +201,29 @@ impl StateDir {
         self.dir.join("effective.toml")
     }
 
-    /// Reads `state.json`; a missing file is the empty state, a damaged one an error.
+    /// Reads `state.json`; a missing file is the empty state, a damaged one an error. A report
+    /// reason is cut to a bounded excerpt, so a file written by an older release with an
+    /// unbounded reason cannot size what the gateway publishes.
     pub fn load(&self) -> Result<Persisted, String> {
         let p = self.dir.join("state.json");
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display())),
+            Ok(b) => {
+                let mut s: Persisted = serde_json::from_slice(&b).map_err(|e| {
+                    format!(
+                        "{}: {}",
+                        p.display(),
+                        crate::remote::document::excerpt(&e.to_string(), 120)
+                    )
+                })?;
+                if let Some(r) = s.report.as_mut() {
+                    if let Some(reason) = r.reason.as_mut() {
+                        *reason = crate::remote::document::excerpt(reason, MAX_REASON);
+                    }
+                    r.state = crate::remote::document::excerpt(&r.state, 16);
+                    r.at = crate::remote::document::excerpt(&r.at, 40);
+                }
+                Ok(s)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
             Err(e) => Err(format!("cannot read {}: {e}", p.display())),
         }
@@ -313,7 +352,6 @@ mod tests {
         p.pending = Some(Pending {
             layer: Layer::Gateway,
             version: 5,
-            deadline_ms: 1,
             starts: 1,
             last_error: None,
         });

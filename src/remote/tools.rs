@@ -88,12 +88,18 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
 
 /// `storegw sign`: signs the exact bytes of `input` and writes the signed document to `out`
 /// (default: `input` with `.signed` appended). Returns the output path.
-pub fn sign_file(input: &Path, key: &Path, out: Option<&Path>) -> Result<PathBuf, String> {
+/// An overlay without `not_after` is made valid for `valid_for` from now.
+pub fn sign_file(
+    input: &Path,
+    key: &Path,
+    out: Option<&Path>,
+    valid_for: std::time::Duration,
+) -> Result<PathBuf, String> {
     let overlay =
         std::fs::read(input).map_err(|e| format!("cannot read `{}`: {e}", input.display()))?;
     let key = load_signing_key(key)?;
-    let signed =
-        document::sign(&overlay, &key).map_err(|e| format!("`{}`: {e}", input.display()))?;
+    let signed = document::sign_at(&overlay, &key, time::OffsetDateTime::now_utc(), valid_for)
+        .map_err(|e| format!("`{}`: {e}", input.display()))?;
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| with_suffix(input, "signed"));

@@ -224,6 +224,37 @@ pub const INCOMING_MAX_BYTES: usize = crate::remote::document::MAX_DOCUMENT_BYTE
 /// retained and come again at the next connection; a dropped command times out at its sender).
 pub const INBOUND_CAPACITY: usize = 32;
 
+/// The largest packet this gateway sends: a full batch with room for its envelope.
+fn outgoing_limit(s: &UplinkSettings) -> usize {
+    s.batch_max_bytes + 64 * 1024
+}
+
+/// A control message (status, configuration state, command answer) as it may be sent: the
+/// payload itself, or, when topic and payload would not fit in one packet of `limit` bytes, a
+/// bounded error document in its place. An oversized packet is never handed to rumqttc, which
+/// would end the session over it (and every reconnection would end the same way).
+pub fn fit_control(topic: &str, payload: Vec<u8>, limit: usize) -> Vec<u8> {
+    // Fixed header (at most 5), topic length (2), packet id (2), MQTT 3.1.1 has no properties.
+    if topic.len() + payload.len() + 9 <= limit {
+        return payload;
+    }
+    metrics::global().count(metrics::Metric::OutgoingOversized, "", 1);
+    tracing::error!(
+        %topic,
+        bytes = payload.len(),
+        limit,
+        "control message larger than a packet may be: sent as a bounded error instead"
+    );
+    serde_json::to_vec(&serde_json::json!({
+        "schema": crate::event::SCHEMA,
+        "kind": "error",
+        "error": "oversized",
+        "bytes": payload.len(),
+        "limit": limit,
+    }))
+    .unwrap_or_default()
+}
+
 enum SessionEnd {
     Lost(String),
     Shutdown,
@@ -385,8 +416,13 @@ async fn session(
     let mut status_tick = tokio::time::interval(s.status_interval);
     let mut draining_since: Option<Instant> = None;
     let status_topic = s.topic("status");
+    let limit = outgoing_limit(s);
     let publish_status = |state: &str, inflight: &mut InFlight| {
-        let payload = status::payload(&s.store, &s.gateway, state, Some(spool));
+        let payload = fit_control(
+            &status_topic,
+            status::payload(&s.store, &s.gateway, state, Some(spool)),
+            limit,
+        );
         if client
             .try_publish(status_topic.clone(), QoS::AtLeastOnce, true, payload)
             .is_ok()
@@ -522,6 +558,7 @@ async fn session(
             _ = status_tick.tick() => publish_status("online", &mut inflight),
             Some(req) = next_request(remote.as_deref_mut()), if draining_since.is_none() => match req {
                 Outbound::Publish { topic, payload, retain, confirms } => {
+                    let payload = fit_control(&topic, payload, limit);
                     if client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_ok() {
                         inflight.queued(Sent { stream: None, acks: Vec::new(), at: Instant::now(), confirms });
                     }
