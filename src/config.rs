@@ -1113,6 +1113,27 @@ mod tests {
     }
 
     #[test]
+    fn ids_that_would_reach_the_remote_topics_are_refused() {
+        for (store, gateway, key) in [
+            ("_fleet", "g1", "gateway.store_id"),
+            ("s1", "config", "gateway.gateway_id"),
+            ("s1", "cmd", "gateway.gateway_id"),
+        ] {
+            let t = format!(
+                "[gateway]\nstore_id = \"{store}\"\ngateway_id = \"{gateway}\"\n[http]\nenabled = false\n"
+            );
+            let e = parse("x.toml", &t, None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains(key) && e.contains("reserved") || e.contains("topic level"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn remote_section_checks_the_key_file() -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir()?;
@@ -1146,6 +1167,37 @@ mod tests {
         assert!(
             e.contains("remote.public_key_file") && e.contains("writable"),
             "{e}"
+        );
+        set_mode(0o644)?;
+        // A directory others may write to lets them swap the file.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+        let e = check(&text("")).unwrap_or_default();
+        assert!(
+            e.contains("remote.public_key_file") && e.contains("its directory"),
+            "{e}"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        // A file owned by another user (only root can give one away; skipped otherwise).
+        let me = current_uid();
+        if me == Some(0) {
+            std::os::unix::fs::chown(dir.path().join("remote.pub"), Some(4242), None)?;
+            let e = check(&text("")).unwrap_or_default();
+            assert!(e.contains("owned by uid 4242"), "{e}");
+            std::os::unix::fs::chown(dir.path().join("remote.pub"), Some(0), None)?;
+        } else {
+            eprintln!("skipped the owner check: only root can give a file to another user");
+        }
+        let e = check(&text("[remote.min_version]\nfleet = -1\n")).unwrap_or_default();
+        assert!(e.contains("remote.min_version.fleet"), "{e}");
+        let cfg = parse(
+            "x.toml",
+            &text("[remote.min_version]\nfleet = 12\n"),
+            Some(dir.path()),
+        )?;
+        assert_eq!(
+            cfg.remote
+                .map(|r| (r.min_version.fleet, r.min_version.gateway)),
+            Some((12, 0))
         );
         set_mode(0o600)?;
         let e = check(&text("confirm_timeout = \"5s\"\n")).unwrap_or_default();

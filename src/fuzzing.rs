@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, for the regression test.
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("wifi_capture", wifi_capture),
     ("wifi_frame", wifi_frame),
     ("ble_adv", ble_adv),
@@ -24,6 +24,7 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("config", config),
     ("remote_document", remote_document),
     ("remote_command", remote_command),
+    ("remote_agent", remote_agent),
 ];
 
 /// A pseudonymizer for one fuzz input; None (the input is skipped) if the CSPRNG fails.
@@ -260,4 +261,60 @@ pub fn remote_command(data: &[u8]) {
             let _ = command::verify(&signed, &keys, "s1", "g1", now, &mut log);
         }
     }
+}
+
+/// A gateway's remote agent fed what a hostile broker could send: the input is cut at 0xFF
+/// bytes into up to 8 messages; each message's first byte picks the topic (gateway config,
+/// fleet config, cmd) and whether the rest is signed with the trusted key first, so the
+/// fuzzer reaches both the unverified path and every decision after the signature. After each
+/// message, what the gateway would publish must stay bounded whatever came in.
+pub fn remote_agent(data: &[u8]) {
+    use crate::remote::agent::Agent;
+    use crate::remote::document;
+    use crate::remote::state::Layer;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let dir = std::env::temp_dir().join(format!(
+        "storegw-fuzz-agent-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let run = || -> Option<()> {
+        std::fs::create_dir_all(&dir).ok()?;
+        let public = dir.join("central.pub");
+        std::fs::write(&public, document::format_public_key(&key.verifying_key())).ok()?;
+        let path = dir.join("storegw.toml");
+        let text = format!(
+            "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\nstate_dir = \"{}\"\n[http]\nenabled = false\n[sources.sim]\nenabled = true\n[remote]\npublic_key_file = \"central.pub\"\n",
+            dir.join("state").display()
+        );
+        std::fs::write(&path, &text).ok()?;
+        let local = crate::config::parse("fuzz.toml", &text, Some(&dir)).ok()?;
+        let (_, agent) = Agent::boot(&path, local).ok()?;
+        let mut agent = agent?;
+        for msg in data.split(|&b| b == 0xFF).take(8) {
+            let Some((&sel, body)) = msg.split_first() else {
+                continue;
+            };
+            let payload = if sel & 4 != 0 {
+                let Ok(text) = std::str::from_utf8(body) else {
+                    continue;
+                };
+                document::seal(text, &key)
+            } else {
+                body.to_vec()
+            };
+            match sel % 3 {
+                0 => drop(agent.on_document(Layer::Gateway, &payload)),
+                1 => drop(agent.on_document(Layer::Fleet, &payload)),
+                _ => drop(agent.on_command(&payload)),
+            }
+            let state = agent.state_payload();
+            assert!(state.len() < 4096, "config state of {} bytes", state.len());
+        }
+        Some(())
+    };
+    let _ = run();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -192,17 +192,8 @@ impl Supervised {
     }
 }
 
-/// A gateway config with `[remote]` trusting the test key, the simulator on, and `http`.
-fn setup(
-    dir: &Path,
-    port: u16,
-    http: &str,
-    confirm: &str,
-) -> Result<PathBuf, Box<dyn std::error::Error>> {
-    setup_at_rate(dir, port, http, confirm, 5.0)
-}
-
-/// [`setup`] with the simulator at `rate` events per second.
+/// A gateway config with `[remote]` trusting the test key, the simulator on at `rate` events
+/// per second, and `http`.
 fn setup_at_rate(
     dir: &Path,
     port: u16,

@@ -472,6 +472,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_in_clear_to_another_host_are_refused() {
+        let conn = |broker: &str, user: Option<&str>, allow_insecure: bool| BrokerConn {
+            broker: broker.into(),
+            prefix: "storegw/v1".into(),
+            username: user.map(String::from),
+            password_file: None,
+            ca_file: None,
+            allow_insecure,
+        };
+        let refused = conn("mqtt://broker.example", Some("signer"), false)
+            .client_options("t", 1024)
+            .err()
+            .unwrap_or_default();
+        assert!(refused.contains("in clear"), "{refused}");
+        assert!(conn("mqtt://broker.example", Some("signer"), true)
+            .client_options("t", 1024)
+            .is_ok());
+        assert!(conn("mqtt://127.0.0.1:1883", Some("signer"), false)
+            .client_options("t", 1024)
+            .is_ok());
+        assert!(conn("mqtt://broker.example", None, false)
+            .client_options("t", 1024)
+            .is_ok());
+    }
+
+    #[test]
     fn validates_dedups_and_flags_mismatches() -> Result<(), String> {
         let mut c = Checker::new("storegw/v1")?;
         let mut sim = crate::source::sim::Simulator::new(&crate::config::SimConfig::default());

@@ -636,3 +636,26 @@ async fn finish(
     }
     SessionEnd::Shutdown
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_control_message_is_replaced_by_a_bounded_error() {
+        let topic = "storegw/v1/s1/g1/config/state";
+        let small = b"{\"kind\":\"config_state\"}".to_vec();
+        assert_eq!(fit_control(topic, small.clone(), 1024), small);
+        let big = vec![b'x'; 2_000_000];
+        let out = fit_control(topic, big, 128 * 1024);
+        assert!(out.len() < 256, "{} bytes", out.len());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        assert_eq!(v["error"], "oversized");
+        assert_eq!(v["bytes"], 2_000_000);
+        // Exactly at the limit is sent as is; one byte more is not.
+        let at = vec![b'y'; 1024 - topic.len() - 9];
+        assert_eq!(fit_control(topic, at.clone(), 1024), at);
+        let over = vec![b'y'; 1024 - topic.len() - 8];
+        assert_ne!(fit_control(topic, over.clone(), 1024), over);
+    }
+}
