@@ -399,7 +399,7 @@ pub async fn serve(
             }
             Some(()) = recv_hup(hup.as_deref_mut()) => {
                 tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
-                reload_local(path, &mut reloader, &p, agent.as_mut());
+                let _ = reload_local(path, &mut reloader, &p, agent.as_mut());
             }
             Some(msg) = recv_inbound(control.as_mut()) => {
                 if let (Some(a), Some(c)) = (agent.as_mut(), control.as_ref()) {
@@ -499,33 +499,34 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 }
 
 /// SIGHUP and the `reload` command: the local file again, with the remote layers over it when
-/// remote configuration is on. Returns a short outcome for the command's answer.
+/// remote configuration is on. Ok when the file was applied; Err with why it was not (for the
+/// command's answer).
 fn reload_local(
     path: &std::path::Path,
     reloader: &mut crate::ops::reload::Reloader,
     p: &Pipeline,
     agent: Option<&mut crate::remote::agent::Agent>,
-) -> String {
+) -> Result<(), String> {
     use crate::ops::reload::Reloader;
     let Some(agent) = agent else {
         return if reloader.reload(path, &p.config) {
-            "reloaded".into()
+            Ok(())
         } else {
-            "rejected: see the log".into()
+            Err("see the log".into())
         };
     };
     let file = path.display().to_string();
     let Some((text, _)) = Reloader::read(path) else {
-        return "rejected: see the log".into();
+        return Err("see the log".into());
     };
     match agent.remerge_local(&text) {
         Ok((merged, cfg)) => {
             reloader.apply(&file, merged, cfg, &p.config);
-            "reloaded".into()
+            Ok(())
         }
         Err(e) => {
             Reloader::rejected(&file, &e);
-            format!("rejected: {e}")
+            Err(e)
         }
     }
 }
@@ -602,9 +603,9 @@ async fn handle_remote(
                     Action::Reload => {
                         let outcome = reload_local(cx.path, cx.reloader, cx.pipeline, Some(agent));
                         publish(agent.state_topic(), agent.state_payload(), true);
-                        let answer = match outcome.strip_prefix("rejected: ") {
-                            Some(why) => agent.command_refused(&c, why),
-                            None => agent.command_result(&c, Some(&outcome)),
+                        let answer = match outcome {
+                            Err(why) => agent.command_refused(&c, &why),
+                            Ok(()) => agent.command_result(&c, Some("reloaded")),
                         };
                         publish(agent.result_topic(), answer, false);
                     }

@@ -42,6 +42,33 @@ pub struct LayerVersions {
     pub floor: i64,
 }
 
+/// Where the last document (or start-up check) left the configuration: the `state` of the
+/// status document's `config` object and of `config/state`, from agent to wire as one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportState {
+    /// In effect.
+    Applied,
+    /// Applied by a restart, not yet confirmed.
+    Pending,
+    /// Refused; nothing changed.
+    Rejected,
+    /// The previous configuration is back.
+    RolledBack,
+}
+
+impl ReportState {
+    /// The word on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReportState::Applied => "applied",
+            ReportState::Pending => "pending",
+            ReportState::Rejected => "rejected",
+            ReportState::RolledBack => "rolled_back",
+        }
+    }
+}
+
 /// The outcome of the last document (or start-up check), as the status document reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Report {
@@ -49,8 +76,8 @@ pub struct Report {
     pub version: i64,
     /// Which layer it came on.
     pub layer: Layer,
-    /// `applied`, `pending` (applied, waiting to reach the broker), `rejected` or `rolled_back`.
-    pub state: String,
+    /// What became of it.
+    pub state: ReportState,
     /// Why it was rejected or rolled back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -126,7 +153,7 @@ impl Persisted {
             Some(r) => serde_json::json!({
                 "version": r.version,
                 "layer": r.layer.as_str(),
-                "state": r.state,
+                "state": r.state.as_str(),
                 "reason": r.reason,
                 "at": r.at,
                 "versions": versions,
@@ -219,7 +246,6 @@ impl StateDir {
                     if let Some(reason) = r.reason.as_mut() {
                         *reason = crate::remote::document::excerpt(reason, MAX_REASON);
                     }
-                    r.state = crate::remote::document::excerpt(&r.state, 16);
                     r.at = crate::remote::document::excerpt(&r.at, 40);
                 }
                 Ok(s)
