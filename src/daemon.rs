@@ -176,10 +176,11 @@ impl Pipeline {
         })
     }
 
-    /// Whether the pipeline runs as configured: no failed or still-starting source, no dead
-    /// task, the HTTP listener bound when enabled, the spool writable. A configuration change
-    /// is confirmed only while this holds (docs/fleet.md, "Confirmation").
-    pub fn health(&self) -> Result<(), String> {
+    /// What keeps the pipeline from running as configured (empty: healthy): a failed or
+    /// still-starting source, a dead task, the HTTP listener not bound, the spool not
+    /// writable. A configuration change is confirmed only without new problems
+    /// (docs/fleet.md, "On the gateway").
+    pub fn health(&self) -> Vec<String> {
         let mut r = status::unhealthy_reasons(&self.spool);
         if let Some(e) = &self.http_error {
             r.push(e.clone());
@@ -189,11 +190,7 @@ impl Pipeline {
                 r.push(format!("source {name} has not started yet"));
             }
         }
-        if r.is_empty() {
-            Ok(())
-        } else {
-            Err(r.join("; "))
-        }
+        r
     }
 
     /// Stops sources, spools what they produced, flushes, lets the uplink wait for in-flight
@@ -412,9 +409,15 @@ pub async fn serve(
             }
             _ = sleep_until_opt(settled), if settled.is_some() => {
                 if let (Some(a), Some(c)) = (agent.as_mut(), control.as_ref()) {
-                    if a.on_settled(p.health()) {
+                    if a.on_settled(&p.health()) {
                         let _ = c.outbound.try_send(state_update(a, false));
-                        // Documents that came while the change was pending apply now.
+                    }
+                }
+            }
+            _ = sleep_until_opt(probation), if probation.is_some() => {
+                if let (Some(a), Some(c)) = (agent.as_mut(), control.as_ref()) {
+                    if a.on_probation_elapsed(&p.health()) {
+                        // Documents that came while the change was settling apply now.
                         let mut restart = false;
                         for (layer, doc) in a.take_deferred() {
                             let msg = uplink::Inbound::Message { topic: a.config_topic(layer), payload: doc };
@@ -429,11 +432,6 @@ pub async fn serve(
                             break;
                         }
                     }
-                }
-            }
-            _ = sleep_until_opt(probation), if probation.is_some() => {
-                if let Some(a) = agent.as_mut() {
-                    a.on_probation_elapsed(p.health());
                 }
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
@@ -565,7 +563,10 @@ async fn handle_remote(
         Inbound::Acknowledged => agent.on_acknowledged(),
         Inbound::Disconnected => agent.on_disconnected(),
         Inbound::Message { topic, payload } => match agent.inbox(&topic) {
-            Some(Inbox::Config(layer)) => match agent.on_document(layer, &payload) {
+            Some(Inbox::Config(layer)) => match agent
+                .with_health(cx.pipeline.health())
+                .on_document(layer, &payload)
+            {
                 DocumentOutcome::Unchanged
                 | DocumentOutcome::Ignored
                 | DocumentOutcome::Deferred => {}

@@ -366,6 +366,28 @@ pub fn set_level(level: &str) -> bool {
     }
 }
 
+/// At most one log line per interval for messages that outside input can trigger at will (a
+/// broker flooding the remote topics must not flood the journal); counts the lines it held
+/// back, so the line that is written can say how many.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// Some(lines held back since the last one) when a line may be written now.
+    pub fn allow(&mut self, every: std::time::Duration) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < every) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,8 @@ pub enum Rejection {
     ForbiddenKey(String),
     /// The merged configuration fails `check-config`'s validation.
     Invalid { key: String, message: String },
+    /// The overlay sets a delivery setting beyond what a document may set (see [`BOUNDS`]).
+    OutOfBounds { key: String, limit: &'static str },
 }
 
 impl Rejection {
@@ -112,6 +114,9 @@ impl Rejection {
             Rejection::ForbiddenKey(k) => format!("forbidden_key: {}", excerpt(k, 130)),
             Rejection::Invalid { key, message } => {
                 format!("invalid: {}: {}", excerpt(key, 130), excerpt(message, 200))
+            }
+            Rejection::OutOfBounds { key, limit } => {
+                format!("out_of_bounds: {key}: {limit} when set by a document")
             }
         }
     }
@@ -140,6 +145,7 @@ impl Rejection {
             Rejection::StaleVersion { .. } => "stale_version",
             Rejection::ForbiddenKey(_) => "forbidden_key",
             Rejection::Invalid { .. } => "invalid",
+            Rejection::OutOfBounds { .. } => "out_of_bounds",
         }
     }
 }
@@ -485,9 +491,60 @@ pub const FORBIDDEN: &[&str] = &[
     "spool",
     "http.listen",
     "sources.ble.known_beacons",
+    "sources.ble.allowlist",
     "sources.wifi.visits",
     "sources.pos.watch.[].dir",
 ];
+
+/// Delivery settings a document may set only within these limits: beyond them a misused key
+/// could stop delivery (a reconnect backoff of years, a linger that never sends) or let the
+/// spool's caps delete the backlog (a drain rate of one event a second, tiny batches).
+pub const BOUNDS: &[(&str, &str)] = &[
+    ("mqtt.reconnect_min", "at most 30s"),
+    ("mqtt.reconnect_max", "at most 5m"),
+    ("mqtt.linger", "at most 10s"),
+    ("mqtt.keep_alive", "at most 5m"),
+    ("mqtt.connect_timeout", "at most 60s"),
+    ("mqtt.shutdown_timeout", "at most 5m"),
+    ("mqtt.status_interval", "at most 10m"),
+    ("mqtt.drain_rate", "0 (no limit) or at least 100 events/s"),
+    ("mqtt.batch_max_bytes", "at least 64KiB"),
+];
+
+/// Step 7: the delivery settings the overlay sets, checked against [`BOUNDS`] on the merged
+/// configuration.
+pub fn check_bounds(overlay: &toml::Table, cfg: &Config) -> Result<(), Rejection> {
+    let Some(mqtt) = overlay.get("mqtt").and_then(|v| v.as_table()) else {
+        return Ok(());
+    };
+    let m = &cfg.mqtt;
+    let secs = Duration::from_secs;
+    for (key, limit) in BOUNDS {
+        let leaf = key.trim_start_matches("mqtt.");
+        if !mqtt.contains_key(leaf) {
+            continue;
+        }
+        let within = match leaf {
+            "reconnect_min" => m.reconnect_min.0 <= secs(30),
+            "reconnect_max" => m.reconnect_max.0 <= secs(300),
+            "linger" => m.linger.0 <= secs(10),
+            "keep_alive" => m.keep_alive.0 <= secs(300),
+            "connect_timeout" => m.connect_timeout.0 <= secs(60),
+            "shutdown_timeout" => m.shutdown_timeout.0 <= secs(300),
+            "status_interval" => m.status_interval.0 <= secs(600),
+            "drain_rate" => m.drain_rate == 0 || m.drain_rate >= 100,
+            "batch_max_bytes" => m.batch_max_bytes.0 >= 64 * 1024,
+            _ => true,
+        };
+        if !within {
+            return Err(Rejection::OutOfBounds {
+                key: (*key).to_string(),
+                limit,
+            });
+        }
+    }
+    Ok(())
+}
 
 /// Step 4: every key of the overlay the local file alone may set (empty when none).
 pub fn forbidden_keys(overlay: &toml::Table) -> Vec<String> {
@@ -622,6 +679,7 @@ pub fn verify(signed: &[u8], cx: &Context<'_>) -> Result<Verified, Rejection> {
     }
     let merged = merge_layers(cx.local, None, Some(&document.overlay));
     let (merged_text, config) = validate_merged(&merged, cx.base)?;
+    check_bounds(&document.overlay, &config)?;
     Ok(Verified {
         document,
         merged_text,
@@ -835,6 +893,35 @@ mod tests {
         }
         // A signed document with a bad overlay is not "unverified": it is reported.
         assert!(!Rejection::BadOverlay("x".into()).is_unverified());
+    }
+
+    #[test]
+    fn delivery_settings_stay_within_bounds() {
+        let k = key(1);
+        for (overlay, ok) in [
+            ("[mqtt]\nreconnect_max = \"3650d\"", false),
+            (
+                "[mqtt]\nreconnect_min = \"1h\"\nreconnect_max = \"2h\"",
+                false,
+            ),
+            ("[mqtt]\nlinger = \"3650d\"", false),
+            ("[mqtt]\ndrain_rate = 1", false),
+            ("[mqtt]\nbatch_max_bytes = \"1KiB\"", false),
+            ("[mqtt]\nstatus_interval = \"1d\"", false),
+            ("[mqtt]\nreconnect_max = \"2m\"", true),
+            ("[mqtt]\ndrain_rate = 0", true),
+            ("[mqtt]\ndrain_rate = 500\nlinger = \"1s\"", true),
+        ] {
+            let doc = signed(
+                &format!("version = 2\ntarget = \"_fleet\"\n{overlay}\n"),
+                &k,
+            );
+            let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
+            assert_eq!(r.is_none(), ok, "{overlay}: {r:?}");
+            if !ok {
+                assert!(r.is_some_and(|r| r.starts_with("out_of_bounds: mqtt.")));
+            }
+        }
     }
 
     #[test]

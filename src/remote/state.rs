@@ -99,17 +99,24 @@ pub struct Pending {
     /// Why the broker could not be reached, for the rollback's report.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The health problems the gateway had when the change was accepted (source names and
+    /// the like): they are not held against the change.
+    #[serde(default)]
+    pub baseline: Vec<String>,
 }
 
 /// A change already in effect, watched for a while: a gateway that keeps restarting soon after
 /// it (a source that fails later, a watchdog that is no longer fed) has it rolled back before
 /// systemd's start limit leaves the unit failed.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Probation {
     pub layer: Layer,
     pub version: i64,
     /// Starts since the change was applied that did not run through the probation time.
     pub starts: u32,
+    /// The health problems the gateway had before the change (see [`Pending::baseline`]).
+    #[serde(default)]
+    pub baseline: Vec<String>,
 }
 
 /// A document being installed: recorded before the document file is written and cleared with
@@ -380,6 +387,7 @@ mod tests {
             version: 5,
             starts: 1,
             last_error: None,
+            baseline: Vec::new(),
         });
         s.save(&p)?;
         assert_eq!(s.load()?, p);

@@ -11,6 +11,7 @@ impl Spool {
     pub async fn flush(&self) -> Result<(), SpoolError> {
         self.dirty.store(false, Ordering::Release);
         let pending = self.take_unflushed();
+        let covered = self.next_seq();
         let r = match self.persist_drops() {
             Ok(()) => self.bounded_flush().await,
             Err(e) => Err(e),
@@ -18,9 +19,26 @@ impl Spool {
         if r.is_err() {
             self.dirty.store(true, Ordering::Release);
             self.count_unflushed_lost(pending);
+        } else {
+            self.mark_durable(covered);
         }
         self.note_write(&r);
         r
+    }
+
+    /// The next seq to be handed out: every seq below it was written to sled before.
+    fn next_seq(&self) -> u64 {
+        self.append_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next
+    }
+
+    /// A flush that started when `covered` was the next seq succeeded: POS events below it may
+    /// be published now.
+    fn mark_durable(&self, covered: u64) {
+        self.pos_durable_below.fetch_max(covered, Ordering::AcqRel);
+        self.appended.notify_one();
     }
 
     /// After a write error (disk full) a sled flush can wait forever. A flush that does not
@@ -99,12 +117,15 @@ impl Spool {
     pub fn flush_blocking(&self) -> Result<(), SpoolError> {
         self.dirty.store(false, Ordering::Release);
         let pending = self.take_unflushed();
+        let covered = self.next_seq();
         let r = self
             .persist_drops()
             .and_then(|()| self.db.flush().map(|_| ()).map_err(SpoolError::from));
         if r.is_err() {
             self.dirty.store(true, Ordering::Release);
             self.count_unflushed_lost(pending);
+        } else {
+            self.mark_durable(covered);
         }
         self.note_write(&r);
         r

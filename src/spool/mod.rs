@@ -154,6 +154,11 @@ pub struct Spool {
     /// next successful flush.
     storage_failure: Mutex<Option<String>>,
     appended: tokio::sync::Notify,
+    /// POS events with a seq below this are on disk (fsynced): only those are handed to the
+    /// uplink. A POS event published before its fsync could be lost by a crash after the
+    /// broker took it, and its retry (a till, a re-read export) would be stored again under a
+    /// new id; published only once durable, a crash can only cause a redelivery of the same id.
+    pos_durable_below: std::sync::atomic::AtomicU64,
     path: PathBuf,
     /// The chunk each stream's uplink read last, decoded: a 1,024-event chunk feeds several
     /// batches, and decompressing it once per batch cost more than the publish. Chunk values
@@ -285,6 +290,8 @@ impl Spool {
             recovered,
             storage_failure: Mutex::new(None),
             appended: tokio::sync::Notify::new(),
+            // Everything on disk at open is durable.
+            pos_durable_below: std::sync::atomic::AtomicU64::new(next),
             last_decoded: Mutex::new(Default::default()),
             stuck_flush: Mutex::new(None),
             path: path.to_path_buf(),
@@ -348,6 +355,10 @@ mod tests {
                 ev(EventKind::PosTransaction, 10),
             ])?;
             assert_eq!(s.depth(Stream::Ble).depth, 1);
+            // A POS event is handed to the uplink only once it is on disk; sensor events at once.
+            assert!(s.peek(Stream::Pos, 0, 10, 1 << 20)?.is_empty());
+            assert_eq!(s.peek(Stream::Ble, 0, 10, 1 << 20)?.len(), 1);
+            s.flush_blocking()?;
             let got = s.peek(Stream::Pos, 0, 10, 1 << 20)?;
             assert_eq!(got.len(), 1);
             let v: serde_json::Value = serde_json::from_slice(got[0].json())?;

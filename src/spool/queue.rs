@@ -169,6 +169,11 @@ impl Spool {
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut corrupt = Vec::new();
+        // POS events are handed out only once fsynced (see `pos_durable_below`).
+        let below = match s {
+            Stream::Pos => self.pos_durable_below.load(Ordering::Acquire),
+            _ => u64::MAX,
+        };
         {
             let partial = self.state[idx(s)]
                 .partial
@@ -183,6 +188,9 @@ impl Spool {
                 };
                 let acked = partial.get(&chunk);
                 for &(seq, a, b) in items.iter() {
+                    if seq >= below {
+                        break 'chunks;
+                    }
                     if seq < from || acked.is_some_and(|x| x.contains(&seq)) {
                         continue;
                     }

@@ -321,7 +321,9 @@ pub async fn run_live(
                     attempt = 0;
                 }
                 if let Some(r) = &remote {
-                    let _ = r.inbound.try_send(Inbound::Disconnected);
+                    // Never dropped: a settle timer left running would confirm a change over
+                    // a session that is gone.
+                    deliver(r, Inbound::Disconnected).await;
                 }
                 match end {
                     SessionEnd::Shutdown => return,
@@ -333,7 +335,7 @@ pub async fn run_live(
             Err(e) => {
                 tracing::warn!(broker = %format!("{}:{}", settings.host, settings.port), error = %e, attempt, "cannot connect to broker");
                 if let Some(r) = &remote {
-                    let _ = r.inbound.try_send(Inbound::ConnectFailed(e));
+                    deliver(r, Inbound::ConnectFailed(e)).await;
                 }
             }
         }
@@ -417,6 +419,7 @@ async fn session(
     let mut draining_since: Option<Instant> = None;
     let status_topic = s.topic("status");
     let limit = outgoing_limit(s);
+    let mut dropped_log = crate::ops::logging::Throttle::default();
     let publish_status = |state: &str, inflight: &mut InFlight| {
         let payload = fit_control(
             &status_topic,
@@ -472,13 +475,22 @@ async fn session(
                     now_ms(),
                     batch.events.iter().map(|e| e.json()),
                 );
+                let topic = s.topic(batch.stream.as_str());
+                if topic.len() + payload.len() + 9 > limit {
+                    // One event larger than a packet may be (batches are cut to batch_max_bytes,
+                    // so this is a single event): it can never be delivered, and sending it would
+                    // end every session. Counted and dropped, like a malformed frame.
+                    let acks: Vec<_> = batch.events.iter().map(|e| e.ack_ref()).collect();
+                    tracing::error!(stream = %batch.stream, events = acks.len(), bytes = payload.len(), limit, "event larger than an MQTT packet may be: dropped");
+                    spool.count_drop(batch.stream, "oversized", acks.len() as u64);
+                    if let Err(e) = spool.ack(batch.stream, &acks) {
+                        tracing::error!(error = %e, "spool delete of an oversized event failed");
+                    }
+                    sched.published(&batch);
+                    continue;
+                }
                 if client
-                    .try_publish(
-                        s.topic(batch.stream.as_str()),
-                        QoS::AtLeastOnce,
-                        false,
-                        payload,
-                    )
+                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
                     .is_err()
                 {
                     break;
@@ -543,7 +555,9 @@ async fn session(
                             // A command may be dropped (its sender times out and may resend);
                             // a configuration document never is.
                             if r.inbound.try_send(msg).is_err() {
-                                tracing::warn!(topic = %p.topic, "command dropped: the previous ones are still being handled");
+                                if let Some(held) = dropped_log.allow(Duration::from_secs(60)) {
+                                    tracing::warn!(held_back = held, "command dropped: the previous ones are still being handled");
+                                }
                             }
                         } else {
                             deliver(r, msg).await;

@@ -6,7 +6,7 @@ use super::{damaged_reason, layer_index, Agent, DocumentOutcome, UNVERIFIED_LOG_
 use crate::event::{now_ms, rfc3339_ms};
 use crate::ops::reload;
 use crate::remote::document::{self, Rejection};
-use crate::remote::state::{Installing, Layer, Pending, Persisted, Probation, Report, ReportState};
+use crate::remote::state::{Installing, Layer, Pending, Persisted, Report, ReportState};
 use time::OffsetDateTime;
 
 impl Agent {
@@ -21,7 +21,8 @@ impl Agent {
             return DocumentOutcome::Unchanged;
         }
         let i = layer_index(layer);
-        if self.last_refused[i].as_deref() == Some(signed)
+        if self.last_unverified[i].as_deref() == Some(signed)
+            || self.refused.contains(signed)
             || self.dir.document(layer).ok().flatten().as_deref() == Some(signed)
         {
             return DocumentOutcome::Unchanged;
@@ -30,7 +31,7 @@ impl Agent {
             Ok(d) => d,
             Err(r) if r.is_unverified() => {
                 self.unverified("config", &r);
-                self.last_refused[i] = Some(signed.to_vec());
+                self.last_unverified[i] = Some(signed.to_vec());
                 return DocumentOutcome::Ignored;
             }
             Err(r) => return self.refuse(layer, signed, 0, r),
@@ -47,30 +48,27 @@ impl Agent {
             );
             return DocumentOutcome::Rejected(reason);
         }
-        if self.state.pending.is_some() {
-            tracing::info!(
-                layer = layer.as_str(),
-                version = doc.version,
-                "signed document received while a change is being confirmed: it is applied after"
-            );
-            self.deferred[i] = Some(signed.to_vec());
-            return DocumentOutcome::Deferred;
-        }
         match self.accept(layer, signed, doc) {
             Ok(o) => o,
             Err((version, r)) => self.refuse(layer, signed, version, r),
         }
     }
 
-    /// The documents deferred while a change was pending, to pass to [`Agent::on_document`]
-    /// again now that nothing is pending (fleet first, then gateway).
+    /// True while a change applied by a restart is being confirmed or is on probation: a new
+    /// document then waits, so a rollback always restores the document before that change.
+    pub(super) fn busy(&self) -> bool {
+        self.state.pending.is_some() || self.state.probation.is_some()
+    }
+
+    /// The documents deferred while a change was pending or on probation, to pass to
+    /// [`Agent::on_document`] again now that it is settled (fleet first, then gateway).
     pub fn take_deferred(&mut self) -> Vec<(Layer, Vec<u8>)> {
-        if self.state.pending.is_some() {
+        if self.busy() {
             return Vec::new();
         }
         Layer::ALL
             .into_iter()
-            .filter_map(|l| self.deferred[layer_index(l)].take().map(|d| (l, d)))
+            .filter_map(|l| self.deferred[layer_index(l)].take().map(|(_, d)| (l, d)))
             .collect()
     }
 
@@ -92,7 +90,11 @@ impl Agent {
         }
     }
 
-    /// A signed document refused: reported and recorded.
+    /// A signed document refused: reported (status document, `config/state`), not written to
+    /// disk. Each refused document is remembered (a bounded set, cleared at every connection
+    /// and reload), so a broker replaying genuine old documents in a loop costs one report per
+    /// document per connection, and no disk write at all; the retained documents are checked
+    /// again at the next connection, when the clock or the local file may have changed.
     pub(super) fn refuse(
         &mut self,
         layer: Layer,
@@ -105,12 +107,9 @@ impl Agent {
         // A refusal for a cause that may pass (a disk that refused a write) is not
         // remembered: the document is tried again when it comes again.
         if !matches!(&r, Rejection::Invalid { key, .. } if key == "(state)") {
-            self.last_refused[layer_index(layer)] = Some(signed.to_vec());
+            self.refused.insert(signed);
         }
         self.report(version, layer, ReportState::Rejected, Some(reason.clone()));
-        if let Err(e) = self.save() {
-            tracing::error!(error = %e, "cannot record the remote configuration state");
-        }
         DocumentOutcome::Rejected(reason)
     }
 
@@ -172,6 +171,21 @@ impl Agent {
         let (text, cfg) = self
             .merged(Some((layer, &doc.overlay)))
             .map_err(|r| (v, r))?;
+        document::check_bounds(&doc.overlay, &cfg).map_err(|r| (v, r))?;
+        if self.busy() {
+            // One change at a time: kept (the highest version per layer) and applied once the
+            // change in progress is confirmed and off probation.
+            let slot = &mut self.deferred[layer_index(layer)];
+            if slot.as_ref().is_none_or(|(kept, _)| *kept < v) {
+                *slot = Some((v, signed.to_vec()));
+            }
+            tracing::info!(
+                layer = layer.as_str(),
+                version = v,
+                "signed document received while a change is being confirmed: it is applied after"
+            );
+            return Ok(DocumentOutcome::Deferred);
+        }
         let changed = reload::changed_keys(&self.running_text, &text);
         let restart: Vec<String> = changed
             .iter()
@@ -204,18 +218,14 @@ impl Agent {
                 reason: None,
                 at,
             });
-            next.probation = Some(Probation {
-                layer,
-                version: v,
-                starts: 0,
-            });
         } else {
-            next.probation = None;
             next.pending = Some(Pending {
                 layer,
                 version: v,
                 starts: 0,
                 last_error: None,
+                // What was already wrong before the change is not held against it.
+                baseline: self.health_now.clone(),
             });
             next.report = Some(Report {
                 version: v,

@@ -17,7 +17,8 @@ impl Agent {
                 return CommandOutcome::Ignored;
             }
         }
-        if let Some(until) = self.nonces_lost_until.filter(|u| now < *u) {
+        let recorded = now.max(self.state.clock_ms);
+        if let Some(until) = self.nonces_lost_until.filter(|u| recorded < *u) {
             let why = format!(
                 "busy: the nonce log was lost; commands are accepted again from {}",
                 rfc3339_ms(until)
@@ -114,9 +115,11 @@ impl Agent {
 /// The nonce log, and until when commands must be refused because it was lost: a damaged or
 /// unreadable log could hide a nonce of a command that has not expired yet, so no command is
 /// accepted until every command signed before now has expired.
-pub(super) fn load_nonces(dir: &StateDir) -> (NonceLog, Option<i64>) {
+/// `now` is never earlier than the latest time the gateway recorded, so a box that boots with
+/// its clock far behind does not shorten the wait.
+pub(super) fn load_nonces(dir: &StateDir, now: i64) -> (NonceLog, Option<i64>) {
     let p = dir.path().join("nonces.json");
-    let lost = || Some(now_ms().saturating_add(command::MAX_COMMAND_TTL_S * 1000));
+    let lost = || Some(now.saturating_add(command::MAX_COMMAND_TTL_S * 1000));
     match std::fs::read(&p) {
         Ok(b) => match serde_json::from_slice(&b) {
             Ok(log) => (log, None),

@@ -39,7 +39,7 @@ impl Agent {
     /// A change in effect but still on probation: this start counts; too many starts within
     /// [`PROBATION`] of it roll it back.
     pub(super) fn check_probation_at_boot(&mut self) -> Result<(), String> {
-        let Some(mut p) = self.state.probation else {
+        let Some(mut p) = self.state.probation.clone() else {
             return Ok(());
         };
         p.starts += 1;
@@ -64,12 +64,21 @@ impl Agent {
     }
 
     /// This start ran for [`PROBATION`]: the change on probation is kept for good if the
-    /// gateway is healthy now (`health`); if not, it is looked at again a minute later.
-    pub fn on_probation_elapsed(&mut self, health: Result<(), String>) {
-        if let Err(why) = health {
-            tracing::warn!(reason = %why, "a recent configuration change is still on probation: the gateway is unhealthy");
+    /// gateway has no health problem it did not have before the change (`problems`: the
+    /// pipeline's health problems now); if it has, it is looked at again a minute later.
+    /// Returns true when the probation ended (documents deferred meanwhile may apply now).
+    pub fn on_probation_elapsed(&mut self, problems: &[String]) -> bool {
+        let baseline = self
+            .state
+            .probation
+            .as_ref()
+            .map(|p| p.baseline.clone())
+            .unwrap_or_default();
+        let new = new_problems(problems, &baseline);
+        if !new.is_empty() {
+            tracing::warn!(reason = %new.join("; "), "a recent configuration change is still on probation: the gateway is unhealthy");
             self.probation_until = Some(tokio::time::Instant::now() + Duration::from_secs(60));
-            return;
+            return false;
         }
         self.probation_until = None;
         if self.state.probation.take().is_some() {
@@ -77,6 +86,7 @@ impl Agent {
                 tracing::error!(error = %e, "cannot record the end of a change's probation");
             }
         }
+        true
     }
 
     pub(super) fn roll_back(
@@ -99,7 +109,12 @@ impl Agent {
             None => why,
         };
         tracing::error!(layer = layer.as_str(), version, %reason, "rolling back to the previous configuration");
-        self.dir.restore_previous(layer)?;
+        // Only the document being rolled back is replaced: a rollback run again (a power cut
+        // after it) finds the previous one already back and leaves it.
+        let stored = self.stored_overlay(layer).ok().flatten().map(|(_, v)| v);
+        if stored == Some(version) {
+            self.dir.restore_previous(layer)?;
+        }
         let prev = self
             .stored_overlay(layer)
             .ok()
@@ -120,6 +135,9 @@ impl Agent {
     /// corrected remotely any more. Returns true when the report changed.
     pub fn on_connected(&mut self, subscribed: bool) -> bool {
         self.subscribed = subscribed;
+        // The retained documents come again: refusals are judged again (the clock may have
+        // been set, the local file reloaded).
+        self.refused.clear();
         if !subscribed {
             self.on_connect_failed(
                 "connected, but the broker refused the subscription to the remote topics".into(),
@@ -156,19 +174,22 @@ impl Agent {
     }
 
     /// The session lasted: confirms the change applied by restart if the pipeline is healthy
-    /// (`health`: every enabled source running, the HTTP listener bound, the spool writable).
-    /// An unhealthy gateway does not confirm; it tries again one settle time later, until the
-    /// confirm deadline rolls the change back with the health problem as the reason. Returns
-    /// true when the report changed.
-    pub fn on_settled(&mut self, health: Result<(), String>) -> bool {
+    /// (`problems`: the pipeline's health problems now; healthy means every enabled source
+    /// running, the HTTP listener bound, the spool writable), not counting problems it already
+    /// had before the change. An unhealthy gateway does not confirm; it tries again one settle
+    /// time later, until the confirm deadline rolls the change back with the health problem as
+    /// the reason. Returns true when the report changed.
+    pub fn on_settled(&mut self, problems: &[String]) -> bool {
         if self.settle_until.take().is_none() {
             return false;
         }
         self.last_connect_error = None;
-        if self.state.pending.is_none() {
+        let Some(baseline) = self.state.pending.as_ref().map(|p| p.baseline.clone()) else {
             return false;
-        }
-        if let Err(why) = health {
+        };
+        let new = new_problems(problems, &baseline);
+        if !new.is_empty() {
+            let why = new.join("; ");
             if self.unhealthy.as_deref() != Some(why.as_str()) {
                 tracing::warn!(reason = %why, "configuration change not confirmed yet: the gateway is not healthy with it");
             }
@@ -188,6 +209,7 @@ impl Agent {
             layer: p.layer,
             version: p.version,
             starts: 0,
+            baseline: p.baseline.clone(),
         });
         self.probation_until = Some(tokio::time::Instant::now() + PROBATION);
         self.report(p.version, p.layer, ReportState::Applied, None);
@@ -247,4 +269,15 @@ impl Agent {
         self.roll_back(p.layer, p.version, why)?;
         self.save()
     }
+}
+
+/// The problems in `now` the gateway did not have before the change (`baseline`), compared by
+/// what failed (the text before the first `:`), not by the detail.
+fn new_problems(now: &[String], baseline: &[String]) -> Vec<String> {
+    let what = |p: &str| p.split(':').next().unwrap_or(p).trim().to_string();
+    let before: Vec<String> = baseline.iter().map(|b| what(b)).collect();
+    now.iter()
+        .filter(|p| !before.contains(&what(p)))
+        .cloned()
+        .collect()
 }

@@ -86,6 +86,8 @@ impl Agent {
     /// text, validated.
     pub fn remerge_local(&mut self, local_text: &str) -> Result<(String, Config), String> {
         let table: toml::Table = local_text.parse().map_err(|e| format!("{e}"))?;
+        // Documents refused against the old file are judged again against the new one.
+        self.refused.clear();
         let old = std::mem::replace(&mut self.local, table);
         match self.merged(None) {
             Ok((text, cfg)) => {

@@ -109,9 +109,11 @@ pub struct Agent {
     gateway_overlay: Option<toml::Table>,
     /// Merged configuration text in effect.
     running_text: String,
-    /// Bytes of the last refused document per layer: a retained refusal delivered again at
-    /// every reconnection is not processed and reported again.
-    last_refused: [Option<Vec<u8>>; 2],
+    /// Bytes of the last unverified message per layer: retained junk delivered again at every
+    /// reconnection is not checked again.
+    last_unverified: [Option<Vec<u8>>; 2],
+    /// Signed documents refused on this connection (see [`Agent::on_document`]).
+    refused: RefusedDocs,
     /// When an unconfirmed change must have reached the broker.
     confirm_by: Option<tokio::time::Instant>,
     last_connect_error: Option<String>,
@@ -123,8 +125,11 @@ pub struct Agent {
     reconnect_nonces: Vec<String>,
     /// `[remote.min_version]` per layer.
     min_version: [i64; 2],
-    /// Signed documents that came while a change was pending, per layer (the latest).
-    deferred: [Option<Vec<u8>>; 2],
+    /// Signed documents that came while a change was pending or on probation, per layer (the
+    /// highest version, with it).
+    deferred: [Option<(i64, Vec<u8>)>; 2],
+    /// The pipeline's health problems as last seen by the daemon (the baseline of a change).
+    health_now: Vec<String>,
     /// Why the last settled session could not confirm (the pipeline was not healthy).
     unhealthy: Option<String>,
     /// When this start has run long enough to end the probation of a change.
@@ -132,26 +137,39 @@ pub struct Agent {
     /// state.json could not be read: documents are refused and the file is left as it is.
     state_damaged: Option<String>,
     /// Rate limit of the log line for unverified input.
-    unverified_log: LogLimiter,
+    unverified_log: crate::ops::logging::Throttle,
 }
 
-/// At most one log line per interval; counts what it held back.
+/// Digests of the signed documents refused since the last connection, at most
+/// [`RefusedDocs::MAX`] (the oldest forgotten first): a refused document delivered again is not
+/// processed, reported or logged again.
 #[derive(Debug, Default)]
-struct LogLimiter {
-    last: Option<std::time::Instant>,
-    held: u64,
+struct RefusedDocs {
+    digests: std::collections::VecDeque<[u8; 32]>,
 }
 
-impl LogLimiter {
-    /// Some(lines held back since the last one) when a line may be written now.
-    fn allow(&mut self, every: Duration) -> Option<u64> {
-        let now = std::time::Instant::now();
-        if self.last.is_some_and(|l| now.duration_since(l) < every) {
-            self.held += 1;
-            return None;
+impl RefusedDocs {
+    const MAX: usize = 256;
+
+    fn digest(doc: &[u8]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(doc).into()
+    }
+
+    fn contains(&self, doc: &[u8]) -> bool {
+        let d = Self::digest(doc);
+        self.digests.contains(&d)
+    }
+
+    fn insert(&mut self, doc: &[u8]) {
+        if self.digests.len() == Self::MAX {
+            self.digests.pop_front();
         }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held))
+        self.digests.push_back(Self::digest(doc));
+    }
+
+    fn clear(&mut self) {
+        self.digests.clear();
     }
 }
 
@@ -181,7 +199,8 @@ impl Agent {
                 (Persisted::default(), Some(e))
             }
         };
-        let (nonces, nonces_lost_until) = load_nonces(&dir);
+        let (nonces, nonces_lost_until) =
+            load_nonces(&dir, crate::event::now_ms().max(state.clock_ms));
         let local_text = std::fs::read_to_string(local_path)
             .map_err(|e| format!("cannot read {}: {e}", local_path.display()))?;
         let local_table: toml::Table = local_text
@@ -202,7 +221,8 @@ impl Agent {
             fleet: None,
             gateway_overlay: None,
             running_text: String::new(),
-            last_refused: [None, None],
+            last_unverified: [None, None],
+            refused: RefusedDocs::default(),
             confirm_by: None,
             last_connect_error: None,
             subscribed: false,
@@ -210,10 +230,11 @@ impl Agent {
             reconnect_nonces: Vec::new(),
             min_version: [remote.min_version.fleet, remote.min_version.gateway],
             deferred: [None, None],
+            health_now: Vec::new(),
             unhealthy: None,
             probation_until: None,
             state_damaged,
-            unverified_log: LogLimiter::default(),
+            unverified_log: crate::ops::logging::Throttle::default(),
         };
         agent.check_pending_at_boot()?;
         agent.check_probation_at_boot()?;
@@ -268,6 +289,13 @@ impl Agent {
         }
         agent.save()?;
         Ok((cfg, Some(agent)))
+    }
+
+    /// The daemon's view of the pipeline's health problems (empty: healthy), taken before a
+    /// message is handled: a change is not held responsible for what was wrong before it.
+    pub fn with_health(&mut self, problems: Vec<String>) -> &mut Agent {
+        self.health_now = problems;
+        self
     }
 
     /// The topics to subscribe to (QoS 1).

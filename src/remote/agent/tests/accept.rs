@@ -49,7 +49,11 @@ async fn deferred_documents_apply_once_the_change_is_confirmed() -> R {
     ));
     settle(&mut agent);
     tokio::time::advance(agent.settle_time()).await;
-    assert!(agent.on_settled(Ok(())));
+    assert!(agent.on_settled(&[]));
+    // Confirmed, then on probation: still one change at a time.
+    assert!(agent.take_deferred().is_empty());
+    tokio::time::advance(PROBATION).await;
+    assert!(agent.on_probation_elapsed(&[]));
     let deferred = agent.take_deferred();
     assert_eq!(deferred.len(), 1);
     for (layer, doc) in deferred {
@@ -204,5 +208,77 @@ fn a_damaged_nonce_log_refuses_commands_until_all_could_have_expired() -> R {
     let (_, agent) = Agent::boot(&path, local)?;
     let mut agent = agent.ok_or("no agent")?;
     assert!(matches!(agent.on_command(&cmd), CommandOutcome::Run(_)));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_newer_document_for_this_topic_is_deferred() -> R {
+    let tmp = tempfile::tempdir()?;
+    let (mut agent, _) = pending_agent(tmp.path())?;
+    let v4 = signed("version = 4\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 12.0\n")?;
+    let v3 = signed("version = 3\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 11.0\n")?;
+    assert!(matches!(
+        agent.on_document(Layer::Gateway, &v4),
+        DocumentOutcome::Deferred
+    ));
+    // A lower version does not displace it; a stale or misdirected one is refused at once.
+    assert!(matches!(
+        agent.on_document(Layer::Gateway, &v3),
+        DocumentOutcome::Deferred
+    ));
+    let stale = signed("version = 1\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 2.0\n")?;
+    assert!(matches!(
+        agent.on_document(Layer::Gateway, &stale),
+        DocumentOutcome::Rejected(r) if r.starts_with("stale_version")
+    ));
+    let other = signed("version = 9\ntarget = \"s1/g2\"\n")?;
+    assert!(matches!(
+        agent.on_document(Layer::Gateway, &other),
+        DocumentOutcome::Rejected(r) if r.starts_with("wrong_target")
+    ));
+    agent.on_confirm_timeout()?;
+    let deferred = agent.take_deferred();
+    assert_eq!(deferred.len(), 1);
+    assert!(deferred.iter().all(|(_, d)| d == &v4));
+    Ok(())
+}
+
+#[test]
+fn replayed_genuine_documents_cost_no_disk_write_and_one_report_each() -> R {
+    let tmp = tempfile::tempdir()?;
+    let (mut agent, _) = pending_agent(tmp.path())?;
+    agent.on_confirm_timeout()?;
+    let state_path = tmp.path().join("state/remote/state.json");
+    let before = std::fs::read(&state_path)?;
+    let modified = std::fs::metadata(&state_path)?.modified()?;
+    // Genuine documents the broker keeps: an old one, one for another gateway, a fleet one on
+    // the gateway topic. Replayed alternately, many times.
+    let old = signed("version = 1\ntarget = \"s1/g1\"\n[sources.sim]\nrate = 6.0\n")?;
+    let misdirected = signed("version = 30\ntarget = \"s1/g7\"\n")?;
+    let fleet = signed("version = 30\ntarget = \"_fleet\"\n")?;
+    let mut rejected = 0;
+    for _ in 0..100 {
+        for d in [&old, &misdirected, &fleet] {
+            if matches!(
+                agent.on_document(Layer::Gateway, d),
+                DocumentOutcome::Rejected(_)
+            ) {
+                rejected += 1;
+            }
+        }
+    }
+    assert_eq!(rejected, 3, "one report per document");
+    assert_eq!(std::fs::read(&state_path)?, before);
+    assert_eq!(std::fs::metadata(&state_path)?.modified()?, modified);
+    // A new connection judges them again, once.
+    agent.on_connected(true);
+    assert!(matches!(
+        agent.on_document(Layer::Gateway, &old),
+        DocumentOutcome::Rejected(_)
+    ));
+    assert!(matches!(
+        agent.on_document(Layer::Gateway, &old),
+        DocumentOutcome::Unchanged
+    ));
     Ok(())
 }

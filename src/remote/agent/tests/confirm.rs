@@ -56,7 +56,7 @@ async fn a_healthy_settled_session_confirms_and_starts_the_probation() -> R {
     let settle_at = agent.settle_deadline().ok_or("not settling")?;
     assert_eq!(settle_at - tokio::time::Instant::now(), agent.settle_time());
     tokio::time::advance(agent.settle_time()).await;
-    assert!(agent.on_settled(Ok(())));
+    assert!(agent.on_settled(&[]));
     assert_eq!(agent.status_object()["state"], "applied");
     assert!(agent.confirm_deadline().is_none());
     let st = state_file(tmp.path())?;
@@ -67,7 +67,8 @@ async fn a_healthy_settled_session_confirms_and_starts_the_probation() -> R {
         Some(Probation {
             layer: Layer::Gateway,
             version: 2,
-            starts: 0
+            starts: 0,
+            baseline: vec!["source ble failed: no adapter".into()],
         })
     );
     // Ten healthy minutes end the probation.
@@ -75,12 +76,12 @@ async fn a_healthy_settled_session_confirms_and_starts_the_probation() -> R {
         agent.probation_deadline(),
         Some(tokio::time::Instant::now() + PROBATION)
     );
-    agent.on_probation_elapsed(Err("source wifi failed".into()));
+    agent.on_probation_elapsed(&["source wifi failed: no capability".to_string()]);
     assert!(
         state_file(tmp.path())?.probation.is_some(),
         "unhealthy: kept"
     );
-    agent.on_probation_elapsed(Ok(()));
+    agent.on_probation_elapsed(&[]);
     assert!(state_file(tmp.path())?.probation.is_none());
     assert!(agent.probation_deadline().is_none());
     Ok(())
@@ -95,7 +96,7 @@ async fn an_unhealthy_pipeline_never_confirms_and_is_rolled_back() -> R {
     settle(&mut agent);
     for _ in 0..5 {
         tokio::time::advance(agent.settle_time()).await;
-        assert!(!agent.on_settled(Err("source wifi failed: Operation not permitted".into())));
+        assert!(!agent.on_settled(&["source wifi failed: Operation not permitted".to_string()]));
         assert!(agent.settle_deadline().is_some(), "tried again");
     }
     assert_eq!(state_file(tmp.path())?.pending.map(|p| p.version), Some(2));
@@ -117,7 +118,7 @@ async fn a_refused_subscription_does_not_confirm() -> R {
     agent.on_connected(false);
     agent.on_acknowledged();
     assert!(agent.settle_deadline().is_none());
-    assert!(!agent.on_settled(Ok(())));
+    assert!(!agent.on_settled(&[]));
     assert!(state_file(tmp.path())?.pending.is_some());
     Ok(())
 }
@@ -133,6 +134,7 @@ fn repeated_starts_within_the_probation_roll_the_change_back() -> R {
         layer: Layer::Gateway,
         version: 2,
         starts: 0,
+        baseline: Vec::new(),
     });
     sd.save(&st)?;
     for start in 1..MAX_PROBATION_STARTS {
@@ -149,5 +151,24 @@ fn repeated_starts_within_the_probation_roll_the_change_back() -> R {
     let st = sd.load()?;
     assert!(st.probation.is_none());
     assert_eq!((st.gateway.applied, st.gateway.floor), (1, 2));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_problem_older_than_the_change_does_not_block_its_confirmation() -> R {
+    // The BLE adapter was already missing when the change was accepted (the fixture's
+    // baseline); a Wi-Fi failure is new.
+    let tmp = tempfile::tempdir()?;
+    let (mut agent, _) = pending_agent(tmp.path())?;
+    settle(&mut agent);
+    tokio::time::advance(agent.settle_time()).await;
+    let both = [
+        "source ble failed: still no adapter".to_string(),
+        "source wifi failed: Operation not permitted".to_string(),
+    ];
+    assert!(!agent.on_settled(&both), "the new Wi-Fi failure blocks it");
+    tokio::time::advance(agent.settle_time()).await;
+    assert!(agent.on_settled(&both[..1]), "the old BLE failure does not");
+    assert_eq!(agent.status_object()["state"], "applied");
     Ok(())
 }

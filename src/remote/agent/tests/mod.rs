@@ -58,6 +58,7 @@ pub(super) fn gateway_with(
         version: 2,
         starts,
         last_error: Some("Connection refused".into()),
+        baseline: vec!["source ble failed: no adapter".into()],
     });
     sd.save(&st)?;
     Ok((path, local))
