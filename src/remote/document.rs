@@ -1076,7 +1076,7 @@ mod tests {
     fn every_config_path_key_is_forbidden() {
         // Every `_file` key the configuration knows is caught by the suffix rule.
         let src = [
-            include_str!("../config.rs"),
+            include_str!("../config/mod.rs"),
             include_str!("../source/pos/config.rs"),
             include_str!("../source/ble/config.rs"),
             include_str!("../source/wifi/config.rs"),
