@@ -5,12 +5,13 @@
 //! with the file, the line and the dotted key path.
 //!
 //! The layer has three floors (docs/design.md, "Configuration"): leaf modules that import
-//! nothing of storegw ([`units`], [`ids`], [`files`]); each feed's
+//! nothing of storegw ([`units`], [`ids`], [`files`], [`trusted_keys`]); each feed's
 //! section in its own `src/source/<feed>/config.rs`, built on the leaves only; and the root
-//! [`Config`] here, assembled from both. Nothing here imports feed logic or `ops/`.
+//! [`Config`] here, assembled from both. Nothing here imports feed logic, `remote/` or `ops/`.
 
 pub mod files;
 pub mod ids;
+pub mod trusted_keys;
 pub mod units;
 
 /// Re-exported so that `crate::config::Dur` and the checks keep their paths for the layers above;
@@ -26,6 +27,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use trusted_keys::TrustedKeys;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -791,7 +793,7 @@ fn check_remote(r: &RemoteConfig, connect_timeout: Duration, v: &mut Vec<(String
     match check_trusted_file(p) {
         Err(e) => v.push((key.into(), e)),
         Ok(()) => {
-            if let Err(e) = crate::remote::document::TrustedKeys::load(p) {
+            if let Err(e) = TrustedKeys::load(p) {
                 v.push((key.into(), e));
             }
         }
@@ -940,7 +942,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir()?;
         let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
-        let line = crate::remote::document::format_public_key(&key.verifying_key());
+        let line = trusted_keys::format_public_key(&key.verifying_key());
         std::fs::write(dir.path().join("remote.pub"), format!("{line}\n"))?;
         let set_mode = |m: u32| {
             std::fs::set_permissions(
