@@ -5,10 +5,12 @@
 //! with the file, the line and the dotted key path.
 //!
 //! The layer has three floors (docs/design.md, "Configuration"): leaf modules that import
-//! nothing of storegw ([`units`], [`ids`], [`files`], [`trusted_keys`]); each feed's
+//! nothing of storegw ([`units`], [`ids`], [`files`], [`trusted_keys`], [`demo`]); each feed's
 //! section in its own `src/source/<feed>/config.rs`, built on the leaves only; and the root
-//! [`Config`] here, assembled from both. Nothing here imports feed logic, `remote/` or `ops/`.
+//! [`Config`] here, assembled from both. Nothing here imports feed logic, `remote/`, `ops/` or
+//! the demo.
 
+pub mod demo;
 pub mod files;
 pub mod ids;
 pub mod trusted_keys;
