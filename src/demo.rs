@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-/// The embedded demo configuration.
-pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+/// The embedded demo configuration; it lives in the configuration layer so that replay can
+/// start from it without importing the demo.
+pub use crate::config::demo::DEMO_TOML;
 
 /// Finds a free loopback TCP port.
 pub fn free_port() -> Result<u16, String> {

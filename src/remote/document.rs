@@ -15,8 +15,7 @@
 use crate::config::{self, Config};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use ed25519_dalek::{Signature, VerifyingKey};
-use sha2::{Digest, Sha256};
+use ed25519_dalek::Signature;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -158,82 +157,9 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
-/// Key id of a public key: names the key in a signature line without being trusted itself.
-pub fn key_id(key: &VerifyingKey) -> String {
-    let d = Sha256::digest(key.as_bytes());
-    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// The public keys a gateway trusts (`[remote] public_key_file`).
-#[derive(Debug, Clone, Default)]
-pub struct TrustedKeys {
-    keys: Vec<(String, VerifyingKey)>,
-}
-
-impl TrustedKeys {
-    /// Parses a public key file: one `ed25519:<base64 32 bytes>` per line, optionally followed by
-    /// a comment; blank lines and `#` lines are skipped. Several keys let the central team rotate
-    /// its signing key without a window where gateways trust nothing.
-    pub fn parse(text: &str) -> Result<TrustedKeys, String> {
-        let mut keys = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let word = line.split_whitespace().next().unwrap_or("");
-            let key = parse_public_key(word).map_err(|e| format!("line {}: {e}", i + 1))?;
-            keys.push((key_id(&key), key));
-        }
-        if keys.is_empty() {
-            return Err("no public key (expected lines `ed25519:<base64>`)".into());
-        }
-        Ok(TrustedKeys { keys })
-    }
-
-    /// Reads and parses a public key file.
-    pub fn load(path: &Path) -> Result<TrustedKeys, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("`{}`: {e}", path.display()))
-    }
-
-    /// Ids of the trusted keys, for messages.
-    pub fn ids(&self) -> Vec<String> {
-        self.keys.iter().map(|(id, _)| id.clone()).collect()
-    }
-
-    /// The trusted key with this id.
-    pub(crate) fn get(&self, id: &str) -> Option<&VerifyingKey> {
-        self.keys.iter().find(|(k, _)| k == id).map(|(_, v)| v)
-    }
-}
-
-/// Parses `ed25519:<base64 of the 32-byte public key>`.
-pub fn parse_public_key(s: &str) -> Result<VerifyingKey, String> {
-    let b64 = s
-        .strip_prefix("ed25519:")
-        .ok_or("a public key starts with `ed25519:`")?;
-    let raw = B64
-        .decode(b64)
-        .map_err(|e| format!("public key is not base64: {e}"))?;
-    let bytes: [u8; 32] = raw
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("public key has {} bytes, not 32", raw.len()))?;
-    let key = VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| "not a valid Ed25519 public key".to_string())?;
-    if key.is_weak() {
-        // A small-order point: signatures under it prove nothing.
-        return Err("a weak (small-order) Ed25519 public key".into());
-    }
-    Ok(key)
-}
-
-/// Renders a public key as one line of a public key file.
-pub fn format_public_key(key: &VerifyingKey) -> String {
-    format!("ed25519:{}", B64.encode(key.as_bytes()))
-}
+/// The trusted-key file format lives in the configuration layer (`[remote] public_key_file` is
+/// checked by `check-config`); re-exported so the document and command code names it here.
+pub use crate::config::trusted_keys::{format_public_key, key_id, parse_public_key, TrustedKeys};
 
 /// True for a key id as [`key_id`] writes it: 16 lowercase hex digits.
 pub fn is_key_id(id: &str) -> bool {
@@ -1076,7 +1002,7 @@ mod tests {
     fn every_config_path_key_is_forbidden() {
         // Every `_file` key the configuration knows is caught by the suffix rule.
         let src = [
-            include_str!("../config.rs"),
+            include_str!("../config/mod.rs"),
             include_str!("../source/pos/config.rs"),
             include_str!("../source/ble/config.rs"),
             include_str!("../source/wifi/config.rs"),

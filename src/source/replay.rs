@@ -38,7 +38,7 @@ impl Replay {
                 if publish {
                     return Err("--publish needs --config (the broker to publish to)".into());
                 }
-                let mut c = config::parse("(embedded demo config)", crate::demo::DEMO_TOML, None)
+                let mut c = config::parse("(embedded demo config)", config::demo::DEMO_TOML, None)
                     .map_err(|e| e.to_string())?;
                 c.sources.sim.enabled = false;
                 c

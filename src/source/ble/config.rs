@@ -1,6 +1,6 @@
 //! `[sources.ble]`: scanner, windows, which beacons are known, distance and presence tuning.
 
-use crate::config::Dur;
+use crate::config::units::Dur;
 use serde::Deserialize;
 use std::time::Duration;
 

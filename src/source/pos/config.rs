@@ -1,7 +1,7 @@
 //! `[sources.pos]`: the three ways transactions arrive (HTTP push, export files, REST polling)
 //! and how their data is read.
 
-use crate::config::{ByteSize, Dur};
+use crate::config::units::{ByteSize, Dur};
 use serde::Deserialize;
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! `[sources.wifi]`: every knob of the probe-request source, with defaults and validation
 //! (documented key by key in config/storegw.toml and docs/wifi.md).
 
-use crate::config::Dur;
+use crate::config::units::Dur;
 use serde::Deserialize;
 use std::time::Duration;
 

@@ -3,11 +3,33 @@
 //! Store IT edits one file; every mistake must point at the line to fix, so both serde errors
 //! (unknown keys, wrong types) and semantic checks (bad ids, ranges, missing files) are reported
 //! with the file, the line and the dotted key path.
+//!
+//! The layer has three floors (docs/design.md, "Configuration"): leaf modules that import
+//! nothing of storegw ([`units`], [`ids`], [`files`], [`trusted_keys`], [`demo`]); each feed's
+//! section in its own `src/source/<feed>/config.rs`, built on the leaves only; and the root
+//! [`Config`] here, assembled from both. Nothing here imports feed logic, `remote/`, `ops/` or
+//! the demo.
 
-use serde::{Deserialize, Deserializer};
+pub mod demo;
+pub mod files;
+pub mod ids;
+pub mod trusted_keys;
+pub mod units;
+
+/// Re-exported so that `crate::config::Dur` and the checks keep their paths for the layers above;
+/// the feed sections import the leaf modules directly.
+pub use files::{check_secret_mode, check_trusted_file};
+pub use ids::{is_loopback_host, valid_id, RESERVED_GATEWAY_IDS, RESERVED_STORE_IDS};
+pub use units::{ByteSize, Dur};
+
+use crate::source::ble::config::BleConfig;
+use crate::source::pos::config::PosConfig;
+use crate::source::wifi::config::WifiConfig;
+use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use trusted_keys::TrustedKeys;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -250,9 +272,9 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SourcesConfig {
     pub sim: SimConfig,
-    pub ble: crate::source::ble::BleConfig,
-    pub wifi: crate::source::wifi::WifiConfig,
-    pub pos: crate::source::pos::PosConfig,
+    pub ble: BleConfig,
+    pub wifi: WifiConfig,
+    pub pos: PosConfig,
 }
 
 /// The synthetic store used by the demo and for load.
@@ -280,105 +302,6 @@ impl Default for SimConfig {
             registers: 4,
             currency: "EUR".into(),
             limit: 0,
-        }
-    }
-}
-
-/// A duration written as `500ms`, `30s`, `5m`, `24h` or `7d` (or an integer of seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    /// Whole seconds.
-    pub const fn secs(s: u64) -> Dur {
-        Dur(Duration::from_secs(s))
-    }
-}
-
-impl std::str::FromStr for Dur {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Dur, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration (use e.g. 500ms, 30s, 5m, 24h, 7d)"))?;
-        let ms = match unit.trim() {
-            "ms" => n,
-            "" | "s" => n.saturating_mul(1000),
-            "m" | "min" => n.saturating_mul(60_000),
-            "h" => n.saturating_mul(3_600_000),
-            "d" => n.saturating_mul(86_400_000),
-            other => return Err(format!("unknown duration unit `{other}` (ms, s, m, h, d)")),
-        };
-        Ok(Dur(Duration::from_millis(ms)))
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a duration such as \"30s\" or an integer of seconds")
-        })? {
-            Raw::Int(n) => Ok(Dur::secs(n)),
-            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// A size written as `64MiB`, `512KB`, `1GiB` or an integer of bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl std::str::FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<ByteSize, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size (use e.g. 512KiB, 64MiB, 1GiB)"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KB" | "kB" => 1000,
-            "KiB" => 1024,
-            "MB" => 1_000_000,
-            "MiB" => 1024 * 1024,
-            "GB" => 1_000_000_000,
-            "GiB" => 1024 * 1024 * 1024,
-            other => {
-                return Err(format!(
-                    "unknown size unit `{other}` (B, KiB, MiB, GiB, KB, MB, GB)"
-                ))
-            }
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{s}` is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a size such as \"64MiB\" or an integer of bytes")
-        })? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -539,111 +462,6 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), String> {
         return Err("empty host".into());
     }
     Ok((host, port, tls))
-}
-
-/// Store ids no gateway may use: `{prefix}/_fleet/config` is every gateway's fleet topic, and
-/// an ACL written for a store named `_fleet` would cover it.
-pub const RESERVED_STORE_IDS: &[&str] = &["_fleet"];
-
-/// Gateway ids no gateway may use: `{prefix}/{store}/config` and `.../cmd` would then be both a
-/// gateway's level and another's remote topics.
-pub const RESERVED_GATEWAY_IDS: &[&str] = &["config", "cmd"];
-
-/// True for ids that are safe as one MQTT topic level (docs/design.md, "Wire contract").
-pub fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// True when `host` is this machine (a loopback address or `localhost`): plain MQTT to it never
-/// crosses a network. Anything else, names that merely look local included, is remote.
-pub fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim();
-    let h = h
-        .strip_prefix('[')
-        .and_then(|x| x.strip_suffix(']'))
-        .unwrap_or(h);
-    let h = h.strip_suffix('.').unwrap_or(h);
-    if h.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match h.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
-        Ok(std::net::IpAddr::V6(a)) => {
-            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback())
-        }
-        Err(_) => false,
-    }
-}
-
-/// Refuses a secret file (password, private key, token, join key) that anyone but its owner may
-/// read or write: secrets are `chmod 600`, owned by the service user (docs/operations.md §3).
-/// A file that cannot be examined is reported by the caller's own existence check.
-pub fn check_secret_mode(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    let mode = meta.permissions().mode() & 0o7777;
-    let loose = mode & 0o077;
-    if loose == 0 {
-        return Ok(());
-    }
-    let who = match (loose & 0o070 != 0, loose & 0o007 != 0) {
-        (true, true) => "group/others",
-        (true, false) => "group",
-        _ => "others",
-    };
-    let how = match (loose & 0o044 != 0, loose & 0o022 != 0) {
-        (true, true) => "readable and writable",
-        (true, false) => "readable",
-        (false, true) => "writable",
-        (false, false) => "accessible",
-    };
-    Err(format!(
-        "`{}`: mode {mode:04o} is {how} by {who}; chmod 600 it",
-        path.display()
-    ))
-}
-
-/// Refuses a file of trusted keys that anyone but root or the service user could change: the
-/// file itself (owner, group/other write bits) and its directory (same rules, so nobody else
-/// can swap the file for another). Public keys are not secret, so 0644 is fine.
-pub fn check_trusted_file(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let me = current_uid();
-    let check = |p: &Path, what: &str, fix: &str| -> Result<(), String> {
-        let meta =
-            std::fs::metadata(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o022 != 0 {
-            return Err(format!(
-                "`{}`: {what}mode {mode:04o} is writable by group/others; {fix}",
-                p.display()
-            ));
-        }
-        if meta.uid() != 0 && Some(meta.uid()) != me {
-            return Err(format!(
-                "`{}`: {what}owned by uid {}, neither root nor the user storegw runs as; chown it",
-                p.display(),
-                meta.uid()
-            ));
-        }
-        Ok(())
-    };
-    check(path, "", "chmod 644 it")?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    check(&dir, "its directory: ", "chmod go-w the directory")
-}
-
-/// The user this process runs as (the owner of `/proc/self`), without unsafe code.
-fn current_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// Every secret file the configuration names, with its dotted key.
@@ -977,7 +795,7 @@ fn check_remote(r: &RemoteConfig, connect_timeout: Duration, v: &mut Vec<(String
     match check_trusted_file(p) {
         Err(e) => v.push((key.into(), e)),
         Ok(()) => {
-            if let Err(e) = crate::remote::document::TrustedKeys::load(p) {
+            if let Err(e) = TrustedKeys::load(p) {
                 v.push((key.into(), e));
             }
         }
@@ -1071,18 +889,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_sizes() {
-        assert_eq!(
-            "500ms".parse::<Dur>().ok(),
-            Some(Dur(Duration::from_millis(500)))
-        );
-        assert_eq!("2h".parse::<Dur>().ok(), Some(Dur::secs(7200)));
-        assert!("2x".parse::<Dur>().is_err());
-        assert_eq!("64MiB".parse::<ByteSize>().ok(), Some(ByteSize(64 << 20)));
-        assert!("99999999999GiB".parse::<ByteSize>().is_err());
-    }
-
-    #[test]
     fn broker_urls() {
         assert_eq!(
             parse_broker_url("mqtts://b.example:8884"),
@@ -1138,7 +944,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir()?;
         let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
-        let line = crate::remote::document::format_public_key(&key.verifying_key());
+        let line = trusted_keys::format_public_key(&key.verifying_key());
         std::fs::write(dir.path().join("remote.pub"), format!("{line}\n"))?;
         let set_mode = |m: u32| {
             std::fs::set_permissions(
@@ -1178,7 +984,7 @@ mod tests {
         );
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         // A file owned by another user (only root can give one away; skipped otherwise).
-        let me = current_uid();
+        let me = files::current_uid();
         if me == Some(0) {
             std::os::unix::fs::chown(dir.path().join("remote.pub"), Some(4242), None)?;
             let e = check(&text("")).unwrap_or_default();
