@@ -567,7 +567,16 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match storegw::ops::status::offline_report(&cfg) {
+            // The remote configuration state the gateway left behind, when it uses one.
+            let remote_state = cfg.remote.as_ref().map(|_| {
+                match storegw::remote::state::StateDir::open(&cfg.gateway.state_dir)
+                    .and_then(|d| d.load())
+                {
+                    Ok(st) => st.status_object(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                }
+            });
+            match storegw::ops::status::offline_report(&cfg, remote_state) {
                 Ok(s) => {
                     println!("{s}");
                     ExitCode::SUCCESS

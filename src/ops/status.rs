@@ -283,8 +283,12 @@ pub fn offline_payload(store: &str, gateway: &str) -> Vec<u8> {
 }
 
 /// `storegw status`: opens the spool when no daemon holds it, else reads the status file the
-/// running daemon refreshes every few seconds.
-pub fn offline_report(cfg: &crate::config::Config) -> Result<String, String> {
+/// running daemon refreshes every few seconds. `remote_state` is the remote configuration
+/// state the gateway left behind (the `config` object), when it uses remote configuration.
+pub fn offline_report(
+    cfg: &crate::config::Config,
+    remote_state: Option<serde_json::Value>,
+) -> Result<String, String> {
     let dir = cfg.spool_dir();
     let status_file = cfg.gateway.state_dir.join("status.json");
     if !dir.exists() {
@@ -302,14 +306,8 @@ pub fn offline_report(cfg: &crate::config::Config) -> Result<String, String> {
                 Some(&sp),
             );
             let mut v: serde_json::Value = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
-            // The remote configuration state the gateway left behind, when it uses one.
-            if cfg.remote.is_some() {
-                let remote = crate::remote::state::StateDir::open(&cfg.gateway.state_dir)
-                    .and_then(|d| d.load());
-                v["config"] = match remote {
-                    Ok(st) => st.status_object(),
-                    Err(e) => serde_json::json!({ "error": e }),
-                };
+            if let Some(state) = remote_state {
+                v["config"] = state;
             }
             Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
         }
