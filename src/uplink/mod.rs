@@ -1,16 +1,18 @@
 //! The MQTT publisher: QoS 1 batches from the spool, deleted only on PUBACK (docs/design.md,
 //! "Uplink").
 //!
-//! Split as state + I/O: [`schedule`] decides what to publish next (cursors, linger,
-//! round-robin, drain rate), [`inflight`] pairs PUBACKs with the batches they acknowledge, and
-//! this module only moves bytes between them, the spool and rumqttc.
+//! Split as state + I/O: [`session`] is one connection as a state machine (what to subscribe,
+//! publish, delete, hand to the agent, when to stop), built on [`schedule`] (what to publish
+//! next: cursors, linger, round-robin, drain rate) and [`inflight`] (which batch a PUBACK
+//! acknowledges). This module is only the I/O around it: the reconnect loop, rumqttc, the spool
+//! and the agent's channels.
 //!
 //! Each connection gets a fresh rumqttc event loop, so rumqttc never replays on its own: after a
 //! reconnect the uplink resends from the oldest unacknowledged event in the spool. Duplicates are
 //! therefore bounded by the in-flight window, and nothing leaves sled before its PUBACK.
 
 use crate::config::Config;
-use crate::event::{batch_payload, now_ms, topic};
+use crate::event::{now_ms, topic};
 use crate::ops::{metrics, status};
 use crate::spool::Spool;
 use rumqttc::{
@@ -21,11 +23,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
+pub mod backoff;
 pub mod inflight;
 pub mod schedule;
+pub mod session;
 
-use inflight::{InFlight, Sent};
-use schedule::{Limits, Scheduler, Step};
+pub use backoff::{Backoff, STABLE_SESSION};
+use schedule::Limits;
+pub use session::fit_control;
+use session::{Action, Delivery, End, Input, Session, SessionConfig};
 
 /// Everything the uplink needs, resolved from the config once (secrets read, TLS built).
 #[derive(Clone)]
@@ -229,50 +235,6 @@ fn outgoing_limit(s: &UplinkSettings) -> usize {
     s.batch_max_bytes + 64 * 1024
 }
 
-/// A control message (status, configuration state, command answer) as it may be sent: the
-/// payload itself, or, when topic and payload would not fit in one packet of `limit` bytes, a
-/// bounded error document in its place. An oversized packet is never handed to rumqttc, which
-/// would end the session over it (and every reconnection would end the same way).
-pub fn fit_control(topic: &str, payload: Vec<u8>, limit: usize) -> Vec<u8> {
-    // Fixed header (at most 5), topic length (2), packet id (2), MQTT 3.1.1 has no properties.
-    if topic.len() + payload.len() + 9 <= limit {
-        return payload;
-    }
-    metrics::global().count(metrics::Metric::OutgoingOversized, "", 1);
-    tracing::error!(
-        %topic,
-        bytes = payload.len(),
-        limit,
-        "control message larger than a packet may be: sent as a bounded error instead"
-    );
-    serde_json::to_vec(&serde_json::json!({
-        "schema": crate::event::SCHEMA,
-        "kind": "error",
-        "error": "oversized",
-        "bytes": payload.len(),
-        "limit": limit,
-    }))
-    .unwrap_or_default()
-}
-
-enum SessionEnd {
-    Lost(String),
-    Shutdown,
-}
-
-/// A session this long resets the reconnect backoff.
-pub const STABLE_SESSION: Duration = Duration::from_secs(10);
-
-/// Full-jitter exponential backoff: uniform in [0, min(max, base·2^attempt)].
-pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let ceiling = min
-        .checked_mul(1u32 << attempt.min(20))
-        .unwrap_or(max)
-        .min(max);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(fastrand::u64(0..=ms.max(1)))
-}
-
 /// Publishes the spool until `shutdown` turns true, reconnecting forever with jittered backoff.
 pub async fn run(settings: UplinkSettings, spool: Arc<Spool>, shutdown: watch::Receiver<bool>) {
     run_live(settings, spool, shutdown, None, None).await
@@ -288,26 +250,25 @@ pub async fn run_live(
     mut remote: Option<RemoteLink>,
 ) {
     let mut settings = settings;
-    let mut attempt: u32 = 0;
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut ever_connected = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
         match connect(&settings).await {
-            Ok((client, eventloop)) => {
+            Ok((client, eventloop, session_present)) => {
                 let session_start = Instant::now();
                 if ever_connected {
                     metrics::global().reconnect();
                 }
                 ever_connected = true;
                 metrics::global().set_connected(true);
-                tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), client_id = %settings.client_id(), "connected to broker");
+                tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), client_id = %settings.client_id(), session_present, "connected to broker");
                 let end = session(
                     &mut settings,
                     &spool,
-                    client,
-                    eventloop,
+                    (client, eventloop, session_present),
                     &mut shutdown,
                     live.as_mut(),
                     remote.as_mut(),
@@ -317,30 +278,27 @@ pub async fn run_live(
                 // A broker that drops the session right after accepting it (an ACL that refuses
                 // the will or the topics) must not be hammered: the backoff only starts over
                 // after a session that lasted.
-                if session_start.elapsed() >= STABLE_SESSION {
-                    attempt = 0;
-                }
+                backoff.session_ended(session_start.elapsed());
                 if let Some(r) = &remote {
                     // Never dropped: a settle timer left running would confirm a change over
                     // a session that is gone.
                     deliver(r, Inbound::Disconnected).await;
                 }
                 match end {
-                    SessionEnd::Shutdown => return,
-                    SessionEnd::Lost(e) => {
+                    End::Shutdown => return,
+                    End::Lost(e) => {
                         tracing::warn!(error = %e, "broker connection lost; will resend unacknowledged events")
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(broker = %format!("{}:{}", settings.host, settings.port), error = %e, attempt, "cannot connect to broker");
+                tracing::warn!(broker = %format!("{}:{}", settings.host, settings.port), error = %e, attempt = backoff.attempt(), "cannot connect to broker");
                 if let Some(r) = &remote {
                     deliver(r, Inbound::ConnectFailed(e)).await;
                 }
             }
         }
-        let wait = backoff(attempt, settings.reconnect_min, settings.reconnect_max);
-        attempt = attempt.saturating_add(1);
+        let wait = backoff.next_wait(|ms| fastrand::u64(0..=ms));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
@@ -348,12 +306,14 @@ pub async fn run_live(
     }
 }
 
-async fn connect(s: &UplinkSettings) -> Result<(AsyncClient, EventLoop), String> {
+/// Opens a connection and waits for its CONNACK: the client, its event loop and whether the
+/// broker kept the session.
+async fn connect(s: &UplinkSettings) -> Result<(AsyncClient, EventLoop, bool), String> {
     let mut o = MqttOptions::new(s.client_id(), s.host.clone(), s.port);
     o.set_clean_session(false)
         .set_keep_alive(s.keep_alive)
         .set_inflight(s.max_inflight.clamp(1, u16::MAX as usize) as u16)
-        .set_max_packet_size(INCOMING_MAX_BYTES, s.batch_max_bytes + 64 * 1024)
+        .set_max_packet_size(INCOMING_MAX_BYTES, outgoing_limit(s))
         .set_request_channel_capacity(s.max_inflight + 16)
         .set_last_will(LastWill::new(
             s.topic("status"),
@@ -375,7 +335,9 @@ async fn connect(s: &UplinkSettings) -> Result<(AsyncClient, EventLoop), String>
         match tokio::time::timeout_at(deadline, eventloop.poll()).await {
             Err(_) => return Err(format!("no CONNACK within {:?}", s.connect_timeout)),
             Ok(Err(e)) => return Err(describe(&e)),
-            Ok(Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(MqttEvent::Incoming(Packet::ConnAck(ack)))) => {
+                return Ok((client, eventloop, ack.session_present))
+            }
             Ok(Ok(_)) => {}
         }
     }
@@ -393,210 +355,156 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
     }
 }
 
-/// One connection's publishing loop: thin I/O around the [`Scheduler`] (what to send) and the
-/// [`InFlight`] tracker (what a PUBACK acknowledges). Ends when the connection is lost, or after
-/// a shutdown once everything in flight is acknowledged or `shutdown_timeout` has passed.
-async fn session(
-    s: &mut UplinkSettings,
-    spool: &Arc<Spool>,
-    client: AsyncClient,
-    mut eventloop: EventLoop,
-    shutdown: &mut watch::Receiver<bool>,
-    mut live: Option<&mut watch::Receiver<Arc<Config>>>,
-    mut remote: Option<&mut RemoteLink>,
-) -> SessionEnd {
-    let mut sched = Scheduler::new(
-        Limits {
+/// What the session machine needs of the settings, for one connection.
+fn session_config(s: &UplinkSettings, remote: Option<&RemoteLink>) -> SessionConfig {
+    SessionConfig {
+        store: s.store.clone(),
+        gateway: s.gateway.clone(),
+        prefix: s.prefix.clone(),
+        limits: Limits {
             batch_max_events: s.batch_max_events,
             batch_max_bytes: s.batch_max_bytes,
             linger: s.linger,
             drain_rate: s.drain_rate,
         },
+        max_inflight: s.max_inflight,
+        status_interval: s.status_interval,
+        shutdown_timeout: s.shutdown_timeout,
+        packet_limit: outgoing_limit(s),
+        remote: remote.map(|r| r.subscribe.clone()),
+    }
+}
+
+/// What the session machine makes of one rumqttc event.
+fn input_of(ev: Result<MqttEvent, rumqttc::ConnectionError>) -> Input {
+    match ev {
+        Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => Input::PublishSent(pkid),
+        Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => Input::DisconnectSent,
+        Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => Input::PubAck(ack.pkid),
+        Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => Input::Connected {
+            session_present: ack.session_present,
+        },
+        Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => Input::SubAck {
+            granted: ack
+                .return_codes
+                .iter()
+                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+        },
+        Ok(MqttEvent::Incoming(Packet::Publish(p))) => Input::Message {
+            topic: p.topic.to_string(),
+            payload: p.payload.to_vec(),
+        },
+        Ok(_) => Input::Tick,
+        Err(e) => Input::ConnectionLost(describe(&e)),
+    }
+}
+
+/// The client's answer to a request, as the machine takes it.
+fn answer(r: Result<(), rumqttc::ClientError>) -> Input {
+    match r {
+        Ok(()) => Input::Accepted,
+        Err(e) => Input::Refused(e.to_string()),
+    }
+}
+
+/// One connection: thin I/O around the [`Session`] machine, which decides everything (what to
+/// publish, what a PUBACK deletes, what reaches the agent, when to stop). This loop feeds it
+/// rumqttc's events, appends, timers and the agent's requests, and carries out its actions.
+async fn session(
+    s: &mut UplinkSettings,
+    spool: &Arc<Spool>,
+    (client, mut eventloop, session_present): (AsyncClient, EventLoop, bool),
+    shutdown: &mut watch::Receiver<bool>,
+    mut live: Option<&mut watch::Receiver<Arc<Config>>>,
+    mut remote: Option<&mut RemoteLink>,
+) -> End {
+    let mut machine = Session::new(
+        session_config(s, remote.as_deref()),
         tokio::time::Instant::now(),
     );
-    let mut inflight = InFlight::new();
-    let mut status_tick = tokio::time::interval(s.status_interval);
-    let mut draining_since: Option<Instant> = None;
-    let status_topic = s.topic("status");
-    let limit = outgoing_limit(s);
     let mut dropped_log = crate::ops::logging::Throttle::default();
-    let publish_status = |state: &str, inflight: &mut InFlight| {
-        let payload = fit_control(
-            &status_topic,
-            status::payload(&s.store, &s.gateway, state, Some(spool)),
-            limit,
-        );
-        if client
-            .try_publish(status_topic.clone(), QoS::AtLeastOnce, true, payload)
-            .is_ok()
-        {
-            inflight.queued(Sent {
-                stream: None,
-                acks: Vec::new(),
-                at: Instant::now(),
-                confirms: false,
-            });
-        }
-    };
-    if let Some(r) = remote.as_deref() {
-        let filters = r
-            .subscribe
-            .iter()
-            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-        if let Err(e) = client.try_subscribe_many(filters) {
-            return SessionEnd::Lost(format!("cannot subscribe to the remote topics: {e}"));
-        }
-    }
+    let mut input = Input::Connected { session_present };
     loop {
+        machine.handle(input, tokio::time::Instant::now());
         if let Some(rx) = live.as_deref_mut() {
             if rx.has_changed().unwrap_or(false) {
                 let rate = rx.borrow_and_update().mqtt.drain_rate;
                 if rate != s.drain_rate {
                     tracing::info!(from = s.drain_rate, to = rate, "mqtt.drain_rate changed");
                     s.drain_rate = rate;
-                    sched.set_drain_rate(rate);
+                    machine.handle(Input::DrainRate(rate), tokio::time::Instant::now());
                 }
             }
         }
-        let mut wake_at: Option<tokio::time::Instant> = None;
-        if draining_since.is_none() {
-            while inflight.len() < s.max_inflight {
-                let batch = match sched.next(spool.as_ref(), tokio::time::Instant::now(), now_ms())
-                {
-                    Step::Publish(batch) => batch,
-                    Step::Wait(at) => {
-                        wake_at = at;
-                        break;
+        while let Some(action) = machine.poll(spool.as_ref(), tokio::time::Instant::now(), now_ms())
+        {
+            let reply = match action {
+                Action::Publish(p) => {
+                    answer(client.try_publish(p.topic, QoS::AtLeastOnce, p.retain, p.payload))
+                }
+                Action::Subscribe(topics) => answer(
+                    client.try_subscribe_many(
+                        topics
+                            .into_iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce)),
+                    ),
+                ),
+                Action::Disconnect => answer(client.try_disconnect()),
+                Action::Ack {
+                    stream,
+                    acks,
+                    latency,
+                } => {
+                    if let Err(e) = spool.ack(stream, &acks) {
+                        tracing::error!(error = %e, "spool delete after PUBACK failed");
                     }
-                };
-                let payload = batch_payload(
-                    &s.store,
-                    &s.gateway,
-                    now_ms(),
-                    batch.events.iter().map(|e| e.json()),
-                );
-                let topic = s.topic(batch.stream.as_str());
-                if topic.len() + payload.len() + 9 > limit {
-                    // One event larger than a packet may be (batches are cut to batch_max_bytes,
-                    // so this is a single event): it can never be delivered, and sending it would
-                    // end every session. Counted and dropped, like a malformed frame.
-                    let acks: Vec<_> = batch.events.iter().map(|e| e.ack_ref()).collect();
-                    tracing::error!(stream = %batch.stream, events = acks.len(), bytes = payload.len(), limit, "event larger than an MQTT packet may be: dropped");
-                    spool.count_drop(batch.stream, "oversized", acks.len() as u64);
-                    if let Err(e) = spool.ack(batch.stream, &acks) {
-                        tracing::error!(error = %e, "spool delete of an oversized event failed");
-                    }
-                    sched.published(&batch);
+                    metrics::global().events_out(stream, acks.len() as u64);
+                    metrics::global().ack_latency(latency.as_micros() as u64);
                     continue;
                 }
-                if client
-                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                    .is_err()
-                {
-                    break;
-                }
-                sched.published(&batch);
-                inflight.queued(Sent {
-                    stream: Some(batch.stream),
-                    acks: batch.events.iter().map(|e| e.ack_ref()).collect(),
-                    at: Instant::now(),
-                    confirms: false,
-                });
-            }
-            wake_at = wake_at.or_else(|| sched.take_wake());
-        } else if inflight.is_empty()
-            || draining_since.is_some_and(|d| d.elapsed() >= s.shutdown_timeout)
-        {
-            return finish(s, &client, &mut eventloop, inflight.len()).await;
-        }
-        let room_left = inflight.len() < s.max_inflight && draining_since.is_none();
-        let wake =
-            wake_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => inflight.on_publish(pkid),
-                Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                    match inflight.on_puback(ack.pkid) {
-                        Some(Sent { stream: Some(stream), acks, at, .. }) => {
-                            if let Err(e) = spool.ack(stream, &acks) {
-                                tracing::error!(error = %e, "spool delete after PUBACK failed");
-                            }
-                            metrics::global().events_out(stream, acks.len() as u64);
-                            metrics::global().ack_latency(at.elapsed().as_micros() as u64);
-                        }
-                        Some(Sent { confirms: true, .. }) => {
-                            if let Some(r) = remote.as_deref() {
-                                deliver(r, Inbound::Acknowledged).await;
-                            }
-                        }
-                        _ => {}
+                Action::Drop {
+                    stream,
+                    acks,
+                    reason,
+                } => {
+                    spool.count_drop(stream, reason, acks.len() as u64);
+                    if let Err(e) = spool.ack(stream, &acks) {
+                        tracing::error!(error = %e, "spool delete of an oversized event failed");
                     }
+                    continue;
                 }
-                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                    publish_status("online", &mut inflight);
+                Action::ControlReplaced { .. } => {
+                    metrics::global().count(metrics::Metric::OutgoingOversized, "", 1);
+                    continue;
                 }
-                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                    if let Some(r) = remote.as_deref_mut() {
-                        let subscribed = ack
-                            .return_codes
-                            .iter()
-                            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
-                        if !subscribed {
-                            tracing::error!(topics = %r.subscribe.join(", "), "the broker refused the subscription to the remote topics: check its ACL (docs/fleet.md); events are still delivered");
-                        }
-                        deliver(r, Inbound::Connected { subscribed }).await;
-                    }
-                }
-                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                    if let Some(r) = remote.as_deref_mut() {
-                        let command = p.topic.ends_with("/cmd");
-                        let msg = Inbound::Message { topic: p.topic.to_string(), payload: p.payload.to_vec() };
-                        if command {
-                            // A command may be dropped (its sender times out and may resend);
-                            // a configuration document never is.
-                            if r.inbound.try_send(msg).is_err() {
-                                if let Some(held) = dropped_log.allow(Duration::from_secs(60)) {
-                                    tracing::warn!(held_back = held, "command dropped: the previous ones are still being handled");
+                Action::Agent { msg, delivery } => {
+                    if let Some(r) = remote.as_deref() {
+                        match delivery {
+                            Delivery::Must => deliver(r, msg).await,
+                            Delivery::MayDrop => {
+                                if r.inbound.try_send(msg).is_err() {
+                                    if let Some(held) = dropped_log.allow(Duration::from_secs(60)) {
+                                        tracing::warn!(held_back = held, "command dropped: the previous ones are still being handled");
+                                    }
                                 }
                             }
-                        } else {
-                            deliver(r, msg).await;
                         }
                     }
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => return SessionEnd::Lost(describe(&e)),
-            },
-            _ = spool.wait_appended(), if room_left => {}
-            _ = tokio::time::sleep_until(wake), if wake_at.is_some() => {}
-            _ = status_tick.tick() => publish_status("online", &mut inflight),
-            Some(req) = next_request(remote.as_deref_mut()), if draining_since.is_none() => match req {
-                Outbound::Publish { topic, payload, retain, confirms } => {
-                    let payload = fit_control(&topic, payload, limit);
-                    if client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_ok() {
-                        inflight.queued(Sent { stream: None, acks: Vec::new(), at: Instant::now(), confirms });
-                    }
-                }
-                Outbound::Status => publish_status("online", &mut inflight),
-                Outbound::Reconnect => {
-                    // A clean DISCONNECT, so the broker does not publish the last will.
-                    if client.try_disconnect().is_ok() {
-                        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                            if matches!(ev, MqttEvent::Outgoing(Outgoing::Disconnect)) {
-                                break;
-                            }
-                        }
-                    }
-                    return SessionEnd::Lost("reconnect requested by a signed command".into());
-                }
-            },
-            _ = shutdown.changed(), if draining_since.is_none() => {
-                draining_since = Some(Instant::now());
-                tracing::info!(in_flight = inflight.len(), "shutting down: waiting for in-flight acknowledgements");
-            }
-            _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
+                Action::End(end) => return end,
+            };
+            machine.handle(reply, tokio::time::Instant::now());
         }
+        let wake = machine.wake_at();
+        let open = machine.is_open();
+        input = tokio::select! {
+            ev = eventloop.poll() => input_of(ev),
+            _ = spool.wait_appended(), if machine.wants_appends() => Input::Appended,
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => Input::Tick,
+            Some(req) = next_request(remote.as_deref_mut()), if open => Input::Request(req),
+            _ = shutdown.changed(), if open => Input::Shutdown,
+        };
     }
 }
 
@@ -616,60 +524,5 @@ async fn next_request(remote: Option<&mut RemoteLink>) -> Option<Outbound> {
     match remote {
         Some(r) => r.outbound.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Publishes the retained `offline` status, waits briefly for its PUBACK and disconnects.
-async fn finish(
-    s: &UplinkSettings,
-    client: &AsyncClient,
-    eventloop: &mut EventLoop,
-    unacked: usize,
-) -> SessionEnd {
-    if unacked > 0 {
-        tracing::warn!(unacked_batches = unacked, "shutdown timeout: unacknowledged batches stay in the spool and are resent on the next start");
-    }
-    let _ = client.try_publish(
-        s.topic("status"),
-        QoS::AtLeastOnce,
-        true,
-        status::offline_payload(&s.store, &s.gateway),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let mut disconnect_sent = false;
-    while let Ok(ev) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
-        match ev {
-            Ok(MqttEvent::Incoming(Packet::PubAck(_))) if !disconnect_sent => {
-                disconnect_sent = true;
-                let _ = client.try_disconnect();
-            }
-            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => break,
-            Err(_) => break,
-            _ => {}
-        }
-    }
-    SessionEnd::Shutdown
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_oversized_control_message_is_replaced_by_a_bounded_error() {
-        let topic = "storegw/v1/s1/g1/config/state";
-        let small = b"{\"kind\":\"config_state\"}".to_vec();
-        assert_eq!(fit_control(topic, small.clone(), 1024), small);
-        let big = vec![b'x'; 2_000_000];
-        let out = fit_control(topic, big, 128 * 1024);
-        assert!(out.len() < 256, "{} bytes", out.len());
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-        assert_eq!(v["error"], "oversized");
-        assert_eq!(v["bytes"], 2_000_000);
-        // Exactly at the limit is sent as is; one byte more is not.
-        let at = vec![b'y'; 1024 - topic.len() - 9];
-        assert_eq!(fit_control(topic, at.clone(), 1024), at);
-        let over = vec![b'y'; 1024 - topic.len() - 8];
-        assert_ne!(fit_control(topic, over.clone(), 1024), over);
     }
 }
