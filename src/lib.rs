@@ -14,4 +14,5 @@ pub mod remote;
 pub mod sensor_events;
 pub mod source;
 pub mod spool;
+pub mod tls;
 pub mod uplink;

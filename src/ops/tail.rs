@@ -171,7 +171,7 @@ impl BrokerConn {
             m.set_credentials(u.clone(), pw);
         }
         if tls {
-            let cfg = crate::uplink::tls_config(self.ca_file.as_deref(), None)?;
+            let cfg = crate::tls::tls_config(self.ca_file.as_deref(), None)?;
             m.set_transport(Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
             ));
