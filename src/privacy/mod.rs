@@ -1,7 +1,11 @@
 //! The privacy boundary: every transformation of an identifier (docs/design.md, "Privacy
 //! model").
 
+pub mod card;
+pub mod customer;
 pub mod device;
+pub mod pii;
+pub mod textfold;
 
 pub use device::{init_local_offset, local_offset_at, random_key, DeviceKey, DevicePseudonymizer};
 

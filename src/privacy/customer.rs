@@ -88,7 +88,7 @@ impl JoinKey {
         m.update(tag.as_bytes());
         m.update(b":");
         m.update(value.as_bytes());
-        Some(crate::privacy::hex(&m.finalize().into_bytes()))
+        Some(super::hex(&m.finalize().into_bytes()))
     }
 
     /// Pseudonymizes what can be normalized; the rest is dropped.
