@@ -6,6 +6,7 @@ pub mod customer;
 pub mod device;
 pub mod pii;
 pub mod textfold;
+pub mod wifi;
 
 pub use device::{init_local_offset, local_offset_at, random_key, DeviceKey, DevicePseudonymizer};
 
