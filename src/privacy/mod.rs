@@ -1,9 +1,11 @@
 //! The privacy boundary: every transformation of an identifier (docs/design.md, "Privacy
 //! model").
 
+pub mod ble;
 pub mod card;
 pub mod customer;
 pub mod device;
+pub mod logs;
 pub mod pii;
 pub mod textfold;
 pub mod wifi;
