@@ -2,9 +2,10 @@
 //! fuzzer ever crashed on can be replayed by a plain `cargo test` (tests/fuzz_regressions.rs)
 //! through exactly the code the fuzzer ran. Each takes untrusted bytes and must never panic.
 
+use crate::privacy::customer::JoinKey;
 use crate::privacy::DevicePseudonymizer;
 use crate::source::ble::{adv, aggregate::Aggregator, btsnoop::Report, config::BleConfig, input};
-use crate::source::pos::{customer::JoinKey, normalize::normalize, parse_input, ParseOpts};
+use crate::source::pos::{normalize::normalize, parse_input, ParseOpts};
 use crate::source::wifi::config::{Policy, WifiConfig};
 use crate::source::wifi::{frame, frame_stage::FrameStage, pcap};
 use std::sync::Arc;

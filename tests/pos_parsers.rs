@@ -3,7 +3,7 @@
 
 mod common;
 
-use storegw::source::pos::customer::JoinKey;
+use storegw::privacy::customer::JoinKey;
 use storegw::source::pos::normalize::normalize;
 use storegw::source::pos::{parse_input, ParseOpts, PosConfig};
 

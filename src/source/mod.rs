@@ -1,4 +1,5 @@
-//! Input feeds. Raw identifiers exist only inside a source and its privacy stage, in RAM.
+//! Input feeds. Raw identifiers exist only inside a source and its privacy stage
+//! (`crate::privacy`), in RAM.
 //!
 //! The source contract (docs/design.md, "Source contract"): every source has
 //! `start(&SourceContext) -> Started` (its tasks and HTTP routes) and, when it has recorded

@@ -3,7 +3,7 @@
 //!
 //! Time comes only from the reports' timestamps (and [`Aggregator::tick`]), so a replayed log
 //! and the live scanner run exactly this code. The raw address is turned into a pseudonym on
-//! entry and never stored; everything keyed by pseudonym is forgotten when the device key
+//! entry ([`crate::privacy::ble::address_pseudonym`]) and never stored; everything keyed by pseudonym is forgotten when the device key
 //! rotates, so nothing links across a rotation.
 
 use super::adv::{self, Frame};
@@ -344,7 +344,9 @@ impl Aggregator {
             self.window_start = Some(ts_ms - ts_ms.rem_euclid(self.window_ms));
         }
         // The raw address goes no further than this line.
-        let Ok((pseudonym, epoch)) = self.devices.pseudonym(&rep.addr, ts_ms) else {
+        let Ok((pseudonym, epoch)) =
+            crate::privacy::ble::address_pseudonym(&self.devices, &rep.addr, ts_ms)
+        else {
             // No key for this epoch (fail closed): the report is dropped, never kept raw.
             crate::ops::metrics::global().count(
                 crate::ops::metrics::Metric::DroppedEvents,

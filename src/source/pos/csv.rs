@@ -2,11 +2,11 @@
 //! quotes) grouped into transactions by a configured transaction-id column. The default column
 //! mapping is the UCI Online Retail layout.
 
-use super::card;
 use super::config::CsvMapping;
-use super::customer::RawCustomer;
 use super::transaction::{Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
+use crate::privacy::card;
+use crate::privacy::customer::RawCustomer;
 
 /// One record and the line it starts on (1-based).
 pub struct Record {

@@ -6,10 +6,10 @@
 //! `register ␟ business day ␟ transaction id`, valued with the time it was stored; it is made
 //! durable by the same flush as the events, so it survives restarts and crashes.
 
-use super::customer::JoinKey;
 use super::normalize::{normalize_at, Normalized};
 use super::transaction::{Reject, Tx};
 use super::{ParseOpts, PosConfig};
+use crate::privacy::customer::JoinKey;
 use crate::source::DurableSink;
 use crate::spool::SpoolError;
 use std::sync::Arc;

@@ -1,10 +1,10 @@
 //! The canonical JSON transaction (the wire shape, with money as `*_minor` integers or as
 //! decimal amounts, and raw customer identifiers), one object, an array, or JSON lines.
 
-use super::customer::RawCustomer;
 use super::jsonutil::{sweep_sensitive, At};
 use super::transaction::{Discount, Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
+use crate::privacy::customer::RawCustomer;
 use serde_json::Value;
 
 /// A JSON document: one transaction object or an array of them.
@@ -52,7 +52,7 @@ fn one(v: &Value, path: &str, o: &ParseOpts) -> Result<Tx, Reject> {
     let a = At::root(v, path);
     let id = a.req_str("transaction_id")?;
     tx(a, o).map_err(|mut r| {
-        r.transaction_id = Some(super::card::scrub(&id).0);
+        r.transaction_id = Some(crate::privacy::card::scrub(&id).0);
         r
     })
 }

@@ -1,9 +1,9 @@
 //! Small helpers for reading JSON inputs with the path of every bad field in the error, and
 //! the sensitive-data sweep every JSON-based format goes through first.
 
-use super::card;
 use super::money;
 use super::transaction::Reject;
+use crate::privacy::card;
 use serde_json::Value;
 
 /// A JSON value and its path from the document root (`$[0].lines[2]`).

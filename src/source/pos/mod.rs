@@ -3,14 +3,13 @@
 //! identifiers pseudonymized, and spooled durably before anyone is told "accepted".
 //!
 //! One concept per module: `transaction` (the canonical transaction), `money`, `timefmt`,
-//! `card`, `customer`, `normalize`; parsers `poslog`, `csv`, `json`, `square`, `shopify`; the
-//! durable store with its idempotency index `ingest`; and the three inputs `http_push`,
-//! `files`, `poll`.
+//! `normalize`; parsers `poslog`, `csv`, `json`, `square`, `shopify`; the durable store with its
+//! idempotency index `ingest`; and the three inputs `http_push`, `files`, `poll`. Card numbers,
+//! personal data in free text and customer identifiers are handled by `crate::privacy` (`card`,
+//! `pii`, `customer`), which the parsers and `normalize` call.
 
-pub mod card;
 pub mod config;
 pub mod csv;
-pub mod customer;
 pub mod files;
 pub mod http_push;
 pub mod ingest;
@@ -18,13 +17,11 @@ pub mod json;
 mod jsonutil;
 pub mod money;
 pub mod normalize;
-pub mod pii;
 pub mod poll;
 pub mod poslog;
 pub mod shopify;
 pub mod square;
 pub mod stream;
-pub mod textfold;
 pub mod timefmt;
 pub mod transaction;
 
@@ -252,7 +249,7 @@ pub fn replay(
             opts.csv = w.csv.clone();
         }
     }
-    let key = customer::JoinKey::load(
+    let key = crate::privacy::customer::JoinKey::load(
         r.cfg.privacy.join_key_file.as_deref(),
         &pc.phone_default_country,
     )?;

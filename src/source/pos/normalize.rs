@@ -3,11 +3,11 @@
 //! identifiers pseudonymized, amounts checked for overflow, refunds made negative, the source's totals kept as
 //! stated and any mismatch with the lines flagged.
 
-use super::card;
-use super::customer::{JoinKey, Pseudonyms};
-use super::pii;
 use super::transaction::{Discount, Line, Reject, Tender, Tx, TxType};
 use crate::event::{rfc3339_ms, Event, EventKind};
+use crate::privacy::card;
+use crate::privacy::customer::{JoinKey, Pseudonyms};
+use crate::privacy::pii::FreeText;
 use serde::Serialize;
 
 /// The event body exactly as `schemas/pos.transaction.schema.json` describes it.
@@ -69,30 +69,6 @@ pub struct Normalized {
     pub body_lines: usize,
     pub currency: String,
     pub total_minor: i64,
-}
-
-/// Counts what was cut out of free text, for the event's flags.
-#[derive(Default)]
-struct Scrubber {
-    cards: usize,
-    emails: usize,
-    phones: usize,
-}
-
-impl Scrubber {
-    /// Free text: card numbers, then e-mail addresses, then phone numbers become markers.
-    fn s(&mut self, v: String) -> String {
-        let (v, c) = card::scrub_text(&v);
-        let (v, e) = pii::scrub_emails(&v);
-        let (v, p) = pii::scrub_phones(&v);
-        self.cards += c;
-        self.emails += e;
-        self.phones += p;
-        v
-    }
-    fn o(&mut self, v: Option<String>) -> Option<String> {
-        v.map(|x| self.s(x))
-    }
 }
 
 /// An identifier (id, register, SKU, barcode) is kept as it is unless it holds a card number:
@@ -158,7 +134,7 @@ pub fn normalize_at(
     now_ms: i64,
     offset_s: i32,
 ) -> Result<Normalized, Reject> {
-    let mut sc = Scrubber::default();
+    let mut sc = FreeText::default();
     let transaction_id = tx.transaction_id.trim().to_string();
     if transaction_id.is_empty() {
         return Err(Reject::new("transaction_id", "missing transaction id"));
@@ -188,11 +164,11 @@ pub fn normalize_at(
         };
         let mut line = Line {
             sku: ident_o(&at("sku"), l.sku).map_err(reject)?,
-            description: sc.o(l.description.map(|d| d.trim().to_string())),
+            description: sc.opt(l.description.map(|d| d.trim().to_string())),
             qty: if ret { -l.qty.abs() } else { l.qty },
             unit_price_minor: l.unit_price_minor,
             amount_minor: amount,
-            kind: sc.o(l.kind),
+            kind: sc.opt(l.kind),
             discounts: Vec::with_capacity(l.discounts.len()),
         };
         let mut net = amount;
@@ -205,7 +181,7 @@ pub fn normalize_at(
             };
             net = sub(net, amount_minor, &dat).map_err(reject)?;
             line.discounts.push(Discount {
-                code: sc.o(d.code),
+                code: sc.opt(d.code),
                 amount_minor,
             });
         }
@@ -247,9 +223,9 @@ pub fn normalize_at(
     let mut tenders: Vec<Tender> = Vec::with_capacity(tx.tenders.len());
     for (i, t) in tx.tenders.into_iter().enumerate() {
         tenders.push(Tender {
-            kind: sc.s(t.kind),
+            kind: sc.text(t.kind),
             amount_minor: sign(t.amount_minor, &format!("tenders[{i}].amount_minor"))?,
-            card_brand: sc.o(t.card_brand),
+            card_brand: sc.opt(t.card_brand),
         });
     }
     let subtotal = tx
@@ -269,8 +245,8 @@ pub fn normalize_at(
         currency: tx.currency.clone(),
         original_transaction_id: ident_o("original_transaction_id", tx.original_transaction_id)
             .map_err(reject)?,
-        source: sc.s(tx.source),
-        channel: sc.o(tx.channel),
+        source: sc.text(tx.source),
+        channel: sc.opt(tx.channel),
         totals: Totals {
             total_minor: total,
             subtotal_minor: subtotal,
@@ -287,16 +263,8 @@ pub fn normalize_at(
     if tx.time_ms.is_none() {
         flags.push("time_missing".into());
     }
-    let mut flags: Vec<String> = flags.into_iter().map(|f| sc.s(f)).collect();
-    for (n, flag) in [
-        (sc.cards, "card_number_removed"),
-        (sc.emails, "email_removed"),
-        (sc.phones, "phone_removed"),
-    ] {
-        if n > 0 {
-            flags.push(flag.into());
-        }
-    }
+    let mut flags: Vec<String> = flags.into_iter().map(|f| sc.text(f)).collect();
+    flags.extend(sc.removed().map(String::from));
     let body = TxBody { flags, ..body };
     let body_lines = body.lines.len();
     let ts = tx.time_ms.unwrap_or(now_ms);
@@ -336,7 +304,7 @@ fn content_hash(e: &Event, time_filled_in: bool) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::pos::customer::RawCustomer;
+    use crate::privacy::customer::RawCustomer;
     use crate::source::pos::transaction::StatedTotals;
 
     fn sale() -> Tx {

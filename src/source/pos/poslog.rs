@@ -2,10 +2,10 @@
 //! voided), everything else (`ControlTransaction`, tender control…) is skipped. Elements are
 //! matched by local name so vendor namespaces (NCR `acs:`) and prefixes do not matter.
 
-use super::card;
-use super::customer::RawCustomer;
 use super::transaction::{Discount, Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
+use crate::privacy::card;
+use crate::privacy::customer::RawCustomer;
 use roxmltree::{Document, Node};
 
 /// Parsed transactions and the number of non-sale transactions skipped.

@@ -2,10 +2,10 @@
 //! cancelled order also gives a cancellation, and each refund a refund, both negative and
 //! linked to the order.
 
-use super::customer::RawCustomer;
 use super::jsonutil::{sweep_sensitive, At};
 use super::transaction::{Discount, Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
+use crate::privacy::customer::RawCustomer;
 use serde_json::Value;
 
 /// Parses `{"order": {...}}`, `{"orders": [...]}`, a bare order or an array of orders.
@@ -47,7 +47,7 @@ fn order_txs(v: &Value, path: &str, o: &ParseOpts) -> Vec<Result<Tx, Reject>> {
         Err(e) => return vec![Err(e)],
     };
     let tag = |mut r: Reject| {
-        r.transaction_id = Some(super::card::scrub(&id).0);
+        r.transaction_id = Some(crate::privacy::card::scrub(&id).0);
         r
     };
     let sale = match sale(a, &id, o) {

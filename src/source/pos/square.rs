@@ -2,10 +2,10 @@
 //! Accepts a `{"order"}` / `{"orders"}` (SearchOrders) / `{"payment"}` / `{"payments"}`
 //! response, a bare order, or a collection of named responses holding those.
 
-use super::customer::RawCustomer;
 use super::jsonutil::{sweep_sensitive, At};
 use super::transaction::{Discount, Line, Parsed, Reject, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
+use crate::privacy::customer::RawCustomer;
 use serde_json::Value;
 
 /// Parsed transactions plus objects skipped on purpose (calculations without id, failed
@@ -106,7 +106,7 @@ fn order(v: &Value, path: &str, o: &ParseOpts) -> Option<Result<Tx, Reject>> {
     let a = At::root(v, path);
     let id = a.str("id").ok().flatten()?;
     Some(order_tx(a, &id, o).map_err(|mut r| {
-        r.transaction_id = Some(super::card::scrub(&id).0);
+        r.transaction_id = Some(crate::privacy::card::scrub(&id).0);
         r
     }))
 }
@@ -301,7 +301,7 @@ fn payment(v: &Value, path: &str, o: &ParseOpts) -> Option<Result<Tx, Reject>> {
         })
     })();
     Some(r.map_err(|mut e: Reject| {
-        e.transaction_id = Some(super::card::scrub(&id).0);
+        e.transaction_id = Some(crate::privacy::card::scrub(&id).0);
         e
     }))
 }

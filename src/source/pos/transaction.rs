@@ -1,7 +1,7 @@
 //! The canonical transaction between a parser and the wire: every input format is parsed into
 //! a [`Tx`], and [`crate::source::pos::normalize`] turns a `Tx` into one `pos.transaction` event.
 
-use super::customer::RawCustomer;
+use crate::privacy::customer::RawCustomer;
 
 /// What a transaction is; refunds and cancellations carry negative amounts on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -124,8 +124,8 @@ impl Reject {
     /// since rejections go to logs, HTTP answers and `.error` files.
     pub fn new(at: impl Into<String>, reason: impl Into<String>) -> Reject {
         Reject {
-            at: redact(&at.into()),
-            reason: redact(&reason.into()),
+            at: crate::privacy::pii::redact_message(&at.into()),
+            reason: crate::privacy::pii::redact_message(&reason.into()),
             transaction_id: None,
             sensitive: false,
         }
@@ -138,32 +138,6 @@ impl Reject {
             ..Reject::new(at, reason)
         }
     }
-}
-
-/// Error texts quote offending values in backticks; a quoted value that may identify a person
-/// (an `@`, or seven digits or more) is replaced, and card numbers are cut everywhere.
-fn redact(s: &str) -> String {
-    let s = super::card::scrub(s).0;
-    let mut out = String::with_capacity(s.len());
-    let mut parts = s.split('`');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
-    }
-    for (i, p) in parts.enumerate() {
-        out.push('`');
-        let quoted = i % 2 == 0;
-        // Field and element names are single tokens; anything with a space, an `@` or many
-        // digits is a value.
-        let personal = p.contains('@')
-            || p.chars().any(char::is_whitespace)
-            || p.chars().filter(|c| c.is_numeric()).count() >= 7;
-        if quoted && personal {
-            out.push_str("[redacted]");
-        } else {
-            out.push_str(p);
-        }
-    }
-    out
 }
 
 impl std::fmt::Display for Reject {

@@ -6,18 +6,19 @@
 //! 1. the same address (an address belongs to one transmitter);
 //! 2. 802.11 sequence-number continuity under the same fingerprint (devices that keep their
 //!    sequence counter across address changes);
-//! 3. the same information-element fingerprint ([`fingerprint`]) while the track is alive: a
+//! 3. the same information-element fingerprint ([`ProbeKeys::fingerprint`]) while the track is alive: a
 //!    new address joins the live track of that fingerprint seen most recently.
 //!
 //! What splits: two addresses of one track that transmit *interleaved* within one burst
 //! belong to two devices (one phone uses one address at a time), so the newer address moves to
 //! a track of its own. Globally unique addresses are their own device and never link.
 //!
-//! Everything here lives in RAM only, keyed by per-epoch keyed hashes (never a raw MAC), and
-//! is forgotten when a track has been silent for `expire_ms` and at every key rotation.
+//! Everything here lives in RAM only, keyed by per-epoch keyed hashes (never a raw MAC; made by
+//! [`crate::privacy::wifi`]), and is forgotten when a track has been silent for `expire_ms` and
+//! at every key rotation.
+//!
+//! [`ProbeKeys::fingerprint`]: crate::privacy::wifi::ProbeKeys::fingerprint
 
-use super::dot11::Elements;
-use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -44,58 +45,6 @@ impl Hasher for U64Hasher {
 /// A map keyed by a keyed hash or a track number.
 pub type U64Map<V> = HashMap<u64, V, BuildHasherDefault<U64Hasher>>;
 
-/// Element ids whose content describes the hardware and driver, so it is stable across scans.
-const CONTENT_ELEMENTS: [u8; 7] = [
-    1,   // supported rates
-    50,  // extended supported rates
-    127, // extended capabilities
-    59,  // supported operating classes
-    70,  // RM enabled capabilities
-    107, // interworking
-    114, // mesh id presence as a capability
-];
-
-/// A keyed hash of the stable parts of a probe request's information elements: the element
-/// order, the capability contents that describe hardware and driver, vendor OUIs and types.
-/// Left out because they vary between scans of one device: the SSID (only its presence
-/// counts), the DS parameter set (channel), the supported MCS/NSS sets of HT/VHT/HE (they
-/// follow the active antenna chains), the contents of extension elements other than HE/EHT
-/// capabilities, and vendor element bodies.
-pub fn fingerprint(key: &[u8; 16], elements: Elements<'_>) -> u64 {
-    let mut h = SipHasher13::new_with_key(key);
-    for (id, body) in elements {
-        h.write_u8(id);
-        match id {
-            0 | 3 => {}
-            221 => h.write(body.get(..4).unwrap_or(body)),
-            255 => {
-                let ext = body.first().copied().unwrap_or(0);
-                h.write_u8(ext);
-                match ext {
-                    // HE capabilities: MAC (6) and PHY (11) capability fields.
-                    35 => h.write(body.get(1..18).unwrap_or(body)),
-                    // EHT capabilities: MAC (2) and PHY (9) capability fields.
-                    108 => h.write(body.get(1..12).unwrap_or(body)),
-                    _ => {}
-                }
-            }
-            // HT capability info and A-MPDU parameters; extended, TxBF and ASEL capabilities.
-            45 => {
-                h.write(body.get(..3).unwrap_or(body));
-                h.write(body.get(19..).unwrap_or(&[]));
-            }
-            // VHT capability info, not the MCS maps.
-            191 => h.write(body.get(..4).unwrap_or(body)),
-            id if CONTENT_ELEMENTS.contains(&id) => {
-                h.write_u8(body.len() as u8);
-                h.write(body);
-            }
-            _ => h.write_u8(body.len() as u8),
-        }
-    }
-    h.finish()
-}
-
 /// One accepted probe request as the estimator sees it: keyed hashes, not identifiers.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
@@ -104,7 +53,8 @@ pub struct Probe {
     pub addr: u64,
     /// Locally administered source address (randomized): eligible for linking.
     pub randomized: bool,
-    /// [`fingerprint`] of the elements.
+    /// [`ProbeKeys::fingerprint`](crate::privacy::wifi::ProbeKeys::fingerprint) of the
+    /// elements.
     pub fingerprint: u64,
     /// 802.11 sequence number.
     pub seq: u16,
@@ -653,27 +603,5 @@ mod tests {
         e.observe(p(0, 1, 7, 0));
         e.observe(p(10, 2, 7, 1));
         assert_eq!(e.created, 2);
-    }
-
-    #[test]
-    fn fingerprint_ignores_what_varies_between_scans() {
-        let key = [7u8; 16];
-        let fp = |ies: &[u8]| fingerprint(&key, Elements::new(ies));
-        // SSID content, channel, HT MCS set and HE MCS map differ; capabilities do not.
-        let mut ht_a = vec![45, 26, 0x2d, 0x40, 0x1b, 0xff, 0x00];
-        ht_a.extend([0u8; 21]);
-        let mut ht_b = vec![45, 26, 0x2d, 0x40, 0x1b, 0xff, 0xff];
-        ht_b.extend([0u8; 21]);
-        let mut a = vec![0, 0, 1, 2, 0x82, 0x84, 3, 1, 1];
-        a.extend(&ht_a);
-        let mut b = vec![0, 3, b'a', b'b', b'c', 1, 2, 0x82, 0x84, 3, 1, 11];
-        b.extend(&ht_b);
-        assert_eq!(fp(&a), fp(&b));
-        // Other rates: another device.
-        let mut c = vec![0, 0, 1, 2, 0x02, 0x04, 3, 1, 1];
-        c.extend(&ht_a);
-        assert_ne!(fp(&a), fp(&c));
-        // Another key: unrelated values.
-        assert_ne!(fingerprint(&[8u8; 16], Elements::new(&a)), fp(&a));
     }
 }

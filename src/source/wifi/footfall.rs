@@ -3,8 +3,9 @@
 //! capture run the same code. Only keyed hashes of addresses and device-track numbers (see
 //! `estimate.rs`) ever enter this module; every piece of state is dropped when the device key
 //! rotates, so nothing links across a rotation. Visits follow device tracks, and a visit's
-//! `device` is a pseudonym of the track's number under the rotating key: random per track,
-//! never derived from an address or a fingerprint.
+//! `device` is a pseudonym of the track's number under the rotating key
+//! ([`crate::privacy::wifi::visit_pseudonym`]): random per track, never derived from an
+//! address or a fingerprint.
 
 use super::census_body::{CensusBody, BUCKET_LABELS};
 use super::config::WifiConfig;
@@ -442,15 +443,11 @@ impl Footfall {
             return;
         }
         let device = match &self.visit_ids {
-            Some(ids) => {
-                let mut raw = *b"wifi-track\0\0\0\0\0\0\0\0";
-                raw[10..].copy_from_slice(&track.to_le_bytes());
-                match ids.pseudonym(&raw, s.in_last) {
-                    Ok((d, _)) => d,
-                    // No key (fail closed): the visit is not published under a weak name.
-                    Err(_) => return,
-                }
-            }
+            Some(ids) => match crate::privacy::wifi::visit_pseudonym(ids, track, s.in_last) {
+                Some(d) => d,
+                // No key (fail closed): the visit is not published under a weak name.
+                None => return,
+            },
             None => format!("track-{track}"),
         };
         out.push(Event::new(

@@ -1,8 +1,8 @@
 //! The Wi-Fi stage every frame goes through, live or replayed: decode, apply the bad-FCS and
-//! group-address policies, replace the source address and the element list by keyed hashes,
-//! estimate the device, aggregate. Raw MACs and SSIDs do not outlive the call that decodes
-//! their frame; only keyed hashes (key in RAM, new at every key rotation) and track numbers
-//! reach [`Estimator`] and [`Footfall`].
+//! group-address policies, replace the source address and the element list by keyed hashes
+//! ([`crate::privacy::wifi::ProbeKeys`]), estimate the device, aggregate. Raw MACs and SSIDs do
+//! not outlive the call that decodes their frame; only keyed hashes (key in RAM, new at every
+//! key rotation) and track numbers reach [`Estimator`] and [`Footfall`].
 
 use super::config::{Policy, WifiConfig};
 use super::dot11::{is_group, is_locally_administered};
@@ -10,9 +10,9 @@ use super::estimate::{self, Estimator, Placement};
 use super::footfall::{Footfall, Sighting};
 use super::frame::{decode, Decoded, FcsStatus};
 use crate::event::Event;
+use crate::privacy::wifi::{KeyEpoch, ProbeKeys};
 use crate::privacy::DevicePseudonymizer;
 use serde::Serialize;
-use siphasher::sip::SipHasher13;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -76,24 +76,10 @@ impl Totals {
     }
 }
 
-/// Per-epoch keys of the keyed hashes (address, fingerprint), wiped when replaced or dropped.
-struct HashKeys {
-    epoch: i64,
-    /// The pseudonymizer's forced-rotation count when `epoch` was computed.
-    generation: i64,
-    /// Event times known to lie in `epoch` (a time-zone lookup per frame would cost more
-    /// than the rest of the frame's processing).
-    from_ms: i64,
-    until_ms: i64,
-    addr: zeroize::Zeroizing<[u8; 16]>,
-    fingerprint: zeroize::Zeroizing<[u8; 16]>,
-}
-
 /// The per-source processing stage.
 pub struct FrameStage {
     cfg: WifiConfig,
-    devices: Arc<DevicePseudonymizer>,
-    keys: HashKeys,
+    keys: ProbeKeys,
     /// Device tracks.
     pub estimator: Estimator,
     /// Census windows and visit sessions.
@@ -126,48 +112,11 @@ impl FrameStage {
         FrameStage {
             footfall,
             estimator: Estimator::new(estimate::Settings::from_config(cfg)),
-            keys: HashKeys {
-                epoch: i64::MIN,
-                generation: 0,
-                from_ms: i64::MAX,
-                until_ms: i64::MIN,
-                addr: zeroize::Zeroizing::new([0; 16]),
-                fingerprint: zeroize::Zeroizing::new([0; 16]),
-            },
+            keys: ProbeKeys::new(devices),
             cfg: cfg.clone(),
-            devices,
             stats: Stats::default(),
             totals: track_totals.then(Totals::default),
         }
-    }
-
-    /// The key epoch of `ts_ms`; a new epoch draws new hash keys (the old ones are wiped) and
-    /// forgets every track. None when the kernel gives no key material (fail closed).
-    fn epoch(&mut self, ts_ms: i64) -> Option<i64> {
-        let generation = self.devices.generation();
-        if generation == self.keys.generation
-            && (self.keys.from_ms..self.keys.until_ms).contains(&ts_ms)
-        {
-            return Some(self.keys.epoch);
-        }
-        self.keys.generation = generation;
-        let epoch = self.devices.epoch_of(ts_ms);
-        if epoch == self.keys.epoch && ts_ms < self.keys.from_ms {
-            self.keys.from_ms = ts_ms;
-            return Some(epoch);
-        }
-        if epoch != self.keys.epoch {
-            self.estimator.clear();
-            self.keys.epoch = i64::MIN;
-            self.keys.until_ms = i64::MIN;
-            let k = crate::privacy::random_key().ok()?;
-            self.keys.addr.copy_from_slice(&k[..16]);
-            self.keys.fingerprint.copy_from_slice(&k[16..]);
-            self.keys.epoch = epoch;
-        }
-        self.keys.from_ms = ts_ms;
-        self.keys.until_ms = self.devices.next_rotation_ms(ts_ms);
-        Some(epoch)
     }
 
     /// Processes one captured frame received at `ts_ms`; `cut` when the capture stored fewer
@@ -215,17 +164,27 @@ impl FrameStage {
         }
         self.stats.accepted += 1;
         let randomized = is_locally_administered(&p.req.sa);
-        let Some(epoch) = self.epoch(ts_ms) else {
-            // No key for this epoch (fail closed): the probe is dropped, never kept raw.
-            crate::ops::metrics::global().count(
-                crate::ops::metrics::Metric::DroppedEvents,
-                &crate::ops::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
-                1,
-            );
-            return;
+        // A new key epoch forgets every track: nothing links across a rotation.
+        let epoch = match self.keys.epoch(ts_ms) {
+            KeyEpoch::Current(e) => e,
+            KeyEpoch::New(e) => {
+                self.estimator.clear();
+                e
+            }
+            KeyEpoch::NoKey => {
+                self.estimator.clear();
+                // No key for this epoch (fail closed): the probe is dropped, never kept raw.
+                crate::ops::metrics::global().count(
+                    crate::ops::metrics::Metric::DroppedEvents,
+                    &crate::ops::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
+                    1,
+                );
+                return;
+            }
         };
-        let addr = SipHasher13::new_with_key(&self.keys.addr).hash(&p.req.sa);
-        let key = &self.keys.fingerprint;
+        // The raw address and element list go no further than these lines.
+        let addr = self.keys.address(&p.req.sa);
+        let keys = &self.keys;
         let probe = estimate::Probe {
             ts_ms,
             addr,
@@ -236,7 +195,7 @@ impl FrameStage {
         // Only a new address needs its fingerprint.
         let (track, placement) = self
             .estimator
-            .observe_with(probe, || estimate::fingerprint(key, p.req.elements()));
+            .observe_with(probe, || keys.fingerprint(p.req.elements()));
         // An untracked probe (track cap reached) counts as its own device.
         let track = track.unwrap_or(addr | 1 << 63);
         if let Some(t) = &mut self.totals {

@@ -249,27 +249,7 @@ impl DevicePseudonymizer {
         let mut mac = mac.map_err(|_| "bad device key length".to_string())?;
         mac.update(raw);
         let out = mac.finalize().into_bytes();
-        Ok((hex(&out[..self.bytes.min(out.len())]), epoch))
-    }
-}
-
-/// Lowercase hex.
-pub fn hex(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for &x in b {
-        s.push(H[(x >> 4) as usize] as char);
-        s.push(H[(x & 15) as usize] as char);
-    }
-    s
-}
-
-/// k-anonymity: a count below `min_count` is reported as 0, with the flag set.
-pub fn suppress(count: u64, min_count: u32) -> (u64, bool) {
-    if count > 0 && count < min_count as u64 {
-        (0, true)
-    } else {
-        (count, false)
+        Ok((super::hex(&out[..self.bytes.min(out.len())]), epoch))
     }
 }
 
@@ -443,7 +423,7 @@ mod tests {
     #[test]
     fn rotation_follows_local_midnight_across_dst() {
         for tz in ["Europe/Berlin", "CET-1CEST,M3.5.0,M10.5.0/3"] {
-            in_child("privacy::tests::child_berlin_midnights", tz);
+            in_child("privacy::device::tests::child_berlin_midnights", tz);
         }
     }
 
@@ -492,7 +472,7 @@ mod tests {
     /// needs no descriptor and nothing falls back to time or pid.
     #[test]
     fn key_is_random_without_a_free_file_descriptor() {
-        in_child("privacy::tests::child_emfile", "UTC");
+        in_child("privacy::device::tests::child_emfile", "UTC");
     }
 
     #[test]
@@ -531,12 +511,5 @@ mod tests {
             "same time, same pid, different keys"
         );
         drop(hold);
-    }
-
-    #[test]
-    fn suppression() {
-        assert_eq!(suppress(2, 3), (0, true));
-        assert_eq!(suppress(3, 3), (3, false));
-        assert_eq!(suppress(0, 3), (0, false));
     }
 }

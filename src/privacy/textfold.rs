@@ -240,7 +240,7 @@ mod tests {
         }
         out.push_str("];\n");
         let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/source/pos/nfkc_table.rs");
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/privacy/nfkc_table.rs");
         std::fs::write(path, out)
     }
 

@@ -10,8 +10,11 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// Raw identifiers as a source delivers them; they live only in RAM until [`JoinKey::pseudonyms`].
 #[derive(Debug, Clone, Default)]
 pub struct RawCustomer {
+    /// The loyalty or customer number, as written by the source.
     pub loyalty_id: Option<String>,
+    /// The e-mail address, as written by the source.
     pub email: Option<String>,
+    /// The phone number, as written by the source (national or international).
     pub phone: Option<String>,
 }
 
@@ -25,10 +28,13 @@ impl RawCustomer {
 /// The pseudonyms that go on the wire (64 hex characters each).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Pseudonyms {
+    /// Pseudonym of the normalized loyalty id ([`normalize_loyalty`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loyalty: Option<String>,
+    /// Pseudonym of the normalized e-mail address ([`normalize_email`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Pseudonym of the phone number in E.164 ([`normalize_phone`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
 }
@@ -88,7 +94,7 @@ impl JoinKey {
         m.update(tag.as_bytes());
         m.update(b":");
         m.update(value.as_bytes());
-        Some(crate::privacy::hex(&m.finalize().into_bytes()))
+        Some(super::hex(&m.finalize().into_bytes()))
     }
 
     /// Pseudonymizes what can be normalized; the rest is dropped.
