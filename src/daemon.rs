@@ -2,8 +2,9 @@
 
 use crate::config::Config;
 use crate::event::Event;
-use crate::ops::{http_server, metrics, status, systemd};
+use crate::ops::{http_server, status, systemd};
 use crate::spool::Spool;
+use crate::telemetry::{health, metrics};
 use crate::uplink::{self, UplinkSettings};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,7 @@ pub struct Pipeline {
 /// or one flush interval, then appended and flushed together. A power cut loses at most one
 /// flush interval of sensor events, and the SD card sees one fsync per interval, not per event.
 async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>, flush_interval: Duration) {
-    let _vital = status::Vital::panic_only("spool writer");
+    let _vital = health::Vital::panic_only("spool writer");
     let mut buf: Vec<Event> = Vec::with_capacity(crate::spool::CHUNK_EVENTS);
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,8 +102,8 @@ impl Pipeline {
         cfg: &Config,
         remote: Option<uplink::RemoteLink>,
     ) -> Result<Pipeline, String> {
-        status::mark_started();
-        status::set_stopping(false);
+        health::mark_started();
+        health::set_stopping(false);
         let settings = UplinkSettings::from_config(cfg)?;
         let spool = Arc::new(
             Spool::open(&cfg.spool_dir(), &cfg.gateway.gateway_id, &cfg.spool)
@@ -156,7 +157,7 @@ impl Pipeline {
         let up_spool = spool.clone();
         let up_config = config_tx.subscribe();
         let uplink = tokio::spawn(async move {
-            let _vital = status::Vital::new("uplink");
+            let _vital = health::Vital::new("uplink");
             uplink::run_live(settings, up_spool, shutdown_rx, Some(up_config), remote).await
         });
         systemd::ready();
@@ -185,8 +186,8 @@ impl Pipeline {
         if let Some(e) = &self.http_error {
             r.push(e.clone());
         }
-        for (name, h) in status::source_snapshot() {
-            if h.state == status::SourceState::Starting.as_str() {
+        for (name, h) in health::source_snapshot() {
+            if h.state == health::SourceState::Starting.as_str() {
                 r.push(format!("source {name} has not started yet"));
             }
         }
@@ -197,7 +198,7 @@ impl Pipeline {
     /// acknowledgements, publishes `offline` and disconnects.
     pub async fn shutdown(self) {
         systemd::stopping();
-        status::set_stopping(true);
+        health::set_stopping(true);
         // Sources get a moment to emit what they aggregated (open windows), then are stopped.
         let _ = self.sources_stop.send(true);
         for s in self.sources {

@@ -187,7 +187,7 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let m = crate::ops::metrics::global();
+                let m = crate::telemetry::metrics::global();
                 let produced: u64 = crate::event::Stream::ALL.iter().map(|s| m.events_out_total(*s)).sum();
                 let delivered = seen.lock().map(|s| s.ids.len()).unwrap_or(0);
                 print!(
@@ -225,7 +225,7 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
     );
     let acked: u64 = crate::event::Stream::ALL
         .iter()
-        .map(|st| crate::ops::metrics::global().events_out_total(*st))
+        .map(|st| crate::telemetry::metrics::global().events_out_total(*st))
         .sum();
     println!(
         "\n{}",

@@ -14,5 +14,6 @@ pub mod remote;
 pub mod sensor_events;
 pub mod source;
 pub mod spool;
+pub mod telemetry;
 pub mod tls;
 pub mod uplink;

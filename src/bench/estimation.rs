@@ -25,7 +25,7 @@ pub const PHONES: [&str; 5] = [
 ];
 
 fn labelled_dir() -> Result<PathBuf, String> {
-    let d = super::parsers::shared_data()?.join("wifi/labelled");
+    let d = super::data::shared_data()?.join("wifi/labelled");
     if d.join("labelled.py").exists() {
         Ok(d)
     } else {

@@ -4,6 +4,7 @@
 //! Small shared machines are noisy, so every figure is reported as a ratio to its baseline
 //! (raw sled, raw rumqttc publishing, tshark) rather than as an absolute claim.
 
+mod data;
 pub mod estimation;
 mod fleet;
 mod parsers;

@@ -6,7 +6,6 @@ use super::Row;
 use crate::source::ble::adv::{self, Ad, AdStructures, ServiceUuid};
 use crate::source::wifi::frame::{self, Decoded};
 use crate::source::wifi::pcap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -26,21 +25,10 @@ pub const ALL: &[ParserBench] = &[
     ),
 ];
 
-/// The shared test data directory (captures and their references).
-pub(super) fn shared_data() -> Result<PathBuf, String> {
-    [
-        std::env::var("STOREGW_SHARED_DATA").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.join("SOURCES.md").exists())
-    .ok_or_else(|| "shared test data not found (set STOREGW_SHARED_DATA)".into())
-}
-
 /// The largest shared capture, repeated into a pcap of at least 100k frames.
 fn big_capture() -> Result<(Vec<u8>, u64), String> {
-    let src = shared_data()?.join("wifi/polimi-vigo_SamsungA53_06_unfiltered_mixed.pcap");
+    let src =
+        super::data::shared_data()?.join("wifi/polimi-vigo_SamsungA53_06_unfiltered_mixed.pcap");
     let buf = std::fs::read(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let reader = pcap::Reader::new(&buf).map_err(|e| format!("{e:?}"))?;
     let records: Vec<pcap::Record> = reader.filter_map(|r| r.ok()).collect();
@@ -138,7 +126,7 @@ fn wifi_vs_tshark() -> Result<Vec<Row>, String> {
 
 /// Real advertising payloads from the shared btsnoop logs plus the beacon vectors.
 fn ble_payloads() -> Result<Vec<Vec<u8>>, String> {
-    let data = shared_data()?;
+    let data = super::data::shared_data()?;
     let mut out = Vec::new();
     for f in [
         "ble/hci/cnrd-yeelock_btsnoop_hci.log.adv_reports.jsonl",

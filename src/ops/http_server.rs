@@ -25,7 +25,7 @@ async fn metrics(State(spool): State<Arc<Spool>>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::ops::metrics::global().render(Some(&spool)),
+        crate::ops::status::metrics_text(Some(&spool)),
     )
 }
 
@@ -97,7 +97,11 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let left = OPEN.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         if left + 1 == CAP.load(Ordering::Relaxed) {
-            crate::ops::status::set_source("http", crate::ops::status::SourceState::Running, None);
+            crate::telemetry::health::set_source(
+                "http",
+                crate::telemetry::health::SourceState::Running,
+                None,
+            );
         }
     }
 }
@@ -213,14 +217,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: Router, limits: 
         if OPEN.load(Ordering::Relaxed) >= limits.max_connections {
             REFUSED.fetch_add(1, Ordering::Relaxed);
             REFUSED_AT.store(crate::event::now_ms(), Ordering::Relaxed);
-            crate::ops::metrics::global().count(
-                crate::ops::metrics::Metric::HttpConnectionsRefused,
+            crate::telemetry::metrics::global().count(
+                crate::telemetry::metrics::Metric::HttpConnectionsRefused,
                 "",
                 1,
             );
-            crate::ops::status::set_source(
+            crate::telemetry::health::set_source(
                 "http",
-                crate::ops::status::SourceState::Degraded,
+                crate::telemetry::health::SourceState::Degraded,
                 Some(format!(
                     "connection limit reached (http.max_connections = {})",
                     limits.max_connections
@@ -262,15 +266,15 @@ mod tests {
             "gw",
             &crate::config::SpoolConfig::default(),
         )?);
-        crate::ops::status::set_source(
+        crate::telemetry::health::set_source(
             "healthz-test",
-            crate::ops::status::SourceState::Failed,
+            crate::telemetry::health::SourceState::Failed,
             Some("no adapter".into()),
         );
         let r = healthz(State(spool.clone())).await.into_response();
-        crate::ops::status::set_source(
+        crate::telemetry::health::set_source(
             "healthz-test",
-            crate::ops::status::SourceState::Stopped,
+            crate::telemetry::health::SourceState::Stopped,
             None,
         );
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -1,9 +1,9 @@
-//! The control plane: metrics, health, status payloads, systemd integration.
+//! The control plane: the HTTP server (`/metrics`, `/healthz`, POS ingest), status payloads,
+//! reload, logging, systemd integration and the central tools; it reads `telemetry`.
 
 pub mod fleet;
 pub mod http_server;
 pub mod logging;
-pub mod metrics;
 pub mod reload;
 pub mod status;
 pub mod systemd;

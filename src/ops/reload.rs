@@ -8,7 +8,8 @@
 //! sources through the `watch` channel of `Arc<Config>` in their `SourceContext`.
 
 use crate::config::{self, Config};
-use crate::ops::{logging, metrics, status};
+use crate::ops::logging;
+use crate::telemetry::{health, metrics};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -297,7 +298,7 @@ impl Reloader {
             applied = %if live.is_empty() { "(nothing)".to_string() } else { live.join(", ") },
             "configuration reloaded"
         );
-        status::set_pending_restart(pending.clone());
+        health::set_pending_restart(pending.clone());
         if !pending.is_empty() {
             tracing::warn!(
                 keys = %pending.join(", "),
@@ -310,7 +311,7 @@ impl Reloader {
 
 fn count(result: &str) {
     metrics::global().count(
-        crate::ops::metrics::Metric::ConfigReloads,
+        crate::telemetry::metrics::Metric::ConfigReloads,
         &metrics::labels(&[("result", result)]),
         1,
     );

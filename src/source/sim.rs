@@ -260,7 +260,11 @@ pub async fn run(
     tx: mpsc::Sender<Event>,
     mut live: Option<watch::Receiver<Arc<Config>>>,
 ) {
-    crate::ops::status::set_source("sim", crate::ops::status::SourceState::Running, None);
+    crate::telemetry::health::set_source(
+        "sim",
+        crate::telemetry::health::SourceState::Running,
+        None,
+    );
     let mut cfg = cfg;
     let mut sim = Simulator::new(&cfg);
     // Emit in small bursts so high rates do not need a timer per event.
@@ -289,9 +293,9 @@ pub async fn run(
         let now = now_ms();
         for _ in 0..n {
             if cfg.limit > 0 && sent >= cfg.limit {
-                crate::ops::status::set_source(
+                crate::telemetry::health::set_source(
                     "sim",
-                    crate::ops::status::SourceState::Stopped,
+                    crate::telemetry::health::SourceState::Stopped,
                     Some(format!("limit of {} events reached", cfg.limit)),
                 );
                 return;

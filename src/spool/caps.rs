@@ -120,7 +120,7 @@ impl Spool {
                 .entry(reason.to_string())
                 .or_default() += n;
         }
-        crate::ops::metrics::global().drops(s, reason, n);
+        crate::telemetry::metrics::global().drops(s, reason, n);
         tracing::warn!(stream = %s, reason, count = n, "events dropped");
         self.dirty.store(true, Ordering::Release);
     }

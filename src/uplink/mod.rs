@@ -13,8 +13,9 @@
 
 use crate::config::Config;
 use crate::event::{now_ms, topic};
-use crate::ops::{metrics, status};
+use crate::ops::status;
 use crate::spool::Spool;
+use crate::telemetry::metrics;
 use rumqttc::{
     AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     Transport,

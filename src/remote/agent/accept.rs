@@ -75,9 +75,9 @@ impl Agent {
     /// Counts unverified input on a remote topic (`storegw_remote_unverified_total`) and logs
     /// it at most once a minute; nothing of the input is kept, reported or written.
     pub(super) fn unverified(&mut self, topic: &str, r: &Rejection) {
-        crate::ops::metrics::global().count(
-            crate::ops::metrics::Metric::RemoteUnverified,
-            &crate::ops::metrics::labels(&[("topic", topic), ("reason", r.label())]),
+        crate::telemetry::metrics::global().count(
+            crate::telemetry::metrics::Metric::RemoteUnverified,
+            &crate::telemetry::metrics::labels(&[("topic", topic), ("reason", r.label())]),
             1,
         );
         if let Some(held) = self.unverified_log.allow(UNVERIFIED_LOG_EVERY) {
@@ -282,7 +282,7 @@ impl Agent {
             return Err(e);
         }
         self.state = next;
-        crate::ops::status::set_config(Some(self.status_object()));
+        crate::telemetry::health::set_config(Some(self.status_object()));
         Ok(())
     }
 }

@@ -370,13 +370,13 @@ impl Agent {
             reason,
             at: rfc3339_ms(now_ms()),
         });
-        crate::ops::status::set_config(Some(self.status_object()));
+        crate::telemetry::health::set_config(Some(self.status_object()));
     }
 
     /// Publishes the state to the status document and writes state.json (never over a
     /// damaged one: that is left for a person to look at).
     fn save(&mut self) -> Result<(), String> {
-        crate::ops::status::set_config(Some(self.status_object()));
+        crate::telemetry::health::set_config(Some(self.status_object()));
         if self.state_damaged.is_some() {
             return Ok(());
         }

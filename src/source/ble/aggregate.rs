@@ -229,21 +229,21 @@ pub struct Stats {
 impl Stats {
     /// Adds what happened since `last` to the process metrics, then remembers `self` in `last`.
     pub fn export_since(&self, last: &mut Stats) {
-        let m = crate::ops::metrics::global();
+        let m = crate::telemetry::metrics::global();
         m.count(
-            crate::ops::metrics::Metric::BleReports,
+            crate::telemetry::metrics::Metric::BleReports,
             "",
             self.reports.saturating_sub(last.reports),
         );
         m.count(
-            crate::ops::metrics::Metric::BleMalformed,
+            crate::telemetry::metrics::Metric::BleMalformed,
             "what=\"ad_structure\"",
             self.malformed_ad.saturating_sub(last.malformed_ad),
         );
         for (t, n) in &self.decoded {
             let before = last.decoded.get(t).copied().unwrap_or(0);
             m.count(
-                crate::ops::metrics::Metric::BleDecoded,
+                crate::telemetry::metrics::Metric::BleDecoded,
                 &format!("type=\"{t}\""),
                 n.saturating_sub(before),
             );
@@ -254,7 +254,7 @@ impl Stats {
             (EventKind::BleCensus, self.census, last.census),
         ] {
             m.count(
-                crate::ops::metrics::Metric::BleEvents,
+                crate::telemetry::metrics::Metric::BleEvents,
                 &format!("kind=\"{kind}\""),
                 now.saturating_sub(before),
             );
@@ -348,9 +348,9 @@ impl Aggregator {
             crate::privacy::ble::address_pseudonym(&self.devices, &rep.addr, ts_ms)
         else {
             // No key for this epoch (fail closed): the report is dropped, never kept raw.
-            crate::ops::metrics::global().count(
-                crate::ops::metrics::Metric::DroppedEvents,
-                &crate::ops::metrics::labels(&[("stream", "ble"), ("reason", "no_key")]),
+            crate::telemetry::metrics::global().count(
+                crate::telemetry::metrics::Metric::DroppedEvents,
+                &crate::telemetry::metrics::labels(&[("stream", "ble"), ("reason", "no_key")]),
                 1,
             );
             return;

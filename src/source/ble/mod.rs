@@ -38,9 +38,9 @@ pub fn start(ctx: &SourceContext) -> Started {
     }
     #[cfg(not(feature = "ble-live"))]
     {
-        crate::ops::status::set_source(
+        crate::telemetry::health::set_source(
             "ble",
-            crate::ops::status::SourceState::Failed,
+            crate::telemetry::health::SourceState::Failed,
             Some("built without the ble-live feature: live scanning unavailable".into()),
         );
         Started::default()

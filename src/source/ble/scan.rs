@@ -9,8 +9,8 @@ use super::aggregate::Aggregator;
 use super::btsnoop::Report;
 use super::config::BleConfig;
 use crate::event::{now_ms, Event};
-use crate::ops::status;
 use crate::source::SourceContext;
+use crate::telemetry::health;
 use btleplug::api::{
     AddressType, Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter,
 };
@@ -36,22 +36,22 @@ pub async fn run(ctx: SourceContext) {
     let cfg = ctx.cfg.sources.ble.clone();
     let mut agg = Aggregator::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone());
     let mut stop = ctx.shutdown.clone();
-    status::set_source("ble", crate::ops::status::SourceState::Starting, None);
+    health::set_source("ble", crate::telemetry::health::SourceState::Starting, None);
     loop {
         if *stop.borrow() {
             break;
         }
         match open(&cfg).await {
             Ok(adapter) => {
-                status::set_source("ble", crate::ops::status::SourceState::Running, None);
+                health::set_source("ble", crate::telemetry::health::SourceState::Running, None);
                 match session(&ctx, &cfg, &adapter, &mut agg).await {
                     End::Shutdown => break,
                     End::Reopen(why) => {
                         tracing::warn!(reason = %why, "BLE: reopening the adapter");
-                        status::source_restart("ble", "adapter");
-                        status::set_source(
+                        crate::telemetry::source_restart("ble", "adapter");
+                        health::set_source(
                             "ble",
-                            crate::ops::status::SourceState::Degraded,
+                            crate::telemetry::health::SourceState::Degraded,
                             Some(why),
                         );
                         let _ = adapter.stop_scan().await;
@@ -61,7 +61,11 @@ pub async fn run(ctx: SourceContext) {
             }
             Err(e) => {
                 tracing::error!("BLE: {e}");
-                status::set_source("ble", crate::ops::status::SourceState::Failed, Some(e));
+                health::set_source(
+                    "ble",
+                    crate::telemetry::health::SourceState::Failed,
+                    Some(e),
+                );
                 let sleep = tokio::time::sleep(cfg.retry_interval.0);
                 tokio::pin!(sleep);
                 let stopping = loop {
@@ -85,7 +89,7 @@ pub async fn run(ctx: SourceContext) {
     for e in out {
         let _ = ctx.tx.send(e).await;
     }
-    status::set_source("ble", crate::ops::status::SourceState::Stopped, None);
+    health::set_source("ble", crate::telemetry::health::SourceState::Stopped, None);
 }
 
 /// Connects to BlueZ, picks the adapter and starts scanning.
@@ -306,9 +310,9 @@ async fn session(
                     last_advert = now;
                     if scan_restarted {
                         scan_restarted = false;
-                        status::set_source("ble", crate::ops::status::SourceState::Running, None);
+                        health::set_source("ble", crate::telemetry::health::SourceState::Running, None);
                     }
-                    status::source_input("ble");
+                    health::source_input("ble");
                     if !send_all(ctx, &mut out).await {
                         return End::Shutdown;
                     }
@@ -328,10 +332,10 @@ async fn session(
                         ));
                     }
                     tracing::warn!(stall_s = stall.as_secs(), "BLE scanner stalled: restarting the scan");
-                    status::source_restart("ble", "scan");
-                    status::set_source(
+                    crate::telemetry::source_restart("ble", "scan");
+                    health::set_source(
                         "ble",
-                        crate::ops::status::SourceState::Degraded,
+                        crate::telemetry::health::SourceState::Degraded,
                         Some(format!("no advertisement for {} s; scan restarted", stall.as_secs())),
                     );
                     let _ = adapter.stop_scan().await;

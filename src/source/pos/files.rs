@@ -65,9 +65,9 @@ pub async fn run(
     for sub in ["", "done", "failed"] {
         if let Err(e) = std::fs::create_dir_all(w.dir.join(sub)) {
             tracing::error!(dir = %w.dir.display(), error = %e, "cannot create POS watch directory");
-            crate::ops::status::set_source(
+            crate::telemetry::health::set_source(
                 "pos",
-                crate::ops::status::SourceState::Degraded,
+                crate::telemetry::health::SourceState::Degraded,
                 Some(format!("watch dir {}: {e}", w.dir.display())),
             );
         }
@@ -94,18 +94,22 @@ pub async fn run(
 }
 
 fn log_outcome(f: &Path, out: &Outcome) {
-    let m = crate::ops::metrics::global();
+    let m = crate::telemetry::metrics::global();
     match out {
         Outcome::Done {
             accepted,
             duplicates,
         } => {
-            m.count(crate::ops::metrics::Metric::PosFiles, "result=\"done\"", 1);
+            m.count(
+                crate::telemetry::metrics::Metric::PosFiles,
+                "result=\"done\"",
+                1,
+            );
             tracing::info!(file = %f.display(), accepted, duplicates, "POS file imported");
         }
         Outcome::Failed { why, sensitive } => {
             m.count(
-                crate::ops::metrics::Metric::PosFiles,
+                crate::telemetry::metrics::Metric::PosFiles,
                 "result=\"failed\"",
                 1,
             );

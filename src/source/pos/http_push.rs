@@ -88,8 +88,8 @@ fn authorized(st: &HttpState, h: &HeaderMap) -> bool {
 }
 
 fn bad_request(r: &Reject) -> Response {
-    crate::ops::metrics::global().count(
-        crate::ops::metrics::Metric::PosRejected,
+    crate::telemetry::metrics::global().count(
+        crate::telemetry::metrics::Metric::PosRejected,
         "input=\"http\"",
         1,
     );

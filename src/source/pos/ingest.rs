@@ -61,7 +61,11 @@ pub struct Stored {
 }
 
 fn conflict(n: &Normalized) -> StoreError {
-    crate::ops::metrics::global().count(crate::ops::metrics::Metric::PosConflicts, "", 1);
+    crate::telemetry::metrics::global().count(
+        crate::telemetry::metrics::Metric::PosConflicts,
+        "",
+        1,
+    );
     let id = n
         .event
         .body()
@@ -175,8 +179,8 @@ impl Ingest {
             };
             if dup {
                 out.duplicates += 1;
-                crate::ops::metrics::global().count(
-                    crate::ops::metrics::Metric::PosDuplicates,
+                crate::telemetry::metrics::global().count(
+                    crate::telemetry::metrics::Metric::PosDuplicates,
                     "",
                     1,
                 );
@@ -201,8 +205,8 @@ impl Ingest {
         let seqs = match self.sink.append_durable(&events, &self.index, &batch).await {
             Ok(s) => s,
             Err(SpoolError::Full { .. }) => {
-                crate::ops::metrics::global().count(
-                    crate::ops::metrics::Metric::PosRefused,
+                crate::telemetry::metrics::global().count(
+                    crate::telemetry::metrics::Metric::PosRefused,
                     "reason=\"spool_full\"",
                     1,
                 );
@@ -215,8 +219,9 @@ impl Ingest {
             .iter()
             .map(|s| format!("{}:{s}", self.gateway))
             .collect();
-        crate::ops::metrics::global().events_in(crate::event::Stream::Pos, fresh.len() as u64);
-        crate::ops::status::source_input("pos");
+        crate::telemetry::metrics::global()
+            .events_in(crate::event::Stream::Pos, fresh.len() as u64);
+        crate::telemetry::health::source_input("pos");
         Ok(out)
     }
 

@@ -141,11 +141,19 @@ pub fn start(ctx: &SourceContext) -> Started {
         Ok(i) => std::sync::Arc::new(i),
         Err(e) => {
             tracing::error!(error = %e, "POS source cannot start");
-            crate::ops::status::set_source("pos", crate::ops::status::SourceState::Failed, Some(e));
+            crate::telemetry::health::set_source(
+                "pos",
+                crate::telemetry::health::SourceState::Failed,
+                Some(e),
+            );
             return Started::default();
         }
     };
-    crate::ops::status::set_source("pos", crate::ops::status::SourceState::Running, None);
+    crate::telemetry::health::set_source(
+        "pos",
+        crate::telemetry::health::SourceState::Running,
+        None,
+    );
     let routes = if c.http.enabled {
         http_push::routes(ingest.clone(), &c.http)
     } else {

@@ -84,8 +84,8 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                crate::ops::metrics::global().count(
-                    crate::ops::metrics::Metric::PosPollErrors,
+                crate::telemetry::metrics::global().count(
+                    crate::telemetry::metrics::Metric::PosPollErrors,
                     "",
                     1,
                 );
@@ -184,8 +184,8 @@ impl Poller {
             match i {
                 Ok(t) => txs.push(t),
                 Err(r) => {
-                    crate::ops::metrics::global().count(
-                        crate::ops::metrics::Metric::PosRejected,
+                    crate::telemetry::metrics::global().count(
+                        crate::telemetry::metrics::Metric::PosRejected,
                         "input=\"poll\"",
                         1,
                     );

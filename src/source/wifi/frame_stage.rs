@@ -174,9 +174,9 @@ impl FrameStage {
             KeyEpoch::NoKey => {
                 self.estimator.clear();
                 // No key for this epoch (fail closed): the probe is dropped, never kept raw.
-                crate::ops::metrics::global().count(
-                    crate::ops::metrics::Metric::DroppedEvents,
-                    &crate::ops::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
+                crate::telemetry::metrics::global().count(
+                    crate::telemetry::metrics::Metric::DroppedEvents,
+                    &crate::telemetry::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
                     1,
                 );
                 return;

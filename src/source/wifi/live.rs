@@ -6,9 +6,9 @@ use super::capture::{Capture, CaptureError, LinkMode};
 use super::frame_stage::{FrameStage, Stats};
 use crate::config::Config;
 use crate::event::{now_ms, Event};
-use crate::ops::metrics::{self, Metric};
-use crate::ops::status;
 use crate::source::SourceContext;
+use crate::telemetry::health;
+use crate::telemetry::metrics::{self, Metric};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -25,16 +25,16 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
     p.footfall.open_at(now_ms());
     let mut reported = Stats::default();
     loop {
-        status::set_source(
+        health::set_source(
             "wifi",
-            crate::ops::status::SourceState::Starting,
+            crate::telemetry::health::SourceState::Starting,
             Some(format!("opening {}", cfg.interface)),
         );
         let err = match Capture::open(&cfg.interface, mode, cfg.bpf_filter) {
             Ok(cap) => {
-                status::set_source(
+                health::set_source(
                     "wifi",
-                    crate::ops::status::SourceState::Running,
+                    crate::telemetry::health::SourceState::Running,
                     Some(format!("capturing on {}", cfg.interface)),
                 );
                 tracing::info!(
@@ -55,7 +55,11 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
         };
         let msg = err.to_string();
         tracing::error!(interface = %cfg.interface, "{msg}");
-        status::set_source("wifi", crate::ops::status::SourceState::Failed, Some(msg));
+        health::set_source(
+            "wifi",
+            crate::telemetry::health::SourceState::Failed,
+            Some(msg),
+        );
         // Keep the windows ticking while the adapter is away.
         let until = tokio::time::Instant::now() + RETRY;
         loop {
@@ -84,7 +88,7 @@ async fn finish(ctx: &SourceContext, p: &mut FrameStage) {
     let mut out = Vec::new();
     p.finish(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(2), send(&ctx.tx, out)).await;
-    status::set_source("wifi", crate::ops::status::SourceState::Stopped, None);
+    health::set_source("wifi", crate::telemetry::health::SourceState::Stopped, None);
 }
 
 async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
@@ -169,7 +173,7 @@ async fn capture_loop(
                     metrics::global().count(Metric::WifiKernelDrops, "", drops);
                 }
                 if p.stats.frames > 0 {
-                    status::source_input("wifi");
+                    health::source_input("wifi");
                 }
             }
             _ = stopped(&mut stop) => {
@@ -225,9 +229,9 @@ async fn hop(interface: String, mut config: watch::Receiver<Arc<Config>>) {
         if let Some(why) = failed {
             if !warned {
                 tracing::warn!(interface = %interface, channel = ch, "channel hop failed: {why}");
-                status::set_source(
+                health::set_source(
                     "wifi",
-                    crate::ops::status::SourceState::Degraded,
+                    crate::telemetry::health::SourceState::Degraded,
                     Some(format!("channel hopping: {why}")),
                 );
                 warned = true;

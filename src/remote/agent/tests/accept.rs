@@ -75,10 +75,10 @@ fn unverified_input_is_counted_never_written_or_reported() -> R {
     let before = std::fs::read(&state_path)?;
     let modified = std::fs::metadata(&state_path)?.modified()?;
     let report = agent.status_object();
-    let label = crate::ops::metrics::labels(&[("topic", "config"), ("reason", "malformed")]);
+    let label = crate::telemetry::metrics::labels(&[("topic", "config"), ("reason", "malformed")]);
     let counted = || {
-        crate::ops::metrics::global()
-            .counter_value(crate::ops::metrics::Metric::RemoteUnverified, &label)
+        crate::telemetry::metrics::global()
+            .counter_value(crate::telemetry::metrics::Metric::RemoteUnverified, &label)
     };
     let n0 = counted();
     // A key id of 250,000 control bytes, then many distinct forgeries.

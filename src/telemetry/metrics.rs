@@ -8,6 +8,7 @@
 //! exposition (`_total` names in `# TYPE`, no `# EOF`) that operators' dashboards and
 //! `tests/ops_http.rs` rely on (docs/design.md, "Metrics").
 
+use super::health::{SourceHealth, SourceState};
 use crate::event::Stream;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -110,8 +111,9 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    /// Prometheus text exposition (format 0.0.4): every family with HELP and TYPE, once.
-    pub fn render(&self, spool: Option<&crate::spool::Spool>) -> String {
+    /// Prometheus text exposition (format 0.0.4): every family with HELP and TYPE, once;
+    /// `cx` brings what the registry does not hold (uptime, the spool, the sources).
+    pub fn render(&self, cx: &Exposition<'_>) -> String {
         let mut o = String::new();
         let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
         let gauges = self.gauges.lock().map(|g| g.clone()).unwrap_or_default();
@@ -122,11 +124,7 @@ impl Metrics {
             env!("CARGO_PKG_VERSION")
         );
         family(&mut o, "storegw_uptime_seconds", "gauge");
-        let _ = writeln!(
-            o,
-            "storegw_uptime_seconds {}",
-            crate::ops::status::uptime_s()
-        );
+        let _ = writeln!(o, "storegw_uptime_seconds {}", cx.uptime_s);
         family(&mut o, "storegw_events_in_total", "counter");
         for s in Stream::ALL {
             let v = self.events_in[si(s)].load(Ordering::Relaxed);
@@ -137,29 +135,37 @@ impl Metrics {
             let v = self.events_out[si(s)].load(Ordering::Relaxed);
             let _ = writeln!(o, "storegw_events_out_total{{stream=\"{s}\"}} {v}");
         }
-        if let Some(sp) = spool {
-            let depths: Vec<_> = Stream::ALL.iter().map(|&s| (s, sp.depth(s))).collect();
+        if let Some(sp) = &cx.spool {
+            let depths = &sp.streams;
             family(&mut o, "storegw_spool_depth", "gauge");
-            for (s, d) in &depths {
-                let _ = writeln!(o, "storegw_spool_depth{{stream=\"{s}\"}} {}", d.depth);
-            }
-            family(&mut o, "storegw_spool_bytes", "gauge");
-            for (s, d) in &depths {
-                let _ = writeln!(o, "storegw_spool_bytes{{stream=\"{s}\"}} {}", d.bytes);
-            }
-            family(&mut o, "storegw_spool_oldest_age_seconds", "gauge");
-            for (s, d) in &depths {
+            for d in depths {
                 let _ = writeln!(
                     o,
-                    "storegw_spool_oldest_age_seconds{{stream=\"{s}\"}} {}",
+                    "storegw_spool_depth{{stream=\"{}\"}} {}",
+                    d.stream, d.depth
+                );
+            }
+            family(&mut o, "storegw_spool_bytes", "gauge");
+            for d in depths {
+                let _ = writeln!(
+                    o,
+                    "storegw_spool_bytes{{stream=\"{}\"}} {}",
+                    d.stream, d.bytes
+                );
+            }
+            family(&mut o, "storegw_spool_oldest_age_seconds", "gauge");
+            for d in depths {
+                let _ = writeln!(
+                    o,
+                    "storegw_spool_oldest_age_seconds{{stream=\"{}\"}} {}",
+                    d.stream,
                     num(d.oldest_age_s.unwrap_or(0.0))
                 );
             }
             family(&mut o, "storegw_spool_disk_bytes", "gauge");
-            let _ = writeln!(o, "storegw_spool_disk_bytes {}", sp.disk_bytes());
+            let _ = writeln!(o, "storegw_spool_disk_bytes {}", sp.disk_bytes);
             family(&mut o, "storegw_healthy", "gauge");
-            let healthy = crate::ops::status::unhealthy_reasons(sp).is_empty();
-            let _ = writeln!(o, "storegw_healthy {}", healthy as u8);
+            let _ = writeln!(o, "storegw_healthy {}", sp.healthy as u8);
         }
         family(&mut o, "storegw_mqtt_connected", "gauge");
         let _ = writeln!(
@@ -197,19 +203,19 @@ impl Metrics {
             num(self.ack_latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6)
         );
         let _ = writeln!(o, "storegw_publish_ack_seconds_count {cum}");
-        let sources = crate::ops::status::source_snapshot();
+        let sources = cx.sources;
         family(&mut o, "storegw_source_up", "gauge");
-        for (name, h) in &sources {
+        for (name, h) in sources {
             let _ = writeln!(
                 o,
                 "storegw_source_up{{{}}} {}",
                 labels(&[("source", name), ("state", &h.state)]),
-                (h.state == crate::ops::status::SourceState::Running.as_str()) as u8
+                (h.state == SourceState::Running.as_str()) as u8
             );
         }
         family(&mut o, "storegw_source_last_input_age_seconds", "gauge");
         let now = crate::event::now_ms();
-        for (name, h) in &sources {
+        for (name, h) in sources {
             if let Some(ms) = h.last_input_ms {
                 let _ = writeln!(
                     o,
@@ -246,6 +252,35 @@ impl Metrics {
         }
         o
     }
+}
+
+/// What `/metrics` shows besides the registry's own values, gathered by the HTTP server: the
+/// registry sits below the spool and the health registry's users, so it is handed the facts.
+pub struct Exposition<'a> {
+    /// Seconds since the gateway started.
+    pub uptime_s: u64,
+    /// The spool's figures, when a spool is open.
+    pub spool: Option<SpoolFigures>,
+    /// Every source's health.
+    pub sources: &'a BTreeMap<String, SourceHealth>,
+}
+
+/// The spool's figures for `/metrics`.
+pub struct SpoolFigures {
+    /// Depth, bytes and oldest age per stream.
+    pub streams: Vec<StreamFigures>,
+    /// Bytes on disk.
+    pub disk_bytes: u64,
+    /// `/healthz` would answer 200.
+    pub healthy: bool,
+}
+
+/// One stream's spool figures.
+pub struct StreamFigures {
+    pub stream: Stream,
+    pub depth: u64,
+    pub bytes: u64,
+    pub oldest_age_s: Option<f64>,
 }
 
 type CounterMap = BTreeMap<(String, String), u64>;
@@ -532,7 +567,12 @@ mod tests {
         );
         m.count(Metric::PosFiles, "result=\"done\"", 1);
         m.gauge(Metric::WifiTrackedDevices, "", f64::INFINITY);
-        let text = m.render(None);
+        let sources = BTreeMap::new();
+        let text = m.render(&Exposition {
+            uptime_s: 0,
+            spool: None,
+            sources: &sources,
+        });
         let mut seen = std::collections::HashSet::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split_whitespace().nth(2).unwrap_or_default();
