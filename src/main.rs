@@ -320,15 +320,9 @@ fn main() -> ExitCode {
                 Err(c) => return c,
             };
             let summary = match (ble, wifi, pos) {
-                (Some(p), _, _) => {
-                    storegw::source::replay(storegw::source::ReplayFeed::Ble, &p, &mut r)
-                }
-                (_, Some(p), _) => {
-                    storegw::source::replay(storegw::source::ReplayFeed::Wifi, &p, &mut r)
-                }
-                (_, _, Some(p)) => {
-                    storegw::source::replay(storegw::source::ReplayFeed::Pos, &p, &mut r)
-                }
+                (Some(p), _, _) => storegw::source::replay("ble", &p, &mut r),
+                (_, Some(p), _) => storegw::source::replay("wifi", &p, &mut r),
+                (_, _, Some(p)) => storegw::source::replay("pos", &p, &mut r),
                 _ => Err("give one input: --ble FILE, --wifi FILE or --pos FILE".into()),
             };
             let done = match summary {

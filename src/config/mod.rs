@@ -13,6 +13,7 @@
 pub mod demo;
 pub mod files;
 pub mod ids;
+pub mod section;
 pub mod trusted_keys;
 pub mod units;
 
@@ -24,7 +25,9 @@ pub use units::{ByteSize, Dur};
 
 use crate::source::ble::config::BleConfig;
 use crate::source::pos::config::PosConfig;
+pub use crate::source::sim::config::SimConfig;
 use crate::source::wifi::config::WifiConfig;
+use section::{Row, Section};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -267,7 +270,8 @@ impl Default for LogConfig {
     }
 }
 
-/// Every input feed.
+/// Every input feed's section (docs/design.md, "Adding a feed": a new feed adds its field
+/// here and its entry in each of the three lists below).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourcesConfig {
@@ -277,33 +281,58 @@ pub struct SourcesConfig {
     pub pos: PosConfig,
 }
 
-/// The synthetic store used by the demo and for load.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimConfig {
-    pub enabled: bool,
-    /// Events per second across all kinds.
-    pub rate: f64,
-    pub seed: u64,
-    pub beacons: u32,
-    pub registers: u32,
-    pub currency: String,
-    /// Stop after this many events (0 = never); used by tests and benchmarks.
-    pub limit: u64,
+impl SourcesConfig {
+    /// Every section, for its checks.
+    pub fn sections(&self) -> [&dyn Section; 4] {
+        [&self.sim, &self.ble, &self.wifi, &self.pos]
+    }
+
+    /// Every section, for path resolution.
+    pub fn sections_mut(&mut self) -> [&mut dyn Section; 4] {
+        [&mut self.sim, &mut self.ble, &mut self.wifi, &mut self.pos]
+    }
+
+    /// Hands every section's reload rows to `sink`, with the section's dotted prefix and how to
+    /// reach the section in a whole configuration.
+    pub fn reload_rows(sink: &mut impl RowSink) {
+        sink.section(
+            "sources.sim",
+            SimConfig::RELOAD,
+            |c| &c.sources.sim,
+            |c| &mut c.sources.sim,
+        );
+        sink.section(
+            "sources.ble",
+            BleConfig::RELOAD,
+            |c| &c.sources.ble,
+            |c| &mut c.sources.ble,
+        );
+        sink.section(
+            "sources.wifi",
+            WifiConfig::RELOAD,
+            |c| &c.sources.wifi,
+            |c| &mut c.sources.wifi,
+        );
+        sink.section(
+            "sources.pos",
+            PosConfig::RELOAD,
+            |c| &c.sources.pos,
+            |c| &mut c.sources.pos,
+        );
+    }
 }
 
-impl Default for SimConfig {
-    fn default() -> Self {
-        SimConfig {
-            enabled: false,
-            rate: 50.0,
-            seed: 1,
-            beacons: 40,
-            registers: 4,
-            currency: "EUR".into(),
-            limit: 0,
-        }
-    }
+/// Receives the reload rows of each feed section (see [`SourcesConfig::reload_rows`]); the
+/// reload table (`ops::reload`) lifts them onto the whole configuration.
+pub trait RowSink {
+    /// One section's rows.
+    fn section<S: 'static>(
+        &mut self,
+        prefix: &'static str,
+        rows: &'static [Row<S>],
+        get: fn(&Config) -> &S,
+        get_mut: fn(&mut Config) -> &mut S,
+    );
 }
 
 /// One configuration problem, located as precisely as the file allows.
@@ -413,9 +442,9 @@ impl Config {
                 r.public_key_file = base.join(&r.public_key_file);
             }
         }
-        self.sources.ble.resolve_paths(base);
-        self.sources.wifi.resolve_paths(base);
-        self.sources.pos.resolve_paths(base);
+        for section in self.sources.sections_mut() {
+            section.resolve(base);
+        }
         if self.gateway.state_dir.is_relative() {
             self.gateway.state_dir = base.join(&self.gateway.state_dir);
         }
@@ -757,28 +786,9 @@ fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
             ),
         );
     }
-    let sim = &c.sources.sim;
-    if !(sim.rate > 0.0 && sim.rate <= 1_000_000.0) {
-        bad(
-            "sources.sim.rate",
-            "must be greater than 0 and at most 1000000 events/s".into(),
-        );
+    for section in c.sources.sections() {
+        section.check(&mut v);
     }
-    if sim.beacons == 0 || sim.registers == 0 {
-        bad(
-            "sources.sim.beacons",
-            "beacons and registers must be at least 1".into(),
-        );
-    }
-    if sim.currency.len() != 3 || !sim.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        bad(
-            "sources.sim.currency",
-            format!("`{}` is not an ISO 4217 code", sim.currency),
-        );
-    }
-    c.sources.ble.validate(&mut v);
-    c.sources.wifi.validate(&mut v);
-    c.sources.pos.validate(&mut v);
     if let Some(r) = &c.remote {
         check_remote(r, c.mqtt.connect_timeout.0, &mut v);
     }

@@ -1,13 +1,14 @@
 //! SIGHUP configuration reload: what applies at once, what waits for a restart, and keeping the
 //! running configuration when the new file is bad (docs/design.md, "Reload").
 //!
-//! One table, [`RULES`], decides for every key whether it applies live or needs a restart. The
+//! One table, [`rules`], decides for every key whether it applies live or needs a restart. The
 //! same table builds the published configuration (restart-only settings keep their running
 //! values), the log lines (applied / pending a restart) and the status file's
 //! `pending_restart` list, so what the gateway says is what it does. Live settings reach the
 //! sources through the `watch` channel of `Arc<Config>` in their `SourceContext`.
 
-use crate::config::{self, Config};
+use crate::config::section::{self, Row};
+use crate::config::{self, Config, RowSink, SourcesConfig};
 use crate::ops::logging;
 use crate::telemetry::{health, metrics};
 use std::collections::BTreeMap;
@@ -15,130 +16,118 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// Copies the running value of a restart-only setting into the configuration being published
+/// (`(published, running)`).
+pub type Keep = Box<dyn Fn(&mut Config, &Config) + Send + Sync>;
+
 /// How a changed key takes effect.
-#[derive(Clone, Copy)]
 pub enum Apply {
     /// A running task reads the new value (watch channel) and uses it at once.
     Live,
     /// Only a restart applies it; until then the function copies the running value into the
     /// configuration being published (`(published, running)`).
-    Restart(fn(&mut Config, &Config)),
+    Restart(Keep),
 }
 
 /// One row of the reload table: a dotted key or key prefix and how its changes apply.
 pub struct Rule {
     /// Dotted key; it also covers every key below it (`mqtt` covers `mqtt.host`).
-    pub key: &'static str,
+    pub key: String,
     /// Live or restart-only.
     pub apply: Apply,
 }
 
-const fn live(key: &'static str) -> Rule {
-    Rule {
-        key,
-        apply: Apply::Live,
-    }
-}
-
-const fn restart(key: &'static str, keep: fn(&mut Config, &Config)) -> Rule {
-    Rule {
-        key,
-        apply: Apply::Restart(keep),
-    }
-}
-
-/// The reload table; the most specific (longest) matching key wins, and a key no row covers
-/// needs a restart (nothing is claimed live unless a task is known to read it).
-pub const RULES: &[Rule] = &[
-    restart("gateway", |e, r| e.gateway = r.gateway.clone()),
-    restart("mqtt", |e, r| {
+/// The gateway's own sections' rows (keys in full); each feed brings its own rows with its
+/// section (`RELOAD` in `src/source/<feed>/config.rs`).
+const GATEWAY_ROWS: &[Row<Config>] = &[
+    section::restart("gateway", |e, r| e.gateway = r.gateway.clone()),
+    section::restart("mqtt", |e, r| {
         let drain_rate = e.mqtt.drain_rate;
         e.mqtt = r.mqtt.clone();
         e.mqtt.drain_rate = drain_rate;
     }),
-    live("mqtt.drain_rate"),
-    restart("spool", |e, r| e.spool = r.spool.clone()),
-    restart("http", |e, r| e.http = r.http.clone()),
-    live("privacy.min_count"),
-    restart("privacy.rotation", |e, r| {
+    section::live("mqtt.drain_rate"),
+    section::restart("spool", |e, r| e.spool = r.spool.clone()),
+    section::restart("http", |e, r| e.http = r.http.clone()),
+    section::live("privacy.min_count"),
+    section::restart("privacy.rotation", |e, r| {
         e.privacy.rotation = r.privacy.rotation
     }),
-    restart("privacy.pseudonym_bytes", |e, r| {
+    section::restart("privacy.pseudonym_bytes", |e, r| {
         e.privacy.pseudonym_bytes = r.privacy.pseudonym_bytes
     }),
-    restart("privacy.join_key_file", |e, r| {
+    section::restart("privacy.join_key_file", |e, r| {
         e.privacy.join_key_file = r.privacy.join_key_file.clone()
     }),
-    live("log.level"),
-    restart("log.format", |e, r| e.log.format = r.log.format.clone()),
-    // Simulator: rate and limit are re-read by the running task.
-    live("sources.sim"),
-    restart("sources.sim.enabled", |e, r| {
-        e.sources.sim.enabled = r.sources.sim.enabled
-    }),
-    restart("sources.sim.seed", |e, r| {
-        e.sources.sim.seed = r.sources.sim.seed
-    }),
-    restart("sources.sim.beacons", |e, r| {
-        e.sources.sim.beacons = r.sources.sim.beacons
-    }),
-    restart("sources.sim.registers", |e, r| {
-        e.sources.sim.registers = r.sources.sim.registers
-    }),
-    restart("sources.sim.currency", |e, r| {
-        e.sources.sim.currency = r.sources.sim.currency.clone()
-    }),
-    // BLE: the aggregator takes windows, beacons, allowlists and thresholds on reload; the
-    // scanner's adapter and its watchdog timings are chosen when it starts.
-    live("sources.ble"),
-    restart("sources.ble.enabled", |e, r| {
-        e.sources.ble.enabled = r.sources.ble.enabled
-    }),
-    restart("sources.ble.adapter", |e, r| {
-        e.sources.ble.adapter = r.sources.ble.adapter.clone()
-    }),
-    restart("sources.ble.stall_timeout", |e, r| {
-        e.sources.ble.stall_timeout = r.sources.ble.stall_timeout
-    }),
-    restart("sources.ble.retry_interval", |e, r| {
-        e.sources.ble.retry_interval = r.sources.ble.retry_interval
-    }),
-    // Wi-Fi: the pipeline takes windows and policies on reload, the channel hopper re-reads
-    // its list and dwell; the capture socket (interface, BPF filter) is opened at start.
-    live("sources.wifi"),
-    restart("sources.wifi.enabled", |e, r| {
-        e.sources.wifi.enabled = r.sources.wifi.enabled
-    }),
-    restart("sources.wifi.interface", |e, r| {
-        e.sources.wifi.interface = r.sources.wifi.interface.clone()
-    }),
-    restart("sources.wifi.bpf_filter", |e, r| {
-        e.sources.wifi.bpf_filter = r.sources.wifi.bpf_filter
-    }),
-    // POS: the ingest store (currency, register, time offset, idempotency window, join key
-    // country) and the HTTP routes are built once; watchers and pollers restart on reload.
-    restart("sources.pos", |e, r| {
-        let watch = std::mem::take(&mut e.sources.pos.watch);
-        let poll = std::mem::take(&mut e.sources.pos.poll);
-        e.sources.pos = r.sources.pos.clone();
-        e.sources.pos.watch = watch;
-        e.sources.pos.poll = poll;
-    }),
-    live("sources.pos.watch"),
-    live("sources.pos.poll"),
+    section::live("log.level"),
+    section::restart("log.format", |e, r| e.log.format = r.log.format.clone()),
 ];
+
+/// The reload table: the gateway's rows and every feed section's, lifted onto the whole
+/// configuration. The most specific (longest) matching key wins, and a key no row covers needs
+/// a restart (nothing is claimed live unless a task is known to read it).
+pub fn rules() -> &'static [Rule] {
+    static TABLE: std::sync::OnceLock<Vec<Rule>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t: Vec<Rule> = GATEWAY_ROWS
+            .iter()
+            .map(|r| Rule {
+                key: r.key.to_string(),
+                apply: match &r.apply {
+                    section::Apply::Live => Apply::Live,
+                    section::Apply::Restart(keep) => Apply::Restart(Box::new(*keep)),
+                },
+            })
+            .collect();
+        SourcesConfig::reload_rows(&mut Lift(&mut t));
+        t
+    })
+}
+
+/// Lifts a section's rows onto the whole configuration.
+struct Lift<'a>(&'a mut Vec<Rule>);
+
+impl RowSink for Lift<'_> {
+    fn section<S: 'static>(
+        &mut self,
+        prefix: &'static str,
+        rows: &'static [Row<S>],
+        get: fn(&Config) -> &S,
+        get_mut: fn(&mut Config) -> &mut S,
+    ) {
+        for r in rows {
+            let key = if r.key.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{}", r.key)
+            };
+            let apply = match &r.apply {
+                section::Apply::Live => Apply::Live,
+                section::Apply::Restart(keep) => {
+                    let keep = *keep;
+                    Apply::Restart(Box::new(move |e: &mut Config, run: &Config| {
+                        keep(get_mut(e), get(run))
+                    }))
+                }
+            };
+            self.0.push(Rule { key, apply });
+        }
+    }
+}
 
 /// The table row that governs `key`, if any.
 pub fn rule(key: &str) -> Option<&'static Rule> {
-    RULES
+    rules()
         .iter()
-        .filter(|r| key == r.key || (key.starts_with(r.key) && key[r.key.len()..].starts_with('.')))
+        .filter(|r| {
+            key == r.key || (key.starts_with(r.key.as_str()) && key[r.key.len()..].starts_with('.'))
+        })
         .max_by_key(|r| r.key.len())
 }
 
 /// True when changing `key` takes a restart to apply.
 pub fn needs_restart(key: &str) -> bool {
-    !matches!(rule(key).map(|r| r.apply), Some(Apply::Live))
+    !matches!(rule(key).map(|r| &r.apply), Some(Apply::Live))
 }
 
 /// Flattens a TOML document into dotted key → value text.
@@ -188,10 +177,10 @@ pub fn effective(running: &Config, new: Config) -> Config {
     let mut e = new;
     // Broad rows first, so a narrower row (or a live exception inside a restart row) has the
     // last word on its own key.
-    let mut rows: Vec<&Rule> = RULES.iter().collect();
+    let mut rows: Vec<&Rule> = rules().iter().collect();
     rows.sort_by_key(|r| r.key.len());
     for r in rows {
-        if let Apply::Restart(keep) = r.apply {
+        if let Apply::Restart(keep) = &r.apply {
             keep(&mut e, running);
         }
     }

@@ -1,10 +1,11 @@
 //! Input feeds. Raw identifiers exist only inside a source and its privacy stage
 //! (`crate::privacy`), in RAM.
 //!
-//! The source contract (docs/design.md, "Source contract"): every source has
-//! `start(&SourceContext) -> Started` (its tasks and HTTP routes) and, when it has recorded
-//! inputs, `replay(path, &mut Replay) -> summary`; the daemon never needs to know a source's
-//! internals, so each feed lives in its own folder.
+//! The feed contract (docs/design.md, "Adding a feed"): every feed implements [`Feed`] (its
+//! name, `start(&SourceContext) -> Started` with its tasks and HTTP routes, and `replay` when
+//! it has recorded inputs) and is listed once in [`FEEDS`]; its configuration section implements
+//! `config::section::Section`. The daemon never needs to know a feed's internals, so each feed
+//! lives in its own folder.
 
 pub mod ble;
 pub mod pos;
@@ -37,7 +38,7 @@ pub struct SourceContext {
     /// Flips to true when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// The configuration in effect, replaced on SIGHUP reload (restart-only settings keep their
-    /// running values, see `ops::reload::RULES`). Sources apply live settings by reading
+    /// running values, see `ops::reload::rules`). Sources apply live settings by reading
     /// `config.borrow()` when they use them, or by awaiting `config.changed()`.
     pub config: watch::Receiver<Arc<Config>>,
 }
@@ -68,34 +69,50 @@ impl Started {
     }
 }
 
-/// Starts every enabled source the same way (`<source>::start(ctx) -> Started`); a source that
-/// cannot start reports itself in status and the others keep running.
+/// One input feed: what the daemon and `storegw replay` need of it (docs/design.md, "Adding
+/// a feed"). Its configuration section, checks and reload rows live in its `config.rs`
+/// (`crate::config::section::Section`), below the root configuration.
+pub trait Feed: Sync {
+    /// Its name: `[sources.<name>]`, the source label in status and metrics, `replay --<name>`.
+    fn name(&self) -> &'static str;
+
+    /// Starts it when its section enables it (an empty [`Started`] otherwise); a feed that
+    /// cannot start reports itself in status and the others keep running.
+    fn start(&self, ctx: &SourceContext) -> Started;
+
+    /// Runs a recorded input through the live pipeline for `storegw replay`; None when the
+    /// feed has no recorded inputs.
+    fn replay(
+        &self,
+        _path: &std::path::Path,
+        _r: &mut replay::Replay,
+    ) -> Option<Result<serde_json::Value, String>> {
+        None
+    }
+}
+
+/// Every feed, in start order: the one list a new feed is added to.
+pub const FEEDS: [&dyn Feed; 4] = [&sim::Sim, &ble::Ble, &wifi::Wifi, &pos::Pos];
+
+/// Starts every enabled feed.
 pub fn start_all(ctx: &SourceContext) -> Started {
-    [sim::start, ble::start, wifi::start, pos::start]
-        .into_iter()
-        .fold(Started::default(), |all, start| all.merge(start(ctx)))
+    FEEDS
+        .iter()
+        .fold(Started::default(), |all, f| all.merge(f.start(ctx)))
 }
 
-/// The feeds `storegw replay` can run a recorded input through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayFeed {
-    /// btsnoop logs or JSON lines of advertising reports.
-    Ble,
-    /// pcap / pcapng captures.
-    Wifi,
-    /// POS export files.
-    Pos,
+/// The feed of that name.
+pub fn feed(name: &str) -> Option<&'static dyn Feed> {
+    FEEDS.iter().copied().find(|f| f.name() == name)
 }
 
-/// `storegw replay`: every source's `replay(path, &mut Replay)` entry point, by feed.
+/// `storegw replay`: the named feed's recorded input through the live pipeline.
 pub fn replay(
-    feed: ReplayFeed,
+    name: &str,
     path: &std::path::Path,
     r: &mut replay::Replay,
 ) -> Result<serde_json::Value, String> {
-    match feed {
-        ReplayFeed::Ble => ble::replay(path, r),
-        ReplayFeed::Wifi => wifi::replay(path, r),
-        ReplayFeed::Pos => pos::replay(path, r),
-    }
+    feed(name)
+        .and_then(|f| f.replay(path, r))
+        .unwrap_or_else(|| Err(format!("the {name} feed has no recorded inputs to replay")))
 }

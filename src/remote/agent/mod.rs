@@ -6,7 +6,7 @@
 //! their reasons are kept in `{state_dir}/remote/` ([`StateDir`]) before they take effect, so a
 //! restart or a power cut never loses a rollback or reopens a replay.
 //!
-//! A change that only touches live keys (the reload table, `ops::reload::RULES`) is applied at
+//! A change that only touches live keys (the reload table, `ops::reload::rules`) is applied at
 //! once. A change with a restart-only key is installed, and the process exits so systemd starts
 //! it with the new configuration; that start has `remote.confirm_timeout` to reach the broker,
 //! or it puts the previous document back and exits again. A start after the deadline rolls back

@@ -223,6 +223,31 @@ impl BleConfig {
     pub fn resolve_paths(&mut self, _base: &std::path::Path) {}
 }
 
+impl crate::config::section::Section for BleConfig {
+    fn check(&self, issues: &mut Vec<(String, String)>) {
+        self.validate(issues);
+    }
+
+    fn resolve(&mut self, base: &std::path::Path) {
+        self.resolve_paths(base);
+    }
+}
+
+impl BleConfig {
+    /// BLE's rows of the reload table: the aggregator takes windows, beacons, allowlists and
+    /// thresholds on reload; the scanner's adapter and its watchdog timings are chosen when it
+    /// starts.
+    pub const RELOAD: &'static [crate::config::section::Row<BleConfig>] = &[
+        crate::config::section::live(""),
+        crate::config::section::restart("enabled", |e, r| e.enabled = r.enabled),
+        crate::config::section::restart("adapter", |e, r| e.adapter = r.adapter.clone()),
+        crate::config::section::restart("stall_timeout", |e, r| e.stall_timeout = r.stall_timeout),
+        crate::config::section::restart("retry_interval", |e, r| {
+            e.retry_interval = r.retry_interval
+        }),
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -367,3 +367,30 @@ impl PosConfig {
         super::timefmt::parse_offset(&self.naive_time_offset).unwrap_or(0)
     }
 }
+
+impl crate::config::section::Section for PosConfig {
+    fn check(&self, issues: &mut Vec<(String, String)>) {
+        self.validate(issues);
+    }
+
+    fn resolve(&mut self, base: &std::path::Path) {
+        self.resolve_paths(base);
+    }
+}
+
+impl PosConfig {
+    /// POS's rows of the reload table: the ingest store (currency, register, time offset,
+    /// idempotency window, join key country) and the HTTP routes are built once; watchers and
+    /// pollers restart on reload.
+    pub const RELOAD: &'static [crate::config::section::Row<PosConfig>] = &[
+        crate::config::section::restart("", |e, r| {
+            let watch = std::mem::take(&mut e.watch);
+            let poll = std::mem::take(&mut e.poll);
+            *e = r.clone();
+            e.watch = watch;
+            e.poll = poll;
+        }),
+        crate::config::section::live("watch"),
+        crate::config::section::live("poll"),
+    ];
+}

@@ -298,3 +298,24 @@ pub fn replay(
         "total_minor": totals,
     }))
 }
+
+/// POS transactions as a feed.
+pub struct Pos;
+
+impl crate::source::Feed for Pos {
+    fn name(&self) -> &'static str {
+        "pos"
+    }
+
+    fn start(&self, ctx: &crate::source::SourceContext) -> crate::source::Started {
+        start(ctx)
+    }
+
+    fn replay(
+        &self,
+        path: &std::path::Path,
+        r: &mut crate::source::replay::Replay,
+    ) -> Option<Result<serde_json::Value, String>> {
+        Some(replay(path, r))
+    }
+}

@@ -151,6 +151,28 @@ impl WifiConfig {
     }
 }
 
+impl crate::config::section::Section for WifiConfig {
+    fn check(&self, issues: &mut Vec<(String, String)>) {
+        self.validate(issues);
+    }
+
+    fn resolve(&mut self, base: &std::path::Path) {
+        self.resolve_paths(base);
+    }
+}
+
+impl WifiConfig {
+    /// Wi-Fi's rows of the reload table: the pipeline takes windows and policies on reload, the
+    /// channel hopper re-reads its list and dwell; the capture socket (interface, BPF filter)
+    /// is opened at start.
+    pub const RELOAD: &'static [crate::config::section::Row<WifiConfig>] = &[
+        crate::config::section::live(""),
+        crate::config::section::restart("enabled", |e, r| e.enabled = r.enabled),
+        crate::config::section::restart("interface", |e, r| e.interface = r.interface.clone()),
+        crate::config::section::restart("bpf_filter", |e, r| e.bpf_filter = r.bpf_filter),
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,12 @@
 //! A synthetic store: every event kind at a configurable rate, seeded and repeatable, for the
 //! demo, tests and load. Shapes match what the real BLE, Wi-Fi and POS stages publish.
 
+pub mod config;
+
 use crate::config::Config;
-use crate::config::SimConfig;
 use crate::event::{now_ms, rfc3339_ms, Event, EventKind};
 use crate::sensor_events::*;
+use config::SimConfig;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -305,6 +307,19 @@ pub async fn run(
             }
             sent += 1;
         }
+    }
+}
+
+/// The simulator as a feed.
+pub struct Sim;
+
+impl crate::source::Feed for Sim {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    fn start(&self, ctx: &crate::source::SourceContext) -> crate::source::Started {
+        start(ctx)
     }
 }
 
