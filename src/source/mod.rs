@@ -7,6 +7,35 @@
 //! `config::section::Section`. The daemon never needs to know a feed's internals, so each feed
 //! lives in its own folder.
 
+/// Declares a feed folder's unit struct and its [`Feed`] implementation from the folder's
+/// `start` (and `replay`, when it has recorded inputs) functions: one line per feed.
+macro_rules! feed {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, start = $start:path $(, replay = $replay:path)?) => {
+        $(#[$doc])*
+        pub struct $ty;
+
+        impl $crate::source::Feed for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn start(&self, ctx: &$crate::source::SourceContext) -> $crate::source::Started {
+                $start(ctx)
+            }
+
+            $(
+            fn replay(
+                &self,
+                path: &std::path::Path,
+                r: &mut $crate::source::replay::Replay,
+            ) -> Option<Result<serde_json::Value, String>> {
+                Some($replay(path, r))
+            }
+            )?
+        }
+    };
+}
+
 pub mod ble;
 pub mod pos;
 pub mod replay;

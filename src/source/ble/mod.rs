@@ -109,23 +109,10 @@ fn summary(st: &input::InputStats, s: &aggregate::Stats) -> serde_json::Value {
     })
 }
 
-/// BLE beacons as a feed.
-pub struct Ble;
-
-impl crate::source::Feed for Ble {
-    fn name(&self) -> &'static str {
-        "ble"
-    }
-
-    fn start(&self, ctx: &crate::source::SourceContext) -> crate::source::Started {
-        start(ctx)
-    }
-
-    fn replay(
-        &self,
-        path: &std::path::Path,
-        r: &mut crate::source::replay::Replay,
-    ) -> Option<Result<serde_json::Value, String>> {
-        Some(replay(path, r))
-    }
-}
+feed!(
+    /// BLE beacons as a feed.
+    Ble,
+    "ble",
+    start = start,
+    replay = replay
+);

@@ -299,23 +299,10 @@ pub fn replay(
     }))
 }
 
-/// POS transactions as a feed.
-pub struct Pos;
-
-impl crate::source::Feed for Pos {
-    fn name(&self) -> &'static str {
-        "pos"
-    }
-
-    fn start(&self, ctx: &crate::source::SourceContext) -> crate::source::Started {
-        start(ctx)
-    }
-
-    fn replay(
-        &self,
-        path: &std::path::Path,
-        r: &mut crate::source::replay::Replay,
-    ) -> Option<Result<serde_json::Value, String>> {
-        Some(replay(path, r))
-    }
-}
+feed!(
+    /// POS transactions as a feed.
+    Pos,
+    "pos",
+    start = start,
+    replay = replay
+);

@@ -310,18 +310,12 @@ pub async fn run(
     }
 }
 
-/// The simulator as a feed.
-pub struct Sim;
-
-impl crate::source::Feed for Sim {
-    fn name(&self) -> &'static str {
-        "sim"
-    }
-
-    fn start(&self, ctx: &crate::source::SourceContext) -> crate::source::Started {
-        start(ctx)
-    }
-}
+feed!(
+    /// The simulator as a feed.
+    Sim,
+    "sim",
+    start = start
+);
 
 #[cfg(test)]
 mod tests {

@@ -39,23 +39,10 @@ pub fn replay(
     recorded::run(path, r)
 }
 
-/// Wi-Fi probe requests as a feed.
-pub struct Wifi;
-
-impl crate::source::Feed for Wifi {
-    fn name(&self) -> &'static str {
-        "wifi"
-    }
-
-    fn start(&self, ctx: &crate::source::SourceContext) -> crate::source::Started {
-        start(ctx)
-    }
-
-    fn replay(
-        &self,
-        path: &std::path::Path,
-        r: &mut crate::source::replay::Replay,
-    ) -> Option<Result<serde_json::Value, String>> {
-        Some(replay(path, r))
-    }
-}
+feed!(
+    /// Wi-Fi probe requests as a feed.
+    Wifi,
+    "wifi",
+    start = start,
+    replay = replay
+);
