@@ -10,10 +10,11 @@ use crate::remote::state::{Installing, Layer, Pending, Persisted, Report, Report
 use time::OffsetDateTime;
 
 impl Agent {
-    /// Verifies a document from a config topic and decides how it applies; the decision is on
-    /// disk before this returns. Input no trusted key signed is only counted (never persisted,
-    /// reported or answered), and a signed document that comes while a change is pending waits
-    /// until that change is confirmed, so the rollback target stays the one before it.
+    /// Verifies a document from a config topic and decides how it applies; an accepted
+    /// document is on disk before this returns. Input no trusted key signed is only counted
+    /// (never persisted, reported or answered); a signed refusal is reported, not written; and a
+    /// signed document that comes while a change is pending or on probation waits until that
+    /// change is settled, so the rollback target stays the one before it.
     pub fn on_document(&mut self, layer: Layer, signed: &[u8]) -> DocumentOutcome {
         if signed.is_empty() {
             // A cleared retained message: the layer's document stays; only a newer signed
@@ -40,6 +41,7 @@ impl Agent {
             let reason = damaged_reason(e);
             tracing::warn!(layer = layer.as_str(), version = doc.version, %reason, "remote configuration refused");
             // Reported, not persisted: the damaged file is left for a person to look at.
+            self.refused.insert(signed);
             self.report(
                 doc.version,
                 layer,
