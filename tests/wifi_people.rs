@@ -111,3 +111,87 @@ fn people_estimated_on_days_not_calibrated_on() -> TestResult {
     }
     Ok(())
 }
+
+/// `storegw calibrate wifi` reads captures and writes nothing: its output (stdout, stderr)
+/// holds no address of the input in any spelling, and the directory is left as it was.
+#[test]
+fn calibration_writes_no_address() -> TestResult {
+    let Some(dir) = occupancy() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let mut macs = std::collections::BTreeSet::new();
+    for day in ["2022-10-26", "2023-04-14"] {
+        for ext in ["pcap", "truth.json"] {
+            std::fs::copy(
+                dir.join(format!("{day}.{ext}")),
+                tmp.path().join(format!("{day}.{ext}")),
+            )?;
+        }
+        macs.extend(common_macs(&std::fs::read(
+            dir.join(format!("{day}.pcap")),
+        )?));
+    }
+    assert!(macs.len() > 50, "{} addresses", macs.len());
+    let before: Vec<_> = std::fs::read_dir(tmp.path())?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storegw"))
+        .args(["calibrate", "wifi"])
+        .arg(tmp.path())
+        .current_dir(tmp.path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .to_lowercase();
+    assert!(text.contains("[sources.wifi.calibration]"), "{text}");
+    for mac in &macs {
+        let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        for spelling in [hex.join(":"), hex.join("-"), hex.concat()] {
+            assert!(!text.contains(&spelling), "an address leaked");
+        }
+    }
+    let mut after: Vec<_> = std::fs::read_dir(tmp.path())?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(before, after, "calibration wrote a file");
+    Ok(())
+}
+
+/// Source addresses of the probe requests of a little-endian pcap with radiotap.
+fn common_macs(pcap: &[u8]) -> Vec<[u8; 6]> {
+    let mut out = Vec::new();
+    let mut off = 24;
+    while let Some(h) = pcap.get(off..off + 16) {
+        let incl = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        let Some(pkt) = pcap.get(off + 16..off + 16 + incl) else {
+            break;
+        };
+        off += 16 + incl;
+        let Some(rlen) = pkt
+            .get(2..4)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+        else {
+            continue;
+        };
+        if let Some(d) = pkt.get(rlen..rlen + 16) {
+            if d[0] == 0x40 {
+                let mut sa = [0u8; 6];
+                sa.copy_from_slice(&d[10..16]);
+                out.push(sa);
+            }
+        }
+    }
+    out
+}

@@ -59,8 +59,8 @@ pub struct WifiConfig {
 }
 
 /// `[sources.wifi.calibration]`: how present devices become people in this store. Printed by
-/// `storegw calibrate wifi DIR` from days with people counted; the defaults are the fit on the
-/// shared lab days (docs/wifi.md, "People").
+/// `storegw calibrate wifi DIR` from days with people counted; the defaults are the fit on all
+/// 13 shared lab days (docs/wifi.md, "People"), a starting point, not a store's own mapping.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Calibration {
@@ -86,11 +86,11 @@ impl Default for Calibration {
     fn default() -> Self {
         Calibration {
             in_store_rssi: None,
-            hold: Dur::secs(180),
-            devices_per_person: 1.0,
-            background: 0.0,
-            resident_after: Dur::secs(4 * 3600),
-            min_stay: Dur::secs(120),
+            hold: Dur::secs(120),
+            devices_per_person: 1.16,
+            background: 0.5,
+            resident_after: Dur::secs(3 * 3600),
+            min_stay: Dur::secs(60),
         }
     }
 }

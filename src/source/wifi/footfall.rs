@@ -124,6 +124,12 @@ pub struct Footfall {
     pub census_events: u64,
     /// `wifi.visit` events produced.
     pub visit_events: u64,
+    /// Most people present in one window (replay summary).
+    pub people_peak: u64,
+    /// Most resident devices present in one window (replay summary).
+    pub resident_peak: u64,
+    /// People who came in, summed over the windows (replay summary).
+    pub arrivals: f64,
 }
 
 /// 10 dB histogram bucket: lower bound (`-67` → `-70`).
@@ -158,6 +164,9 @@ impl Footfall {
             untracked: 0,
             census_events: 0,
             visit_events: 0,
+            people_peak: 0,
+            resident_peak: 0,
+            arrivals: 0.0,
         }
     }
 
@@ -325,6 +334,9 @@ impl Footfall {
     fn emit_census(&mut self, w: Window, out: &mut Vec<Event>) {
         let start = w.idx * self.window_ms;
         let people = self.presence.close_window(start, start + self.window_ms);
+        self.people_peak = self.people_peak.max(people.people.round() as u64);
+        self.resident_peak = self.resident_peak.max(people.resident);
+        self.arrivals += people.arrivals;
         let event = match (w.probes, people == PeopleWindow::default()) {
             (0, true) => self.empty_census(w.idx),
             _ => self.census(&w, &people),

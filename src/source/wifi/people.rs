@@ -175,7 +175,7 @@ impl Presence {
             }
             return;
         }
-        if !rssi.is_some_and(|r| r as i16 >= self.set.in_store_rssi) {
+        if rssi.is_none_or(|r| (r as i16) < self.set.in_store_rssi) {
             return;
         }
         let hold = self.set.hold_ms;
@@ -273,9 +273,11 @@ mod tests {
         // No probe in the next two minutes: still present (hold 3 min).
         assert_eq!(p.close_window(60_000, 120_000).devices, 1);
         assert_eq!(p.close_window(120_000, 180_000).devices, 1);
+        // Held until 190 s, inside the next window; gone in the one after.
         let w = p.close_window(180_000, 240_000);
-        assert_eq!(w.devices, 0);
-        assert_eq!(w.dwell[0], 1, "a stay under 2 min");
+        assert_eq!(w.devices, 1);
+        assert_eq!(w.dwell[0], 1, "the stay (under 2 min) ended in this window");
+        assert_eq!(p.close_window(240_000, 300_000).devices, 0);
         assert!(p.is_empty());
     }
 
