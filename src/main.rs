@@ -21,6 +21,19 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What `storegw calibrate` fits.
+#[derive(Subcommand)]
+enum CalibrateWhat {
+    /// Wi-Fi people counting: DIR holds `<day>.pcap` + `<day>.truth.json` (people counted per
+    /// minute); prints `[sources.wifi.calibration]` on stdout. Reads only; writes nothing.
+    Wifi {
+        dir: PathBuf,
+        /// The store's configuration (its `[sources.wifi]` settings); defaults without it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway until SIGTERM/SIGINT.
@@ -41,6 +54,12 @@ enum Cmd {
     CheckConfig {
         #[arg(default_value = DEFAULT_CONFIG)]
         path: PathBuf,
+    },
+    /// Fit a store's calibration from days with people counted; prints a TOML section to
+    /// append to the configuration.
+    Calibrate {
+        #[command(subcommand)]
+        what: CalibrateWhat,
     },
     /// Run a recorded input through the pipeline; print the events (or publish them) and a
     /// summary line.
@@ -297,6 +316,30 @@ fn main() -> ExitCode {
                 "demo failed",
                 storegw::demo::run(Duration::from_secs(duration), rate),
             )
+        }
+        Cmd::Calibrate {
+            what: CalibrateWhat::Wifi { dir, config },
+        } => {
+            let wifi = match config {
+                Some(path) => match storegw::config::load(&path) {
+                    Ok(c) => c.sources.wifi,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => storegw::source::wifi::WifiConfig::default(),
+            };
+            match storegw::source::wifi::calibrate::run(&dir, &wifi) {
+                Ok(section) => {
+                    print!("{section}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Cmd::Replay {
             ble,

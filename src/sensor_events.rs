@@ -112,9 +112,19 @@ pub struct WifiCensus {
     pub in_store_estimated: u64,
     /// Estimated devices below the in-store threshold.
     pub passer_by_estimated: u64,
+    /// People present in the window (devices present between their probes, residents left
+    /// out, mapped to people by the store's calibration; docs/wifi.md, "People").
+    pub people_estimated: u64,
+    /// Resident devices present (the store's own equipment, learned or listed).
+    pub resident_estimated: u64,
+    /// People who came in during the window.
+    pub arrivals_estimated: u64,
     pub rssi_threshold_dbm: i16,
     /// Probe requests by RSSI bucket lower bound (`-90` = [-90,-80)), plus `none`.
     pub rssi_histogram: BTreeMap<String, u64>,
+    /// Stays that ended in the window by dwell (`<2`, `2-5`, `5-10`, `10-20`, `20-40`, `40+`
+    /// minutes), in devices.
+    pub dwell_histogram: BTreeMap<String, u64>,
     pub suppressed: bool,
 }
 

@@ -44,3 +44,63 @@ fn bad_wifi_keys_are_reported_with_lines() -> Result<(), Box<dyn std::error::Err
     }
     Ok(())
 }
+
+/// A broken `[sources.wifi.calibration]` section and a bad `infrastructure` entry are named
+/// key by key with their lines; the section `storegw calibrate wifi` prints is accepted.
+#[test]
+fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("cal.toml");
+    let head = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"gw1\"\nstate_dir = \"/tmp/x\"\n\n\
+                [sources.wifi]\ninfrastructure = [\"dc:fb:48:68:be:e4\", \"not-a-mac\"]\n\n";
+    std::fs::write(
+        &path,
+        format!(
+            "{head}[sources.wifi.calibration]\nin_store_rssi = 5\nhold = \"2h\"\n\
+             devices_per_person = 0\nbackground = -1\nresident_after = \"2d\"\nmin_stay = \"3h\"\n"
+        ),
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
+        .arg("check-config")
+        .arg(&path)
+        .output()?;
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        msg.contains("sources.wifi.infrastructure: entry 2 is not a MAC address"),
+        "{msg}"
+    );
+    assert!(!msg.contains("dc:fb:48"), "the list is never echoed: {msg}");
+    for key in [
+        "in_store_rssi",
+        "hold",
+        "devices_per_person",
+        "background",
+        "resident_after",
+        "min_stay",
+    ] {
+        assert!(
+            msg.contains(&format!("sources.wifi.calibration.{key}")),
+            "{key}: {msg}"
+        );
+    }
+    let section = storegw::source::wifi::config::Calibration {
+        in_store_rssi: Some(-75),
+        ..Default::default()
+    }
+    .to_toml();
+    std::fs::write(
+        &path,
+        format!("{}{section}", head.replace(", \"not-a-mac\"", "")),
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
+        .arg("check-config")
+        .arg(&path)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

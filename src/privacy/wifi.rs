@@ -153,6 +153,114 @@ fn fingerprint<'a>(key: &[u8; 16], elements: impl IntoIterator<Item = (u8, &'a [
     h.finish()
 }
 
+/// The key of [`Infrastructure`] hashes: drawn once per process from the kernel CSPRNG, held
+/// in RAM only, so a configuration reload hashes the same address to the same value and no
+/// hash outlives the process.
+fn infrastructure_key() -> Option<&'static [u8; 16]> {
+    static KEY: std::sync::OnceLock<Option<[u8; 16]>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let k = super::random_key().ok()?;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&k[..16]);
+        Some(out)
+    })
+    .as_ref()
+}
+
+/// Parses a MAC address written with `:` or `-` between bytes, dotted (`aabb.ccdd.eeff`) or
+/// without separators.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let hex: Vec<u8> = s
+        .bytes()
+        .filter(|b| !matches!(b, b':' | b'-' | b'.'))
+        .collect();
+    if hex.len() != 12 || s.len() > 17 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let txt = std::str::from_utf8(pair).ok()?;
+        *mac.get_mut(i)? = u8::from_str_radix(txt, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// `[sources.wifi] infrastructure`: the store's own equipment (PCs, tills, printers) that
+/// probes all day and is not people. The addresses are hashed (keyed SipHash, key in RAM for
+/// the process) the moment the configuration is read; the text as written is dropped there,
+/// so the list can be compared against frames but never printed, logged or published.
+#[derive(Clone, Default)]
+pub struct Infrastructure {
+    hashes: Vec<u64>,
+    /// Validation messages (they name the entry by position, not by its content).
+    errors: Vec<String>,
+}
+
+impl std::fmt::Debug for Infrastructure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Infrastructure({} addresses)", self.hashes.len())
+    }
+}
+
+impl Infrastructure {
+    /// Hashes `addresses`; entries that are not MAC addresses become validation errors.
+    pub fn from_addresses<S: AsRef<str>>(addresses: &[S]) -> Infrastructure {
+        let mut list = Infrastructure::default();
+        let Some(key) = infrastructure_key() else {
+            if !addresses.is_empty() {
+                list.errors
+                    .push("no key to hash the list (the kernel CSPRNG failed)".into());
+            }
+            return list;
+        };
+        for (i, a) in addresses.iter().enumerate() {
+            match parse_mac(a.as_ref().trim()) {
+                Some(mac) => list.hashes.push(SipHasher13::new_with_key(key).hash(&mac)),
+                None => list
+                    .errors
+                    .push(format!("entry {} is not a MAC address", i + 1)),
+            }
+        }
+        list.hashes.sort_unstable();
+        list.hashes.dedup();
+        list
+    }
+
+    /// Addresses listed.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// True when no address is listed.
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Validation messages for `check-config`.
+    pub fn errors(&self) -> &[String] {
+        &self.errors
+    }
+
+    /// True when `sa` is on the list (one keyed hash and a binary search).
+    pub fn contains(&self, sa: &[u8]) -> bool {
+        if self.hashes.is_empty() {
+            return false;
+        }
+        let Some(key) = infrastructure_key() else {
+            return false;
+        };
+        let h = SipHasher13::new_with_key(key).hash(sa);
+        self.hashes.binary_search(&h).is_ok()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Infrastructure {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let written: Zeroizing<Vec<String>> = Zeroizing::new(Vec::deserialize(d)?);
+        Ok(Infrastructure::from_addresses(&written))
+    }
+}
+
 /// The `device` of a `wifi.visit`: a pseudonym of the visit's track number (an estimator
 /// counter, random per device and epoch) under the rotating device key, at the visit's last
 /// in-store time; never derived from an address or a fingerprint. None when there is no key
@@ -238,6 +346,23 @@ mod tests {
         assert_ne!(fp(&a), fp(&c));
         // Another key: unrelated values.
         assert_ne!(fingerprint(&[8u8; 16], elements(&a)), fp(&a));
+    }
+
+    #[test]
+    fn infrastructure_is_hashed_and_matched_in_any_spelling() {
+        let l = Infrastructure::from_addresses(&["DC:FB:48:68:BE:E4", "40-ec-99-f9-34-a6", "nope"]);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.errors(), ["entry 3 is not a MAC address"]);
+        assert!(l.contains(&[0xdc, 0xfb, 0x48, 0x68, 0xbe, 0xe4]));
+        assert!(l.contains(&[0x40, 0xec, 0x99, 0xf9, 0x34, 0xa6]));
+        assert!(!l.contains(&[0x40, 0xec, 0x99, 0xf9, 0x34, 0xa7]));
+        let shown = format!("{l:?}");
+        assert!(!shown.to_lowercase().contains("dc:fb") && !shown.contains("40-ec"));
+        assert_eq!(
+            parse_mac("dcfb.4868.bee4"),
+            Some([0xdc, 0xfb, 0x48, 0x68, 0xbe, 0xe4])
+        );
+        assert_eq!(parse_mac("dc:fb:48:68:be"), None);
     }
 
     #[test]

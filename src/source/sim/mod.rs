@@ -169,8 +169,15 @@ impl Simulator {
                         devices_estimated: estimated,
                         in_store_estimated,
                         passer_by_estimated: estimated - in_store_estimated,
+                        people_estimated: in_store_estimated,
+                        resident_estimated: 0,
+                        arrivals_estimated: in_store_estimated / 4,
                         rssi_threshold_dbm: -70,
                         rssi_histogram: hist,
+                        dwell_histogram: crate::source::wifi::people::DWELL_LABELS
+                            .iter()
+                            .map(|(l, _)| (l.to_string(), 0))
+                            .collect(),
                         suppressed: false,
                     },
                 )

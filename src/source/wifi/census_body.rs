@@ -3,6 +3,7 @@
 //! cost more than the probes of a busy window. The output is byte for byte what serde_json
 //! makes of [`WifiCensus`](crate::sensor_events::WifiCensus); the tests compare both.
 
+use super::people::{DWELL_BUCKETS, DWELL_LABELS};
 use crate::event::{write_rfc3339_ms, write_u64};
 
 /// Histogram labels: the lower bounds of the 10 dB buckets from -130 to 120 (every `i8`).
@@ -29,7 +30,12 @@ pub struct CensusBody {
     pub devices_estimated: u64,
     pub in_store_estimated: u64,
     pub passer_by_estimated: u64,
+    pub people_estimated: u64,
+    pub resident_estimated: u64,
+    pub arrivals_estimated: u64,
     pub rssi_threshold_dbm: i16,
+    /// Stays that ended in the window by dwell bucket (index as in [`DWELL_LABELS`]).
+    pub dwell: [u64; DWELL_BUCKETS],
     pub suppressed: bool,
     histogram: [(&'static str, u64); MAX_ENTRIES],
     entries: usize,
@@ -51,7 +57,11 @@ impl CensusBody {
             devices_estimated: 0,
             in_store_estimated: 0,
             passer_by_estimated: 0,
+            people_estimated: 0,
+            resident_estimated: 0,
+            arrivals_estimated: 0,
             rssi_threshold_dbm,
+            dwell: [0; DWELL_BUCKETS],
             suppressed: false,
             histogram: [("", 0); MAX_ENTRIES],
             entries: 0,
@@ -105,6 +115,9 @@ impl CensusBody {
             (b",\"devices_estimated\":", self.devices_estimated),
             (b",\"in_store_estimated\":", self.in_store_estimated),
             (b",\"passer_by_estimated\":", self.passer_by_estimated),
+            (b",\"people_estimated\":", self.people_estimated),
+            (b",\"resident_estimated\":", self.resident_estimated),
+            (b",\"arrivals_estimated\":", self.arrivals_estimated),
         ] {
             out.extend_from_slice(key);
             write_u64(out, v);
@@ -124,6 +137,16 @@ impl CensusBody {
             out.extend_from_slice(label.as_bytes());
             out.extend_from_slice(b"\":");
             write_u64(out, *n);
+        }
+        out.extend_from_slice(b"},\"dwell_histogram\":{");
+        for (i, (label, bucket)) in DWELL_LABELS.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            out.extend_from_slice(label.as_bytes());
+            out.extend_from_slice(b"\":");
+            write_u64(out, self.dwell.get(*bucket).copied().unwrap_or(0));
         }
         out.extend_from_slice(if suppressed {
             b"},\"suppressed\":true}"
@@ -159,8 +182,15 @@ mod tests {
             devices_estimated: c.devices_estimated,
             in_store_estimated: c.in_store_estimated,
             passer_by_estimated: c.passer_by_estimated,
+            people_estimated: c.people_estimated,
+            resident_estimated: c.resident_estimated,
+            arrivals_estimated: c.arrivals_estimated,
             rssi_threshold_dbm: c.rssi_threshold_dbm,
             rssi_histogram: hist,
+            dwell_histogram: DWELL_LABELS
+                .iter()
+                .map(|(l, i)| (l.to_string(), c.dwell[*i]))
+                .collect(),
             suppressed: c.suppressed,
         })
         .unwrap_or_default()
@@ -203,6 +233,12 @@ mod tests {
             c.devices_estimated = big();
             c.in_store_estimated = big();
             c.passer_by_estimated = big();
+            c.people_estimated = big();
+            c.resident_estimated = big();
+            c.arrivals_estimated = big();
+            for d in c.dwell.iter_mut() {
+                *d = big();
+            }
             c.randomized_share = match rng.u8(0..4) {
                 0 => 0.0,
                 1 => 1.0,

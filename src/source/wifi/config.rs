@@ -2,6 +2,7 @@
 //! (documented key by key in config/storegw.toml and docs/wifi.md).
 
 use crate::config::units::Dur;
+pub use crate::privacy::wifi::Infrastructure;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -49,6 +50,100 @@ pub struct WifiConfig {
     /// Group randomized addresses into estimated devices (docs/wifi.md, "Device estimation");
     /// off, every address counts as a device.
     pub estimate_devices: bool,
+    /// The store's own equipment (MAC addresses): resident, never people. Hashed when the
+    /// configuration is read, never kept as written.
+    pub infrastructure: Infrastructure,
+    /// The store's mapping from its radio picture to people (`storegw calibrate wifi`);
+    /// documented defaults without it.
+    pub calibration: Calibration,
+}
+
+/// `[sources.wifi.calibration]`: how present devices become people in this store. Printed by
+/// `storegw calibrate wifi DIR` from days with people counted; the defaults are the fit on all
+/// 13 shared lab days (docs/wifi.md, "People"), a starting point, not a store's own mapping.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Calibration {
+    /// A probe at or above this (dBm) places its device in the store (for people); without
+    /// it, `sources.wifi.in_store_rssi`.
+    pub in_store_rssi: Option<i16>,
+    /// A device stays present this long after its last in-store probe (a phone whose screen
+    /// is off probes every few minutes).
+    pub hold: Dur,
+    /// Present devices per person (phones, watches, laptops; people without a probing phone
+    /// lower it).
+    pub devices_per_person: f64,
+    /// Devices present when nobody is (strays that the residency rule does not catch).
+    pub background: f64,
+    /// A device present without a break this long is resident (0s: never).
+    pub resident_after: Dur,
+    /// A device counts once its stay in the store has lasted this long: passers-by whose
+    /// signal reaches into the store for a scan or two never do.
+    pub min_stay: Dur,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration {
+            in_store_rssi: None,
+            hold: Dur::secs(120),
+            devices_per_person: 1.16,
+            background: 0.5,
+            resident_after: Dur::secs(3 * 3600),
+            min_stay: Dur::secs(60),
+        }
+    }
+}
+
+impl Calibration {
+    /// Semantic checks, keys named in full.
+    pub fn validate(&self, issues: &mut Vec<(String, String)>) {
+        let mut bad = |k: &str, m: String| {
+            issues.push((format!("sources.wifi.calibration.{k}"), m));
+        };
+        if let Some(r) = self.in_store_rssi.filter(|r| !(-120..=0).contains(r)) {
+            bad("in_store_rssi", format!("{r} dBm is out of range -120..0"));
+        }
+        if self.hold.0 > Duration::from_secs(3600) {
+            bad("hold", "must be at most 1h".into());
+        }
+        if !(self.devices_per_person.is_finite() && (0.1..=10.0).contains(&self.devices_per_person))
+        {
+            bad(
+                "devices_per_person",
+                format!("{} must be between 0.1 and 10", self.devices_per_person),
+            );
+        }
+        if !(self.background.is_finite() && (0.0..=1000.0).contains(&self.background)) {
+            bad(
+                "background",
+                format!("{} must be between 0 and 1000", self.background),
+            );
+        }
+        if self.min_stay.0 > Duration::from_secs(3600) {
+            bad("min_stay", "must be at most 1h".into());
+        }
+        if self.resident_after.0 > Duration::from_secs(86_400) {
+            bad("resident_after", "must be at most 24h (0s: never)".into());
+        }
+    }
+
+    /// The section as TOML, as `storegw calibrate wifi` prints it.
+    pub fn to_toml(&self) -> String {
+        let rssi = match self.in_store_rssi {
+            Some(r) => format!("in_store_rssi = {r}\n"),
+            None => String::new(),
+        };
+        format!(
+            "[sources.wifi.calibration]\n{}hold = \"{}s\"\ndevices_per_person = {:.2}\nbackground = {:.2}\nresident_after = \"{}s\"\nmin_stay = \"{}s\"\n",
+            rssi,
+            self.hold.0.as_secs(),
+            self.devices_per_person,
+            self.background,
+            self.resident_after.0.as_secs(),
+            self.min_stay.0.as_secs()
+        )
+    }
 }
 
 impl Default for WifiConfig {
@@ -69,6 +164,8 @@ impl Default for WifiConfig {
             session_gap: Dur::secs(300),
             max_tracked_devices: 20_000,
             estimate_devices: true,
+            infrastructure: Infrastructure::default(),
+            calibration: Calibration::default(),
         }
     }
 }
@@ -140,6 +237,10 @@ impl WifiConfig {
                 "must be between 1 and 1000000".into(),
             );
         }
+        for m in self.infrastructure.errors() {
+            bad("infrastructure", m.clone());
+        }
+        self.calibration.validate(issues);
     }
 
     /// Makes relative paths relative to the config file's directory (the source has none).

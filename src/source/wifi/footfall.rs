@@ -10,6 +10,7 @@
 use super::census_body::{CensusBody, BUCKET_LABELS};
 use super::config::WifiConfig;
 use super::estimate::U64Map;
+use super::people::{PeopleSettings, PeopleWindow, Presence};
 use crate::event::{rfc3339_ms, write_rfc3339_ms, Event, EventKind};
 use crate::privacy::{suppress, DevicePseudonymizer};
 use crate::sensor_events::WifiVisit;
@@ -30,6 +31,8 @@ pub struct Sighting {
     pub rssi: Option<i8>,
     /// The probe named a network (directed) rather than asking for any (wildcard).
     pub directed: bool,
+    /// The address is on the store's `infrastructure` list: resident, never people.
+    pub infrastructure: bool,
 }
 
 /// Empty windows emitted at most in one stretch (a replay with a day-long gap stays short).
@@ -106,6 +109,8 @@ pub struct Footfall {
     next_idx: Option<i64>,
     cur: Option<Window>,
     sessions: U64Map<Session>,
+    /// Devices present between their probes, residents, people.
+    presence: Presence,
     visit_ids: Option<Arc<DevicePseudonymizer>>,
     /// The serialized census of an empty window and the threshold it was made with.
     empty: Option<(i16, Vec<u8>)>,
@@ -119,6 +124,12 @@ pub struct Footfall {
     pub census_events: u64,
     /// `wifi.visit` events produced.
     pub visit_events: u64,
+    /// Most people present in one window (replay summary).
+    pub people_peak: u64,
+    /// Most resident devices present in one window (replay summary).
+    pub resident_peak: u64,
+    /// People who came in, summed over the windows (replay summary).
+    pub arrivals: f64,
 }
 
 /// 10 dB histogram bucket: lower bound (`-67` → `-70`).
@@ -146,12 +157,16 @@ impl Footfall {
             next_idx: None,
             cur: None,
             sessions: U64Map::default(),
+            presence: Presence::new(PeopleSettings::from_config(cfg)),
             visit_ids: None,
             empty: None,
             spare: None,
             untracked: 0,
             census_events: 0,
             visit_events: 0,
+            people_peak: 0,
+            resident_peak: 0,
+            arrivals: 0.0,
         }
     }
 
@@ -165,6 +180,7 @@ impl Footfall {
         self.min_dwell_ms = cfg.min_dwell.0.as_millis() as i64;
         self.gap_ms = (cfg.session_gap.0.as_millis() as i64).max(1);
         self.max_tracked = cfg.max_tracked_devices;
+        self.presence.reconfigure(PeopleSettings::from_config(cfg));
     }
 
     /// Names visits with pseudonyms of their track number under the rotating device key
@@ -186,6 +202,14 @@ impl Footfall {
         self.epoch = Some(s.epoch);
         self.open_at(s.ts_ms);
         self.advance(s.ts_ms, out);
+        self.presence.observe(
+            s.ts_ms,
+            s.track,
+            s.addr,
+            s.randomized,
+            s.rssi,
+            s.infrastructure,
+        );
         let in_store = self.in_store(s.rssi);
         let open = self.next_idx.unwrap_or(0);
         let spare = &mut self.spare;
@@ -217,7 +241,7 @@ impl Footfall {
                 (a, b) => a.or(b),
             };
         }
-        if !self.visits {
+        if !self.visits || s.infrastructure {
             return;
         }
         if let Some(sess) = self.sessions.get(&s.track) {
@@ -298,6 +322,7 @@ impl Footfall {
         }
         self.spare = None;
         self.next_idx = None;
+        self.presence.clear();
         let mut all: Vec<(u64, Session)> = self.sessions.drain().collect();
         all.sort_by_key(|(_, s)| s.last_seen);
         for (k, s) in all {
@@ -307,9 +332,14 @@ impl Footfall {
     }
 
     fn emit_census(&mut self, w: Window, out: &mut Vec<Event>) {
-        let event = match w.probes {
-            0 => self.empty_census(w.idx),
-            _ => self.census(&w),
+        let start = w.idx * self.window_ms;
+        let people = self.presence.close_window(start, start + self.window_ms);
+        self.people_peak = self.people_peak.max(people.people.round() as u64);
+        self.resident_peak = self.resident_peak.max(people.resident);
+        self.arrivals += people.arrivals;
+        let event = match (w.probes, people == PeopleWindow::default()) {
+            (0, true) => self.empty_census(w.idx),
+            _ => self.census(&w, &people),
         };
         out.push(event);
         self.census_events += 1;
@@ -343,7 +373,7 @@ impl Footfall {
                 }
             }
         }
-        let event = self.census(&Window::new(idx));
+        let event = self.census(&Window::new(idx), &PeopleWindow::default());
         // Kept as a template only when the start is where the copies will write theirs.
         let stamp = rfc3339_ms(start);
         if stamp.len() == START_LEN
@@ -354,8 +384,8 @@ impl Footfall {
         event
     }
 
-    /// The census of window `w`, serialized in full.
-    fn census(&self, w: &Window) -> Event {
+    /// The census of window `w` with its people figures, serialized in full.
+    fn census(&self, w: &Window, people: &PeopleWindow) -> Event {
         let k = self.min_count;
         let devices = w.devices.len() as u64;
         let randomized = w.devices.values().filter(|d| d.randomized).count() as u64;
@@ -385,6 +415,9 @@ impl Footfall {
         let (est_s, s7) = sup0(est);
         let (est_in_s, s8) = sup0(est_in_store);
         let (est_pass_s, s9) = sup0(est.saturating_sub(est_in_store));
+        let (people_s, s10) = sup0(people.people.round() as u64);
+        let (resident_s, s11) = sup0(people.resident);
+        let (arrivals_s, s12) = sup0(people.arrivals.round() as u64);
         let sup = |n: u64| -> (u64, bool) {
             if all_hidden {
                 (0, n > 0)
@@ -403,7 +436,13 @@ impl Footfall {
             (self.window_ms / 1000) as u32,
             self.threshold,
         );
-        body.suppressed = s0 || s1 || s2 || s3 || s4 || s5 || s6 || s7 || s8 || s9;
+        body.suppressed =
+            s0 || s1 || s2 || s3 || s4 || s5 || s6 || s7 || s8 || s9 || s10 || s11 || s12;
+        for (slot, n) in body.dwell.iter_mut().zip(people.dwell) {
+            let (n, s) = sup0(n);
+            body.suppressed |= s;
+            *slot = n;
+        }
         let buckets = w
             .hist
             .iter()
@@ -429,6 +468,9 @@ impl Footfall {
         body.devices_estimated = est_s;
         body.in_store_estimated = est_in_s;
         body.passer_by_estimated = est_pass_s;
+        body.people_estimated = people_s;
+        body.resident_estimated = resident_s;
+        body.arrivals_estimated = arrivals_s;
         let mut out = Vec::with_capacity(512);
         body.write(&mut out);
         Event::from_object(CENSUS, (w.idx + 1) * self.window_ms, out)
@@ -500,6 +542,7 @@ mod tests {
             randomized: dev.starts_with('r'),
             rssi,
             directed: dev == "a",
+            infrastructure: false,
         }
     }
 
@@ -551,7 +594,11 @@ mod tests {
         ] {
             f.threshold = threshold;
             let e = f.empty_census(idx);
-            assert_eq!(e, f.census(&Window::new(idx)), "window {idx}");
+            assert_eq!(
+                e,
+                f.census(&Window::new(idx), &PeopleWindow::default()),
+                "window {idx}"
+            );
             assert_eq!(e.body()["rssi_threshold_dbm"], threshold);
         }
     }

@@ -87,6 +87,9 @@ pub struct FrameStage {
     /// Counters since start.
     pub stats: Stats,
     totals: Option<Totals>,
+    /// Every sighting, kept when set (`storegw calibrate wifi` replays a day once and tries
+    /// its settings on them): keyed hashes and track numbers only, in RAM.
+    pub record: Option<Vec<Sighting>>,
 }
 
 impl FrameStage {
@@ -116,6 +119,7 @@ impl FrameStage {
             cfg: cfg.clone(),
             stats: Stats::default(),
             totals: track_totals.then(Totals::default),
+            record: None,
         }
     }
 
@@ -184,6 +188,7 @@ impl FrameStage {
         };
         // The raw address and element list go no further than these lines.
         let addr = self.keys.address(&p.req.sa);
+        let infrastructure = self.cfg.infrastructure.contains(&p.req.sa);
         let keys = &self.keys;
         let probe = estimate::Probe {
             ts_ms,
@@ -206,18 +211,20 @@ impl FrameStage {
             let in_store = rssi.is_some_and(|r| r as i16 >= self.cfg.in_store_rssi);
             t.place(addr, track, placement, in_store);
         }
-        self.footfall.observe(
-            Sighting {
-                ts_ms,
-                addr,
-                track,
-                epoch,
-                randomized,
-                rssi,
-                directed: p.req.ssid.is_directed(),
-            },
-            out,
-        );
+        let sighting = Sighting {
+            ts_ms,
+            addr,
+            track,
+            epoch,
+            randomized,
+            rssi,
+            directed: p.req.ssid.is_directed(),
+            infrastructure,
+        };
+        if let Some(r) = &mut self.record {
+            r.push(sighting.clone());
+        }
+        self.footfall.observe(sighting, out);
     }
 
     /// Moves event time forward (live timer ticks).

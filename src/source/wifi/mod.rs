@@ -1,6 +1,7 @@
 //! The Wi-Fi probe-request footfall source (docs/wifi.md): live AF_PACKET capture on a
 //! monitor-mode interface or replay of pcap/pcapng files, both through one [`pipeline`].
 
+pub mod calibrate;
 pub mod capture;
 mod census_body;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod frame;
 pub mod frame_stage;
 pub mod live;
 pub mod pcap;
+pub mod people;
 pub mod radiotap;
 mod recorded;
 

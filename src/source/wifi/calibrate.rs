@@ -1,0 +1,477 @@
+//! `storegw calibrate wifi DIR`: fits a store's mapping from its radio picture to people on
+//! days with people counted (`<day>.pcap` + `<day>.truth.json`), and judges a mapping on days
+//! (docs/wifi.md, "People").
+//!
+//! The captures go through the same [`FrameStage`] as live capture (addresses become keyed
+//! hashes there, under a key drawn for this run and dropped with it); the fit sees only track
+//! numbers, keyed hashes, times and signal levels, in RAM. Nothing is written: the result is
+//! the `[sources.wifi.calibration]` section printed on stdout.
+
+use super::config::{Calibration, WifiConfig};
+use super::footfall::Sighting;
+use super::frame_stage::FrameStage;
+use super::pcap::Reader;
+use super::people::{PeopleSettings, Presence};
+use crate::config::units::Dur;
+use crate::privacy::DevicePseudonymizer;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Census window of the calibration: the truth counts people per minute.
+const MINUTE_MS: i64 = 60_000;
+
+/// One day with people counted.
+pub struct Day {
+    /// The day's file stem (shown in reports).
+    pub name: String,
+    /// Its accepted probe requests after the privacy stage, in capture order.
+    pub sightings: Vec<Sighting>,
+    /// People counted per minute (minute start, ms UTC).
+    pub truth: BTreeMap<i64, f64>,
+}
+
+/// One counted minute: what each method read.
+#[derive(Debug, Clone, Copy)]
+pub struct Minute {
+    /// Minute start, ms UTC.
+    pub start_ms: i64,
+    /// People counted.
+    pub truth: f64,
+    /// `people_estimated` as the census carries it (rounded).
+    pub people: f64,
+    /// Distinct addresses at or above the source's `in_store_rssi` (address counting).
+    pub addresses: f64,
+    /// `in_store_estimated` (device tracks at or above `in_store_rssi`).
+    pub devices: f64,
+    /// Non-resident devices present (the model's input, before the mapping).
+    pub present: f64,
+}
+
+/// How close an estimate came to the people counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figures {
+    /// Occupied quarter-hours: Σ|mean estimate − mean people| / Σ mean people.
+    pub quarter_weighted_error: f64,
+    /// Pearson r of the quarter-hour means over occupied quarter-hours.
+    pub quarter_r: f64,
+    /// Mean absolute error over occupied minutes.
+    pub minute_mae: f64,
+    /// Mean reading over minutes counted empty.
+    pub empty_mean: f64,
+    /// Occupied quarter-hours, occupied minutes and empty minutes judged.
+    pub quarters: usize,
+    /// Occupied minutes judged.
+    pub occupied_minutes: usize,
+    /// Empty minutes judged.
+    pub empty_minutes: usize,
+}
+
+/// Judges `estimate` of each minute against its truth.
+pub fn judge(minutes: &[Minute], estimate: impl Fn(&Minute) -> f64) -> Figures {
+    let mut f = Figures::default();
+    let mut quarters: BTreeMap<i64, (f64, f64, f64)> = BTreeMap::new();
+    let (mut occ_err, mut empty_sum) = (0.0, 0.0);
+    for m in minutes {
+        let e = estimate(m);
+        let q = quarters
+            .entry(m.start_ms.div_euclid(15 * MINUTE_MS))
+            .or_default();
+        *q = (q.0 + m.truth, q.1 + e, q.2 + 1.0);
+        if m.truth > 0.0 {
+            occ_err += (e - m.truth).abs();
+            f.occupied_minutes += 1;
+        } else {
+            empty_sum += e;
+            f.empty_minutes += 1;
+        }
+    }
+    f.minute_mae = occ_err / f.occupied_minutes.max(1) as f64;
+    f.empty_mean = empty_sum / f.empty_minutes.max(1) as f64;
+    let occupied: Vec<(f64, f64)> = quarters
+        .values()
+        .map(|(t, e, n)| (t / n, e / n))
+        .filter(|(t, _)| *t > 0.0)
+        .collect();
+    f.quarters = occupied.len();
+    let truth_sum: f64 = occupied.iter().map(|(t, _)| t).sum();
+    let err_sum: f64 = occupied.iter().map(|(t, e)| (e - t).abs()).sum();
+    f.quarter_weighted_error = err_sum / truth_sum.max(f64::MIN_POSITIVE);
+    f.quarter_r = pearson(&occupied);
+    f
+}
+
+fn pearson(xy: &[(f64, f64)]) -> f64 {
+    let n = xy.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mx = xy.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = xy.iter().map(|p| p.1).sum::<f64>() / n;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in xy {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    match sxx * syy {
+        d if d > 0.0 => sxy / d.sqrt(),
+        _ => 0.0,
+    }
+}
+
+/// Reads a truth file: `{"window_s": 60, "people": {"<minute start, s UTC>": N}}`.
+fn read_truth(path: &Path) -> Result<BTreeMap<i64, f64>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let window = v.get("window_s").and_then(|w| w.as_i64()).unwrap_or(60);
+    if window != 60 {
+        return Err(format!(
+            "{}: window_s {window}: people must be counted per minute (60)",
+            path.display()
+        ));
+    }
+    let people = v
+        .get("people")
+        .and_then(|p| p.as_object())
+        .ok_or_else(|| format!("{}: no `people` object", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (k, n) in people {
+        let (Ok(t), Some(n)) = (k.parse::<i64>(), n.as_f64()) else {
+            return Err(format!(
+                "{}: `people` entry `{k}` is not `\"<unix seconds>\": <count>`",
+                path.display()
+            ));
+        };
+        if n < 0.0 || !n.is_finite() {
+            return Err(format!("{}: negative count at {k}", path.display()));
+        }
+        out.insert(t.saturating_mul(1000).div_euclid(MINUTE_MS) * MINUTE_MS, n);
+    }
+    Ok(out)
+}
+
+/// Replays one capture through the Wi-Fi stage and keeps its sightings.
+pub fn load_day(pcap: &Path, truth: &Path, cfg: &WifiConfig) -> Result<Day, String> {
+    let truth = read_truth(truth)?;
+    let buf = std::fs::read(pcap).map_err(|e| format!("{}: {e}", pcap.display()))?;
+    let reader = Reader::new(&buf).map_err(|e| format!("{}: {e}", pcap.display()))?;
+    // A daily key, dropped with the stage: nothing of this run can be linked to anything.
+    let devices = DevicePseudonymizer::new(std::time::Duration::from_secs(86_400), 8)?;
+    let cfg = WifiConfig {
+        visits: false,
+        ..cfg.clone()
+    };
+    let mut stage = FrameStage::new(&cfg, 1, Arc::new(devices), false);
+    stage.record = Some(Vec::new());
+    let mut out = Vec::new();
+    let mut last_ts = 0i64;
+    for rec in reader {
+        let Ok(rec) = rec else { break };
+        let ts_ms = match rec.ts_ns {
+            0 => last_ts,
+            ns => ns.div_euclid(1_000_000),
+        };
+        last_ts = ts_ms;
+        let cut = (rec.data.len() as u64) < rec.orig_len as u64;
+        stage.frame(rec.linktype, rec.data, cut, ts_ms, &mut out);
+        out.clear();
+    }
+    let name = pcap
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Day {
+        name,
+        sightings: stage.record.take().unwrap_or_default(),
+        truth,
+    })
+}
+
+/// Every `<day>.pcap` of `dir` that has a `<day>.truth.json` beside it, by name.
+pub fn load_dir(dir: &Path, cfg: &WifiConfig) -> Result<Vec<Day>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".pcap").map(str::to_string)
+        })
+        .filter(|stem| dir.join(format!("{stem}.truth.json")).is_file())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(format!(
+            "{}: no <day>.pcap with a <day>.truth.json beside it",
+            dir.display()
+        ));
+    }
+    names
+        .iter()
+        .map(|n| {
+            load_day(
+                &dir.join(format!("{n}.pcap")),
+                &dir.join(format!("{n}.truth.json")),
+                cfg,
+            )
+        })
+        .collect()
+}
+
+/// What the census would read in each counted minute of `day` under `set` (the source's
+/// `in_store_rssi` for the address and device counts).
+pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16) -> Vec<Minute> {
+    let mut presence = Presence::new(*set);
+    let mut out = Vec::with_capacity(day.truth.len());
+    let (Some(&first), Some(&last)) = (day.truth.keys().next(), day.truth.keys().next_back())
+    else {
+        return out;
+    };
+    let mut idx = day
+        .sightings
+        .first()
+        .map_or(first, |s| s.ts_ms.min(first))
+        .div_euclid(MINUTE_MS);
+    let mut addrs: HashSet<u64> = HashSet::new();
+    let mut tracks: HashSet<u64> = HashSet::new();
+    let close = |idx: i64,
+                 presence: &mut Presence,
+                 addrs: &mut HashSet<u64>,
+                 tracks: &mut HashSet<u64>,
+                 out: &mut Vec<Minute>| {
+        let start = idx * MINUTE_MS;
+        let w = presence.close_window(start, start + MINUTE_MS);
+        if let Some(&truth) = day.truth.get(&start) {
+            out.push(Minute {
+                start_ms: start,
+                truth,
+                people: w.people.round(),
+                addresses: addrs.len() as f64,
+                devices: tracks.len() as f64,
+                present: w.devices as f64,
+            });
+        }
+        addrs.clear();
+        tracks.clear();
+    };
+    for s in &day.sightings {
+        let i = s.ts_ms.div_euclid(MINUTE_MS);
+        while idx < i {
+            close(idx, &mut presence, &mut addrs, &mut tracks, &mut out);
+            idx += 1;
+        }
+        presence.observe(
+            s.ts_ms,
+            s.track,
+            s.addr,
+            s.randomized,
+            s.rssi,
+            s.infrastructure,
+        );
+        if s.rssi.is_some_and(|r| r as i16 >= in_store_rssi) {
+            addrs.insert(s.addr);
+            tracks.insert(s.track);
+        }
+    }
+    while idx <= last.div_euclid(MINUTE_MS) {
+        close(idx, &mut presence, &mut addrs, &mut tracks, &mut out);
+        idx += 1;
+    }
+    out
+}
+
+/// Candidate in-store thresholds (dBm), holds (s) and residency spans (s) the fit tries.
+const RSSI_GRID: [i16; 5] = [-80, -75, -70, -65, -60];
+const HOLD_GRID_S: [u64; 6] = [60, 120, 180, 300, 420, 600];
+const RESIDENT_GRID_S: [u64; 3] = [3600, 3 * 3600, 8 * 3600];
+const MIN_STAY_GRID_S: [u64; 5] = [0, 60, 180, 300, 600];
+const BACKGROUND_GRID: [f64; 9] = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0];
+
+/// The scale `a` minimizing Σ|a·x − p| (a weighted median of p/x, weights x), within the
+/// bounds `devices_per_person` may take.
+fn best_scale(xp: &mut [(f64, f64)]) -> f64 {
+    let mut r: Vec<(f64, f64)> = xp
+        .iter()
+        .filter(|(x, _)| *x > 0.0)
+        .map(|(x, p)| (p / x, *x))
+        .collect();
+    r.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = r.iter().map(|(_, w)| w).sum();
+    let mut acc = 0.0;
+    for (ratio, w) in &r {
+        acc += w;
+        if acc >= total / 2.0 {
+            return ratio.clamp(0.1, 10.0);
+        }
+    }
+    1.0
+}
+
+/// The result of a fit: the section and how it did on the days it was fitted on.
+#[derive(Debug, Clone)]
+pub struct Fit {
+    /// The fitted section.
+    pub calibration: Calibration,
+    /// Mean absolute error per counted minute (empty minutes included) on the fit days.
+    pub minute_error: f64,
+}
+
+/// Every candidate threshold, hold and residency span simulated once on every day, so fits on
+/// different subsets of the days (leave one day out) cost no new replay.
+pub struct Grid {
+    cands: Vec<(Calibration, Vec<Vec<Minute>>)>,
+}
+
+/// Simulates every candidate of the grid on `days`.
+pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
+    let mut cands = Vec::new();
+    for &rssi in &RSSI_GRID {
+        for &hold in &HOLD_GRID_S {
+            for (&resident, &min_stay) in RESIDENT_GRID_S
+                .iter()
+                .flat_map(|r| MIN_STAY_GRID_S.iter().map(move |m| (r, m)))
+            {
+                let cal = Calibration {
+                    in_store_rssi: Some(rssi),
+                    hold: Dur::secs(hold),
+                    devices_per_person: 1.0,
+                    background: 0.0,
+                    resident_after: Dur::secs(resident),
+                    min_stay: Dur::secs(min_stay),
+                };
+                let set = PeopleSettings::new(&cal, cfg.in_store_rssi, cfg.max_tracked_devices);
+                let per_day = days
+                    .iter()
+                    .map(|d| simulate(d, &set, cfg.in_store_rssi))
+                    .collect();
+                cands.push((cal, per_day));
+            }
+        }
+    }
+    Grid { cands }
+}
+
+impl Grid {
+    /// Fits on the days `use_day` accepts (by index): for each candidate threshold, hold and
+    /// residency span, the devices-per-person and background that minimize the absolute error
+    /// per counted minute (empty minutes count as much as occupied ones), and the candidate
+    /// with the least error.
+    pub fn fit(&self, use_day: impl Fn(usize) -> bool) -> Fit {
+        let mut best: Option<Fit> = None;
+        for (cal, per_day) in &self.cands {
+            let minutes: Vec<&Minute> = per_day
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| use_day(*i))
+                .flat_map(|(_, m)| m)
+                .collect();
+            if minutes.is_empty() {
+                continue;
+            }
+            for &b in &BACKGROUND_GRID {
+                let mut xp: Vec<(f64, f64)> = minutes
+                    .iter()
+                    .map(|m| ((m.present - b).max(0.0), m.truth))
+                    .collect();
+                let a = best_scale(&mut xp);
+                let err = xp
+                    .iter()
+                    .map(|(x, p)| ((a * x).round() - p).abs())
+                    .sum::<f64>()
+                    / xp.len() as f64;
+                if best.as_ref().is_none_or(|f| err < f.minute_error) {
+                    best = Some(Fit {
+                        calibration: Calibration {
+                            devices_per_person: (1.0 / a * 100.0).round() / 100.0,
+                            background: b,
+                            ..cal.clone()
+                        },
+                        minute_error: err,
+                    });
+                }
+            }
+        }
+        best.unwrap_or(Fit {
+            calibration: Calibration::default(),
+            minute_error: f64::NAN,
+        })
+    }
+}
+
+/// Fits the calibration on all of `days` ([`Grid::fit`]).
+pub fn fit(days: &[Day], cfg: &WifiConfig) -> Fit {
+    grid(days, cfg).fit(|_| true)
+}
+
+/// The minutes of `days` under `cal` (for judging a calibration on days it was not fitted on).
+pub fn minutes(days: &[Day], cal: &Calibration, cfg: &WifiConfig) -> Vec<Minute> {
+    let set = PeopleSettings::new(cal, cfg.in_store_rssi, cfg.max_tracked_devices);
+    days.iter()
+        .flat_map(|d| simulate(d, &set, cfg.in_store_rssi))
+        .collect()
+}
+
+/// The `storegw calibrate wifi DIR` report: the section to append to the configuration
+/// (stdout) and, as TOML comments, how it did on the days it was fitted on.
+pub fn run(dir: &Path, cfg: &WifiConfig) -> Result<String, String> {
+    let days = load_dir(dir, cfg)?;
+    let fit = fit(&days, cfg);
+    let all = minutes(&days, &fit.calibration, cfg);
+    let f = judge(&all, |m| m.people);
+    let a = judge(&all, |m| m.addresses);
+    let mut out = format!(
+        "# storegw calibrate wifi: {} days, {} counted minutes ({} occupied, {} empty)\n\
+         # on these days (in-sample; judge on other days): quarter-hour error {:.1}% (r {:.2}), \
+         minute MAE {:.2}, empty room {:.2}; address counting {:.1}% (r {:.2})\n",
+        days.len(),
+        all.len(),
+        f.occupied_minutes,
+        f.empty_minutes,
+        f.quarter_weighted_error * 100.0,
+        f.quarter_r,
+        f.minute_mae,
+        f.empty_mean,
+        a.quarter_weighted_error * 100.0,
+        a.quarter_r,
+    );
+    out.push_str(&fit.calibration.to_toml());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judge_reads_quarters_minutes_and_empty_rooms() {
+        let m = |min: i64, truth: f64, people: f64| Minute {
+            start_ms: min * MINUTE_MS,
+            truth,
+            people,
+            addresses: 0.0,
+            devices: 0.0,
+            present: 0.0,
+        };
+        let minutes = [
+            m(0, 10.0, 12.0),
+            m(1, 10.0, 8.0),
+            m(15, 4.0, 5.0),
+            m(30, 0.0, 1.0),
+            m(31, 0.0, 0.0),
+        ];
+        let f = judge(&minutes, |m| m.people);
+        assert_eq!(f.quarters, 2);
+        // Quarter 1: mean 10 vs 10; quarter 2: 4 vs 5.
+        assert!((f.quarter_weighted_error - 1.0 / 14.0).abs() < 1e-9);
+        assert!((f.minute_mae - 5.0 / 3.0).abs() < 1e-9);
+        assert!((f.empty_mean - 0.5).abs() < 1e-9);
+        assert!((f.quarter_r - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_scale_is_a_weighted_median() {
+        let mut xp = [(2.0, 2.0), (4.0, 2.0), (10.0, 10.0), (0.0, 3.0)];
+        assert_eq!(best_scale(&mut xp), 1.0);
+    }
+}

@@ -1,0 +1,358 @@
+//! People in the store from device tracks (docs/wifi.md, "People"): which tracks are *present*
+//! (alive and in the store, also between the probes of a phone whose screen is off), which of
+//! them are the store's own residents (PCs, tills, staff devices that stay all day), and how
+//! many people the rest stand for under the store's calibration.
+//!
+//! Only track numbers and keyed address hashes (under the epoch key, made by
+//! [`crate::privacy::wifi`]) enter here; everything is held in RAM, bounded by
+//! `max_tracked_devices`, and forgotten at every key rotation.
+
+use super::config::{Calibration, WifiConfig};
+use super::estimate::U64Map;
+
+/// Upper bounds (minutes) of the dwell buckets; the last bucket is open.
+const DWELL_BOUNDS_MIN: [i64; 5] = [2, 5, 10, 20, 40];
+
+/// Dwell histogram labels in the order a JSON object with sorted keys lists them (the order
+/// serde_json gives a `BTreeMap`), with the index of the bucket each names.
+pub const DWELL_LABELS: [(&str, usize); 6] = [
+    ("10-20", 3),
+    ("2-5", 1),
+    ("20-40", 4),
+    ("40+", 5),
+    ("5-10", 2),
+    ("<2", 0),
+];
+
+/// Buckets of the dwell histogram.
+pub const DWELL_BUCKETS: usize = 6;
+
+/// The bucket of a stay of `dwell_ms`.
+fn dwell_bucket(dwell_ms: i64) -> usize {
+    DWELL_BOUNDS_MIN
+        .iter()
+        .position(|b| dwell_ms < b * 60_000)
+        .unwrap_or(DWELL_BUCKETS - 1)
+}
+
+/// The settings of the presence model, from the calibration (or its defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeopleSettings {
+    /// A probe at or above this (dBm) places its device in the store.
+    pub in_store_rssi: i16,
+    /// A device stays present this long after its last in-store probe.
+    pub hold_ms: i64,
+    /// Devices one person carries on average (present devices per person).
+    pub devices_per_person: f64,
+    /// Devices present when nobody is (strays the residency rule does not catch).
+    pub background: f64,
+    /// A device present without a break this long is resident (0: never).
+    pub resident_after_ms: i64,
+    /// A device counts only once its stay has lasted this long (passers-by never do).
+    pub min_stay_ms: i64,
+    /// Tracks held at once (`max_tracked_devices`).
+    pub max_tracks: usize,
+}
+
+impl PeopleSettings {
+    /// Settings for a source configuration (its calibration section or the defaults).
+    pub fn from_config(cfg: &WifiConfig) -> PeopleSettings {
+        PeopleSettings::new(&cfg.calibration, cfg.in_store_rssi, cfg.max_tracked_devices)
+    }
+
+    /// Settings from a calibration section, the source's in-store threshold (used when the
+    /// calibration names none) and the track cap.
+    pub fn new(cal: &Calibration, in_store_rssi: i16, max_tracks: usize) -> PeopleSettings {
+        PeopleSettings {
+            in_store_rssi: cal.in_store_rssi.unwrap_or(in_store_rssi),
+            hold_ms: cal.hold.0.as_millis() as i64,
+            devices_per_person: cal.devices_per_person,
+            background: cal.background,
+            resident_after_ms: cal.resident_after.0.as_millis() as i64,
+            min_stay_ms: cal.min_stay.0.as_millis() as i64,
+            max_tracks,
+        }
+    }
+
+    /// People standing for `devices` present non-resident devices.
+    pub fn people(&self, devices: u64) -> f64 {
+        ((devices as f64 - self.background) / self.devices_per_person.max(0.01)).max(0.0)
+    }
+}
+
+/// One device's current stay in the store.
+#[derive(Clone, Copy)]
+struct Stay {
+    first_ms: i64,
+    last_ms: i64,
+    /// Keyed hash of the address the stay began with (for residency by address).
+    addr: u64,
+    global: bool,
+    resident: bool,
+    /// The stay has lasted `min_stay`: a person (or a resident), not a passer-by.
+    counted: bool,
+}
+
+/// The figures of one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PeopleWindow {
+    /// People present (unrounded; the census rounds).
+    pub people: f64,
+    /// Non-resident devices present.
+    pub devices: u64,
+    /// Resident devices present (learned or listed as infrastructure).
+    pub resident: u64,
+    /// Stays that began in the window, in people.
+    pub arrivals: f64,
+    /// Stays that ended in the window, by dwell bucket (devices; see [`DWELL_LABELS`]).
+    pub dwell: [u64; DWELL_BUCKETS],
+}
+
+/// Presence of device tracks over event time.
+pub struct Presence {
+    set: PeopleSettings,
+    stays: U64Map<Stay>,
+    /// Keyed hashes of globally unique addresses found resident in this key epoch: the
+    /// device is resident again when its track restarts.
+    resident_addrs: U64Map<()>,
+    /// Infrastructure (listed) tracks seen in the open window.
+    infra: U64Map<()>,
+    arrivals: u64,
+    /// Stays dropped because the cap was reached.
+    pub untracked: u64,
+}
+
+impl Presence {
+    /// An empty model.
+    pub fn new(set: PeopleSettings) -> Presence {
+        Presence {
+            set,
+            stays: U64Map::default(),
+            resident_addrs: U64Map::default(),
+            infra: U64Map::default(),
+            arrivals: 0,
+            untracked: 0,
+        }
+    }
+
+    /// New settings (SIGHUP); stays are kept.
+    pub fn reconfigure(&mut self, set: PeopleSettings) {
+        self.set = set;
+    }
+
+    /// Forgets everything (key rotation).
+    pub fn clear(&mut self) {
+        self.stays.clear();
+        self.resident_addrs.clear();
+        self.infra.clear();
+        self.arrivals = 0;
+    }
+
+    /// Stays held now.
+    pub fn len(&self) -> usize {
+        self.stays.len()
+    }
+
+    /// True when no stay is held.
+    pub fn is_empty(&self) -> bool {
+        self.stays.is_empty()
+    }
+
+    /// One probe of `track` (from address hash `addr`) at `ts_ms`; `infrastructure` when the
+    /// address is on the store's list.
+    pub fn observe(
+        &mut self,
+        ts_ms: i64,
+        track: u64,
+        addr: u64,
+        randomized: bool,
+        rssi: Option<i8>,
+        infrastructure: bool,
+    ) {
+        if infrastructure {
+            if self.infra.len() < self.set.max_tracks {
+                self.infra.insert(track, ());
+            }
+            return;
+        }
+        if rssi.is_none_or(|r| (r as i16) < self.set.in_store_rssi) {
+            return;
+        }
+        let hold = self.set.hold_ms;
+        if let Some(s) = self.stays.get_mut(&track) {
+            if ts_ms - s.last_ms <= hold {
+                s.last_ms = s.last_ms.max(ts_ms);
+                if !s.counted && s.last_ms - s.first_ms >= self.set.min_stay_ms {
+                    s.counted = true;
+                    self.arrivals += !s.resident as u64;
+                }
+                let after = self.set.resident_after_ms;
+                if after > 0 && !s.resident && s.last_ms - s.first_ms >= after {
+                    s.resident = true;
+                    if s.global && self.resident_addrs.len() < self.set.max_tracks {
+                        self.resident_addrs.insert(s.addr, ());
+                    }
+                }
+                return;
+            }
+        }
+        if !self.stays.contains_key(&track) && self.stays.len() >= self.set.max_tracks {
+            self.untracked += 1;
+            return;
+        }
+        let resident = !randomized && self.resident_addrs.contains_key(&addr);
+        let counted = self.set.min_stay_ms <= 0;
+        if counted && !resident {
+            self.arrivals += 1;
+        }
+        self.stays.insert(
+            track,
+            Stay {
+                first_ms: ts_ms,
+                last_ms: ts_ms,
+                addr,
+                global: !randomized,
+                resident,
+                counted,
+            },
+        );
+    }
+
+    /// Closes the window `[start_ms, end_ms)`: counts who was present in it, and ends the
+    /// stays whose hold ran out before `end_ms` (their dwell goes to the histogram).
+    pub fn close_window(&mut self, start_ms: i64, end_ms: i64) -> PeopleWindow {
+        let hold = self.set.hold_ms;
+        let mut w = PeopleWindow {
+            resident: self.infra.len() as u64,
+            ..PeopleWindow::default()
+        };
+        self.stays.retain(|_, s| {
+            let present = s.counted && s.first_ms < end_ms && s.last_ms + hold >= start_ms;
+            if present {
+                match s.resident {
+                    true => w.resident += 1,
+                    false => w.devices += 1,
+                }
+            }
+            let ended = s.last_ms + hold < end_ms;
+            if ended && s.counted && !s.resident {
+                w.dwell[dwell_bucket(s.last_ms - s.first_ms)] += 1;
+            }
+            !ended
+        });
+        self.infra.clear();
+        w.people = self.set.people(w.devices);
+        w.arrivals = self.arrivals as f64 / self.set.devices_per_person.max(0.01);
+        self.arrivals = 0;
+        w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> PeopleSettings {
+        PeopleSettings {
+            in_store_rssi: -70,
+            hold_ms: 180_000,
+            devices_per_person: 1.0,
+            background: 0.0,
+            resident_after_ms: 3_600_000,
+            min_stay_ms: 0,
+            max_tracks: 100,
+        }
+    }
+
+    #[test]
+    fn a_quiet_phone_is_present_between_its_probes() {
+        let mut p = Presence::new(set());
+        p.observe(10_000, 1, 11, true, Some(-60), false);
+        let w = p.close_window(0, 60_000);
+        assert_eq!((w.devices, w.arrivals), (1, 1.0));
+        // No probe in the next two minutes: still present (hold 3 min).
+        assert_eq!(p.close_window(60_000, 120_000).devices, 1);
+        assert_eq!(p.close_window(120_000, 180_000).devices, 1);
+        // Held until 190 s, inside the next window; gone in the one after.
+        let w = p.close_window(180_000, 240_000);
+        assert_eq!(w.devices, 1);
+        assert_eq!(w.dwell[0], 1, "the stay (under 2 min) ended in this window");
+        assert_eq!(p.close_window(240_000, 300_000).devices, 0);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn passers_by_never_stay_long_enough() {
+        let mut p = Presence::new(PeopleSettings {
+            min_stay_ms: 120_000,
+            ..set()
+        });
+        // A burst in the corridor, then nothing.
+        p.observe(1_000, 1, 11, true, Some(-55), false);
+        p.observe(1_500, 1, 11, true, Some(-55), false);
+        // Someone who stays.
+        for t in [2_000, 70_000, 130_000] {
+            p.observe(t, 2, 12, true, Some(-60), false);
+        }
+        let w = p.close_window(0, 180_000);
+        assert_eq!((w.devices, w.arrivals), (1, 1.0));
+        let w = p.close_window(400_000, 460_000);
+        assert_eq!(w.devices, 0);
+        assert_eq!(w.dwell.iter().sum::<u64>(), 1, "only the stay is a visit");
+    }
+
+    #[test]
+    fn weak_probes_are_not_in_the_store() {
+        let mut p = Presence::new(set());
+        p.observe(10_000, 1, 11, true, Some(-80), false);
+        p.observe(10_000, 2, 12, true, None, false);
+        assert_eq!(p.close_window(0, 60_000).devices, 0);
+    }
+
+    #[test]
+    fn devices_all_day_become_resident_and_stay_so_by_address() {
+        let mut p = Presence::new(set());
+        for m in 0..=61 {
+            p.observe(m * 60_000, 1, 11, false, Some(-50), false);
+            p.close_window(m * 60_000, (m + 1) * 60_000);
+        }
+        let w = p.close_window(62 * 60_000, 63 * 60_000);
+        assert_eq!((w.devices, w.resident), (0, 1));
+        // Gone long enough to end the stay, then back on a new track: resident at once.
+        p.close_window(70 * 60_000, 71 * 60_000);
+        p.observe(80 * 60_000, 2, 11, false, Some(-50), false);
+        let w = p.close_window(80 * 60_000, 81 * 60_000);
+        assert_eq!((w.devices, w.resident, w.arrivals), (0, 1, 0.0));
+        // Listed infrastructure counts as resident only.
+        p.observe(81 * 60_000, 3, 13, false, Some(-50), true);
+        let w = p.close_window(81 * 60_000, 82 * 60_000);
+        assert_eq!((w.devices, w.resident), (0, 2));
+    }
+
+    #[test]
+    fn calibration_maps_devices_to_people() {
+        let s = PeopleSettings {
+            devices_per_person: 1.5,
+            background: 1.0,
+            ..set()
+        };
+        assert_eq!(s.people(0), 0.0);
+        assert_eq!(s.people(1), 0.0);
+        assert_eq!(s.people(4), 2.0);
+    }
+
+    #[test]
+    fn dwell_buckets() {
+        assert_eq!(dwell_bucket(0), 0);
+        assert_eq!(dwell_bucket(119_999), 0);
+        assert_eq!(dwell_bucket(120_000), 1);
+        assert_eq!(dwell_bucket(600_000), 3);
+        assert_eq!(dwell_bucket(2_400_000), 5);
+        let mut seen: Vec<usize> = DWELL_LABELS.iter().map(|(_, i)| *i).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
+        let mut labels: Vec<&str> = DWELL_LABELS.iter().map(|(l, _)| *l).collect();
+        labels.sort_unstable();
+        assert_eq!(labels, DWELL_LABELS.map(|(l, _)| l), "sorted as JSON keys");
+    }
+}

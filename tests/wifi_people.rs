@@ -1,0 +1,197 @@
+//! People counting against people counted (`../shared/data/wifi/occupancy`: a lab's captures
+//! with the people present counted every minute). Every figure here is judged on days the
+//! calibration was *not* fitted on: leave one day out (fit on the other days, judge the day
+//! left out, pool the judged minutes), and a split by date (fit on the earlier half of the
+//! days, judge the later half, as a store calibrated once is judged months later). Printed
+//! beside address counting on the same minutes; docs/wifi.md carries the figures.
+
+mod common;
+
+use std::path::PathBuf;
+use storegw::source::wifi::calibrate::{self, Figures, Minute};
+use storegw::source::wifi::WifiConfig;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn occupancy() -> Option<PathBuf> {
+    let dir = common::shared_data()?.join("wifi/occupancy");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: {} not found", dir.display());
+        None
+    }
+}
+
+fn show(what: &str, f: &Figures) -> String {
+    format!(
+        "{what:<28} quarter-hours {:>5.1}% r {:.2} ({} q) | occupied-minute MAE {:>5.2} ({} min) | empty room {:.2} ({} min)",
+        f.quarter_weighted_error * 100.0,
+        f.quarter_r,
+        f.quarters,
+        f.minute_mae,
+        f.occupied_minutes,
+        f.empty_mean,
+        f.empty_minutes
+    )
+}
+
+fn report(title: &str, judged: &[Minute]) -> (Figures, Figures) {
+    let people = calibrate::judge(judged, |m| m.people);
+    let addresses = calibrate::judge(judged, |m| m.addresses);
+    let devices = calibrate::judge(judged, |m| m.devices);
+    println!("== {title}");
+    println!("{}", show("people_estimated", &people));
+    println!("{}", show("address counting (in_store)", &addresses));
+    println!("{}", show("in_store_estimated", &devices));
+    (people, addresses)
+}
+
+#[test]
+fn people_estimated_on_days_not_calibrated_on() -> TestResult {
+    let Some(dir) = occupancy() else {
+        return Ok(());
+    };
+    let cfg = WifiConfig::default();
+    let days = calibrate::load_dir(&dir, &cfg)?;
+    assert!(days.len() >= 4, "{} days", days.len());
+    let grid = calibrate::grid(&days, &cfg);
+
+    // Leave one day out.
+    let mut judged = Vec::new();
+    for (i, day) in days.iter().enumerate() {
+        let fit = grid.fit(|j| j != i);
+        let m = calibrate::minutes(std::slice::from_ref(day), &fit.calibration, &cfg);
+        let f = calibrate::judge(&m, |m| m.people);
+        let a = calibrate::judge(&m, |m| m.addresses);
+        println!(
+            "{}: judged with a fit on the other days (dpp {:.2}, bg {:.1}, {} dBm, hold {}s, min stay {}s, resident {}s): \
+             quarter-hours {:.1}% (addresses {:.1}%), minute MAE {:.2}, empty {:.2} ({} min)",
+            day.name,
+            fit.calibration.devices_per_person,
+            fit.calibration.background,
+            fit.calibration.in_store_rssi.unwrap_or(cfg.in_store_rssi),
+            fit.calibration.hold.0.as_secs(),
+            fit.calibration.min_stay.0.as_secs(),
+            fit.calibration.resident_after.0.as_secs(),
+            f.quarter_weighted_error * 100.0,
+            a.quarter_weighted_error * 100.0,
+            f.minute_mae,
+            f.empty_mean,
+            f.empty_minutes,
+        );
+        judged.extend(m);
+    }
+    let (lodo, lodo_addr) = report("leave one day out", &judged);
+
+    // Split by date: the earlier half calibrates, the later half is judged.
+    let half = days.len() / 2;
+    let fit = grid.fit(|j| j < half);
+    let later = calibrate::minutes(&days[half..], &fit.calibration, &cfg);
+    println!(
+        "calibrated on {}..{}, judged on {}..{}:\n{}",
+        days[0].name,
+        days[half - 1].name,
+        days[half].name,
+        days[days.len() - 1].name,
+        fit.calibration.to_toml()
+    );
+    let (split, split_addr) = report("split by date", &later);
+
+    // Defaults (no calibration section) on every day.
+    let all = calibrate::minutes(&days, &Default::default(), &cfg);
+    report("documented defaults, all days", &all);
+
+    // What must hold whatever the data: people counting beats address counting on days it
+    // was not fitted on. (The targets of issue 21 are judged in docs/wifi.md, not asserted.)
+    for (p, a) in [(lodo, lodo_addr), (split, split_addr)] {
+        assert!(p.quarter_weighted_error < a.quarter_weighted_error);
+        assert!(p.minute_mae < a.minute_mae);
+        assert!(p.quarter_r > 0.5);
+    }
+    Ok(())
+}
+
+/// `storegw calibrate wifi` reads captures and writes nothing: its output (stdout, stderr)
+/// holds no address of the input in any spelling, and the directory is left as it was.
+#[test]
+fn calibration_writes_no_address() -> TestResult {
+    let Some(dir) = occupancy() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let mut macs = std::collections::BTreeSet::new();
+    for day in ["2022-10-26", "2023-04-14"] {
+        for ext in ["pcap", "truth.json"] {
+            std::fs::copy(
+                dir.join(format!("{day}.{ext}")),
+                tmp.path().join(format!("{day}.{ext}")),
+            )?;
+        }
+        macs.extend(common_macs(&std::fs::read(
+            dir.join(format!("{day}.pcap")),
+        )?));
+    }
+    assert!(macs.len() > 50, "{} addresses", macs.len());
+    let before: Vec<_> = std::fs::read_dir(tmp.path())?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storegw"))
+        .args(["calibrate", "wifi"])
+        .arg(tmp.path())
+        .current_dir(tmp.path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .to_lowercase();
+    assert!(text.contains("[sources.wifi.calibration]"), "{text}");
+    for mac in &macs {
+        let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        for spelling in [hex.join(":"), hex.join("-"), hex.concat()] {
+            assert!(!text.contains(&spelling), "an address leaked");
+        }
+    }
+    let mut after: Vec<_> = std::fs::read_dir(tmp.path())?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(before, after, "calibration wrote a file");
+    Ok(())
+}
+
+/// Source addresses of the probe requests of a little-endian pcap with radiotap.
+fn common_macs(pcap: &[u8]) -> Vec<[u8; 6]> {
+    let mut out = Vec::new();
+    let mut off = 24;
+    while let Some(h) = pcap.get(off..off + 16) {
+        let incl = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        let Some(pkt) = pcap.get(off + 16..off + 16 + incl) else {
+            break;
+        };
+        off += 16 + incl;
+        let Some(rlen) = pkt
+            .get(2..4)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+        else {
+            continue;
+        };
+        if let Some(d) = pkt.get(rlen..rlen + 16) {
+            if d[0] == 0x40 {
+                let mut sa = [0u8; 6];
+                sa.copy_from_slice(&d[10..16]);
+                out.push(sa);
+            }
+        }
+    }
+    out
+}
