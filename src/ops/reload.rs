@@ -66,6 +66,12 @@ pub const RULES: &[Rule] = &[
     restart("privacy.pseudonym_bytes", |e, r| {
         e.privacy.pseudonym_bytes = r.privacy.pseudonym_bytes
     }),
+    restart("privacy.customer", |e, r| {
+        e.privacy.customer = r.privacy.customer
+    }),
+    restart("privacy.recipient_keys_file", |e, r| {
+        e.privacy.recipient_keys_file = r.privacy.recipient_keys_file.clone()
+    }),
     restart("privacy.join_key_file", |e, r| {
         e.privacy.join_key_file = r.privacy.join_key_file.clone()
     }),
