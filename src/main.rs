@@ -86,7 +86,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         fleet_outage_secs: u64,
         /// Run only these measurements (comma-separated: spool, e2e, backlog, footprint, fleet,
-        /// fleet-config, ready, size, parsers); the report then holds only their rows.
+        /// fleet-config, ready, size, parsers, sealing); the report then holds only their rows.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
