@@ -2,7 +2,7 @@
 //! fuzzer ever crashed on can be replayed by a plain `cargo test` (tests/fuzz_regressions.rs)
 //! through exactly the code the fuzzer ran. Each takes untrusted bytes and must never panic.
 
-use crate::privacy::customer::JoinKey;
+use crate::privacy::customer::CustomerKeys;
 use crate::privacy::DevicePseudonymizer;
 use crate::source::ble::{adv, aggregate::Aggregator, btsnoop::Report, config::BleConfig, input};
 use crate::source::pos::{normalize::normalize, parse_input, ParseOpts};
@@ -165,7 +165,7 @@ fn pos(text: &str, format: &str) {
         offset_s: 3600,
         csv: Default::default(),
     };
-    let key = JoinKey::from_bytes(b"fuzz-join-key-0123456789abcdef", "DE");
+    let key = CustomerKeys::from_bytes(b"fuzz-join-key-0123456789abcdef", "DE");
     let Ok(parsed) = parse_input(text, format, &opts) else {
         return;
     };

@@ -105,7 +105,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         fleet_outage_secs: u64,
         /// Run only these measurements (comma-separated: spool, e2e, backlog, footprint, fleet,
-        /// fleet-config, ready, size, parsers); the report then holds only their rows.
+        /// fleet-config, ready, size, parsers, sealing); the report then holds only their rows.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -123,6 +123,9 @@ enum Cmd {
         /// Print running totals every 5 s instead of one line per event.
         #[arg(long)]
         summary: bool,
+        /// Print each event as one JSON line (with `store` and `gateway`), e.g. for `unseal`.
+        #[arg(long, conflicts_with = "summary")]
+        json: bool,
         /// Stop after this many distinct events.
         #[arg(long)]
         count: Option<u64>,
@@ -153,9 +156,31 @@ enum Cmd {
         stale: f64,
     },
     /// Create an Ed25519 signing key for remote configuration: PREFIX.key (0600) and PREFIX.pub.
+    /// With --recipient: the central platform's X25519 key pair for sealed customer
+    /// identifiers (PREFIX.pub goes into privacy.recipient_keys_file).
     Keygen {
         #[arg(long)]
         out: PathBuf,
+        /// Make an X25519 recipient key pair (sealed customer identifiers) instead.
+        #[cfg(feature = "unseal")]
+        #[arg(long)]
+        recipient: bool,
+    },
+    /// Open the sealed customer tokens of events (JSON lines from `replay`, `tail --json` or
+    /// broker batches) on stdin or in files, writing them with the values opened (or re-keyed).
+    #[cfg(feature = "unseal")]
+    Unseal {
+        /// Private key file from `storegw keygen --recipient` (repeat for older keys).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        /// Write hex(HMAC-SHA256(KEY_FILE, tag ":" value)) instead of the raw value.
+        #[arg(long)]
+        rekey: Option<PathBuf>,
+        /// Store id of lines that carry none (`storegw replay` output).
+        #[arg(long)]
+        store: Option<String>,
+        /// Input files (default: stdin).
+        files: Vec<PathBuf>,
     },
     /// Sign a configuration overlay (TOML with an integer `version`) with a private key.
     Sign {
@@ -269,8 +294,9 @@ fn main() -> ExitCode {
     let fmt_override = cli.log_format.clone();
     match cli.cmd {
         Cmd::CheckConfig { path } => match storegw::config::load(&path) {
-            Ok(_) => {
+            Ok(cfg) => {
                 println!("{}: ok", path.display());
+                println!("{}", storegw::config::customer_summary(&cfg));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -407,6 +433,7 @@ fn main() -> ExitCode {
             store,
             gateway,
             summary,
+            json,
             count,
             for_secs,
         } => {
@@ -420,6 +447,7 @@ fn main() -> ExitCode {
                 store,
                 gateway,
                 summary,
+                json,
                 count,
                 duration: for_secs.map(Duration::from_secs),
             };
@@ -480,7 +508,96 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Keygen { out } => match storegw::remote::tools::keygen(&out) {
+        #[cfg(feature = "unseal")]
+        Cmd::Keygen {
+            out,
+            recipient: true,
+        } => match storegw::privacy::unseal::keygen_recipient(&out) {
+            Ok(id) => {
+                println!(
+                    "recipient key {id}: private {}.key (central platform only, never on a gateway), public {}.pub (privacy.recipient_keys_file)",
+                    out.display(),
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        #[cfg(feature = "unseal")]
+        Cmd::Unseal {
+            key,
+            rekey,
+            store,
+            files,
+        } => {
+            let opts = storegw::privacy::unseal::UnsealOptions {
+                keys: key,
+                rekey,
+                store,
+            };
+            let stdout = std::io::stdout();
+            let stderr = std::io::stderr();
+            let result = if files.is_empty() {
+                storegw::privacy::unseal::run(
+                    &opts,
+                    std::io::stdin().lock(),
+                    stdout.lock(),
+                    stderr.lock(),
+                )
+            } else {
+                let mut total = storegw::privacy::unseal::UnsealTotals::default();
+                let mut res = Ok(total);
+                for f in &files {
+                    let file = match std::fs::File::open(f) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            res = Err(format!("{}: {e}", f.display()));
+                            break;
+                        }
+                    };
+                    match storegw::privacy::unseal::run(
+                        &opts,
+                        std::io::BufReader::new(file),
+                        stdout.lock(),
+                        stderr.lock(),
+                    ) {
+                        Ok(t) => {
+                            total.lines += t.lines;
+                            total.opened += t.opened;
+                            total.failed += t.failed;
+                            total.bad_lines += t.bad_lines;
+                            res = Ok(total);
+                        }
+                        Err(e) => {
+                            res = Err(format!("{}: {e}", f.display()));
+                            break;
+                        }
+                    }
+                }
+                res
+            };
+            match result {
+                Ok(t) => {
+                    eprintln!(
+                        "unseal: {} lines, {} tokens opened, {} not opened, {} lines not JSON",
+                        t.lines, t.opened, t.failed, t.bad_lines
+                    );
+                    if t.failed + t.bad_lines > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("unseal: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Keygen { out, .. } => match storegw::remote::tools::keygen(&out) {
             Ok(id) => {
                 println!(
                     "key {id}: private {}.key (keep it off the gateways), public {}.pub",

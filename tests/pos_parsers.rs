@@ -3,7 +3,7 @@
 
 mod common;
 
-use storegw::privacy::customer::JoinKey;
+use storegw::privacy::customer::CustomerKeys;
 use storegw::source::pos::normalize::normalize;
 use storegw::source::pos::{parse_input, ParseOpts, PosConfig};
 
@@ -18,7 +18,7 @@ fn events(text: &str, format: &str) -> Result<Vec<serde_json::Value>, Box<dyn st
     let mut out = Vec::new();
     for i in p.items {
         let tx = i.map_err(|e| e.to_string())?;
-        let n = normalize(tx, &JoinKey::default(), 0).map_err(|e| e.to_string())?;
+        let n = normalize(tx, &CustomerKeys::default(), 0).map_err(|e| e.to_string())?;
         out.push(n.event.body());
     }
     Ok(out)
@@ -141,7 +141,7 @@ fn truncated_real_files_never_panic() -> R {
                 for f in ["poslog", "csv", "json", "jsonl", "square", "shopify"] {
                     if let Ok(out) = parse_input(cut, f, &o) {
                         for tx in out.items.into_iter().flatten() {
-                            let _ = normalize(tx, &JoinKey::default(), 0);
+                            let _ = normalize(tx, &CustomerKeys::default(), 0);
                         }
                     }
                 }

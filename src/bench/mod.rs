@@ -4,6 +4,7 @@
 //! Small shared machines are noisy, so every figure is reported as a ratio to its baseline
 //! (raw sled, raw rumqttc publishing, tshark) rather than as an absolute claim.
 
+mod customer;
 mod data;
 pub mod estimation;
 mod fleet;
@@ -89,7 +90,7 @@ impl Row {
 
 /// Runs every measurement and writes the report.
 pub async fn run(opts: BenchOptions) -> Result<(), String> {
-    const KNOWN: [&str; 9] = [
+    const KNOWN: [&str; 10] = [
         "spool",
         "e2e",
         "backlog",
@@ -99,6 +100,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         "ready",
         "size",
         "parsers",
+        "sealing",
     ];
     if let Some(bad) = opts.only.iter().find(|o| !KNOWN.contains(&o.as_str())) {
         return Err(format!(
@@ -174,6 +176,13 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     }
     if opts.wants("size") {
         rows.extend(binary_sizes(&mut notes));
+    }
+    if opts.wants("sealing") {
+        eprintln!("bench: customer identifier sealing vs HMAC");
+        match customer::sealing() {
+            Ok(r) => rows.extend(r),
+            Err(e) => notes.push(format!("sealing not measured: {e}")),
+        }
     }
     if opts.wants("parsers") {
         for (name, f) in parsers::ALL {

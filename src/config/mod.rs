@@ -5,7 +5,8 @@
 //! with the file, the line and the dotted key path.
 //!
 //! The layer has three floors (docs/design.md, "Configuration"): leaf modules that import
-//! nothing of storegw ([`units`], [`ids`], [`files`], [`trusted_keys`], [`demo`]); each feed's
+//! nothing of storegw ([`units`], [`ids`], [`files`], [`trusted_keys`], [`recipient_keys`],
+//! [`demo`]); each feed's
 //! section in its own `src/source/<feed>/config.rs`, built on the leaves only; and the root
 //! [`Config`] here, assembled from both. Nothing here imports feed logic, `remote/`, `ops/` or
 //! the demo.
@@ -13,6 +14,7 @@
 pub mod demo;
 pub mod files;
 pub mod ids;
+pub mod recipient_keys;
 pub mod section;
 pub mod trusted_keys;
 pub mod units;
@@ -207,7 +209,13 @@ pub struct PrivacyConfig {
     pub rotation: Dur,
     /// Counts below this are suppressed (reported as 0 with `suppressed: true`).
     pub min_count: u32,
-    /// File holding the customer join key shared with the CDP (POS customer pseudonyms).
+    /// How POS customer identifiers leave the gateway ([`CustomerMode`]); unset: see
+    /// [`PrivacyConfig::customer_mode`].
+    pub customer: Option<CustomerMode>,
+    /// The central platform's X25519 public keys (`x25519:<base64>` lines); customer
+    /// identifiers are sealed to the first one.
+    pub recipient_keys_file: Option<PathBuf>,
+    /// File holding the customer join key shared with the CDP (`customer = "keyed"`).
     pub join_key_file: Option<PathBuf>,
     /// Bytes of the HMAC kept for device pseudonyms (hex-encoded on the wire).
     pub pseudonym_bytes: usize,
@@ -218,8 +226,48 @@ impl Default for PrivacyConfig {
         PrivacyConfig {
             rotation: Dur::secs(86_400),
             min_count: 1,
+            customer: None,
+            recipient_keys_file: None,
             join_key_file: None,
             pseudonym_bytes: 8,
+        }
+    }
+}
+
+/// `privacy.customer`: what becomes of a POS customer identifier (loyalty id, e-mail, phone)
+/// after its normalization (docs/pos.md, "Customer identifiers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CustomerMode {
+    /// Encrypted to the central platform's key (HPKE): no gateway can open or test a token.
+    Sealed,
+    /// HMAC-SHA256 under the join key every gateway and the platform share: deterministic at
+    /// the edge, but whoever holds one gateway's key can test guesses.
+    Keyed,
+    /// Not published at all.
+    Drop,
+}
+
+impl CustomerMode {
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CustomerMode::Sealed => "sealed",
+            CustomerMode::Keyed => "keyed",
+            CustomerMode::Drop => "drop",
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// The mode in force: `privacy.customer` when written; otherwise `sealed` when a recipient
+    /// key file is set (the recommendation), `keyed` when only a join key file is, else `drop`.
+    pub fn customer_mode(&self) -> CustomerMode {
+        match self.customer {
+            Some(m) => m,
+            None if self.recipient_keys_file.is_some() => CustomerMode::Sealed,
+            None if self.join_key_file.is_some() => CustomerMode::Keyed,
+            None => CustomerMode::Drop,
         }
     }
 }
@@ -437,6 +485,7 @@ impl Config {
         fix(&mut self.mqtt.client_key_file);
         fix(&mut self.mqtt.password_file);
         fix(&mut self.privacy.join_key_file);
+        fix(&mut self.privacy.recipient_keys_file);
         if let Some(r) = &mut self.remote {
             if r.public_key_file.is_relative() {
                 r.public_key_file = base.join(&r.public_key_file);
@@ -742,6 +791,7 @@ fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
         }
     }
     let pr = &c.privacy;
+    check_customer(pr, &mut bad);
     if pr.rotation.0 < Duration::from_secs(60) {
         bad("privacy.rotation", "must be at least 1m".into());
     }
@@ -793,6 +843,77 @@ fn validate(c: &Config, written: &toml::Table) -> Vec<(String, String)> {
         check_remote(r, c.mqtt.connect_timeout.0, &mut v);
     }
     v
+}
+
+/// `privacy.customer` against the key files it needs, and the recipient key file in full: it
+/// must be writable only by root or the service user (whoever can swap it receives every
+/// customer identifier) and hold usable keys. A file that cannot be read or parsed is refused
+/// here, so a gateway never starts with sealing it cannot do.
+fn check_customer(pr: &PrivacyConfig, bad: &mut impl FnMut(&str, String)) {
+    let mode = pr.customer_mode();
+    match (mode, &pr.recipient_keys_file, &pr.join_key_file) {
+        (CustomerMode::Sealed, None, _) => bad(
+            "privacy.customer",
+            "\"sealed\" needs privacy.recipient_keys_file (the central platform's public keys)"
+                .into(),
+        ),
+        (CustomerMode::Keyed, _, None) => bad(
+            "privacy.customer",
+            "\"keyed\" needs privacy.join_key_file".into(),
+        ),
+        _ => {}
+    }
+    if let Some(p) = &pr.recipient_keys_file {
+        let key = "privacy.recipient_keys_file";
+        match check_trusted_file(p) {
+            Err(e) => bad(key, e),
+            Ok(()) => {
+                if let Err(e) = recipient_keys::RecipientKeys::load(p) {
+                    bad(key, e);
+                }
+            }
+        }
+    }
+}
+
+/// One line for `check-config`: which customer mode is active and with which key.
+pub fn customer_summary(c: &Config) -> String {
+    let pr = &c.privacy;
+    let mode = pr.customer_mode();
+    let how = if pr.customer.is_some() {
+        "set"
+    } else {
+        "default"
+    };
+    match mode {
+        CustomerMode::Sealed => {
+            let keys = pr
+                .recipient_keys_file
+                .as_deref()
+                .and_then(|p| recipient_keys::RecipientKeys::load(p).ok())
+                .unwrap_or_default();
+            let ids: Vec<String> = keys
+                .all()
+                .iter()
+                .map(|k| recipient_keys::key_id_hex(&k.id))
+                .collect();
+            let (first, rest) = ids.split_first().map_or(("?", &[][..]), |(f, r)| (f.as_str(), r));
+            let others = if rest.is_empty() {
+                String::new()
+            } else {
+                format!(" (also listed, not used for sealing: {})", rest.join(", "))
+            };
+            format!(
+                "privacy.customer: sealed ({how}): customer identifiers sealed to key {first}{others}"
+            )
+        }
+        CustomerMode::Keyed => format!(
+            "privacy.customer: keyed ({how}): customer identifiers as HMAC-SHA256 under the join key (prefer \"sealed\": a stolen gateway's join key reverses every keyed pseudonym)"
+        ),
+        CustomerMode::Drop => format!(
+            "privacy.customer: drop ({how}): customer identifiers are not published"
+        ),
+    }
 }
 
 /// `[remote]`: the public key file must exist, hold at least one key and be writable only by
@@ -947,6 +1068,84 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn customer_mode_and_recipient_key_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        let line = recipient_keys::format_public_key(&nine);
+        std::fs::write(dir.path().join("r.pub"), format!("# platform\n{line}\n"))?;
+        std::fs::write(dir.path().join("j.key"), "0123456789abcdef0123")?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                dir.path().join("j.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )?;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        }
+        let base = "[gateway]\nstore_id = \"s1\"\ngateway_id = \"g1\"\n[http]\nenabled = false\n[privacy]\n";
+        let parse_with = |extra: &str| parse("x.toml", &format!("{base}{extra}"), Some(dir.path()));
+        // With a recipient key, sealed is the default (even beside a join key).
+        let c = parse_with("recipient_keys_file = \"r.pub\"\njoin_key_file = \"j.key\"\n")?;
+        assert_eq!(c.privacy.customer_mode(), CustomerMode::Sealed);
+        let line_out = customer_summary(&c);
+        assert!(line_out.contains("sealed (default)"), "{line_out}");
+        assert!(line_out.contains(&recipient_keys::key_id_hex(&recipient_keys::key_id(&nine))));
+        let c = parse_with("join_key_file = \"j.key\"\n")?;
+        assert_eq!(c.privacy.customer_mode(), CustomerMode::Keyed);
+        let c = parse_with("")?;
+        assert_eq!(c.privacy.customer_mode(), CustomerMode::Drop);
+        assert!(customer_summary(&c).contains("drop (default)"));
+        let c = parse_with("customer = \"drop\"\nrecipient_keys_file = \"r.pub\"\n")?;
+        assert_eq!(c.privacy.customer_mode(), CustomerMode::Drop);
+        let e = parse_with("customer = \"sealed\"\n")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("x.toml:7: privacy.customer: \"sealed\" needs privacy.recipient_keys_file (the central platform's public keys)")
+        );
+        let e = parse_with("customer = \"keyed\"\n")
+            .err()
+            .map(|e| e.to_string());
+        assert!(e
+            .unwrap_or_default()
+            .contains("needs privacy.join_key_file"));
+        let e = parse_with("customer = \"plain\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("x.toml:7: privacy.customer: unknown variant"),
+            "{e}"
+        );
+        // A bad key file: the configuration's file, line and key, then the key file and its line.
+        std::fs::write(dir.path().join("r.pub"), format!("{line}\nx25519:AAAA\n"))?;
+        let e = parse_with("recipient_keys_file = \"r.pub\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("x.toml:7: privacy.recipient_keys_file: `"),
+            "{e}"
+        );
+        assert!(
+            e.contains("r.pub`: line 2: recipient key has 3 bytes, not 32"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.path().join("r.pub"))?;
+        let e = parse_with("recipient_keys_file = \"r.pub\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("privacy.recipient_keys_file") && e.contains("cannot read"),
+            "{e}"
+        );
+        Ok(())
     }
 
     #[test]

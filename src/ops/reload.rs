@@ -56,6 +56,12 @@ const GATEWAY_ROWS: &[Row<Config>] = &[
     section::restart("privacy.pseudonym_bytes", |e, r| {
         e.privacy.pseudonym_bytes = r.privacy.pseudonym_bytes
     }),
+    section::restart("privacy.customer", |e, r| {
+        e.privacy.customer = r.privacy.customer
+    }),
+    section::restart("privacy.recipient_keys_file", |e, r| {
+        e.privacy.recipient_keys_file = r.privacy.recipient_keys_file.clone()
+    }),
     section::restart("privacy.join_key_file", |e, r| {
         e.privacy.join_key_file = r.privacy.join_key_file.clone()
     }),

@@ -191,6 +191,9 @@ pub struct TailOptions {
     pub gateway: Option<String>,
     /// Running totals every 5 s instead of one line per event.
     pub summary: bool,
+    /// One JSON line per distinct event (the event object with the batch's `store` and
+    /// `gateway` added), for `storegw unseal` and other tools; problems go to stderr.
+    pub json: bool,
     /// Stop after this many distinct events.
     pub count: Option<u64>,
     /// Stop after this long.
@@ -244,6 +247,9 @@ pub struct Checker {
     validators: Validators,
     prefix: String,
     seen: HashSet<String>,
+    /// Per-event output as JSON lines (see [`TailOptions::json`]).
+    pub json: bool,
+    /// What was received so far.
     pub totals: Totals,
 }
 
@@ -254,6 +260,7 @@ impl Checker {
             validators: Validators::new()?,
             prefix: prefix.to_string(),
             seen: HashSet::new(),
+            json: false,
             totals: Totals::default(),
         })
     }
@@ -338,6 +345,23 @@ impl Checker {
             self.totals.events += 1;
             *self.totals.per_kind.entry(kind.to_string()).or_default() += 1;
             let ts = e["ts"].as_str().unwrap_or("-");
+            if self.json {
+                let mut obj = serde_json::Map::new();
+                obj.insert("store".into(), Value::String(store.to_string()));
+                obj.insert("gateway".into(), Value::String(gateway.to_string()));
+                if let Some(m) = e.as_object() {
+                    obj.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                out.push(Value::Object(obj).to_string());
+                if !errs.is_empty() {
+                    self.totals.invalid_events += 1;
+                    out.push(format!(
+                        "INVALID {ts} {store}/{gateway} {kind} {id}: {}",
+                        errs.join("; ")
+                    ));
+                }
+                continue;
+            }
             if errs.is_empty() {
                 out.push(format!(
                     "{ts} {store}/{gateway} {kind} {id}{}",
@@ -399,6 +423,7 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
         o.gateway.as_deref().unwrap_or("+")
     );
     let mut checker = Checker::new(&o.conn.prefix)?;
+    checker.json = o.json;
     let (client, mut ev) = AsyncClient::new(mqtt_options(&o)?, 64);
     let start = Instant::now();
     let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
@@ -430,7 +455,12 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
                     let lines = checker.message(&p.topic, &p.payload);
                     if !o.summary {
                         for l in lines {
-                            let _ = writeln!(stdout, "{l}");
+                            // In JSON mode stdout holds only events; notes go to stderr.
+                            if o.json && !l.starts_with('{') {
+                                eprintln!("{l}");
+                            } else {
+                                let _ = writeln!(stdout, "{l}");
+                            }
                         }
                         let _ = stdout.flush();
                     }

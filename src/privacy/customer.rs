@@ -1,13 +1,18 @@
-//! Customer identifiers become pseudonyms the CDP can reproduce: HMAC-SHA256 under the join key
-//! shared with it, over a documented normalization (docs/pos.md, "Customer pseudonyms").
-//! Names and addresses are never kept.
+//! Customer identifiers (loyalty id, e-mail, phone) after their documented normalization
+//! (docs/pos.md, "Customer identifiers"), in one of three modes (`privacy.customer`):
+//! **sealed** to the central platform's public key with HPKE ([`super::sealed`]), so nothing on
+//! a gateway can open or test them; **keyed**, HMAC-SHA256 under the join key shared with the
+//! CDP; or **dropped**. Names and addresses are never kept.
 
+use super::sealed::Sealer;
+use crate::config::{CustomerMode, PrivacyConfig};
 use hmac::{KeyInit, Mac};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// Raw identifiers as a source delivers them; they live only in RAM until [`JoinKey::pseudonyms`].
+/// Raw identifiers as a source delivers them; they live only in RAM until
+/// [`CustomerKeys::pseudonyms`].
 #[derive(Debug, Clone, Default)]
 pub struct RawCustomer {
     /// The loyalty or customer number, as written by the source.
@@ -25,87 +30,175 @@ impl RawCustomer {
     }
 }
 
-/// The pseudonyms that go on the wire (64 hex characters each).
+/// What goes on the wire for each identifier: a sealed token (base64url) or a keyed pseudonym
+/// (64 hex characters), by mode.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Pseudonyms {
-    /// Pseudonym of the normalized loyalty id ([`normalize_loyalty`]).
+    /// Token or pseudonym of the normalized loyalty id ([`normalize_loyalty`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loyalty: Option<String>,
-    /// Pseudonym of the normalized e-mail address ([`normalize_email`]).
+    /// Token or pseudonym of the normalized e-mail address ([`normalize_email`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    /// Pseudonym of the phone number in E.164 ([`normalize_phone`]).
+    /// Token or pseudonym of the phone number in E.164 ([`normalize_phone`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
 }
 
-/// The join key shared with the CDP; `None` inside means identifiers are dropped.
+/// How identifiers are protected: the mode with its key material.
 #[derive(Clone, Default)]
-pub struct JoinKey {
-    key: Option<Vec<u8>>,
+enum Protection {
+    /// Dropped.
+    #[default]
+    Drop,
+    /// HMAC-SHA256 under the join key.
+    Keyed(Vec<u8>),
+    /// Sealed to the platform's key.
+    Sealed(Sealer),
+}
+
+/// The customer identifier policy of a gateway: the mode of `privacy.customer` and its key
+/// (the join key, or the recipient key with the store id); the default drops identifiers.
+#[derive(Clone, Default)]
+pub struct CustomerKeys {
+    protection: Protection,
     default_country: String,
 }
 
 static WARNED: AtomicBool = AtomicBool::new(false);
 
-impl JoinKey {
-    /// Reads the key file (its bytes, trailing whitespace removed). Without a file, customer
-    /// identifiers are dropped, and the log says so once.
-    pub fn load(path: Option<&std::path::Path>, default_country: &str) -> Result<JoinKey, String> {
-        let key = match path {
-            None => None,
-            Some(p) => {
-                let mut raw = std::fs::read(p)
-                    .map_err(|e| format!("privacy.join_key_file {}: {e}", p.display()))?;
-                while raw.last().is_some_and(u8::is_ascii_whitespace) {
-                    raw.pop();
-                }
-                if raw.len() < 16 {
-                    return Err(format!(
-                        "privacy.join_key_file {}: key shorter than 16 bytes",
-                        p.display()
-                    ));
-                }
-                Some(raw)
+/// The join key file's bytes, trailing whitespace removed, at least 16 bytes.
+pub fn read_join_key(p: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut raw =
+        std::fs::read(p).map_err(|e| format!("privacy.join_key_file {}: {e}", p.display()))?;
+    while raw.last().is_some_and(u8::is_ascii_whitespace) {
+        raw.pop();
+    }
+    if raw.len() < 16 {
+        return Err(format!(
+            "privacy.join_key_file {}: key shorter than 16 bytes",
+            p.display()
+        ));
+    }
+    Ok(raw)
+}
+
+impl CustomerKeys {
+    /// The policy the configuration asks for, with its key read from disk. A mode whose key
+    /// cannot be read is an error (the gateway does not start), never a fallback to another
+    /// mode.
+    pub fn from_config(
+        privacy: &PrivacyConfig,
+        store_id: &str,
+        default_country: &str,
+    ) -> Result<CustomerKeys, String> {
+        let protection = match privacy.customer_mode() {
+            CustomerMode::Drop => Protection::Drop,
+            CustomerMode::Keyed => {
+                let p = privacy
+                    .join_key_file
+                    .as_deref()
+                    .ok_or("privacy.customer = \"keyed\" needs privacy.join_key_file")?;
+                Protection::Keyed(read_join_key(p)?)
+            }
+            CustomerMode::Sealed => {
+                let p = privacy
+                    .recipient_keys_file
+                    .as_deref()
+                    .ok_or("privacy.customer = \"sealed\" needs privacy.recipient_keys_file")?;
+                let keys = crate::config::recipient_keys::RecipientKeys::load(p)
+                    .map_err(|e| format!("privacy.recipient_keys_file {e}"))?;
+                let first = keys
+                    .sealing()
+                    .ok_or("privacy.recipient_keys_file holds no key")?;
+                Protection::Sealed(Sealer::new(first, store_id)?)
             }
         };
-        Ok(JoinKey {
-            key,
+        Ok(CustomerKeys {
+            protection,
             default_country: default_country.to_string(),
         })
     }
 
-    /// A key from bytes (tests, tools).
-    pub fn from_bytes(key: &[u8], default_country: &str) -> JoinKey {
-        JoinKey {
-            key: Some(key.to_vec()),
+    /// Keyed mode from key bytes (tests, tools).
+    pub fn from_bytes(key: &[u8], default_country: &str) -> CustomerKeys {
+        CustomerKeys {
+            protection: Protection::Keyed(key.to_vec()),
             default_country: default_country.to_string(),
         }
     }
 
+    /// Sealed mode to a recipient key for a store (tests, tools).
+    pub fn sealed(
+        key: &crate::config::recipient_keys::RecipientKey,
+        store_id: &str,
+        default_country: &str,
+    ) -> Result<CustomerKeys, String> {
+        Ok(CustomerKeys {
+            protection: Protection::Sealed(Sealer::new(key, store_id)?),
+            default_country: default_country.to_string(),
+        })
+    }
+
     /// Whether customer identifiers can be kept at all.
     pub fn present(&self) -> bool {
-        self.key.is_some()
+        !matches!(self.protection, Protection::Drop)
     }
 
-    fn mac(&self, tag: &str, value: &str) -> Option<String> {
-        let key = self.key.as_ref()?;
-        let mut m = HmacSha256::new_from_slice(key).ok()?;
-        m.update(tag.as_bytes());
-        m.update(b":");
-        m.update(value.as_bytes());
-        Some(super::hex(&m.finalize().into_bytes()))
+    /// Whether equal identifiers give different output (sealed): the idempotency content hash
+    /// must then leave the customer values out (`source/pos/normalize.rs`, `content_hash`).
+    pub fn randomized(&self) -> bool {
+        matches!(self.protection, Protection::Sealed(_))
     }
 
-    /// Pseudonymizes what can be normalized; the rest is dropped.
+    /// The mode in force.
+    pub fn mode(&self) -> CustomerMode {
+        match self.protection {
+            Protection::Drop => CustomerMode::Drop,
+            Protection::Keyed(_) => CustomerMode::Keyed,
+            Protection::Sealed(_) => CustomerMode::Sealed,
+        }
+    }
+
+    fn protect(&self, tag: &'static str, raw: &str, normalized: Option<String>) -> Option<String> {
+        let Some(value) = normalized else {
+            if raw.trim().is_empty() {
+                return None;
+            }
+            // Present in the input but no identifier after normalization: counted by a fixed
+            // reason, never echoed.
+            let reason = match tag {
+                "loyalty" => "customer_loyalty",
+                "email" => "customer_email",
+                _ => "customer_phone",
+            };
+            crate::telemetry::metrics::malformed("pos", reason, 1);
+            return None;
+        };
+        match &self.protection {
+            Protection::Drop => None,
+            Protection::Keyed(key) => keyed_pseudonym(key, tag, &value),
+            Protection::Sealed(s) => match s.seal(tag, &value) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    // The reason is fixed text (no randomness, too long), never the value.
+                    crate::telemetry::metrics::malformed("pos", "customer_not_sealed", 1);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Protects what can be normalized; the rest is dropped (counted as malformed `pos` input
+    /// with the reason `customer_<tag>`, never echoed).
     pub fn pseudonyms(&self, c: &RawCustomer) -> Option<Pseudonyms> {
         if c.is_empty() {
             return None;
         }
-        if self.key.is_none() {
+        if !self.present() {
             if !WARNED.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
-                    "privacy.join_key_file is not set: POS customer identifiers (loyalty id, e-mail, phone) are dropped"
+                    "privacy.customer is \"drop\" (no recipient or join key): POS customer identifiers (loyalty id, e-mail, phone) are dropped"
                 );
             }
             return None;
@@ -114,21 +207,28 @@ impl JoinKey {
             loyalty: c
                 .loyalty_id
                 .as_deref()
-                .and_then(normalize_loyalty)
-                .and_then(|v| self.mac("loyalty", &v)),
+                .and_then(|v| self.protect("loyalty", v, normalize_loyalty(v))),
             email: c
                 .email
                 .as_deref()
-                .and_then(normalize_email)
-                .and_then(|v| self.mac("email", &v)),
+                .and_then(|v| self.protect("email", v, normalize_email(v))),
             phone: c
                 .phone
                 .as_deref()
-                .and_then(|p| normalize_phone(p, &self.default_country))
-                .and_then(|v| self.mac("phone", &v)),
+                .and_then(|v| self.protect("phone", v, normalize_phone(v, &self.default_country))),
         };
         (p != Pseudonyms::default()).then_some(p)
     }
+}
+
+/// `hex(HMAC-SHA256(key, tag ":" normalized value))`: the keyed pseudonym of keyed gateways, and
+/// what `storegw unseal --rekey` gives for an opened token, so both join alike.
+pub fn keyed_pseudonym(key: &[u8], tag: &str, normalized: &str) -> Option<String> {
+    let mut m = HmacSha256::new_from_slice(key).ok()?;
+    m.update(tag.as_bytes());
+    m.update(b":");
+    m.update(normalized.as_bytes());
+    Some(super::hex(&m.finalize().into_bytes()))
 }
 
 /// Loyalty id: trimmed; a float-formatted integer (`17593.0`) loses its `.0`; empty is none.
@@ -219,7 +319,7 @@ mod tests {
     #[test]
     fn known_vector() {
         // HMAC-SHA256(key = "0123456789abcdef", "email:bob@example.com"), as docs/pos.md shows.
-        let k = JoinKey::from_bytes(b"0123456789abcdef", "");
+        let k = CustomerKeys::from_bytes(b"0123456789abcdef", "");
         let p = k
             .pseudonyms(&RawCustomer {
                 email: Some(" Bob@Example.COM".into()),
@@ -229,7 +329,7 @@ mod tests {
         let e = p.email.unwrap_or_default();
         assert_eq!(e.len(), 64);
         assert_eq!(e, DOC_VECTOR);
-        assert!(JoinKey::default()
+        assert!(CustomerKeys::default()
             .pseudonyms(&RawCustomer {
                 email: Some("a@b.c".into()),
                 ..Default::default()

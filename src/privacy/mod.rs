@@ -20,7 +20,7 @@
 //! | CVV, track data, PIN block | `card.rs`, `is_forbidden_field`, `looks_like_track` | nothing: the whole input is refused |
 //! | E-mail address, phone number in free text | `pii.rs`, `scrub_emails`, `scrub_phones` (through `FreeText::text`) | `[email removed]`, `[phone removed]` and their flags |
 //! | Personal values quoted in an error | `pii.rs`, `redact_message`; `card.rs`, `scrub` (rejected ids) | `[redacted]` in rejections (HTTP answer, `.error` file, log) |
-//! | Customer loyalty id, e-mail, phone | `customer.rs`, `JoinKey::pseudonyms` | `customer` object: HMAC-SHA256 under the join key, 64 hex; dropped without a key |
+//! | Customer loyalty id, e-mail, phone | `customer.rs`, `CustomerKeys::pseudonyms` (sealing in `sealed.rs`, `Sealer::seal`) | `customer` object by `privacy.customer`: `sealed` (HPKE to the platform's key, base64url token, randomized; nothing on the gateway opens or tests it), `keyed` (HMAC-SHA256 under the join key, 64 hex) or `drop` |
 //! | Customer name, postal address | not read: `customer.rs`, `RawCustomer` has no field for them | nothing |
 //! | MAC-like text in a log line | `logs.rs`, `scrub` | `[addr]` |
 //!
@@ -39,7 +39,7 @@
 //!
 //! One module per concept: `device` (device keys and their rotation), `wifi`, `ble`, `card`,
 //! `pii` (personal data in free text and error texts, with the text folding of `textfold`),
-//! `customer`, `logs`.
+//! `customer` (with `sealed`: HPKE sealing to the central platform's key), `logs`.
 
 pub mod ble;
 pub mod card;
@@ -47,7 +47,12 @@ pub mod customer;
 pub mod device;
 pub mod logs;
 pub mod pii;
+pub mod sealed;
 pub mod textfold;
+/// `storegw unseal` and `keygen --recipient`: the central platform's side of sealed customer
+/// identifiers, not in the store binary.
+#[cfg(feature = "unseal")]
+pub mod unseal;
 pub mod wifi;
 
 // The device pseudonymizer is what the daemon and every sensor source hold.

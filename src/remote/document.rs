@@ -976,6 +976,13 @@ mod tests {
                 "[privacy]\njoin_key_file = \"/tmp/j\"",
                 "privacy.join_key_file",
             ),
+            // A document that could switch sealing off would downgrade a store's privacy.
+            ("[privacy]\ncustomer = \"keyed\"", "privacy.customer"),
+            ("[privacy]\ncustomer = \"drop\"", "privacy.customer"),
+            (
+                "[privacy]\nrecipient_keys_file = \"/tmp/evil.pub\"",
+                "privacy.recipient_keys_file",
+            ),
             (
                 "[sources.pos.http]\ntoken_file = \"/tmp/t\"",
                 "sources.pos.http.token_file",
@@ -995,6 +1002,36 @@ mod tests {
             );
             let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
             assert_eq!(r, Some(format!("forbidden_key: {key}")), "{overlay}");
+        }
+    }
+
+    #[test]
+    fn no_document_changes_customer_sealing() {
+        // The customer mode and the recipient keys are local-only (the whole `privacy`
+        // section, FORBIDDEN): no signed document may downgrade sealing
+        // to keyed pseudonyms or drop, nor point the gateway at another recipient key.
+        let k = key(1);
+        for target in ["_fleet"] {
+            for (overlay, key) in [
+                ("[privacy]\ncustomer = \"keyed\"", "privacy.customer"),
+                ("[privacy]\ncustomer = \"sealed\"", "privacy.customer"),
+                (
+                    "[privacy]\nrecipient_keys_file = \"/tmp/r.pub\"",
+                    "privacy.recipient_keys_file",
+                ),
+                ("privacy = { customer = \"drop\" }", "privacy.customer"),
+            ] {
+                let doc = signed(
+                    &format!("version = 2\ntarget = \"{target}\"\n{overlay}\n"),
+                    &k,
+                );
+                let r = run(&doc, &keys(&k), 0).err().map(|r| r.reason());
+                assert_eq!(
+                    r,
+                    Some(format!("forbidden_key: {key}")),
+                    "{target}: {overlay}"
+                );
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 use super::normalize::{normalize_at, Normalized};
 use super::transaction::{Reject, Tx};
 use super::{ParseOpts, PosConfig};
-use crate::privacy::customer::JoinKey;
+use crate::privacy::customer::CustomerKeys;
 use crate::source::DurableSink;
 use crate::spool::SpoolError;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::time::Duration;
 /// HTTP routes, the watched directories and the pollers (one lock, one index).
 pub struct Ingest {
     sink: DurableSink,
-    pub key: JoinKey,
+    pub key: CustomerKeys,
     pub opts: ParseOpts,
     pub cfg: PosConfig,
     index: sled::Tree,
@@ -85,8 +85,9 @@ impl Ingest {
     /// Builds the ingest state for a spool and configuration.
     pub fn new(sink: DurableSink, cfg: &crate::config::Config) -> Result<Ingest, String> {
         let pc = cfg.sources.pos.clone();
-        let key = JoinKey::load(
-            cfg.privacy.join_key_file.as_deref(),
+        let key = CustomerKeys::from_config(
+            &cfg.privacy,
+            &cfg.gateway.store_id,
             &pc.phone_default_country,
         )?;
         let index = sink

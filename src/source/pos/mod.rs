@@ -257,8 +257,9 @@ pub fn replay(
             opts.csv = w.csv.clone();
         }
     }
-    let key = crate::privacy::customer::JoinKey::load(
-        r.cfg.privacy.join_key_file.as_deref(),
+    let key = crate::privacy::customer::CustomerKeys::from_config(
+        &r.cfg.privacy,
+        &r.cfg.gateway.store_id,
         &pc.phone_default_country,
     )?;
     let parsed =

@@ -6,7 +6,7 @@
 use super::transaction::{Discount, Line, Reject, Tender, Tx, TxType};
 use crate::event::{rfc3339_ms, Event, EventKind};
 use crate::privacy::card;
-use crate::privacy::customer::{JoinKey, Pseudonyms};
+use crate::privacy::customer::{CustomerKeys, Pseudonyms};
 use crate::privacy::pii::FreeText;
 use serde::Serialize;
 
@@ -121,7 +121,7 @@ fn local_day(ms: i64, offset_s: i32) -> Option<String> {
 
 /// Normalizes one transaction with the business day, when the source states none, taken at
 /// UTC (see [`normalize_at`]).
-pub fn normalize(tx: Tx, key: &JoinKey, now_ms: i64) -> Result<Normalized, Reject> {
+pub fn normalize(tx: Tx, key: &CustomerKeys, now_ms: i64) -> Result<Normalized, Reject> {
     normalize_at(tx, key, now_ms, 0)
 }
 
@@ -130,7 +130,7 @@ pub fn normalize(tx: Tx, key: &JoinKey, now_ms: i64) -> Result<Normalized, Rejec
 /// states none.
 pub fn normalize_at(
     tx: Tx,
-    key: &JoinKey,
+    key: &CustomerKeys,
     now_ms: i64,
     offset_s: i32,
 ) -> Result<Normalized, Reject> {
@@ -279,7 +279,7 @@ pub fn normalize_at(
     Ok(Normalized {
         key: format!("{register}\u{1f}{day}\u{1f}{transaction_id}"),
         legacy_key,
-        content: content_hash(&event, tx.time_ms.is_none()),
+        content: content_hash(&event, tx.time_ms.is_none(), key.randomized()),
         body_lines,
         currency: tx.currency,
         total_minor: total,
@@ -288,13 +288,23 @@ pub fn normalize_at(
 }
 
 /// SHA-256 of the event body; a time the gateway filled in (the source sent none) is left
-/// out, so a retry of the same transaction hashes alike.
-fn content_hash(e: &Event, time_filled_in: bool) -> [u8; 32] {
+/// out, so a retry of the same transaction hashes alike. Sealed customer tokens differ on every
+/// seal, so they are left out too (only which identifiers are present counts): a retry is a
+/// duplicate, not a conflict. They are not replaced by anything derived from the identifiers:
+/// the hash is kept on disk, where a hash of a phone number could be tested by guessing.
+fn content_hash(e: &Event, time_filled_in: bool, customer_randomized: bool) -> [u8; 32] {
     use sha2::Digest;
     let mut body = e.body();
-    if time_filled_in {
-        if let Some(m) = body.as_object_mut() {
+    if let Some(m) = body.as_object_mut() {
+        if time_filled_in {
             m.remove("time");
+        }
+        if customer_randomized {
+            if let Some(c) = m.get_mut("customer").and_then(|c| c.as_object_mut()) {
+                for v in c.values_mut() {
+                    *v = serde_json::Value::String("sealed".into());
+                }
+            }
         }
     }
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -336,7 +346,7 @@ mod tests {
 
     #[test]
     fn scrubs_and_flags() {
-        let n = normalize(sale(), &JoinKey::default(), 0).map_err(|e| e.to_string());
+        let n = normalize(sale(), &CustomerKeys::default(), 0).map_err(|e| e.to_string());
         let n = n.unwrap_or_else(|e| panic!("{e}"));
         let s = n.event.body().to_string();
         assert!(!s.contains("4111"), "{s}");
@@ -349,7 +359,7 @@ mod tests {
         let mut t = sale();
         t.kind = Some(TxType::Refund);
         t.totals.total = Some(250);
-        let n = normalize(t, &JoinKey::default(), 0).unwrap_or_else(|e| panic!("{e}"));
+        let n = normalize(t, &CustomerKeys::default(), 0).unwrap_or_else(|e| panic!("{e}"));
         let b = &n.event.body();
         assert_eq!(b["totals"]["total_minor"], -250);
         assert_eq!(b["totals"]["lines_sum_minor"], -300);
@@ -365,9 +375,9 @@ mod tests {
             email: Some("a@b.example".into()),
             ..RawCustomer::default()
         };
-        let n = normalize(t.clone(), &JoinKey::default(), 0).unwrap_or_else(|e| panic!("{e}"));
+        let n = normalize(t.clone(), &CustomerKeys::default(), 0).unwrap_or_else(|e| panic!("{e}"));
         assert!(n.event.body().get("customer").is_none());
-        let k = JoinKey::from_bytes(b"0123456789abcdef", "");
+        let k = CustomerKeys::from_bytes(b"0123456789abcdef", "");
         let n = normalize(t, &k, 0).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             n.event.body()["customer"]["email"].as_str().map(str::len),
@@ -376,9 +386,37 @@ mod tests {
     }
 
     #[test]
+    fn sealed_customer_retry_is_a_duplicate_not_a_conflict() -> Result<(), String> {
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        let keys = crate::config::recipient_keys::RecipientKeys::parse(
+            &crate::config::recipient_keys::format_public_key(&nine),
+        )?;
+        let k = CustomerKeys::sealed(keys.sealing().ok_or("no key")?, "s1", "49")?;
+        let mut t = sale();
+        t.customer = RawCustomer {
+            phone: Some("030 1234 5678".into()),
+            ..RawCustomer::default()
+        };
+        let a = normalize(t.clone(), &k, 0).map_err(|e| e.to_string())?;
+        let b = normalize(t.clone(), &k, 0).map_err(|e| e.to_string())?;
+        let (ta, tb) = (
+            a.event.body()["customer"]["phone"].clone(),
+            b.event.body()["customer"]["phone"].clone(),
+        );
+        assert_ne!(ta, tb, "sealing is randomized");
+        assert_eq!(a.content, b.content, "a retry hashes alike");
+        // Without the customer, the content differs (presence counts).
+        t.customer = RawCustomer::default();
+        let c = normalize(t, &k, 0).map_err(|e| e.to_string())?;
+        assert_ne!(a.content, c.content);
+        Ok(())
+    }
+
+    #[test]
     fn bad_currency_rejected() {
         let mut t = sale();
         t.currency = "euro".into();
-        assert!(normalize(t, &JoinKey::default(), 0).is_err());
+        assert!(normalize(t, &CustomerKeys::default(), 0).is_err());
     }
 }
