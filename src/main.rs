@@ -22,6 +22,7 @@ struct Cli {
 }
 
 /// What `storegw calibrate` fits.
+#[cfg(feature = "calibrate")]
 #[derive(Subcommand)]
 enum CalibrateWhat {
     /// Wi-Fi people counting: DIR holds `<day>.pcap` + `<day>.truth.json` (people counted per
@@ -57,6 +58,7 @@ enum Cmd {
     },
     /// Fit a store's calibration from days with people counted; prints a TOML section to
     /// append to the configuration.
+    #[cfg(feature = "calibrate")]
     Calibrate {
         #[command(subcommand)]
         what: CalibrateWhat,
@@ -109,6 +111,7 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    #[cfg(feature = "central")]
     /// Subscribe to a store's live feed, validate every payload against the JSON Schemas,
     /// drop redelivered events by id, print one line per event or a running summary.
     Tail {
@@ -133,6 +136,7 @@ enum Cmd {
         #[arg(long = "for")]
         for_secs: Option<u64>,
     },
+    #[cfg(feature = "central")]
     /// One line per gateway from the retained status documents, worst first. Exit status: 0
     /// when every gateway is healthy, 1 when any needs attention (or none reported), 2 when the
     /// broker could not be read.
@@ -155,6 +159,7 @@ enum Cmd {
         #[arg(long, default_value_t = 300.0)]
         stale: f64,
     },
+    #[cfg(feature = "central")]
     /// Create an Ed25519 signing key for remote configuration: PREFIX.key (0600) and PREFIX.pub.
     /// With --recipient: the central platform's X25519 key pair for sealed customer
     /// identifiers (PREFIX.pub goes into privacy.recipient_keys_file).
@@ -182,6 +187,7 @@ enum Cmd {
         /// Input files (default: stdin).
         files: Vec<PathBuf>,
     },
+    #[cfg(feature = "central")]
     /// Sign a configuration overlay (TOML with an integer `version`) with a private key.
     Sign {
         file: PathBuf,
@@ -194,6 +200,7 @@ enum Cmd {
         #[arg(long, default_value = "30d")]
         valid_for: storegw::config::Dur,
     },
+    #[cfg(feature = "central")]
     /// Run a gateway's verification of a signed document offline and print the result (exit 1
     /// with the reason when a gateway would reject it).
     Verify {
@@ -208,6 +215,7 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         last_version: i64,
     },
+    #[cfg(feature = "central")]
     /// Publish a signed document retained (QoS 1) to a gateway's config topic, or the fleet's.
     Push {
         file: PathBuf,
@@ -220,6 +228,7 @@ enum Cmd {
         #[arg(long)]
         gateway: Option<String>,
     },
+    #[cfg(feature = "central")]
     /// Sign a command for one gateway (status, reconnect, rotate-keys, reload), publish it and
     /// print the gateway's answer (exit 1 when refused, 3 when no answer came).
     Command {
@@ -343,6 +352,7 @@ fn main() -> ExitCode {
                 storegw::demo::run(Duration::from_secs(duration), rate),
             )
         }
+        #[cfg(feature = "calibrate")]
         Cmd::Calibrate {
             what: CalibrateWhat::Wifi { dir, config },
         } => {
@@ -428,6 +438,7 @@ fn main() -> ExitCode {
             };
             run_to_exit("bench", storegw::bench::run(opts))
         }
+        #[cfg(feature = "central")]
         Cmd::Tail {
             conn,
             store,
@@ -461,6 +472,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "central")]
         Cmd::Fleet {
             conn,
             store,
@@ -508,6 +520,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "central")]
         #[cfg(feature = "unseal")]
         Cmd::Keygen {
             out,
@@ -597,6 +610,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "central")]
         Cmd::Keygen { out, .. } => match storegw::remote::tools::keygen(&out) {
             Ok(id) => {
                 println!(
@@ -611,6 +625,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "central")]
         Cmd::Sign {
             file,
             key,
@@ -626,6 +641,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "central")]
         Cmd::Verify {
             file,
             public_key,
@@ -648,6 +664,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "central")]
         Cmd::Command {
             action,
             conn,
@@ -689,6 +706,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "central")]
         Cmd::Push {
             conn,
             file,

@@ -8,4 +8,5 @@ pub mod agent;
 pub mod command;
 pub mod document;
 pub mod state;
+#[cfg(feature = "central")]
 pub mod tools;

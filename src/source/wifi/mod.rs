@@ -1,6 +1,7 @@
 //! The Wi-Fi probe-request footfall source (docs/wifi.md): live AF_PACKET capture on a
 //! monitor-mode interface or replay of pcap/pcapng files, both through one [`pipeline`].
 
+#[cfg(feature = "calibrate")]
 pub mod calibrate;
 pub mod capture;
 mod census_body;
