@@ -4,7 +4,9 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::ops::{http_server, status, systemd};
 use crate::spool::Spool;
-use crate::telemetry::{health, metrics};
+use crate::telemetry::health::SourceState;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::Telemetry;
 use crate::uplink::{self, UplinkSettings};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,13 +32,22 @@ pub struct Pipeline {
     pub config: watch::Sender<Arc<Config>>,
     /// The device pseudonymizer (the `rotate-keys` command rotates it).
     pub devices: Arc<crate::privacy::DevicePseudonymizer>,
+    /// This pipeline's metrics and health registries (every part of it reports here; a second
+    /// pipeline in the same process has its own).
+    pub telemetry: Telemetry,
 }
 
 /// Moves events from the sources' channel into the spool: buffered up to one chunk per stream
 /// or one flush interval, then appended and flushed together. A power cut loses at most one
 /// flush interval of sensor events, and the SD card sees one fsync per interval, not per event.
-async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>, flush_interval: Duration) {
-    let _vital = health::Vital::panic_only("spool writer");
+async fn spool_writer(
+    spool: Arc<Spool>,
+    mut rx: mpsc::Receiver<Event>,
+    flush_interval: Duration,
+    telemetry: Telemetry,
+) {
+    let _vital = telemetry.health().vital_panic_only("spool writer");
+    let metrics = telemetry.metrics();
     let mut buf: Vec<Event> = Vec::with_capacity(crate::spool::CHUNK_EVENTS);
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -47,11 +58,11 @@ async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>, flush_in
                     break;
                 }
                 if buf.len() >= crate::spool::CHUNK_EVENTS {
-                    write_batch(&spool, &mut buf);
+                    write_batch(&spool, &mut buf, metrics);
                 }
             }
             _ = tick.tick() => {
-                write_batch(&spool, &mut buf);
+                write_batch(&spool, &mut buf, metrics);
                 if let Err(e) = spool.flush_if_dirty().await {
                     tracing::error!(error = %e, "spool flush failed");
                 }
@@ -60,13 +71,13 @@ async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Event>, flush_in
     }
     // Every sender is gone (sources stopped, or a simulator reached its limit): what came in
     // since the last tick must still reach the disk, not wait for a tick that never comes.
-    write_batch(&spool, &mut buf);
+    write_batch(&spool, &mut buf, metrics);
     if let Err(e) = spool.flush_if_dirty().await {
         tracing::error!(error = %e, "spool flush failed");
     }
 }
 
-fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
+fn write_batch(spool: &Spool, buf: &mut Vec<Event>, metrics: &Metrics) {
     if buf.is_empty() {
         return;
     }
@@ -81,7 +92,7 @@ fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
             continue;
         }
         match spool.append(&part) {
-            Ok(_) => metrics::global().events_in(stream, part.len() as u64),
+            Ok(_) => metrics.events_in(stream, part.len() as u64),
             Err(crate::spool::SpoolError::Full { .. }) => {}
             Err(e) => {
                 tracing::error!(error = %e, stream = %stream, events = part.len(), "spool append failed");
@@ -92,22 +103,30 @@ fn write_batch(spool: &Spool, buf: &mut Vec<Event>) {
 }
 
 impl Pipeline {
-    /// Opens the spool and starts every configured source, the uplink and the HTTP server.
+    /// Opens the spool and starts every configured source, the uplink and the HTTP server,
+    /// all reporting into fresh registries ([`Pipeline::telemetry`]).
     pub async fn start(cfg: &Config) -> Result<Pipeline, String> {
-        Self::start_with(cfg, None).await
+        Self::start_with(cfg, None, Telemetry::new()).await
     }
 
-    /// [`Pipeline::start`], with the uplink carrying a remote-control link (docs/fleet.md).
+    /// [`Pipeline::start`], with the uplink carrying a remote-control link (docs/fleet.md),
+    /// reporting into `telemetry` (which the remote agent and the reloader share).
     pub async fn start_with(
         cfg: &Config,
         remote: Option<uplink::RemoteLink>,
+        telemetry: Telemetry,
     ) -> Result<Pipeline, String> {
-        health::mark_started();
-        health::set_stopping(false);
+        telemetry.health().mark_started();
+        telemetry.health().set_stopping(false);
         let settings = UplinkSettings::from_config(cfg)?;
         let spool = Arc::new(
-            Spool::open(&cfg.spool_dir(), &cfg.gateway.gateway_id, &cfg.spool)
-                .map_err(|e| format!("spool: {e}"))?,
+            Spool::open_with(
+                &cfg.spool_dir(),
+                &cfg.gateway.gateway_id,
+                &cfg.spool,
+                telemetry.clone(),
+            )
+            .map_err(|e| format!("spool: {e}"))?,
         );
         if let Some(r) = spool.recovered() {
             tracing::error!("{r}");
@@ -124,7 +143,12 @@ impl Pipeline {
         let mut background = vec![tokio::spawn(
             spool.clone().run_purger(Duration::from_secs(10)),
         )];
-        let writer = tokio::spawn(spool_writer(spool.clone(), rx, cfg.spool.flush_interval.0));
+        let writer = tokio::spawn(spool_writer(
+            spool.clone(),
+            rx,
+            cfg.spool.flush_interval.0,
+            telemetry.clone(),
+        ));
         let ctx = crate::source::SourceContext {
             cfg: Arc::new(cfg.clone()),
             tx,
@@ -132,6 +156,7 @@ impl Pipeline {
             devices: devices.clone(),
             shutdown: sources_stop_rx,
             config: config_rx,
+            telemetry: telemetry.clone(),
         };
         let crate::source::Started {
             tasks: sources,
@@ -142,9 +167,10 @@ impl Pipeline {
         let mut http_task = None;
         let mut http_error = None;
         if cfg.http.enabled {
-            let router = http_server::base_router(spool.clone()).merge(source_routes);
+            let state = http_server::ServerState::new(spool.clone(), telemetry.clone());
+            let router = http_server::base_router(state.clone()).merge(source_routes);
             let limits = http_server::Limits::from_config(&cfg.http);
-            match http_server::serve(&cfg.http.listen, router, limits).await {
+            match http_server::serve(&cfg.http.listen, router, limits, state).await {
                 Ok(h) => http_task = Some(h),
                 Err(e) => {
                     tracing::error!("{e}; metrics, health and POS ingest are off");
@@ -152,13 +178,26 @@ impl Pipeline {
                 }
             }
         }
-        background.push(tokio::spawn(housekeeping(cfg.clone(), spool.clone())));
+        background.push(tokio::spawn(housekeeping(
+            cfg.clone(),
+            spool.clone(),
+            telemetry.clone(),
+        )));
         background.push(tokio::spawn(expire_device_keys(devices.clone())));
         let up_spool = spool.clone();
         let up_config = config_tx.subscribe();
+        let up_telemetry = telemetry.clone();
         let uplink = tokio::spawn(async move {
-            let _vital = health::Vital::new("uplink");
-            uplink::run_live(settings, up_spool, shutdown_rx, Some(up_config), remote).await
+            let _vital = up_telemetry.health().vital("uplink");
+            uplink::run_live(
+                settings,
+                up_spool,
+                up_telemetry.clone(),
+                shutdown_rx,
+                Some(up_config),
+                remote,
+            )
+            .await
         });
         systemd::ready();
         tracing::info!(store = %cfg.gateway.store_id, gateway = %cfg.gateway.gateway_id, spool = %spool.path().display(), "storegw started");
@@ -174,6 +213,7 @@ impl Pipeline {
             sources_stop,
             config: config_tx,
             devices,
+            telemetry,
         })
     }
 
@@ -182,12 +222,13 @@ impl Pipeline {
     /// writable. A configuration change is confirmed only without new problems
     /// (docs/fleet.md, "On the gateway").
     pub fn health(&self) -> Vec<String> {
-        let mut r = status::unhealthy_reasons(&self.spool);
+        let health = self.telemetry.health();
+        let mut r = status::unhealthy_reasons(health, &self.spool);
         if let Some(e) = &self.http_error {
             r.push(e.clone());
         }
-        for (name, h) in health::source_snapshot() {
-            if h.state == health::SourceState::Starting.as_str() {
+        for (name, h) in health.source_snapshot() {
+            if h.state == SourceState::Starting.as_str() {
                 r.push(format!("source {name} has not started yet"));
             }
         }
@@ -198,7 +239,7 @@ impl Pipeline {
     /// acknowledgements, publishes `offline` and disconnects.
     pub async fn shutdown(self) {
         systemd::stopping();
-        health::set_stopping(true);
+        self.telemetry.health().set_stopping(true);
         // Sources get a moment to emit what they aggregated (open windows), then are stopped.
         let _ = self.sources_stop.send(true);
         for s in self.sources {
@@ -255,7 +296,8 @@ async fn expire_device_keys(devices: Arc<crate::privacy::DevicePseudonymizer>) {
 }
 
 /// Periodic status file for `storegw status`, and the systemd watchdog fed only while healthy.
-async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
+async fn housekeeping(cfg: Config, spool: Arc<Spool>, telemetry: Telemetry) {
+    let health = telemetry.health();
     let wd = systemd::watchdog_interval();
     let mut tick = tokio::time::interval(
         wd.unwrap_or(Duration::from_secs(5))
@@ -265,6 +307,7 @@ async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
     loop {
         tick.tick().await;
         let payload = status::file_payload(
+            health,
             &cfg.gateway.store_id,
             &cfg.gateway.gateway_id,
             "running",
@@ -277,7 +320,7 @@ async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
         {
             tracing::debug!(path = %path.display(), "cannot write status file");
         }
-        let reasons = status::unhealthy_reasons(&spool);
+        let reasons = status::unhealthy_reasons(health, &spool);
         tracing::debug!(
             spool_depth = spool.total_depth(),
             healthy = reasons.is_empty(),
@@ -290,7 +333,7 @@ async fn housekeeping(cfg: Config, spool: Arc<Spool>) {
             systemd::status(&format!(
                 "spool depth {}, mqtt {}",
                 spool.total_depth(),
-                if metrics::global().connected() {
+                if telemetry.metrics().connected() {
                     "connected"
                 } else {
                     "disconnected"
@@ -359,14 +402,19 @@ pub async fn serve(
     mut hup: Option<&mut tokio::signal::unix::Signal>,
 ) -> Result<RunEnd, String> {
     use crate::remote::agent::Agent;
+    // One set of registries for everything this run starts: the agent and the reloader report
+    // before the pipeline exists, and into the same status document.
+    let telemetry = Telemetry::new();
     let local_level = local.log.level.clone();
-    let (cfg, mut agent) = Agent::boot(path, local)?;
+    let (cfg, mut agent) = Agent::boot(path, local, telemetry.clone())?;
     if cfg.log.level != local_level {
         crate::ops::logging::set_level(&cfg.log.level);
     }
     let mut reloader = match &agent {
-        Some(a) => crate::ops::reload::Reloader::from_text(a.running_text().to_string()),
-        None => crate::ops::reload::Reloader::new(path),
+        Some(a) => {
+            crate::ops::reload::Reloader::from_text(a.running_text().to_string(), telemetry.clone())
+        }
+        None => crate::ops::reload::Reloader::new(path, telemetry.clone()),
     };
     let mut control = None;
     let link = agent.as_ref().map(|a| {
@@ -382,7 +430,7 @@ pub async fn serve(
             outbound: out_rx,
         }
     });
-    let p = Pipeline::start_with(&cfg, link).await?;
+    let p = Pipeline::start_with(&cfg, link, telemetry).await?;
     let term = stop;
     tokio::pin!(term);
     let mut end = RunEnd::Stopped;
@@ -506,7 +554,6 @@ fn reload_local(
     p: &Pipeline,
     agent: Option<&mut crate::remote::agent::Agent>,
 ) -> Result<(), String> {
-    use crate::ops::reload::Reloader;
     let Some(agent) = agent else {
         return if reloader.reload(path, &p.config) {
             Ok(())
@@ -515,7 +562,7 @@ fn reload_local(
         };
     };
     let file = path.display().to_string();
-    let Some((text, _)) = Reloader::read(path) else {
+    let Some((text, _)) = reloader.read(path) else {
         return Err("see the log".into());
     };
     match agent.remerge_local(&text) {
@@ -524,7 +571,7 @@ fn reload_local(
             Ok(())
         }
         Err(e) => {
-            Reloader::rejected(&file, &e);
+            reloader.rejected(&file, &e);
             Err(e)
         }
     }
@@ -636,7 +683,12 @@ mod tests {
             &SpoolConfig::default(),
         )?);
         let (tx, rx) = mpsc::channel(16);
-        let writer = tokio::spawn(spool_writer(spool.clone(), rx, Duration::from_secs(3600)));
+        let writer = tokio::spawn(spool_writer(
+            spool.clone(),
+            rx,
+            Duration::from_secs(3600),
+            Telemetry::new(),
+        ));
         // Let the interval's immediate first tick pass, so only the close can flush.
         tokio::time::sleep(Duration::from_millis(50)).await;
         for i in 0..10 {

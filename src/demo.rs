@@ -179,6 +179,7 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
     });
 
     let pipeline = Pipeline::start(&cfg).await?;
+    let telemetry = pipeline.telemetry.clone();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -187,7 +188,7 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let m = crate::telemetry::metrics::global();
+                let m = telemetry.metrics();
                 let produced: u64 = crate::event::Stream::ALL.iter().map(|s| m.events_out_total(*s)).sum();
                 let delivered = seen.lock().map(|s| s.ids.len()).unwrap_or(0);
                 print!(
@@ -225,7 +226,7 @@ pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
     );
     let acked: u64 = crate::event::Stream::ALL
         .iter()
-        .map(|st| crate::telemetry::metrics::global().events_out_total(*st))
+        .map(|st| telemetry.metrics().events_out_total(*st))
         .sum();
     println!(
         "\n{}",

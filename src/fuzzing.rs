@@ -292,7 +292,7 @@ pub fn remote_agent(data: &[u8]) {
         );
         std::fs::write(&path, &text).ok()?;
         let local = crate::config::parse("fuzz.toml", &text, Some(&dir)).ok()?;
-        let (_, agent) = Agent::boot(&path, local).ok()?;
+        let (_, agent) = Agent::boot(&path, local, crate::telemetry::Telemetry::new()).ok()?;
         let mut agent = agent?;
         for msg in data.split(|&b| b == 0xFF).take(8) {
             let Some((&sel, body)) = msg.split_first() else {

@@ -174,6 +174,7 @@ async fn live_task_emits_census_from_injected_probes() -> TestResult {
             8,
         )?),
         shutdown: stop_rx,
+        telemetry: storegw::telemetry::Telemetry::new(),
     };
     let task = tokio::spawn(storegw::source::wifi::live::run(
         ctx,

@@ -499,7 +499,12 @@ async fn backlog(bin: &Path, dir: &Path, n: u64) -> Result<Vec<Row>, String> {
     let settings = crate::uplink::UplinkSettings::from_config(&c)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let t = Instant::now();
-    let up = tokio::spawn(crate::uplink::run(settings, spool.clone(), stop_rx));
+    let up = tokio::spawn(crate::uplink::run(
+        settings,
+        spool.clone(),
+        crate::telemetry::Telemetry::new(),
+        stop_rx,
+    ));
     let until = Instant::now() + Duration::from_secs(600);
     while spool.total_depth() > 0 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -7,6 +7,9 @@
 //! document report the saturation (docs/pos.md, "Timeouts and limits").
 
 use crate::spool::Spool;
+use crate::telemetry::health::SourceState;
+use crate::telemetry::metrics::Metric;
+use crate::telemetry::Telemetry;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -19,19 +22,77 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-async fn metrics(State(spool): State<Arc<Spool>>) -> impl IntoResponse {
+/// What the server's own routes and its accept loop share: the pipeline's spool and
+/// registries, and the connection counters. Handed in by the daemon (one per pipeline), so
+/// `/metrics` and `/healthz` report the pipeline they serve and no counter is process-wide.
+#[derive(Clone)]
+pub struct ServerState {
+    spool: Arc<Spool>,
+    telemetry: Telemetry,
+    connections: Arc<Connections>,
+}
+
+impl ServerState {
+    /// The state of a server for this pipeline's spool and telemetry, no connection open yet.
+    pub fn new(spool: Arc<Spool>, telemetry: Telemetry) -> ServerState {
+        ServerState {
+            spool,
+            telemetry,
+            connections: Arc::new(Connections::default()),
+        }
+    }
+
+    /// Why the HTTP server is saturated (`None`: it is not): every connection slot taken, or a
+    /// connection refused within the last 30 s. `/healthz` answers 503 with it; the systemd
+    /// watchdog does not act on it (a restart would not stop the clients).
+    pub fn saturation(&self) -> Option<String> {
+        let c = &self.connections;
+        let open = c.open.load(Ordering::Relaxed);
+        let cap = c.cap.load(Ordering::Relaxed);
+        let recent =
+            crate::event::now_ms() - c.refused_at.load(Ordering::Relaxed) < SATURATION_HOLD_MS;
+        (open >= cap || recent).then(|| {
+            format!(
+                "HTTP connections saturated: {open} of http.max_connections = {cap} open, {} refused since start",
+                c.refused.load(Ordering::Relaxed)
+            )
+        })
+    }
+}
+
+/// Open connections, the cap, and the last time one was refused (Unix ms).
+struct Connections {
+    open: AtomicUsize,
+    cap: AtomicUsize,
+    refused_at: AtomicI64,
+    refused: AtomicU64,
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections {
+            open: AtomicUsize::new(0),
+            // No cap until the server listens with its limits.
+            cap: AtomicUsize::new(usize::MAX),
+            refused_at: AtomicI64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+}
+
+async fn metrics(State(st): State<ServerState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::ops::status::metrics_text(Some(&spool)),
+        crate::ops::status::metrics_text(&st.telemetry, Some(&st.spool)),
     )
 }
 
-async fn healthz(State(spool): State<Arc<Spool>>) -> impl IntoResponse {
-    let mut reasons = crate::ops::status::unhealthy_reasons(&spool);
-    reasons.extend(saturation());
+async fn healthz(State(st): State<ServerState>) -> impl IntoResponse {
+    let mut reasons = crate::ops::status::unhealthy_reasons(st.telemetry.health(), &st.spool);
+    reasons.extend(st.saturation());
     if reasons.is_empty() {
         (StatusCode::OK, "ok\n".to_string())
     } else {
@@ -39,37 +100,16 @@ async fn healthz(State(spool): State<Arc<Spool>>) -> impl IntoResponse {
     }
 }
 
-/// Routes every gateway serves.
-pub fn base_router(spool: Arc<Spool>) -> Router {
+/// Routes every gateway serves, reading `state` (pass the same state to [`serve`]).
+pub fn base_router(state: ServerState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(spool)
+        .with_state(state)
 }
-
-/// Open connections, the cap, and the last time one was refused (Unix ms).
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-static CAP: AtomicUsize = AtomicUsize::new(usize::MAX);
-static REFUSED_AT: AtomicI64 = AtomicI64::new(0);
-static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// How long after a refused connection `/healthz` still reports saturation.
 const SATURATION_HOLD_MS: i64 = 30_000;
-
-/// Why the HTTP server is saturated (`None`: it is not): every connection slot taken, or a
-/// connection refused within the last 30 s. `/healthz` answers 503 with it; the systemd
-/// watchdog does not act on it (a restart would not stop the clients).
-pub fn saturation() -> Option<String> {
-    let open = OPEN.load(Ordering::Relaxed);
-    let cap = CAP.load(Ordering::Relaxed);
-    let recent = crate::event::now_ms() - REFUSED_AT.load(Ordering::Relaxed) < SATURATION_HOLD_MS;
-    (open >= cap || recent).then(|| {
-        format!(
-            "HTTP connections saturated: {open} of http.max_connections = {cap} open, {} refused since start",
-            REFUSED.load(Ordering::Relaxed)
-        )
-    })
-}
 
 /// Connection limits of the server (from `[http]`).
 #[derive(Debug, Clone, Copy)]
@@ -91,17 +131,17 @@ impl Limits {
 }
 
 /// Counts an open connection until dropped.
-struct Slot;
+struct Slot(ServerState);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let left = OPEN.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        if left + 1 == CAP.load(Ordering::Relaxed) {
-            crate::telemetry::health::set_source(
-                "http",
-                crate::telemetry::health::SourceState::Running,
-                None,
-            );
+        let c = &self.0.connections;
+        let left = c.open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        if left + 1 == c.cap.load(Ordering::Relaxed) {
+            self.0
+                .telemetry
+                .health()
+                .set_source("http", SourceState::Running, None);
         }
     }
 }
@@ -184,26 +224,37 @@ impl AsyncWrite for IdleIo {
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 31\r\n\r\nHTTP connection limit reached\r\n";
 
-/// Serves `router` on `listen` until the process ends, within `limits`; a bind failure is
-/// returned, not fatal to the rest of the gateway.
+/// Serves `router` on `listen` until the task is aborted, within `limits`, counting
+/// connections in `state` (the one [`base_router`] got); a bind failure is returned, not fatal
+/// to the rest of the gateway.
 pub async fn serve(
     listen: &str,
     router: Router,
     limits: Limits,
+    state: ServerState,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("http.listen: cannot bind {listen}: {e}"))?;
-    CAP.store(limits.max_connections, Ordering::Relaxed);
+    state
+        .connections
+        .cap
+        .store(limits.max_connections, Ordering::Relaxed);
     tracing::info!(
         listen,
         max_connections = limits.max_connections,
         "HTTP server listening (/metrics, /healthz)"
     );
-    Ok(tokio::spawn(accept_loop(listener, router, limits)))
+    Ok(tokio::spawn(accept_loop(listener, router, limits, state)))
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, router: Router, limits: Limits) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    state: ServerState,
+) {
+    let c = state.connections.clone();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -214,17 +265,17 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: Router, limits: 
                 continue;
             }
         };
-        if OPEN.load(Ordering::Relaxed) >= limits.max_connections {
-            REFUSED.fetch_add(1, Ordering::Relaxed);
-            REFUSED_AT.store(crate::event::now_ms(), Ordering::Relaxed);
-            crate::telemetry::metrics::global().count(
-                crate::telemetry::metrics::Metric::HttpConnectionsRefused,
-                "",
-                1,
-            );
-            crate::telemetry::health::set_source(
+        if c.open.load(Ordering::Relaxed) >= limits.max_connections {
+            c.refused.fetch_add(1, Ordering::Relaxed);
+            c.refused_at
+                .store(crate::event::now_ms(), Ordering::Relaxed);
+            state
+                .telemetry
+                .metrics()
+                .count(Metric::HttpConnectionsRefused, "", 1);
+            state.telemetry.health().set_source(
                 "http",
-                crate::telemetry::health::SourceState::Degraded,
+                SourceState::Degraded,
                 Some(format!(
                     "connection limit reached (http.max_connections = {})",
                     limits.max_connections
@@ -235,8 +286,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: Router, limits: 
             drop(stream);
             continue;
         }
-        OPEN.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot;
+        c.open.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(state.clone());
         let _ = stream.set_nodelay(true);
         let io = hyper_util::rt::TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
         let svc = hyper_util::service::TowerToHyperService::new(router.clone());
@@ -266,17 +317,13 @@ mod tests {
             "gw",
             &crate::config::SpoolConfig::default(),
         )?);
-        crate::telemetry::health::set_source(
+        let st = ServerState::new(spool, Telemetry::new());
+        st.telemetry.health().set_source(
             "healthz-test",
-            crate::telemetry::health::SourceState::Failed,
+            SourceState::Failed,
             Some("no adapter".into()),
         );
-        let r = healthz(State(spool.clone())).await.into_response();
-        crate::telemetry::health::set_source(
-            "healthz-test",
-            crate::telemetry::health::SourceState::Stopped,
-            None,
-        );
+        let r = healthz(State(st.clone())).await.into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = axum::body::to_bytes(r.into_body(), 4096).await?;
         let text = String::from_utf8_lossy(&body);
@@ -284,6 +331,30 @@ mod tests {
             text.contains("source healthz-test failed: no adapter"),
             "{text}"
         );
+        Ok(())
+    }
+
+    /// A refused connection makes its own server saturated, not every server in the process.
+    #[test]
+    fn saturation_belongs_to_one_server() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let spool = Arc::new(Spool::open(
+            dir.path(),
+            "gw",
+            &crate::config::SpoolConfig::default(),
+        )?);
+        let busy = ServerState::new(spool.clone(), Telemetry::new());
+        let quiet = ServerState::new(spool, Telemetry::new());
+        busy.connections.cap.store(1, Ordering::Relaxed);
+        busy.connections.refused.fetch_add(1, Ordering::Relaxed);
+        busy.connections
+            .refused_at
+            .store(crate::event::now_ms(), Ordering::Relaxed);
+        let why = busy
+            .saturation()
+            .ok_or("the busy server is not saturated")?;
+        assert!(why.contains("1 refused since start"), "{why}");
+        assert_eq!(quiet.saturation(), None);
         Ok(())
     }
 }

@@ -10,7 +10,8 @@
 use crate::config::section::{self, Row};
 use crate::config::{self, Config, RowSink, SourcesConfig};
 use crate::ops::logging;
-use crate::telemetry::{health, metrics};
+use crate::telemetry::metrics::{labels, Metric};
+use crate::telemetry::Telemetry;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -198,19 +199,23 @@ pub fn effective(running: &Config, new: Config) -> Config {
 pub struct Reloader {
     boot_text: String,
     last_text: String,
+    /// The pipeline's registries: reloads are counted there and pending keys reported there.
+    telemetry: Telemetry,
 }
 
 impl Reloader {
-    /// Remembers the configuration text the gateway started with.
-    pub fn new(path: &Path) -> Reloader {
-        Self::from_text(std::fs::read_to_string(path).unwrap_or_default())
+    /// Remembers the configuration text the gateway started with; reports into `telemetry`.
+    pub fn new(path: &Path, telemetry: Telemetry) -> Reloader {
+        Self::from_text(std::fs::read_to_string(path).unwrap_or_default(), telemetry)
     }
 
-    /// Starts from a configuration text (the local file merged with remote layers).
-    pub fn from_text(text: String) -> Reloader {
+    /// Starts from a configuration text (the local file merged with remote layers); reports
+    /// into `telemetry`.
+    pub fn from_text(text: String, telemetry: Telemetry) -> Reloader {
         Reloader {
             boot_text: text.clone(),
             last_text: text,
+            telemetry,
         }
     }
 
@@ -218,7 +223,7 @@ impl Reloader {
     /// the log level. A bad file is logged issue by issue (`file:line: key: message`) and the
     /// running configuration stays. Returns whether the new file was accepted.
     pub fn reload(&mut self, path: &Path, tx: &watch::Sender<Arc<Config>>) -> bool {
-        match Self::read(path) {
+        match self.read(path) {
             Some((text, new)) => {
                 self.apply(&path.display().to_string(), text, new, tx);
                 true
@@ -229,13 +234,13 @@ impl Reloader {
 
     /// Reads and validates `path` as `check-config` does; a bad file is logged issue by issue
     /// and counted as a rejected reload.
-    pub fn read(path: &Path) -> Option<(String, Config)> {
+    pub fn read(&self, path: &Path) -> Option<(String, Config)> {
         let file = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(file, error = %e, "reload: cannot read the configuration; keeping the running one");
-                count("rejected");
+                self.count("rejected");
                 return None;
             }
         };
@@ -250,7 +255,7 @@ impl Reloader {
                     issues = e.0.len(),
                     "reload: configuration rejected; keeping the running one"
                 );
-                count("rejected");
+                self.count("rejected");
                 return None;
             }
         };
@@ -258,9 +263,9 @@ impl Reloader {
     }
 
     /// Counts and logs a configuration refused after reading (remote layers that no longer fit).
-    pub fn rejected(file: &str, reason: &str) {
+    pub fn rejected(&self, file: &str, reason: &str) {
         tracing::error!(file, %reason, "reload: configuration rejected; keeping the running one");
-        count("rejected");
+        self.count("rejected");
     }
 
     /// Publishes an accepted configuration (`text` as parsed into `new`): live keys apply at
@@ -287,13 +292,13 @@ impl Reloader {
         }
         tx.send_replace(Arc::new(effective(&running, new)));
         self.last_text = text;
-        count("applied");
+        self.count("applied");
         tracing::info!(
             file,
             applied = %if live.is_empty() { "(nothing)".to_string() } else { live.join(", ") },
             "configuration reloaded"
         );
-        health::set_pending_restart(pending.clone());
+        self.telemetry.health().set_pending_restart(pending.clone());
         if !pending.is_empty() {
             tracing::warn!(
                 keys = %pending.join(", "),
@@ -302,14 +307,12 @@ impl Reloader {
             );
         }
     }
-}
 
-fn count(result: &str) {
-    metrics::global().count(
-        crate::telemetry::metrics::Metric::ConfigReloads,
-        &metrics::labels(&[("result", result)]),
-        1,
-    );
+    fn count(&self, result: &str) {
+        self.telemetry
+            .metrics()
+            .count(Metric::ConfigReloads, &labels(&[("result", result)]), 1);
+    }
 }
 
 #[cfg(test)]

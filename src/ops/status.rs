@@ -1,32 +1,38 @@
 //! The retained status payload and `storegw status` (docs/design.md, "Wire contract"), built
-//! from the health registry (`telemetry::health`) and the spool.
+//! from a pipeline's health registry (`telemetry::health::Health`, handed in) and the spool.
 
 use crate::event::{now_ms, rfc3339_ms, Stream, SCHEMA};
 use crate::spool::Spool;
-use crate::telemetry::health::{
-    config_state, pending_restart, source_snapshot, uptime_s, SourceState,
-};
+use crate::telemetry::health::{Health, SourceState};
+use crate::telemetry::Telemetry;
 
 /// The status file for `storegw status`: the retained status document plus the reload keys
 /// pending a restart. Kept apart from [`payload`] so the MQTT status message is unchanged.
-pub fn file_payload(store: &str, gateway: &str, state: &str, spool: Option<&Spool>) -> Vec<u8> {
-    let doc = payload(store, gateway, state, spool);
+pub fn file_payload(
+    health: &Health,
+    store: &str,
+    gateway: &str,
+    state: &str,
+    spool: Option<&Spool>,
+) -> Vec<u8> {
+    let doc = payload(health, store, gateway, state, spool);
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&doc) else {
         return doc;
     };
-    v["pending_restart"] = pending_restart().into();
+    v["pending_restart"] = health.pending_restart().into();
     serde_json::to_vec(&v).unwrap_or(doc)
 }
 
 /// Reasons the gateway is unhealthy (empty = healthy); drives `/healthz` and the watchdog.
-pub fn unhealthy_reasons(spool: &Spool) -> Vec<String> {
+pub fn unhealthy_reasons(health: &Health, spool: &Spool) -> Vec<String> {
     let mut r = Vec::new();
     r.extend(
-        crate::telemetry::health::dead_tasks()
+        health
+            .dead_tasks()
             .iter()
             .map(|t| format!("pipeline task {t} ended")),
     );
-    for (name, h) in source_snapshot() {
+    for (name, h) in health.source_snapshot() {
         if h.state == SourceState::Failed.as_str() {
             r.push(format!(
                 "source {name} failed: {}",
@@ -45,8 +51,14 @@ pub fn unhealthy_reasons(spool: &Spool) -> Vec<String> {
     r
 }
 
-/// The retained status document.
-pub fn payload(store: &str, gateway: &str, state: &str, spool: Option<&Spool>) -> Vec<u8> {
+/// The retained status document of the pipeline whose `health` it is.
+pub fn payload(
+    health: &Health,
+    store: &str,
+    gateway: &str,
+    state: &str,
+    spool: Option<&Spool>,
+) -> Vec<u8> {
     let now = now_ms();
     let mut v = serde_json::json!({
         "schema": SCHEMA,
@@ -56,12 +68,12 @@ pub fn payload(store: &str, gateway: &str, state: &str, spool: Option<&Spool>) -
         "state": state,
         "ts": rfc3339_ms(now),
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": uptime_s(),
-        "sources": source_snapshot(),
+        "uptime_s": health.uptime_s(),
+        "sources": health.source_snapshot(),
         // Anything before 2024 means the box booted without a time source.
         "clock": { "sane": now > 1_704_067_200_000 },
     });
-    if let Some(c) = config_state() {
+    if let Some(c) = health.config_state() {
         v["config"] = c;
     }
     if let Some(sp) = spool {
@@ -75,7 +87,7 @@ pub fn payload(store: &str, gateway: &str, state: &str, spool: Option<&Spool>) -
         v["spool"] = serde_json::Value::Object(depth);
         v["spool_disk_bytes"] = sp.disk_bytes().into();
         v["drops"] = serde_json::to_value(sp.drops()).unwrap_or_default();
-        let mut alarms: Vec<String> = unhealthy_reasons(sp);
+        let mut alarms: Vec<String> = unhealthy_reasons(health, sp);
         if let Some(r) = sp.recovered() {
             alarms.push(r.to_string());
         }
@@ -110,7 +122,9 @@ pub fn offline_report(
     }
     match Spool::open(&dir, &cfg.gateway.gateway_id, &cfg.spool) {
         Ok(sp) => {
+            // No pipeline runs: an empty registry (no sources, uptime 0) is the truth.
             let p = payload(
+                &Health::default(),
                 &cfg.gateway.store_id,
                 &cfg.gateway.gateway_id,
                 "not running",
@@ -135,11 +149,12 @@ pub fn offline_report(
     }
 }
 
-/// The `/metrics` page: the metrics registry rendered with the uptime, the spool's figures and
-/// every source's health.
-pub fn metrics_text(spool: Option<&Spool>) -> String {
-    use crate::telemetry::metrics::{self, Exposition, SpoolFigures, StreamFigures};
-    let sources = source_snapshot();
+/// The `/metrics` page of the pipeline whose `telemetry` it is: its metrics registry rendered
+/// with the uptime, the spool's figures and every source's health.
+pub fn metrics_text(telemetry: &Telemetry, spool: Option<&Spool>) -> String {
+    use crate::telemetry::metrics::{Exposition, SpoolFigures, StreamFigures};
+    let health = telemetry.health();
+    let sources = health.source_snapshot();
     let spool = spool.map(|sp| SpoolFigures {
         streams: Stream::ALL
             .iter()
@@ -154,10 +169,10 @@ pub fn metrics_text(spool: Option<&Spool>) -> String {
             })
             .collect(),
         disk_bytes: sp.disk_bytes(),
-        healthy: unhealthy_reasons(sp).is_empty(),
+        healthy: unhealthy_reasons(health, sp).is_empty(),
     });
-    metrics::global().render(&Exposition {
-        uptime_s: uptime_s(),
+    telemetry.metrics().render(&Exposition {
+        uptime_s: health.uptime_s(),
         spool,
         sources: &sources,
     })

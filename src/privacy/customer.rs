@@ -6,6 +6,7 @@
 
 use super::sealed::Sealer;
 use crate::config::{CustomerMode, PrivacyConfig};
+use crate::telemetry::Telemetry;
 use hmac::{KeyInit, Mac};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -63,6 +64,9 @@ enum Protection {
 pub struct CustomerKeys {
     protection: Protection,
     default_country: String,
+    /// Where identifiers that cannot be kept are counted (`storegw_malformed_total{source="pos"}`):
+    /// the pipeline's registries from [`CustomerKeys::from_config`], private ones otherwise.
+    telemetry: Telemetry,
 }
 
 static WARNED: AtomicBool = AtomicBool::new(false);
@@ -91,6 +95,7 @@ impl CustomerKeys {
         privacy: &PrivacyConfig,
         store_id: &str,
         default_country: &str,
+        telemetry: &Telemetry,
     ) -> Result<CustomerKeys, String> {
         let protection = match privacy.customer_mode() {
             CustomerMode::Drop => Protection::Drop,
@@ -117,6 +122,7 @@ impl CustomerKeys {
         Ok(CustomerKeys {
             protection,
             default_country: default_country.to_string(),
+            telemetry: telemetry.clone(),
         })
     }
 
@@ -125,6 +131,7 @@ impl CustomerKeys {
         CustomerKeys {
             protection: Protection::Keyed(key.to_vec()),
             default_country: default_country.to_string(),
+            telemetry: Telemetry::new(),
         }
     }
 
@@ -137,6 +144,7 @@ impl CustomerKeys {
         Ok(CustomerKeys {
             protection: Protection::Sealed(Sealer::new(key, store_id)?),
             default_country: default_country.to_string(),
+            telemetry: Telemetry::new(),
         })
     }
 
@@ -172,7 +180,7 @@ impl CustomerKeys {
                 "email" => "customer_email",
                 _ => "customer_phone",
             };
-            crate::telemetry::metrics::malformed("pos", reason, 1);
+            self.telemetry.metrics().malformed("pos", reason, 1);
             return None;
         };
         match &self.protection {
@@ -182,7 +190,9 @@ impl CustomerKeys {
                 Ok(t) => Some(t),
                 Err(_) => {
                     // The reason is fixed text (no randomness, too long), never the value.
-                    crate::telemetry::metrics::malformed("pos", "customer_not_sealed", 1);
+                    self.telemetry
+                        .metrics()
+                        .malformed("pos", "customer_not_sealed", 1);
                     None
                 }
             },

@@ -48,6 +48,7 @@ pub use sink::DurableSink;
 use crate::config::Config;
 use crate::event::Event;
 use crate::privacy::DevicePseudonymizer;
+use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -70,6 +71,9 @@ pub struct SourceContext {
     /// running values, see `ops::reload::rules`). Sources apply live settings by reading
     /// `config.borrow()` when they use them, or by awaiting `config.changed()`.
     pub config: watch::Receiver<Arc<Config>>,
+    /// The pipeline's metrics and health registries: where a source reports its state, its
+    /// input and its counts (handed in, so a source never reaches for a global or for `ops/`).
+    pub telemetry: Telemetry,
 }
 
 /// What a started source hands back: the tasks the daemon stops at shutdown, and the routes it

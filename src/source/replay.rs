@@ -88,9 +88,16 @@ impl Replay {
 /// acknowledged (or the connect/drain timeout passes).
 async fn publish(cfg: &Config, events: &[Event]) -> Result<(), String> {
     let settings = crate::uplink::UplinkSettings::from_config(cfg)?;
+    // The spool and the uplink of this publish share registries nobody renders.
+    let telemetry = crate::telemetry::Telemetry::new();
     let spool = Arc::new(
-        Spool::open(&cfg.spool_dir(), &cfg.gateway.gateway_id, &cfg.spool)
-            .map_err(|e| format!("spool: {e}"))?,
+        Spool::open_with(
+            &cfg.spool_dir(),
+            &cfg.gateway.gateway_id,
+            &cfg.spool,
+            telemetry.clone(),
+        )
+        .map_err(|e| format!("spool: {e}"))?,
     );
     for chunk in events.chunks(1024) {
         spool.append(chunk).map_err(|e| format!("spool: {e}"))?;
@@ -100,7 +107,12 @@ async fn publish(cfg: &Config, events: &[Event]) -> Result<(), String> {
         .await
         .map_err(|e| format!("spool flush: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let uplink = tokio::spawn(crate::uplink::run(settings, spool.clone(), stop_rx));
+    let uplink = tokio::spawn(crate::uplink::run(
+        settings,
+        spool.clone(),
+        telemetry,
+        stop_rx,
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while spool.total_depth() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

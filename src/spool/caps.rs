@@ -120,7 +120,7 @@ impl Spool {
                 .entry(reason.to_string())
                 .or_default() += n;
         }
-        crate::telemetry::metrics::global().drops(s, reason, n);
+        self.telemetry.metrics().drops(s, reason, n);
         tracing::warn!(stream = %s, reason, count = n, "events dropped");
         self.dirty.store(true, Ordering::Release);
     }

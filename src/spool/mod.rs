@@ -25,6 +25,7 @@
 
 use crate::config::{SpoolConfig, StreamCap};
 use crate::event::{Event, Stream};
+use crate::telemetry::Telemetry;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -166,6 +167,8 @@ pub struct Spool {
     last_decoded: Mutex<[Option<DecodedChunk>; 3]>,
     /// A flush that outlived [`flush::FLUSH_TIMEOUT`] and may still be running.
     stuck_flush: Mutex<Option<tokio::task::JoinHandle<sled::Result<usize>>>>,
+    /// Where drops are counted (`storegw_dropped_events_total`): the pipeline's registries.
+    telemetry: Telemetry,
 }
 
 struct SeqState {
@@ -199,9 +202,21 @@ fn open_db(path: &Path, cache: u64) -> Result<sled::Db, String> {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool; a spool that cannot be opened is moved aside and a new one
-    /// started, so a damaged SD card never turns into a crash loop.
+    /// [`Spool::open_with`] with registries of its own: for tools and tests that read the spool
+    /// itself (`storegw status`, replay, bench), where nobody renders its drop counters.
     pub fn open(path: &Path, gateway: &str, cfg: &SpoolConfig) -> Result<Spool, SpoolError> {
+        Self::open_with(path, gateway, cfg, Telemetry::new())
+    }
+
+    /// Opens (or creates) the spool, counting its drops into `telemetry` (the pipeline's, so
+    /// they appear on that pipeline's `/metrics`); a spool that cannot be opened is moved aside
+    /// and a new one started, so a damaged SD card never turns into a crash loop.
+    pub fn open_with(
+        path: &Path,
+        gateway: &str,
+        cfg: &SpoolConfig,
+        telemetry: Telemetry,
+    ) -> Result<Spool, SpoolError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| {
                 SpoolError::Storage(format!("cannot create {}: {e}", parent.display()))
@@ -295,6 +310,7 @@ impl Spool {
             last_decoded: Mutex::new(Default::default()),
             stuck_flush: Mutex::new(None),
             path: path.to_path_buf(),
+            telemetry,
         })
     }
 
@@ -381,7 +397,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let mut c = cfg(64 * 1024);
         c.ble.max_age = Dur::secs(3600);
-        let s = Spool::open(&dir.path().join("spool"), "gw", &c)?;
+        let telemetry = Telemetry::new();
+        let s = Spool::open_with(&dir.path().join("spool"), "gw", &c, telemetry.clone())?;
         let mut first_seq = None;
         for _ in 0..200 {
             let seqs = s.append(&[ev(EventKind::BleCensus, 1000)])?;
@@ -391,6 +408,17 @@ mod tests {
         let oldest = s.peek(Stream::Ble, 0, 1, 1 << 20)?;
         assert!(oldest[0].seq > first_seq.unwrap_or(0));
         assert!(s.drops()["ble"]["spool_full"] > 0);
+        // Counted on the registry the spool was handed, and nowhere else.
+        let dropped = |t: &Telemetry, reason: &str| {
+            t.metrics().counter_value(
+                crate::telemetry::metrics::Metric::DroppedEvents,
+                &crate::telemetry::metrics::labels(&[("stream", "ble"), ("reason", reason)]),
+            )
+        };
+        assert_eq!(
+            dropped(&telemetry, "spool_full"),
+            s.drops()["ble"]["spool_full"]
+        );
         let mut refused = 0;
         for _ in 0..200 {
             if let Err(SpoolError::Full { .. }) = s.append(&[ev(EventKind::PosTransaction, 1000)]) {

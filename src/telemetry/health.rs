@@ -6,7 +6,7 @@ use crate::event::{now_ms, rfc3339_ms};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 /// The health a source reports (its `state` in the status document and on `/metrics`).
@@ -52,25 +52,44 @@ pub struct SourceHealth {
     pub restarts: u64,
 }
 
-static SOURCES: OnceLock<Mutex<BTreeMap<String, SourceHealth>>> = OnceLock::new();
-static STARTED: OnceLock<Instant> = OnceLock::new();
-static DEAD_TASKS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-static STOPPING: AtomicBool = AtomicBool::new(false);
-static PENDING_RESTART: Mutex<Vec<String>> = Mutex::new(Vec::new());
-static CONFIG_STATE: Mutex<Option<serde_json::Value>> = Mutex::new(None);
-
 /// Marks a pipeline task that must keep running: if it panics, or (for tasks that only end on
 /// shutdown) ends before the gateway is stopping, the gateway turns unhealthy, `/healthz` says
-/// why and the systemd watchdog is no longer fed, so systemd restarts the process.
+/// why and the systemd watchdog is no longer fed, so systemd restarts the process. It holds the
+/// registry it reports to, so a task dying in one pipeline never marks another one unhealthy.
 pub struct Vital {
+    health: Arc<Health>,
     name: &'static str,
     panic_only: bool,
 }
 
-impl Vital {
+impl Drop for Vital {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking()
+            || (!self.panic_only && !self.health.stopping.load(Ordering::Relaxed));
+        if failed {
+            tracing::error!(task = self.name, "pipeline task ended unexpectedly");
+            self.health.lock_dead().push(self.name);
+        }
+    }
+}
+
+/// One pipeline's health registry. It is handed down inside [`super::Telemetry`] rather than
+/// kept in statics, so each pipeline (and each test) reads only what its own parts reported.
+#[derive(Default)]
+pub struct Health {
+    sources: Mutex<BTreeMap<String, SourceHealth>>,
+    started: OnceLock<Instant>,
+    dead_tasks: Mutex<Vec<&'static str>>,
+    stopping: AtomicBool,
+    pending_restart: Mutex<Vec<String>>,
+    config_state: Mutex<Option<serde_json::Value>>,
+}
+
+impl Health {
     /// Watches a task that runs until shutdown (the uplink).
-    pub fn new(name: &'static str) -> Vital {
+    pub fn vital(self: &Arc<Self>, name: &'static str) -> Vital {
         Vital {
+            health: self.clone(),
             name,
             panic_only: false,
         }
@@ -78,54 +97,48 @@ impl Vital {
 
     /// Watches a task that may end normally (the spool writer ends when every source is done),
     /// so only a panic counts.
-    pub fn panic_only(name: &'static str) -> Vital {
+    pub fn vital_panic_only(self: &Arc<Self>, name: &'static str) -> Vital {
         Vital {
+            health: self.clone(),
             name,
             panic_only: true,
         }
     }
-}
 
-impl Drop for Vital {
-    fn drop(&mut self) {
-        let failed =
-            std::thread::panicking() || (!self.panic_only && !STOPPING.load(Ordering::Relaxed));
-        if failed {
-            tracing::error!(task = self.name, "pipeline task ended unexpectedly");
-            if let Ok(mut d) = DEAD_TASKS.lock() {
-                d.push(self.name);
-            }
+    // A writer that panicked left at worst one entry half updated: reporting on with it beats
+    // losing every later report (and a dead task's own report).
+    fn lock_sources(&self) -> MutexGuard<'_, BTreeMap<String, SourceHealth>> {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_dead(&self) -> MutexGuard<'_, Vec<&'static str>> {
+        self.dead_tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Declares an orderly shutdown (vital tasks may end) or a fresh start (clears old failures).
+    pub fn set_stopping(&self, stopping: bool) {
+        self.stopping.store(stopping, Ordering::Relaxed);
+        if !stopping {
+            self.lock_dead().clear();
         }
     }
-}
 
-/// Declares an orderly shutdown (vital tasks may end) or a fresh start (clears old failures).
-pub fn set_stopping(stopping: bool) {
-    STOPPING.store(stopping, Ordering::Relaxed);
-    if !stopping {
-        if let Ok(mut d) = DEAD_TASKS.lock() {
-            d.clear();
-        }
+    /// Marks the pipeline's start for the uptime figure (the first call counts).
+    pub fn mark_started(&self) {
+        let _ = self.started.set(Instant::now());
     }
-}
 
-fn sources() -> &'static Mutex<BTreeMap<String, SourceHealth>> {
-    SOURCES.get_or_init(Default::default)
-}
+    /// Seconds since start (0 before [`Health::mark_started`]: a tool, not a running gateway).
+    pub fn uptime_s(&self) -> u64 {
+        self.started
+            .get()
+            .map(|s| s.elapsed().as_secs())
+            .unwrap_or(0)
+    }
 
-/// Marks process start for the uptime figure.
-pub fn mark_started() {
-    let _ = STARTED.set(Instant::now());
-}
-
-/// Seconds since start.
-pub fn uptime_s() -> u64 {
-    STARTED.get().map(|s| s.elapsed().as_secs()).unwrap_or(0)
-}
-
-/// Sets a source's state and detail.
-pub fn set_source(name: &str, state: SourceState, detail: Option<String>) {
-    if let Ok(mut m) = sources().lock() {
+    /// Sets a source's state and detail.
+    pub fn set_source(&self, name: &str, state: SourceState, detail: Option<String>) {
+        let mut m = self.lock_sources();
         let h = m.entry(name.to_string()).or_default();
         let word = state.as_str();
         if word != h.state {
@@ -142,61 +155,63 @@ pub fn set_source(name: &str, state: SourceState, detail: Option<String>) {
         h.state = word.to_string();
         h.detail = detail;
     }
-}
 
-/// Records the changed keys a reload could not apply (they wait for a restart), so the status
-/// file tells the operator what the running gateway is not doing yet.
-pub fn set_pending_restart(keys: Vec<String>) {
-    if let Ok(mut p) = PENDING_RESTART.lock() {
-        *p = keys;
+    /// Records the changed keys a reload could not apply (they wait for a restart), so the status
+    /// file tells the operator what the running gateway is not doing yet.
+    pub fn set_pending_restart(&self, keys: Vec<String>) {
+        *self
+            .pending_restart
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = keys;
     }
-}
 
-/// Sets the remote configuration state (`config` in the status document; docs/fleet.md). None
-/// when remote configuration is off: the field is then left out.
-pub fn set_config(state: Option<serde_json::Value>) {
-    if let Ok(mut c) = CONFIG_STATE.lock() {
-        *c = state;
+    /// Sets the remote configuration state (`config` in the status document; docs/fleet.md). None
+    /// when remote configuration is off: the field is then left out.
+    pub fn set_config(&self, state: Option<serde_json::Value>) {
+        *self.config_state.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
-}
 
-/// The remote configuration state, when remote configuration is on.
-pub fn config_state() -> Option<serde_json::Value> {
-    CONFIG_STATE.lock().ok().and_then(|c| c.clone())
-}
+    /// The remote configuration state, when remote configuration is on.
+    pub fn config_state(&self) -> Option<serde_json::Value> {
+        self.config_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 
-/// The changed keys that wait for a restart (empty when the running configuration is the file).
-pub fn pending_restart() -> Vec<String> {
-    PENDING_RESTART
-        .lock()
-        .map(|p| p.clone())
-        .unwrap_or_default()
-}
+    /// The changed keys that wait for a restart (empty when the running configuration is the file).
+    pub fn pending_restart(&self) -> Vec<String> {
+        self.pending_restart
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 
-/// Records that a source saw input now.
-pub fn source_input(name: &str) {
-    if let Ok(mut m) = sources().lock() {
+    /// Records that a source saw input now.
+    pub fn source_input(&self, name: &str) {
         let now = now_ms();
+        let mut m = self.lock_sources();
         let h = m.entry(name.to_string()).or_default();
         h.last_input = Some(rfc3339_ms(now));
         h.last_input_ms = Some(now);
     }
-}
 
-/// Counts a restart of a source (e.g. the BLE scanner watchdog) in its health; the metric
-/// with `what` is counted by [`crate::telemetry::source_restart`].
-pub fn source_restart(name: &str) {
-    if let Ok(mut m) = sources().lock() {
-        m.entry(name.to_string()).or_default().restarts += 1;
+    /// Counts a restart of a source (e.g. the BLE scanner watchdog) in its health; the metric
+    /// with `what` is counted by [`super::Telemetry::source_restart`].
+    pub fn source_restart(&self, name: &str) {
+        self.lock_sources()
+            .entry(name.to_string())
+            .or_default()
+            .restarts += 1;
     }
-}
 
-/// Snapshot of every source.
-pub fn source_snapshot() -> BTreeMap<String, SourceHealth> {
-    sources().lock().map(|m| m.clone()).unwrap_or_default()
-}
+    /// Snapshot of every source.
+    pub fn source_snapshot(&self) -> BTreeMap<String, SourceHealth> {
+        self.lock_sources().clone()
+    }
 
-/// The pipeline tasks that ended unexpectedly (see [`Vital`]).
-pub fn dead_tasks() -> Vec<&'static str> {
-    DEAD_TASKS.lock().map(|d| d.clone()).unwrap_or_default()
+    /// The pipeline tasks that ended unexpectedly (see [`Vital`]).
+    pub fn dead_tasks(&self) -> Vec<&'static str> {
+        self.lock_dead().clone()
+    }
 }

@@ -1,4 +1,5 @@
-//! Process-wide counters and gauges, rendered as Prometheus text on `/metrics`.
+//! One pipeline's counters and gauges, rendered as Prometheus text on `/metrics`. The registry
+//! reaches its users inside a [`super::Telemetry`] handle, never through a static.
 //!
 //! Labels are streams, reasons and source names only: never an identifier.
 //!
@@ -13,9 +14,9 @@ use crate::event::Stream;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-/// All metrics of the process.
+/// All metrics of one pipeline (the gateway runs one; tests and the fleet bench run several).
 #[derive(Default)]
 pub struct Metrics {
     events_in: [AtomicU64; Stream::COUNT],
@@ -34,13 +35,6 @@ const LATENCY_BOUNDS_MS: [u64; 7] = [5, 20, 50, 200, 1000, 5000, 30000];
 
 fn si(s: Stream) -> usize {
     s.index()
-}
-
-static GLOBAL: OnceLock<Metrics> = OnceLock::new();
-
-/// The process-wide metrics.
-pub fn global() -> &'static Metrics {
-    GLOBAL.get_or_init(Metrics::default)
 }
 
 impl Metrics {
@@ -101,6 +95,14 @@ impl Metrics {
         if let Ok(mut g) = self.gauges.lock() {
             g.insert((m.name().to_string(), labels.to_string()), v);
         }
+    }
+    /// Counts malformed input of a source (see [`labels`] for the convention).
+    pub fn malformed(&self, source: &str, reason: &str, n: u64) {
+        self.count(
+            Metric::Malformed,
+            &labels(&[("source", source), ("reason", reason)]),
+            n,
+        );
     }
     /// Current value of a labelled counter.
     pub fn counter_value(&self, m: Metric, labels: &str) -> u64 {
@@ -534,15 +536,6 @@ pub fn labels(pairs: &[(&str, &str)]) -> String {
         out.push('"');
     }
     out
-}
-
-/// Counts malformed input of a source (see [`labels`] for the convention).
-pub fn malformed(source: &str, reason: &str, n: u64) {
-    global().count(
-        Metric::Malformed,
-        &labels(&[("source", source), ("reason", reason)]),
-        n,
-    );
 }
 
 #[cfg(test)]

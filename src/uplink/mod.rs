@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::event::{now_ms, topic};
 use crate::ops::status;
 use crate::spool::Spool;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::Metric;
+use crate::telemetry::Telemetry;
 use rumqttc::{
     AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     Transport,
@@ -32,7 +33,7 @@ pub mod session;
 pub use backoff::{Backoff, STABLE_SESSION};
 use schedule::Limits;
 pub use session::fit_control;
-use session::{Action, Delivery, End, Input, Session, SessionConfig};
+use session::{Action, Delivery, End, Input, Live, Session, SessionConfig};
 
 /// Everything the uplink needs, resolved from the config once (secrets read, TLS built).
 #[derive(Clone)]
@@ -180,8 +181,15 @@ fn outgoing_limit(s: &UplinkSettings) -> usize {
 }
 
 /// Publishes the spool until `shutdown` turns true, reconnecting forever with jittered backoff.
-pub async fn run(settings: UplinkSettings, spool: Arc<Spool>, shutdown: watch::Receiver<bool>) {
-    run_live(settings, spool, shutdown, None, None).await
+/// The session state, acknowledgements and latencies are counted in `telemetry` (the
+/// pipeline's), whose health also feeds the retained status document.
+pub async fn run(
+    settings: UplinkSettings,
+    spool: Arc<Spool>,
+    telemetry: Telemetry,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_live(settings, spool, telemetry, shutdown, None, None).await
 }
 
 /// [`run`], and with `live` a reloaded `mqtt.drain_rate` applies to the running session; with
@@ -189,11 +197,13 @@ pub async fn run(settings: UplinkSettings, spool: Arc<Spool>, shutdown: watch::R
 pub async fn run_live(
     settings: UplinkSettings,
     spool: Arc<Spool>,
+    telemetry: Telemetry,
     mut shutdown: watch::Receiver<bool>,
     mut live: Option<watch::Receiver<Arc<Config>>>,
     mut remote: Option<RemoteLink>,
 ) {
     let mut settings = settings;
+    let metrics = telemetry.metrics();
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut ever_connected = false;
     loop {
@@ -204,21 +214,22 @@ pub async fn run_live(
             Ok((client, eventloop, session_present)) => {
                 let session_start = Instant::now();
                 if ever_connected {
-                    metrics::global().reconnect();
+                    metrics.reconnect();
                 }
                 ever_connected = true;
-                metrics::global().set_connected(true);
+                metrics.set_connected(true);
                 tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), client_id = %settings.client_id(), session_present, "connected to broker");
                 let end = session(
                     &mut settings,
                     &spool,
+                    &telemetry,
                     (client, eventloop, session_present),
                     &mut shutdown,
                     live.as_mut(),
                     remote.as_mut(),
                 )
                 .await;
-                metrics::global().set_connected(false);
+                metrics.set_connected(false);
                 // A broker that drops the session right after accepting it (an ACL that refuses
                 // the will or the topics) must not be hammered: the backoff only starts over
                 // after a session that lasted.
@@ -357,6 +368,7 @@ fn answer(r: Result<(), rumqttc::ClientError>) -> Input {
 async fn session(
     s: &mut UplinkSettings,
     spool: &Arc<Spool>,
+    telemetry: &Telemetry,
     (client, mut eventloop, session_present): (AsyncClient, EventLoop, bool),
     shutdown: &mut watch::Receiver<bool>,
     mut live: Option<&mut watch::Receiver<Arc<Config>>>,
@@ -380,8 +392,11 @@ async fn session(
                 }
             }
         }
-        while let Some(action) = machine.poll(spool.as_ref(), tokio::time::Instant::now(), now_ms())
-        {
+        let backlog = Live {
+            spool,
+            health: telemetry.health(),
+        };
+        while let Some(action) = machine.poll(&backlog, tokio::time::Instant::now(), now_ms()) {
             let reply = match action {
                 Action::Publish(p) => {
                     answer(client.try_publish(p.topic, QoS::AtLeastOnce, p.retain, p.payload))
@@ -402,8 +417,8 @@ async fn session(
                     if let Err(e) = spool.ack(stream, &acks) {
                         tracing::error!(error = %e, "spool delete after PUBACK failed");
                     }
-                    metrics::global().events_out(stream, acks.len() as u64);
-                    metrics::global().ack_latency(latency.as_micros() as u64);
+                    telemetry.metrics().events_out(stream, acks.len() as u64);
+                    telemetry.metrics().ack_latency(latency.as_micros() as u64);
                     continue;
                 }
                 Action::Drop {
@@ -418,7 +433,7 @@ async fn session(
                     continue;
                 }
                 Action::ControlReplaced { .. } => {
-                    metrics::global().count(metrics::Metric::OutgoingOversized, "", 1);
+                    telemetry.metrics().count(Metric::OutgoingOversized, "", 1);
                     continue;
                 }
                 Action::Agent { msg, delivery } => {

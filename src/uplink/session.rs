@@ -28,7 +28,8 @@ mod tests;
 
 use messages::fits;
 pub use messages::{
-    fit_control, Action, Delivery, End, Fit, Input, Publish, SessionConfig, StatusSource, Wire,
+    fit_control, Action, Delivery, End, Fit, Input, Live, Publish, SessionConfig, StatusSource,
+    Wire,
 };
 
 /// How long a reconnect requested by the agent waits for its DISCONNECT to be written.

@@ -77,7 +77,7 @@ impl Agent {
     /// Counts unverified input on a remote topic (`storegw_remote_unverified_total`) and logs
     /// it at most once a minute; nothing of the input is kept, reported or written.
     pub(super) fn unverified(&mut self, topic: &str, r: &Rejection) {
-        crate::telemetry::metrics::global().count(
+        self.telemetry.metrics().count(
             crate::telemetry::metrics::Metric::RemoteUnverified,
             &crate::telemetry::metrics::labels(&[("topic", topic), ("reason", r.label())]),
             1,
@@ -284,7 +284,9 @@ impl Agent {
             return Err(e);
         }
         self.state = next;
-        crate::telemetry::health::set_config(Some(self.status_object()));
+        self.telemetry
+            .health()
+            .set_config(Some(self.status_object()));
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ use crate::event::{now_ms, rfc3339_ms, SCHEMA};
 use crate::remote::command::{self, NonceLog};
 use crate::remote::document::{self, TrustedKeys};
 use crate::remote::state::{Layer, Persisted, Report, ReportState, StateDir};
+use crate::telemetry::Telemetry;
 use commands::load_nonces;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -138,6 +139,9 @@ pub struct Agent {
     state_damaged: Option<String>,
     /// Rate limit of the log line for unverified input.
     unverified_log: crate::ops::logging::Throttle,
+    /// The pipeline's registries: unverified input is counted there, and the configuration
+    /// state goes into its status document.
+    telemetry: Telemetry,
 }
 
 /// Digests of the signed documents refused since the last connection, at most
@@ -184,8 +188,12 @@ impl Agent {
     /// At start: reads the remote state, rolls back an unconfirmed change whose time is up,
     /// verifies the stored documents again and merges them over the local file. Returns the
     /// configuration to run with and the agent (None when `[remote]` is not configured: then
-    /// nothing stored is used).
-    pub fn boot(local_path: &Path, local: Config) -> Result<(Config, Option<Agent>), String> {
+    /// nothing stored is used). The agent reports into `telemetry`, the pipeline's.
+    pub fn boot(
+        local_path: &Path,
+        local: Config,
+        telemetry: Telemetry,
+    ) -> Result<(Config, Option<Agent>), String> {
         let Some(remote) = local.remote.clone() else {
             return Ok((local, None));
         };
@@ -235,6 +243,7 @@ impl Agent {
             probation_until: None,
             state_damaged,
             unverified_log: crate::ops::logging::Throttle::default(),
+            telemetry,
         };
         agent.check_pending_at_boot()?;
         agent.check_probation_at_boot()?;
@@ -370,13 +379,17 @@ impl Agent {
             reason,
             at: rfc3339_ms(now_ms()),
         });
-        crate::telemetry::health::set_config(Some(self.status_object()));
+        self.telemetry
+            .health()
+            .set_config(Some(self.status_object()));
     }
 
     /// Publishes the state to the status document and writes state.json (never over a
     /// damaged one: that is left for a person to look at).
     fn save(&mut self) -> Result<(), String> {
-        crate::telemetry::health::set_config(Some(self.status_object()));
+        self.telemetry
+            .health()
+            .set_config(Some(self.status_object()));
         if self.state_damaged.is_some() {
             return Ok(());
         }

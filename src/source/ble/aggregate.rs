@@ -9,9 +9,10 @@
 use super::adv::{self, Frame};
 use super::btsnoop::Report;
 use super::config::{self, BleConfig};
-use crate::event::{rfc3339_ms, Event, EventKind};
+use crate::event::{rfc3339_ms, Event, EventKind, Stream};
 use crate::privacy::DevicePseudonymizer;
 use crate::sensor_events::{BeaconId, BleCensus, BlePresence, BleSighting, RssiStats, Telemetry};
+use crate::telemetry::metrics::{Metric, Metrics};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -224,26 +225,29 @@ pub struct Stats {
     pub sightings: u64,
     pub presence: u64,
     pub census: u64,
+    /// Reports dropped because the device key could not be made (fail closed).
+    pub no_key: u64,
 }
 
 impl Stats {
-    /// Adds what happened since `last` to the process metrics, then remembers `self` in `last`.
-    pub fn export_since(&self, last: &mut Stats) {
-        let m = crate::telemetry::metrics::global();
-        m.count(
-            crate::telemetry::metrics::Metric::BleReports,
+    /// Adds what happened since `last` to `metrics` (the pipeline's), then remembers `self` in
+    /// `last`. The aggregator only counts; the live task that owns it exports, so a replay or
+    /// a test never touches a pipeline's metrics.
+    pub fn export_since(&self, last: &mut Stats, metrics: &Metrics) {
+        metrics.count(
+            Metric::BleReports,
             "",
             self.reports.saturating_sub(last.reports),
         );
-        m.count(
-            crate::telemetry::metrics::Metric::BleMalformed,
+        metrics.count(
+            Metric::BleMalformed,
             "what=\"ad_structure\"",
             self.malformed_ad.saturating_sub(last.malformed_ad),
         );
         for (t, n) in &self.decoded {
             let before = last.decoded.get(t).copied().unwrap_or(0);
-            m.count(
-                crate::telemetry::metrics::Metric::BleDecoded,
+            metrics.count(
+                Metric::BleDecoded,
                 &format!("type=\"{t}\""),
                 n.saturating_sub(before),
             );
@@ -253,11 +257,16 @@ impl Stats {
             (EventKind::BlePresence, self.presence, last.presence),
             (EventKind::BleCensus, self.census, last.census),
         ] {
-            m.count(
-                crate::telemetry::metrics::Metric::BleEvents,
+            metrics.count(
+                Metric::BleEvents,
                 &format!("kind=\"{kind}\""),
                 now.saturating_sub(before),
             );
+        }
+        // Only when it happened: the family is not listed with a zero sample for every stream.
+        let no_key = self.no_key.saturating_sub(last.no_key);
+        if no_key > 0 {
+            metrics.drops(Stream::Ble, "no_key", no_key);
         }
         *last = self.clone();
     }
@@ -348,11 +357,7 @@ impl Aggregator {
             crate::privacy::ble::address_pseudonym(&self.devices, &rep.addr, ts_ms)
         else {
             // No key for this epoch (fail closed): the report is dropped, never kept raw.
-            crate::telemetry::metrics::global().count(
-                crate::telemetry::metrics::Metric::DroppedEvents,
-                &crate::telemetry::metrics::labels(&[("stream", "ble"), ("reason", "no_key")]),
-                1,
-            );
+            self.stats.no_key += 1;
             return;
         };
         if self.epoch.is_some_and(|e| e != epoch) {

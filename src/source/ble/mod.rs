@@ -38,7 +38,7 @@ pub fn start(ctx: &SourceContext) -> Started {
     }
     #[cfg(not(feature = "ble-live"))]
     {
-        crate::telemetry::health::set_source(
+        ctx.telemetry.health().set_source(
             "ble",
             crate::telemetry::health::SourceState::Failed,
             Some("built without the ble-live feature: live scanning unavailable".into()),

@@ -10,7 +10,7 @@ use super::btsnoop::Report;
 use super::config::BleConfig;
 use crate::event::{now_ms, Event};
 use crate::source::SourceContext;
-use crate::telemetry::health;
+use crate::telemetry::health::SourceState;
 use btleplug::api::{
     AddressType, Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter,
 };
@@ -36,24 +36,21 @@ pub async fn run(ctx: SourceContext) {
     let cfg = ctx.cfg.sources.ble.clone();
     let mut agg = Aggregator::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone());
     let mut stop = ctx.shutdown.clone();
-    health::set_source("ble", crate::telemetry::health::SourceState::Starting, None);
+    let health = ctx.telemetry.health();
+    health.set_source("ble", SourceState::Starting, None);
     loop {
         if *stop.borrow() {
             break;
         }
         match open(&cfg).await {
             Ok(adapter) => {
-                health::set_source("ble", crate::telemetry::health::SourceState::Running, None);
+                health.set_source("ble", SourceState::Running, None);
                 match session(&ctx, &cfg, &adapter, &mut agg).await {
                     End::Shutdown => break,
                     End::Reopen(why) => {
                         tracing::warn!(reason = %why, "BLE: reopening the adapter");
-                        crate::telemetry::source_restart("ble", "adapter");
-                        health::set_source(
-                            "ble",
-                            crate::telemetry::health::SourceState::Degraded,
-                            Some(why),
-                        );
+                        ctx.telemetry.source_restart("ble", "adapter");
+                        health.set_source("ble", SourceState::Degraded, Some(why));
                         let _ = adapter.stop_scan().await;
                         continue;
                     }
@@ -61,11 +58,7 @@ pub async fn run(ctx: SourceContext) {
             }
             Err(e) => {
                 tracing::error!("BLE: {e}");
-                health::set_source(
-                    "ble",
-                    crate::telemetry::health::SourceState::Failed,
-                    Some(e),
-                );
+                health.set_source("ble", SourceState::Failed, Some(e));
                 let sleep = tokio::time::sleep(cfg.retry_interval.0);
                 tokio::pin!(sleep);
                 let stopping = loop {
@@ -89,7 +82,7 @@ pub async fn run(ctx: SourceContext) {
     for e in out {
         let _ = ctx.tx.send(e).await;
     }
-    health::set_source("ble", crate::telemetry::health::SourceState::Stopped, None);
+    health.set_source("ble", SourceState::Stopped, None);
 }
 
 /// Connects to BlueZ, picks the adapter and starts scanning.
@@ -219,6 +212,7 @@ async fn session(
     adapter: &Adapter,
     agg: &mut Aggregator,
 ) -> End {
+    let health = ctx.telemetry.health();
     let mut stop = ctx.shutdown.clone();
     let mut config = ctx.config.clone();
     let mut config_open = true;
@@ -310,9 +304,9 @@ async fn session(
                     last_advert = now;
                     if scan_restarted {
                         scan_restarted = false;
-                        health::set_source("ble", crate::telemetry::health::SourceState::Running, None);
+                        health.set_source("ble", SourceState::Running, None);
                     }
-                    health::source_input("ble");
+                    health.source_input("ble");
                     if !send_all(ctx, &mut out).await {
                         return End::Shutdown;
                     }
@@ -320,7 +314,7 @@ async fn session(
             }
             _ = tick.tick() => {
                 agg.tick(now_ms(), &mut out);
-                agg.stats.export_since(&mut exported);
+                agg.stats.export_since(&mut exported, ctx.telemetry.metrics());
                 if !send_all(ctx, &mut out).await {
                     return End::Shutdown;
                 }
@@ -332,10 +326,10 @@ async fn session(
                         ));
                     }
                     tracing::warn!(stall_s = stall.as_secs(), "BLE scanner stalled: restarting the scan");
-                    crate::telemetry::source_restart("ble", "scan");
-                    health::set_source(
+                    ctx.telemetry.source_restart("ble", "scan");
+                    health.set_source(
                         "ble",
-                        crate::telemetry::health::SourceState::Degraded,
+                        SourceState::Degraded,
                         Some(format!("no advertisement for {} s; scan restarted", stall.as_secs())),
                     );
                     let _ = adapter.stop_scan().await;

@@ -65,7 +65,7 @@ pub async fn run(
     for sub in ["", "done", "failed"] {
         if let Err(e) = std::fs::create_dir_all(w.dir.join(sub)) {
             tracing::error!(dir = %w.dir.display(), error = %e, "cannot create POS watch directory");
-            crate::telemetry::health::set_source(
+            ingest.telemetry.health().set_source(
                 "pos",
                 crate::telemetry::health::SourceState::Degraded,
                 Some(format!("watch dir {}: {e}", w.dir.display())),
@@ -84,7 +84,7 @@ pub async fn run(
                 return;
             }
             let out = process(&f, &w, &ingest).await;
-            log_outcome(&f, &out);
+            log_outcome(&f, &out, ingest.telemetry.metrics());
         }
         tokio::select! {
             _ = tokio::time::sleep(w.interval.0) => {}
@@ -93,8 +93,7 @@ pub async fn run(
     }
 }
 
-fn log_outcome(f: &Path, out: &Outcome) {
-    let m = crate::telemetry::metrics::global();
+fn log_outcome(f: &Path, out: &Outcome, m: &crate::telemetry::metrics::Metrics) {
     match out {
         Outcome::Done {
             accepted,

@@ -87,8 +87,8 @@ fn authorized(st: &HttpState, h: &HeaderMap) -> bool {
     ct_eq(given.as_bytes(), token)
 }
 
-fn bad_request(r: &Reject) -> Response {
-    crate::telemetry::metrics::global().count(
+fn bad_request(st: &HttpState, r: &Reject) -> Response {
+    st.ingest.telemetry.metrics().count(
         crate::telemetry::metrics::Metric::PosRejected,
         "input=\"http\"",
         1,
@@ -202,19 +202,19 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
         }
     };
     let Ok(text) = std::str::from_utf8(&bytes) else {
-        return bad_request(&Reject::new("body", "not UTF-8"));
+        return bad_request(&st, &Reject::new("body", "not UTF-8"));
     };
     let parsed = match super::parse_input(text, format, &st.ingest.opts) {
         Ok(p) => p,
-        Err(r) => return bad_request(&r),
+        Err(r) => return bad_request(&st, &r),
     };
     let txs: Result<Vec<Tx>, Reject> = parsed.items.into_iter().collect();
     let normalized = match txs.and_then(|t| st.ingest.normalize_all(t)) {
         Ok(n) => n,
-        Err(r) => return bad_request(&r),
+        Err(r) => return bad_request(&st, &r),
     };
     if normalized.is_empty() && parsed.skipped == 0 {
-        return bad_request(&Reject::new("body", "no transaction in the body"));
+        return bad_request(&st, &Reject::new("body", "no transaction in the body"));
     }
     match st.ingest.store(normalized).await {
         Ok(s) => {
@@ -235,7 +235,7 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
             axum::Json(serde_json::json!({"error": e})),
         )
             .into_response(),
-        Err(StoreError::Invalid(r)) => bad_request(&r),
+        Err(StoreError::Invalid(r)) => bad_request(&st, &r),
         Err(StoreError::Conflict(r)) => {
             tracing::warn!(at = %r.at, reason = %r.reason, "POS push conflicts with a stored transaction");
             json_err(

@@ -12,6 +12,8 @@ use super::{ParseOpts, PosConfig};
 use crate::privacy::customer::CustomerKeys;
 use crate::source::DurableSink;
 use crate::spool::SpoolError;
+use crate::telemetry::metrics::Metric;
+use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +29,9 @@ pub struct Ingest {
     window_ms: i64,
     /// Serializes check-append-mark so two pushes of one transaction cannot both pass.
     lock: tokio::sync::Mutex<()>,
+    /// The pipeline's registries: every POS input (HTTP, files, pollers) counts and reports
+    /// its health through the ingest it shares.
+    pub telemetry: Telemetry,
 }
 
 /// Why an input was not stored.
@@ -60,12 +65,8 @@ pub struct Stored {
     pub ids: Vec<String>,
 }
 
-fn conflict(n: &Normalized) -> StoreError {
-    crate::telemetry::metrics::global().count(
-        crate::telemetry::metrics::Metric::PosConflicts,
-        "",
-        1,
-    );
+fn conflict(n: &Normalized, telemetry: &Telemetry) -> StoreError {
+    telemetry.metrics().count(Metric::PosConflicts, "", 1);
     let id = n
         .event
         .body()
@@ -82,13 +83,18 @@ fn conflict(n: &Normalized) -> StoreError {
 }
 
 impl Ingest {
-    /// Builds the ingest state for a spool and configuration.
-    pub fn new(sink: DurableSink, cfg: &crate::config::Config) -> Result<Ingest, String> {
+    /// Builds the ingest state for a spool and configuration, reporting into `telemetry`.
+    pub fn new(
+        sink: DurableSink,
+        cfg: &crate::config::Config,
+        telemetry: Telemetry,
+    ) -> Result<Ingest, String> {
         let pc = cfg.sources.pos.clone();
         let key = CustomerKeys::from_config(
             &cfg.privacy,
             &cfg.gateway.store_id,
             &pc.phone_default_country,
+            &telemetry,
         )?;
         let index = sink
             .index("pos_idempotency")
@@ -102,6 +108,7 @@ impl Ingest {
             index,
             gateway: cfg.gateway.gateway_id.clone(),
             lock: tokio::sync::Mutex::new(()),
+            telemetry,
         })
     }
 
@@ -141,7 +148,7 @@ impl Ingest {
         }
         match found {
             None => Ok(false),
-            Some(Some(h)) if h != n.content => Err(conflict(n)),
+            Some(Some(h)) if h != n.content => Err(conflict(n, &self.telemetry)),
             Some(_) => Ok(true),
         }
     }
@@ -171,7 +178,9 @@ impl Ingest {
             std::collections::BTreeMap::new();
         for n in items {
             let dup = match keys.get(&n.key) {
-                Some(h) if *h != n.content && !updates => return Err(conflict(&n)),
+                Some(h) if *h != n.content && !updates => {
+                    return Err(conflict(&n, &self.telemetry))
+                }
                 Some(_) => true,
                 None => match self.check(&n, now) {
                     Err(StoreError::Conflict(_)) if updates => true,
@@ -180,11 +189,7 @@ impl Ingest {
             };
             if dup {
                 out.duplicates += 1;
-                crate::telemetry::metrics::global().count(
-                    crate::telemetry::metrics::Metric::PosDuplicates,
-                    "",
-                    1,
-                );
+                self.telemetry.metrics().count(Metric::PosDuplicates, "", 1);
                 continue;
             }
             keys.insert(n.key.clone(), n.content);
@@ -206,11 +211,9 @@ impl Ingest {
         let seqs = match self.sink.append_durable(&events, &self.index, &batch).await {
             Ok(s) => s,
             Err(SpoolError::Full { .. }) => {
-                crate::telemetry::metrics::global().count(
-                    crate::telemetry::metrics::Metric::PosRefused,
-                    "reason=\"spool_full\"",
-                    1,
-                );
+                self.telemetry
+                    .metrics()
+                    .count(Metric::PosRefused, "reason=\"spool_full\"", 1);
                 return Err(StoreError::Full("POS spool is full; retry later".into()));
             }
             Err(e) => return Err(StoreError::Storage(e.to_string())),
@@ -220,9 +223,10 @@ impl Ingest {
             .iter()
             .map(|s| format!("{}:{s}", self.gateway))
             .collect();
-        crate::telemetry::metrics::global()
+        self.telemetry
+            .metrics()
             .events_in(crate::event::Stream::Pos, fresh.len() as u64);
-        crate::telemetry::health::source_input("pos");
+        self.telemetry.health().source_input("pos");
         Ok(out)
     }
 

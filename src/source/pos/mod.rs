@@ -28,6 +28,7 @@ pub mod transaction;
 pub use config::PosConfig;
 
 use crate::source::{SourceContext, Started};
+use crate::telemetry::health::SourceState;
 use std::collections::BTreeMap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -137,23 +138,16 @@ pub fn start(ctx: &SourceContext) -> Started {
     if !c.enabled {
         return Started::default();
     }
-    let ingest = match ingest::Ingest::new(ctx.pos_sink.clone(), &ctx.cfg) {
+    let health = ctx.telemetry.health();
+    let ingest = match ingest::Ingest::new(ctx.pos_sink.clone(), &ctx.cfg, ctx.telemetry.clone()) {
         Ok(i) => std::sync::Arc::new(i),
         Err(e) => {
             tracing::error!(error = %e, "POS source cannot start");
-            crate::telemetry::health::set_source(
-                "pos",
-                crate::telemetry::health::SourceState::Failed,
-                Some(e),
-            );
+            health.set_source("pos", SourceState::Failed, Some(e));
             return Started::default();
         }
     };
-    crate::telemetry::health::set_source(
-        "pos",
-        crate::telemetry::health::SourceState::Running,
-        None,
-    );
+    health.set_source("pos", SourceState::Running, None);
     let routes = if c.http.enabled {
         http_push::routes(ingest.clone(), &c.http)
     } else {
@@ -257,10 +251,13 @@ pub fn replay(
             opts.csv = w.csv.clone();
         }
     }
+    // A replay is no pipeline: what it drops is counted in the summary's rejects, and its
+    // metrics go nowhere.
     let key = crate::privacy::customer::CustomerKeys::from_config(
         &r.cfg.privacy,
         &r.cfg.gateway.store_id,
         &pc.phone_default_country,
+        &crate::telemetry::Telemetry::new(),
     )?;
     let parsed =
         parse_input(&text, &format, &opts).map_err(|e| format!("{}: {e}", path.display()))?;

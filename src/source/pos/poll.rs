@@ -84,7 +84,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                crate::telemetry::metrics::global().count(
+                poller.ingest.telemetry.metrics().count(
                     crate::telemetry::metrics::Metric::PosPollErrors,
                     "",
                     1,
@@ -184,7 +184,7 @@ impl Poller {
             match i {
                 Ok(t) => txs.push(t),
                 Err(r) => {
-                    crate::telemetry::metrics::global().count(
+                    self.ingest.telemetry.metrics().count(
                         crate::telemetry::metrics::Metric::PosRejected,
                         "input=\"poll\"",
                         1,

@@ -6,6 +6,7 @@ pub mod config;
 use crate::config::Config;
 use crate::event::{now_ms, rfc3339_ms, Event, EventKind};
 use crate::sensor_events::*;
+use crate::telemetry::health::SourceState;
 use config::SimConfig;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -252,6 +253,7 @@ pub fn start(ctx: &crate::source::SourceContext) -> crate::source::Started {
         ctx.cfg.sources.sim.clone(),
         ctx.tx.clone(),
         Some(ctx.config.clone()),
+        ctx.telemetry.clone(),
     );
     let mut stop = ctx.shutdown.clone();
     crate::source::Started::tasks(vec![tokio::spawn(async move {
@@ -263,17 +265,16 @@ pub fn start(ctx: &crate::source::SourceContext) -> crate::source::Started {
 }
 
 /// Feeds simulated events into the pipeline at `cfg.rate` until `limit` (if any) is reached or
-/// the channel closes. With `live`, a reloaded `rate` and `limit` apply at once.
+/// the channel closes. With `live`, a reloaded `rate` and `limit` apply at once. Its state is
+/// reported to `telemetry`'s health.
 pub async fn run(
     cfg: SimConfig,
     tx: mpsc::Sender<Event>,
     mut live: Option<watch::Receiver<Arc<Config>>>,
+    telemetry: crate::telemetry::Telemetry,
 ) {
-    crate::telemetry::health::set_source(
-        "sim",
-        crate::telemetry::health::SourceState::Running,
-        None,
-    );
+    let health = telemetry.health();
+    health.set_source("sim", SourceState::Running, None);
     let mut cfg = cfg;
     let mut sim = Simulator::new(&cfg);
     // Emit in small bursts so high rates do not need a timer per event.
@@ -302,9 +303,9 @@ pub async fn run(
         let now = now_ms();
         for _ in 0..n {
             if cfg.limit > 0 && sent >= cfg.limit {
-                crate::telemetry::health::set_source(
+                health.set_source(
                     "sim",
-                    crate::telemetry::health::SourceState::Stopped,
+                    SourceState::Stopped,
                     Some(format!("limit of {} events reached", cfg.limit)),
                 );
                 return;

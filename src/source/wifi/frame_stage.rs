@@ -37,6 +37,10 @@ pub struct Stats {
     pub group_source: u64,
     /// Probe requests without a dBm signal (counted, kept; never "in store").
     pub no_rssi: u64,
+    /// Probe requests dropped because the device key could not be made (fail closed); live,
+    /// `storegw_dropped_events_total{stream="wifi",reason="no_key"}`. Not in the replay summary.
+    #[serde(skip)]
+    pub no_key: u64,
 }
 
 /// Whole-run totals (replay summary): distinct addresses, distinct randomized addresses, and
@@ -178,11 +182,7 @@ impl FrameStage {
             KeyEpoch::NoKey => {
                 self.estimator.clear();
                 // No key for this epoch (fail closed): the probe is dropped, never kept raw.
-                crate::telemetry::metrics::global().count(
-                    crate::telemetry::metrics::Metric::DroppedEvents,
-                    &crate::telemetry::metrics::labels(&[("stream", "wifi"), ("reason", "no_key")]),
-                    1,
-                );
+                self.stats.no_key += 1;
                 return;
             }
         };

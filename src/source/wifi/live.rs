@@ -5,10 +5,11 @@
 use super::capture::{Capture, CaptureError, LinkMode};
 use super::frame_stage::{FrameStage, Stats};
 use crate::config::Config;
+use crate::event::Stream;
 use crate::event::{now_ms, Event};
 use crate::source::SourceContext;
-use crate::telemetry::health;
-use crate::telemetry::metrics::{self, Metric};
+use crate::telemetry::health::SourceState;
+use crate::telemetry::metrics::{Metric, Metrics};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -21,20 +22,21 @@ const SNAP: usize = 4096;
 pub async fn run(ctx: SourceContext, mode: LinkMode) {
     let cfg = ctx.cfg.sources.wifi.clone();
     let mut stop = ctx.shutdown.clone();
+    let health = ctx.telemetry.health();
     let mut p = FrameStage::new(&cfg, ctx.cfg.privacy.min_count, ctx.devices.clone(), false);
     p.footfall.open_at(now_ms());
     let mut reported = Stats::default();
     loop {
-        health::set_source(
+        health.set_source(
             "wifi",
-            crate::telemetry::health::SourceState::Starting,
+            SourceState::Starting,
             Some(format!("opening {}", cfg.interface)),
         );
         let err = match Capture::open(&cfg.interface, mode, cfg.bpf_filter) {
             Ok(cap) => {
-                health::set_source(
+                health.set_source(
                     "wifi",
-                    crate::telemetry::health::SourceState::Running,
+                    SourceState::Running,
                     Some(format!("capturing on {}", cfg.interface)),
                 );
                 tracing::info!(
@@ -43,7 +45,11 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
                     bpf = cfg.bpf_filter,
                     "wifi capture started"
                 );
-                let hopper = tokio::spawn(hop(cfg.interface.clone(), ctx.config.clone()));
+                let hopper = tokio::spawn(hop(
+                    cfg.interface.clone(),
+                    ctx.config.clone(),
+                    ctx.telemetry.clone(),
+                ));
                 let r = capture_loop(&ctx, &cap, &mut p, &mut reported).await;
                 hopper.abort();
                 match r {
@@ -55,11 +61,7 @@ pub async fn run(ctx: SourceContext, mode: LinkMode) {
         };
         let msg = err.to_string();
         tracing::error!(interface = %cfg.interface, "{msg}");
-        health::set_source(
-            "wifi",
-            crate::telemetry::health::SourceState::Failed,
-            Some(msg),
-        );
+        health.set_source("wifi", SourceState::Failed, Some(msg));
         // Keep the windows ticking while the adapter is away.
         let until = tokio::time::Instant::now() + RETRY;
         loop {
@@ -88,7 +90,9 @@ async fn finish(ctx: &SourceContext, p: &mut FrameStage) {
     let mut out = Vec::new();
     p.finish(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(2), send(&ctx.tx, out)).await;
-    health::set_source("wifi", crate::telemetry::health::SourceState::Stopped, None);
+    ctx.telemetry
+        .health()
+        .set_source("wifi", SourceState::Stopped, None);
 }
 
 async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
@@ -99,9 +103,8 @@ async fn send(tx: &mpsc::Sender<Event>, out: Vec<Event>) {
     }
 }
 
-/// Publishes counter increments since the last call.
-fn report(s: &Stats, last: &mut Stats) {
-    let m = metrics::global();
+/// Publishes counter increments since the last call to the pipeline's `m`.
+fn report(s: &Stats, last: &mut Stats, m: &Metrics) {
     for (name, now, before) in [
         (Metric::WifiFrames, s.frames, last.frames),
         (
@@ -117,6 +120,9 @@ fn report(s: &Stats, last: &mut Stats) {
         if now > before {
             m.count(name, "", now - before);
         }
+    }
+    if s.no_key > last.no_key {
+        m.drops(Stream::Wifi, "no_key", s.no_key - last.no_key);
     }
     *last = *s;
 }
@@ -162,22 +168,22 @@ async fn capture_loop(
             _ = tick.tick() => {
                 p.advance(now_ms(), &mut out);
                 send(&ctx.tx, std::mem::take(&mut out)).await;
-                report(&p.stats, reported);
-                metrics::global().gauge(
+                report(&p.stats, reported, ctx.telemetry.metrics());
+                ctx.telemetry.metrics().gauge(
                     Metric::WifiTrackedDevices,
                     "",
                     p.estimator.len() as f64,
                 );
                 let drops = cap.kernel_drops();
                 if drops > 0 {
-                    metrics::global().count(Metric::WifiKernelDrops, "", drops);
+                    ctx.telemetry.metrics().count(Metric::WifiKernelDrops, "", drops);
                 }
                 if p.stats.frames > 0 {
-                    health::source_input("wifi");
+                    ctx.telemetry.health().source_input("wifi");
                 }
             }
             _ = stopped(&mut stop) => {
-                report(&p.stats, reported);
+                report(&p.stats, reported, ctx.telemetry.metrics());
                 finish(ctx, p).await;
                 return Ok(());
             }
@@ -189,7 +195,11 @@ async fn capture_loop(
 /// `iw` is in every distribution and already needed to set monitor mode). The channel list and
 /// dwell are read from the live configuration before every hop, so a reload applies them at
 /// the next hop; with no channels configured the hopper waits for a reload that sets some.
-async fn hop(interface: String, mut config: watch::Receiver<Arc<Config>>) {
+async fn hop(
+    interface: String,
+    mut config: watch::Receiver<Arc<Config>>,
+    telemetry: crate::telemetry::Telemetry,
+) {
     let mut warned = false;
     let mut next = 0usize;
     let mut current: Vec<u16> = Vec::new();
@@ -229,9 +239,9 @@ async fn hop(interface: String, mut config: watch::Receiver<Arc<Config>>) {
         if let Some(why) = failed {
             if !warned {
                 tracing::warn!(interface = %interface, channel = ch, "channel hop failed: {why}");
-                health::set_source(
+                telemetry.health().set_source(
                     "wifi",
-                    crate::telemetry::health::SourceState::Degraded,
+                    SourceState::Degraded,
                     Some(format!("channel hopping: {why}")),
                 );
                 warned = true;

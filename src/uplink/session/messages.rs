@@ -1,7 +1,7 @@
 //! The session's vocabulary: what the I/O loop reports ([`Input`]), what it must do
 //! ([`Action`]), and what the session reads from the backlog ([`Wire`], [`StatusSource`]).
 
-use super::super::schedule::{Limits, Queued};
+use super::super::schedule::{Backlog, Limits, Queued};
 use super::super::{Inbound, Outbound};
 use crate::event::{topic, Stream};
 use crate::spool::AckRef;
@@ -31,9 +31,34 @@ pub trait StatusSource {
     fn status(&self, store: &str, gateway: &str) -> Vec<u8>;
 }
 
-impl StatusSource for crate::spool::Spool {
+/// The live backlog: the pipeline's spool, and its health for the status document. The status
+/// reports both, and the health is the pipeline's own (handed in), not a process-wide one.
+pub struct Live<'a> {
+    /// The events to publish.
+    pub spool: &'a crate::spool::Spool,
+    /// The pipeline's health registry.
+    pub health: &'a crate::telemetry::health::Health,
+}
+
+impl Backlog for Live<'_> {
+    type Item = crate::spool::Spooled;
+    fn appended(&self, stream: Stream) -> u64 {
+        Backlog::appended(self.spool, stream)
+    }
+    fn peek(
+        &self,
+        stream: Stream,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Vec<Self::Item> {
+        Backlog::peek(self.spool, stream, from, max_events, max_bytes)
+    }
+}
+
+impl StatusSource for Live<'_> {
     fn status(&self, store: &str, gateway: &str) -> Vec<u8> {
-        crate::ops::status::payload(store, gateway, "online", Some(self))
+        crate::ops::status::payload(self.health, store, gateway, "online", Some(self.spool))
     }
 }
 

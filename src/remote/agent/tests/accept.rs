@@ -76,8 +76,11 @@ fn unverified_input_is_counted_never_written_or_reported() -> R {
     let modified = std::fs::metadata(&state_path)?.modified()?;
     let report = agent.status_object();
     let label = crate::telemetry::metrics::labels(&[("topic", "config"), ("reason", "malformed")]);
+    // The agent's own registry (a clone of the handle it reports into), not a process-wide one.
+    let telemetry = agent.telemetry.clone();
     let counted = || {
-        crate::telemetry::metrics::global()
+        telemetry
+            .metrics()
             .counter_value(crate::telemetry::metrics::Metric::RemoteUnverified, &label)
     };
     let n0 = counted();
@@ -130,7 +133,7 @@ fn min_version_refuses_old_documents_on_a_fresh_gateway() -> R {
     let tmp = tempfile::tempdir()?;
     let (path, local) = gateway_with(tmp.path(), 0, "[remote.min_version]\ngateway = 5\n")?;
     std::fs::remove_file(tmp.path().join("state/remote/state.json"))?;
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     let mut agent = agent.ok_or("no agent")?;
     assert_eq!(
         cfg.sources.sim.rate, 1.0,
@@ -195,7 +198,7 @@ fn a_damaged_nonce_log_refuses_commands_until_all_could_have_expired() -> R {
         &key(),
     )?;
     std::fs::write(tmp.path().join("state/remote/nonces.json"), b"{broken")?;
-    let (_, agent) = Agent::boot(&path, local.clone())?;
+    let (_, agent) = Agent::boot(&path, local.clone(), Telemetry::new())?;
     let mut agent = agent.ok_or("no agent")?;
     match agent.on_command(&cmd) {
         CommandOutcome::Refused(a) => {
@@ -205,7 +208,7 @@ fn a_damaged_nonce_log_refuses_commands_until_all_could_have_expired() -> R {
     }
     // With a readable log the same command runs.
     std::fs::remove_file(tmp.path().join("state/remote/nonces.json"))?;
-    let (_, agent) = Agent::boot(&path, local)?;
+    let (_, agent) = Agent::boot(&path, local, Telemetry::new())?;
     let mut agent = agent.ok_or("no agent")?;
     assert!(matches!(agent.on_command(&cmd), CommandOutcome::Run(_)));
     Ok(())

@@ -8,7 +8,7 @@ fn a_damaged_state_file_starts_reports_and_refuses_documents() -> R {
     let (path, local) = gateway_with_pending(tmp.path(), 0)?;
     let state_path = tmp.path().join("state/remote/state.json");
     std::fs::write(&state_path, b"{\"gateway\": broken")?;
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     let mut agent = agent.ok_or("no agent")?;
     assert_eq!(cfg.sources.sim.rate, 9.0, "the stored documents still run");
     let s = agent.status_object();
@@ -40,7 +40,7 @@ fn an_interrupted_installation_is_undone_at_start() -> R {
         version: 2,
     });
     sd.save(&st)?;
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     assert_eq!(cfg.sources.sim.rate, 5.0);
     let s = agent.ok_or("no agent")?.status_object();
     assert_eq!(s["versions"]["gateway"], 1);
@@ -56,7 +56,7 @@ fn a_lost_state_file_adopts_the_stored_versions() -> R {
     let tmp = tempfile::tempdir()?;
     let (path, local) = gateway_with_pending(tmp.path(), 0)?;
     std::fs::remove_file(tmp.path().join("state/remote/state.json"))?;
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     assert_eq!(
         cfg.sources.sim.rate, 9.0,
         "the stored document stays in effect"
@@ -80,7 +80,7 @@ fn the_topics_follow_a_remotely_changed_prefix() -> R {
     st.gateway.floor = 3;
     st.pending = None;
     sd.save(&st)?;
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     let agent = agent.ok_or("no agent")?;
     assert_eq!(cfg.mqtt.topic_prefix, "retail/v2");
     assert!(agent
@@ -105,7 +105,7 @@ fn stored_documents_from_an_untrusted_key_are_not_used() -> R {
         tmp.path().join("central.pub"),
         document::format_public_key(&other.verifying_key()),
     )?;
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     assert_eq!(cfg.sources.sim.rate, 1.0, "the local file alone");
     let s = agent.ok_or("no agent")?.status_object();
     assert_eq!(s["state"], "rejected");

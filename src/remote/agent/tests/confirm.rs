@@ -6,7 +6,7 @@ use super::*;
 fn a_change_that_keeps_crashing_the_gateway_is_rolled_back() -> R {
     let tmp = tempfile::tempdir()?;
     let (path, local) = gateway_with_pending(tmp.path(), MAX_UNCONFIRMED_STARTS)?;
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     assert_eq!(cfg.sources.sim.rate, 5.0, "the previous document is back");
     let agent = agent.ok_or("no agent")?;
     let s = agent.status_object();
@@ -138,10 +138,10 @@ fn repeated_starts_within_the_probation_roll_the_change_back() -> R {
     });
     sd.save(&st)?;
     for start in 1..MAX_PROBATION_STARTS {
-        let (cfg, _) = Agent::boot(&path, local.clone())?;
+        let (cfg, _) = Agent::boot(&path, local.clone(), Telemetry::new())?;
         assert_eq!(cfg.sources.sim.rate, 9.0, "start {start} keeps the change");
     }
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     assert_eq!(cfg.sources.sim.rate, 5.0, "rolled back");
     let s = agent.ok_or("no agent")?.status_object();
     assert_eq!(s["state"], "rolled_back");

@@ -74,7 +74,7 @@ pub(super) fn gateway_with_pending(
 /// A booted agent with version 2 pending (first start after the change).
 pub(super) fn pending_agent(dir: &Path) -> Result<(Agent, Config), Box<dyn std::error::Error>> {
     let (path, local) = gateway_with_pending(dir, 0)?;
-    let (cfg, agent) = Agent::boot(&path, local)?;
+    let (cfg, agent) = Agent::boot(&path, local, Telemetry::new())?;
     Ok((agent.ok_or("no agent")?, cfg))
 }
 
