@@ -106,8 +106,17 @@ enum Cmd {
         /// Seconds the broker stays down in the fleet simulation.
         #[arg(long, default_value_t = 10)]
         fleet_outage_secs: u64,
+        /// Transactions of the POS push measurement in requests of 1000.
+        #[arg(long, default_value_t = 200_000)]
+        pos_bulk: u64,
+        /// Transactions of the POS push measurement one per request (0 skips it).
+        #[arg(long, default_value_t = 200_000)]
+        pos_single: u64,
+        /// Concurrent connections of the one-per-request POS push.
+        #[arg(long, default_value_t = 8)]
+        pos_clients: usize,
         /// Run only these measurements (comma-separated: spool, e2e, backlog, footprint, fleet,
-        /// fleet-config, ready, size, parsers, sealing); the report then holds only their rows.
+        /// fleet-config, ready, size, parsers, sealing, pos-push); the report then holds only their rows.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -424,6 +433,9 @@ fn main() -> ExitCode {
             footprint_secs,
             fleet,
             fleet_outage_secs,
+            pos_bulk,
+            pos_single,
+            pos_clients,
             only,
         } => {
             init_logging("error", fmt_override.as_deref().unwrap_or("text"));
@@ -434,6 +446,11 @@ fn main() -> ExitCode {
                 footprint_s: footprint_secs,
                 fleet,
                 fleet_outage_s: fleet_outage_secs,
+                pos: storegw::bench::PushLoad {
+                    bulk: pos_bulk,
+                    single: pos_single,
+                    clients: pos_clients,
+                },
                 only,
             };
             run_to_exit("bench", storegw::bench::run(opts))

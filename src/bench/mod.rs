@@ -9,6 +9,9 @@ mod data;
 pub mod estimation;
 mod fleet;
 mod parsers;
+mod pos_push;
+
+pub use pos_push::PushLoad;
 
 use crate::config::{self, Config};
 use crate::event::{batch_payload, Event, Stream};
@@ -37,6 +40,8 @@ pub struct BenchOptions {
     pub fleet: usize,
     /// Seconds the broker stays down in the fleet simulation.
     pub fleet_outage_s: u64,
+    /// Transactions of the POS push measurement.
+    pub pos: PushLoad,
     /// Measurements to run (empty = all), for profiling one path at a time.
     pub only: Vec<String>,
 }
@@ -90,7 +95,7 @@ impl Row {
 
 /// Runs every measurement and writes the report.
 pub async fn run(opts: BenchOptions) -> Result<(), String> {
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 11] = [
         "spool",
         "e2e",
         "backlog",
@@ -101,6 +106,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         "size",
         "parsers",
         "sealing",
+        "pos-push",
     ];
     if let Some(bad) = opts.only.iter().find(|o| !KNOWN.contains(&o.as_str())) {
         return Err(format!(
@@ -118,9 +124,16 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         );
         rows.extend(spool_vs_sled(&work.join("spool"), opts.events)?);
     }
-    let needs_broker = ["e2e", "backlog", "footprint", "fleet", "fleet-config"]
-        .iter()
-        .any(|w| opts.wants(w));
+    let needs_broker = [
+        "e2e",
+        "backlog",
+        "footprint",
+        "fleet",
+        "fleet-config",
+        "pos-push",
+    ]
+    .iter()
+    .any(|w| opts.wants(w));
     match mosquitto_path() {
         Some(bin) => {
             if opts.wants("e2e") {
@@ -142,6 +155,16 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 match footprint(&bin, &work.join("footprint"), opts.footprint_s).await {
                     Ok(r) => rows.extend(r),
                     Err(e) => notes.push(format!("footprint not measured: {e}")),
+                }
+            }
+            if opts.wants("pos-push") {
+                eprintln!(
+                    "bench: POS push ({} in requests of 1000, {} one per request)",
+                    opts.pos.bulk, opts.pos.single
+                );
+                match pos_push::pos_push(&bin, &work.join("pos-push"), opts.pos).await {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => notes.push(format!("POS push not measured: {e}")),
                 }
             }
             if opts.fleet > 0 && opts.wants("fleet") {

@@ -185,7 +185,9 @@ fn text_hits(f: &Folded) -> Vec<(usize, usize)> {
 /// Replaces every card number in free text by [`CARD_MARKER`]. Returns the text and how many
 /// numbers were cut.
 pub fn scrub_text(s: &str) -> (String, usize) {
-    if !s.chars().any(|c| c.is_numeric()) {
+    // A card number has at least 12 digits, and every character that folds to a digit is
+    // numeric (a test in textfold checks it for every code point).
+    if s.chars().filter(|c| c.is_numeric()).nth(11).is_none() {
         return (s.to_string(), 0);
     }
     let f = Folded::new(s);
@@ -256,11 +258,32 @@ pub fn identifier_holds_card(s: &str) -> bool {
 }
 /// Field names that carry sensitive authentication data: a record naming one is refused.
 pub fn is_forbidden_field(name: &str) -> bool {
-    let n: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
+    // Field names are short: fold them on the stack (every key of every POS document passes
+    // here), on the heap only when a name is long.
+    let mut small = [0u8; 48];
+    let mut len = 0usize;
+    let mut long: Option<Vec<u8>> = None;
+    for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+        let b = b.to_ascii_lowercase();
+        match (&mut long, small.get_mut(len)) {
+            (Some(v), _) => v.push(b),
+            (None, Some(slot)) => {
+                *slot = b;
+                len += 1;
+            }
+            (None, None) => {
+                let mut v = small.to_vec();
+                v.push(b);
+                long = Some(v);
+            }
+        }
+    }
+    let folded: &[u8] = match &long {
+        Some(v) => v,
+        None => small.get(..len).unwrap_or_default(),
+    };
+    // Only ASCII letters and digits remain.
+    let n = std::str::from_utf8(folded).unwrap_or_default();
     // Strip an XML namespace prefix that survived as letters (`acs:CVV` → `acscvv`).
     const EXACT: [&str; 14] = [
         "cvv",
@@ -278,7 +301,7 @@ pub fn is_forbidden_field(name: &str) -> bool {
         "encryptedpinblock",
         "pindata",
     ];
-    EXACT.contains(&n.as_str())
+    EXACT.contains(&n)
         || n.ends_with("cvv")
         || n.ends_with("cvv2")
         || n.ends_with("cvc")

@@ -124,7 +124,10 @@ fn email_hits(f: &Folded<'_>) -> Vec<(usize, usize)> {
 /// Replaces every e-mail address (also written `name (at) host (dot) org` or with a
 /// full-width `＠`) by [`EMAIL_MARKER`]; returns the text and how many were cut.
 pub fn scrub_emails(s: &str) -> (String, usize) {
-    let maybe = s.contains(['@', '＠', '﹫']) || s.to_ascii_lowercase().contains("at");
+    let maybe = s.contains(['@', '＠', '﹫'])
+        || s.as_bytes()
+            .windows(2)
+            .any(|w| w.eq_ignore_ascii_case(b"at"));
     if !maybe {
         return (s.to_string(), 0);
     }

@@ -175,6 +175,17 @@ mod tests {
         assert_eq!(fold_char('＠'), '@');
     }
 
+    /// The scrubbers' quick exits count `char::is_numeric` (a card needs 12 digits, a phone
+    /// 7): that is sound only if no character that is not numeric folds to a digit.
+    #[test]
+    fn only_numeric_characters_fold_to_digits() {
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            if digit(fold_char(c)).is_some() {
+                assert!(c.is_numeric(), "U+{:04X} folds to a digit", u32::from(c));
+            }
+        }
+    }
+
     /// NFKC of one character by the reference implementation: the character it gives, when
     /// it gives exactly one.
     fn nfkc_reference(c: char) -> char {

@@ -25,6 +25,16 @@ impl DurableSink {
         self.spool.aux_tree(name)
     }
 
+    /// The side tree `name` if an earlier run created it, without creating it.
+    pub fn existing_index(&self, name: &str) -> Result<Option<sled::Tree>, SpoolError> {
+        self.spool.existing_aux_tree(name)
+    }
+
+    /// Removes the side tree `name` (an index an earlier release left, once empty).
+    pub fn drop_index(&self, name: &str) -> Result<bool, SpoolError> {
+        self.spool.drop_aux_tree(name)
+    }
+
     /// Appends `events` together with `entries` in `index` (one sled transaction), then
     /// flushes: when this returns `Ok`, both survive a power cut. Returns the events' seqs.
     pub async fn append_durable(
@@ -33,8 +43,32 @@ impl DurableSink {
         index: &sled::Tree,
         entries: &sled::Batch,
     ) -> Result<Vec<u64>, SpoolError> {
-        let seqs = self.spool.append_indexed(events, index, entries)?;
-        self.spool.flush().await?;
+        let seqs = self.append(events, index, entries)?;
+        self.flush().await?;
         Ok(seqs)
+    }
+
+    /// The first half of [`DurableSink::append_durable`]: written, not yet durable. Callers
+    /// that serialize their check-and-append under a lock append there and [`flush`] after
+    /// releasing it, so concurrent inputs share one fsync.
+    ///
+    /// [`flush`]: DurableSink::flush
+    pub fn append(
+        &self,
+        events: &[Event],
+        index: &sled::Tree,
+        entries: &sled::Batch,
+    ) -> Result<Vec<u64>, SpoolError> {
+        self.spool.append_indexed(events, index, entries)
+    }
+
+    /// Makes everything appended so far durable.
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        self.spool.flush().await
+    }
+
+    /// Every seq below this one is on disk.
+    pub fn durable_below(&self) -> u64 {
+        self.spool.durable_below()
     }
 }

@@ -330,6 +330,33 @@ impl Spool {
         Ok(self.db.open_tree(format!("aux:{name}"))?)
     }
 
+    /// The side tree `name` if an earlier run created it (an earlier release's index), without
+    /// creating it.
+    pub fn existing_aux_tree(&self, name: &str) -> Result<Option<sled::Tree>, SpoolError> {
+        let full = format!("aux:{name}");
+        if self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == full.as_bytes())
+        {
+            Ok(Some(self.db.open_tree(full)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Removes the side tree `name` (an earlier release's index, once empty).
+    pub fn drop_aux_tree(&self, name: &str) -> Result<bool, SpoolError> {
+        Ok(self.db.drop_tree(format!("aux:{name}"))?)
+    }
+
+    /// Every seq below this one is on disk (the last successful flush covered it).
+    pub fn durable_below(&self) -> u64 {
+        self.pos_durable_below
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Bytes of the spool files on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)

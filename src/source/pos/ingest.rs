@@ -1,12 +1,17 @@
 //! The one way into the spool for every POS input: normalize all transactions of an input
 //! first (one bad record refuses the whole input, nothing half-stored), drop the ones already
-//! seen within the idempotency window, append the rest and fsync, and only then answer.
+//! seen within the idempotency window, append the rest, fsync, and only then answer.
 //!
-//! The idempotency index is a side tree in the spool's own sled database, keyed by
-//! `register ␟ business day ␟ transaction id`, valued with the time it was stored; it is made
-//! durable by the same flush as the events, so it survives restarts and crashes.
+//! The idempotency index ([`super::seen`]) is held in RAM and written as one record per input
+//! into a side tree of the spool's own sled database, in the same transaction as the input's
+//! events, so it survives restarts and crashes exactly as the events do. Checking and appending
+//! happen under one lock (two pushes of one transaction cannot both pass); the fsync happens
+//! after it is released, so inputs arriving together share one fsync. No answer leaves before
+//! what it reports is on disk: a duplicate of a transaction whose fsync is still running waits
+//! for (or runs) a flush too.
 
 use super::normalize::{normalize_at, Normalized};
+use super::seen::{self, DigestHasher, Found, Seen};
 use super::transaction::{Reject, Tx};
 use super::{ParseOpts, PosConfig};
 use crate::privacy::customer::CustomerKeys;
@@ -14,6 +19,9 @@ use crate::source::DurableSink;
 use crate::spool::SpoolError;
 use crate::telemetry::metrics::Metric;
 use crate::telemetry::Telemetry;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,14 +32,23 @@ pub struct Ingest {
     pub key: CustomerKeys,
     pub opts: ParseOpts,
     pub cfg: PosConfig,
-    index: sled::Tree,
+    tree: sled::Tree,
     gateway: String,
     window_ms: i64,
-    /// Serializes check-append-mark so two pushes of one transaction cannot both pass.
-    lock: tokio::sync::Mutex<()>,
+    /// The index; its lock serializes check-append-remember.
+    index: tokio::sync::Mutex<Index>,
+    /// One past the last seq this ingest appended: an answer that relies on anything below it
+    /// waits until the spool's durable mark passes it.
+    appended_end: AtomicU64,
     /// The pipeline's registries: every POS input (HTTP, files, pollers) counts and reports
     /// its health through the ingest it shares.
     pub telemetry: Telemetry,
+}
+
+/// The RAM index and the tree an earlier release left (until it is empty).
+struct Index {
+    seen: Seen,
+    legacy: Option<sled::Tree>,
 }
 
 /// Why an input was not stored.
@@ -47,6 +64,8 @@ pub enum StoreError {
     /// an id for another sale must not see it silently dropped as a duplicate.
     Conflict(Reject),
 }
+
+impl std::error::Error for StoreError {}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,18 +115,24 @@ impl Ingest {
             &pc.phone_default_country,
             &telemetry,
         )?;
-        let index = sink
-            .index("pos_idempotency")
+        let tree = sink
+            .index(seen::TREE)
             .map_err(|e| format!("idempotency index: {e}"))?;
+        let legacy = sink
+            .existing_index(seen::LEGACY_TREE)
+            .map_err(|e| format!("idempotency index: {e}"))?;
+        let window_ms = i64::try_from(pc.idempotency_window.0.as_millis()).unwrap_or(i64::MAX);
+        let seen = Seen::load(&tree, legacy.as_ref(), crate::event::now_ms(), window_ms);
         Ok(Ingest {
             sink,
             key,
             opts: ParseOpts::from_config(&pc),
-            window_ms: i64::try_from(pc.idempotency_window.0.as_millis()).unwrap_or(i64::MAX),
+            window_ms,
             cfg: pc,
-            index,
+            tree,
             gateway: cfg.gateway.gateway_id.clone(),
-            lock: tokio::sync::Mutex::new(()),
+            index: tokio::sync::Mutex::new(Index { seen, legacy }),
+            appended_end: AtomicU64::new(0),
             telemetry,
         })
     }
@@ -120,36 +145,31 @@ impl Ingest {
             .collect()
     }
 
-    /// What the index holds for `key` within the window: `None` (not seen), or the content
-    /// hash stored with it (`None` inside for entries written before hashes were kept).
-    fn seen(&self, key: &str, now: i64) -> Result<Option<Option<[u8; 32]>>, StoreError> {
-        match self.index.get(key.as_bytes()) {
-            Ok(Some(v)) => {
-                let at = v
-                    .get(..8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(i64::from_be_bytes)
-                    .unwrap_or(0);
-                let hash = v.get(8..40).and_then(|b| <[u8; 32]>::try_from(b).ok());
-                Ok((now.saturating_sub(at) < self.window_ms).then_some(hash))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(StoreError::Storage(e.to_string())),
-        }
-    }
-
-    /// Whether `n` was stored before: `Ok(true)` same content, `Err(Conflict)` other content.
-    fn check(&self, n: &Normalized, now: i64) -> Result<bool, StoreError> {
-        let mut found = self.seen(&n.key, now)?;
-        if found.is_none() {
+    /// Whether `n` (key digest `key`, content digest `content`) was stored before: `Ok(true)`
+    /// same content, `Err(Conflict)` other content.
+    fn check(
+        &self,
+        seen: &Seen,
+        n: &Normalized,
+        key: u64,
+        content: u64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut found = seen.find(key, now, self.window_ms);
+        if found == Found::New {
             if let Some(legacy) = &n.legacy_key {
-                found = self.seen(legacy, now)?;
+                found = seen.find(seen::key_digest(legacy), now, self.window_ms);
             }
         }
         match found {
-            None => Ok(false),
-            Some(Some(h)) if h != n.content => Err(conflict(n, &self.telemetry)),
-            Some(_) => Ok(true),
+            Found::New => Ok(false),
+            Found::Stored(c) if c != content => Err(conflict(n, &self.telemetry)),
+            Found::Legacy(Some(c))
+                if c != seen::first_u64(&n.legacy_content(self.key.randomized())) =>
+            {
+                Err(conflict(n, &self.telemetry))
+            }
+            Found::Stored(_) | Found::Legacy(_) => Ok(true),
         }
     }
 
@@ -170,19 +190,20 @@ impl Ingest {
         items: Vec<Normalized>,
         updates: bool,
     ) -> Result<Stored, StoreError> {
-        let _g = self.lock.lock().await;
-        let now = crate::event::now_ms();
         let mut out = Stored::default();
-        let mut fresh = Vec::new();
-        let mut keys: std::collections::BTreeMap<String, [u8; 32]> =
-            std::collections::BTreeMap::new();
+        let mut index = self.index.lock().await;
+        let now = crate::event::now_ms();
+        let mut fresh = Vec::with_capacity(items.len());
+        let mut entries: Vec<(u64, u64)> = Vec::with_capacity(items.len());
+        let mut in_input: HashMap<u64, u64, BuildHasherDefault<DigestHasher>> =
+            HashMap::with_capacity_and_hasher(items.len(), Default::default());
         for n in items {
-            let dup = match keys.get(&n.key) {
-                Some(h) if *h != n.content && !updates => {
-                    return Err(conflict(&n, &self.telemetry))
-                }
+            let key = seen::key_digest(&n.key);
+            let content = seen::first_u64(&n.content);
+            let dup = match in_input.get(&key) {
+                Some(c) if *c != content && !updates => return Err(conflict(&n, &self.telemetry)),
                 Some(_) => true,
-                None => match self.check(&n, now) {
+                None => match self.check(&index.seen, &n, key, content, now) {
                     Err(StoreError::Conflict(_)) if updates => true,
                     other => other?,
                 },
@@ -192,23 +213,26 @@ impl Ingest {
                 self.telemetry.metrics().count(Metric::PosDuplicates, "", 1);
                 continue;
             }
-            keys.insert(n.key.clone(), n.content);
-            fresh.push(n);
+            in_input.insert(key, content);
+            entries.push((key, content));
+            fresh.push(n.event);
         }
-        if fresh.is_empty() {
+        let Some(first) = entries.first() else {
+            drop(index);
+            // Only duplicates: answer once what they duplicate is on disk.
+            if self.sink.durable_below() < self.appended_end.load(Ordering::Acquire) {
+                self.sink.flush().await.map_err(storage)?;
+            }
             return Ok(out);
-        }
-        let events: Vec<_> = fresh.iter().map(|n| n.event.clone()).collect();
-        // Events and their idempotency entries go to disk in one transaction: a crash can
-        // never leave transactions stored without their index entries (or the reverse).
+        };
+        // Events and their index record go to disk in one transaction: a crash can never
+        // leave transactions stored without their index entries (or the reverse).
         let mut batch = sled::Batch::default();
-        for (k, h) in &keys {
-            let mut v = Vec::with_capacity(40);
-            v.extend_from_slice(&now.to_be_bytes());
-            v.extend_from_slice(h);
-            batch.insert(k.as_bytes(), v);
-        }
-        let seqs = match self.sink.append_durable(&events, &self.index, &batch).await {
+        batch.insert(
+            &seen::record_key(now, first.0),
+            seen::record_value(&entries),
+        );
+        let seqs = match self.sink.append(&fresh, &self.tree, &batch) {
             Ok(s) => s,
             Err(SpoolError::Full { .. }) => {
                 self.telemetry
@@ -216,8 +240,15 @@ impl Ingest {
                     .count(Metric::PosRefused, "reason=\"spool_full\"", 1);
                 return Err(StoreError::Full("POS spool is full; retry later".into()));
             }
-            Err(e) => return Err(StoreError::Storage(e.to_string())),
+            Err(e) => return Err(storage(e)),
         };
+        index.seen.insert(&entries, now);
+        if let Some(last) = seqs.last() {
+            self.appended_end.fetch_max(last + 1, Ordering::AcqRel);
+        }
+        drop(index);
+        // Outside the lock: inputs that arrive meanwhile append and share this fsync.
+        self.sink.flush().await.map_err(storage)?;
         out.accepted = fresh.len();
         out.ids = seqs
             .iter()
@@ -230,6 +261,11 @@ impl Ingest {
         Ok(out)
     }
 
+    /// Transactions the index remembers (tests, status).
+    pub async fn remembered(&self) -> usize {
+        self.index.lock().await.seen.len()
+    }
+
     /// Forgets index entries older than the window, every few minutes.
     pub async fn run_expiry(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
@@ -237,21 +273,160 @@ impl Ingest {
                 _ = tokio::time::sleep(Duration::from_secs(300)) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let now = crate::event::now_ms();
-            let mut removed = 0;
-            for (k, v) in self.index.iter().flatten() {
-                let at = v
-                    .get(..8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(i64::from_be_bytes)
-                    .unwrap_or(0);
-                if now.saturating_sub(at) >= self.window_ms && self.index.remove(k).is_ok() {
-                    removed += 1;
-                }
-            }
-            if removed > 0 {
-                tracing::debug!(removed, "POS idempotency entries expired");
-            }
+            self.expire(crate::event::now_ms()).await;
         }
+    }
+
+    /// Forgets what is older than the window at `now`; drops an earlier release's tree once
+    /// it is empty.
+    pub async fn expire(&self, now: i64) {
+        let mut index = self.index.lock().await;
+        let Index { seen, legacy } = &mut *index;
+        match seen.expire(&self.tree, legacy.as_ref(), now, self.window_ms) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "POS idempotency entries expired"),
+            Err(e) => tracing::warn!(error = %e, "POS idempotency entries could not be expired"),
+        }
+        if legacy.as_ref().is_some_and(sled::Tree::is_empty)
+            && self.sink.drop_index(seen::LEGACY_TREE).is_ok()
+        {
+            *legacy = None;
+        }
+    }
+}
+
+fn storage(e: SpoolError) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::Spool;
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    fn config(dir: &std::path::Path) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[gateway]\nstore_id = \"s1\"\ngateway_id = \"gw1\"\nstate_dir = \"{}\"\n\
+             [http]\nenabled = false\n[sources.pos]\nenabled = true\n[sources.pos.http]\nenabled = false\n",
+            dir.display()
+        );
+        crate::config::parse("(test)", &text, None).map_err(|e| e.to_string())
+    }
+
+    fn open(dir: &std::path::Path) -> Result<Ingest, Box<dyn std::error::Error>> {
+        let cfg = config(dir)?;
+        let spool = Spool::open(&cfg.spool_dir(), "gw1", &cfg.spool)?;
+        Ok(Ingest::new(
+            DurableSink::new(Arc::new(spool)),
+            &cfg,
+            Telemetry::default(),
+        )?)
+    }
+
+    fn txs(ing: &Ingest, body: &str) -> Result<Vec<Normalized>, Box<dyn std::error::Error>> {
+        let parsed =
+            super::super::json::parse_document(body, &ing.opts).map_err(|r| r.to_string())?;
+        let t: Result<Vec<Tx>, Reject> = parsed.into_iter().collect();
+        Ok(ing
+            .normalize_all(t.map_err(|r| r.to_string())?)
+            .map_err(|r| r.to_string())?)
+    }
+
+    fn sale(id: &str, total: i64) -> String {
+        format!(
+            r#"{{"transaction_id":"{id}","register":"R1","time":"2026-12-01T10:00:00Z","currency":"EUR","lines":[{{"sku":"A","amount_minor":{total}}}],"totals":{{"total_minor":{total}}}}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn duplicates_and_conflicts_survive_a_restart() -> R {
+        let dir = tempfile::tempdir()?;
+        {
+            let ing = open(dir.path())?;
+            let body = format!("[{},{}]", sale("T1", 100), sale("T2", 200));
+            let s = ing.store(txs(&ing, &body)?).await?;
+            assert_eq!((s.accepted, s.duplicates), (2, 0));
+            // Twice in one input: stored once.
+            let body = format!("[{},{}]", sale("T3", 300), sale("T3", 300));
+            let s = ing.store(txs(&ing, &body)?).await?;
+            assert_eq!((s.accepted, s.duplicates), (1, 1));
+            assert_eq!(ing.remembered().await, 3);
+        }
+        let ing = open(dir.path())?;
+        assert_eq!(ing.remembered().await, 3, "read back at start");
+        let s = ing.store(txs(&ing, &sale("T2", 200))?).await?;
+        assert_eq!((s.accepted, s.duplicates), (0, 1));
+        match ing.store(txs(&ing, &sale("T2", 250))?).await {
+            Err(StoreError::Conflict(r)) => assert_eq!(r.transaction_id.as_deref(), Some("T2")),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // REST orders change: other content is a duplicate there.
+        let s = ing.store_updates(txs(&ing, &sale("T2", 250))?).await?;
+        assert_eq!((s.accepted, s.duplicates), (0, 1));
+        // Past the window, a transaction is new again.
+        ing.expire(crate::event::now_ms() + 31 * 86_400_000).await;
+        assert_eq!(ing.remembered().await, 0);
+        let s = ing.store(txs(&ing, &sale("T2", 200))?).await?;
+        assert_eq!(s.accepted, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn entries_of_an_earlier_release_are_honoured() -> R {
+        let dir = tempfile::tempdir()?;
+        let cfg = config(dir.path())?;
+        let now = crate::event::now_ms();
+        {
+            // What the previous release wrote: one entry per transaction, the key as text,
+            // the time and the SHA-256 of the body parsed back with sorted keys.
+            let spool = Spool::open(&cfg.spool_dir(), "gw1", &cfg.spool)?;
+            let sink = DurableSink::new(Arc::new(spool));
+            let ing = Ingest::new(sink.clone(), &cfg, Telemetry::default())?;
+            let n = txs(&ing, &sale("T7", 700))?;
+            let old = sink.index(seen::LEGACY_TREE)?;
+            for t in &n {
+                let mut v = now.to_be_bytes().to_vec();
+                v.extend_from_slice(&t.legacy_content(false));
+                old.insert(t.key.as_bytes(), v)?;
+            }
+            old.insert("R1\u{1f}\u{1f}T8", now.to_be_bytes().to_vec())?;
+            sink.flush().await?;
+        }
+        let ing = open(dir.path())?;
+        assert_eq!(ing.remembered().await, 2);
+        let s = ing.store(txs(&ing, &sale("T7", 700))?).await?;
+        assert_eq!((s.accepted, s.duplicates), (0, 1), "same content");
+        assert!(matches!(
+            ing.store(txs(&ing, &sale("T7", 701))?).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Stored before hashes were kept, with an empty business day: a duplicate.
+        let no_day = sale("T8", 800).replace(r#""time":"2026-12-01T10:00:00Z","#, "");
+        let s = ing.store(txs(&ing, &no_day)?).await?;
+        assert_eq!(s.duplicates, 1);
+        // Once expired, the old tree is dropped.
+        ing.expire(now + 31 * 86_400_000).await;
+        assert!(ing.sink.existing_index(seen::LEGACY_TREE)?.is_none());
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_pushes_of_one_transaction_store_it_once() -> R {
+        let dir = tempfile::tempdir()?;
+        let ing = Arc::new(open(dir.path())?);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let ing = ing.clone();
+            let n = txs(&ing, &sale("T1", 100))?;
+            tasks.push(tokio::spawn(async move { ing.store(n).await }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            accepted += t.await??.accepted;
+        }
+        assert_eq!(accepted, 1);
+        Ok(())
     }
 }

@@ -100,9 +100,9 @@ fn tx(a: At<'_>, o: &ParseOpts) -> Result<Tx, Reject> {
             .money("amount", exp)?
             .ok_or_else(|| Reject::new(d.key_path("amount_minor"), "missing"))?;
     }
-    let totals_v = a.get("totals").cloned().unwrap_or(Value::Null);
+    let totals_v = a.get("totals").unwrap_or(&Value::Null);
     let tp = a.key_path("totals");
-    let t = At::root(&totals_v, &tp);
+    let t = At::root(totals_v, &tp);
     let totals = StatedTotals {
         total: t.money("total", exp)?,
         subtotal: t.money("subtotal", exp)?,
@@ -114,9 +114,9 @@ fn tx(a: At<'_>, o: &ParseOpts) -> Result<Tx, Reject> {
         .get("tax_included")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let cust_v = a.get("customer").cloned().unwrap_or(Value::Null);
+    let cust_v = a.get("customer").unwrap_or(&Value::Null);
     let cp = a.key_path("customer");
-    let c = At::root(&cust_v, &cp);
+    let c = At::root(cust_v, &cp);
     let customer = RawCustomer {
         loyalty_id: c.str("loyalty_id")?.or(c.str("loyalty")?),
         email: c.str("email")?,

@@ -51,11 +51,14 @@ impl<'a> At<'a> {
 
     /// Money given as `<k>_minor` (integer minor units) or `<k>` (decimal in major units).
     pub fn money(&self, k: &str, exp: u32) -> Result<Option<i64>, Reject> {
-        let minor = format!("{k}_minor");
-        if let Some(v) = self.get(&minor) {
+        let minor = self.v.as_object().and_then(|m| {
+            m.iter()
+                .find(|(name, v)| !v.is_null() && name.strip_prefix(k) == Some("_minor"))
+        });
+        if let Some((name, v)) = minor {
             return money::from_json_minor(v)
                 .map(Some)
-                .map_err(|e| Reject::new(self.key_path(&minor), e));
+                .map_err(|e| Reject::new(self.key_path(name), e));
         }
         match self.get(k) {
             None => Ok(None),
@@ -97,32 +100,60 @@ impl<'a> At<'a> {
 }
 
 /// Refuses a document that carries card authentication data anywhere: a CVV, track or
-/// PIN-block field name, or a string that looks like magnetic-stripe track data.
+/// PIN-block field name, or a string that looks like magnetic-stripe track data. The walk
+/// allocates nothing; the path of the offending field is built only when there is one.
 pub fn sweep_sensitive(v: &Value, path: &str) -> Result<(), Reject> {
+    let Some((rev, why)) = find_sensitive(v) else {
+        return Ok(());
+    };
+    let mut p = path.to_string();
+    for seg in rev.iter().rev() {
+        match seg {
+            Seg::Key(k) => {
+                p.push('.');
+                p.push_str(k);
+            }
+            Seg::Index(i) => {
+                use std::fmt::Write as _;
+                let _ = write!(p, "[{i}]");
+            }
+        }
+    }
+    Err(Reject::sensitive(p, why))
+}
+
+/// One step of the path to a refused value, innermost first.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn find_sensitive(v: &Value) -> Option<(Vec<Seg<'_>>, &'static str)> {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                let p = format!("{path}.{k}");
                 if card::is_forbidden_field(k) && !x.is_null() {
-                    return Err(Reject::sensitive(
-                        p,
+                    return Some((
+                        vec![Seg::Key(k)],
                         "card authentication data (CVV, track or PIN block) is never accepted",
                     ));
                 }
-                sweep_sensitive(x, &p)?;
+                if let Some((mut rev, why)) = find_sensitive(x) {
+                    rev.push(Seg::Key(k));
+                    return Some((rev, why));
+                }
             }
-            Ok(())
+            None
         }
-        Value::Array(a) => {
-            for (i, x) in a.iter().enumerate() {
-                sweep_sensitive(x, &format!("{path}[{i}]"))?;
-            }
-            Ok(())
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| {
+            find_sensitive(x).map(|(mut rev, why)| {
+                rev.push(Seg::Index(i));
+                (rev, why)
+            })
+        }),
+        Value::String(s) if card::looks_like_track(s) => {
+            Some((Vec::new(), "magnetic-stripe track data is never accepted"))
         }
-        Value::String(s) if card::looks_like_track(s) => Err(Reject::sensitive(
-            path,
-            "magnetic-stripe track data is never accepted",
-        )),
-        _ => Ok(()),
+        _ => None,
     }
 }

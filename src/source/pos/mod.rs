@@ -19,6 +19,7 @@ pub mod money;
 pub mod normalize;
 pub mod poll;
 pub mod poslog;
+pub mod seen;
 pub mod shopify;
 pub mod square;
 pub mod stream;

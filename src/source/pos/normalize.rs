@@ -66,6 +66,8 @@ pub struct Normalized {
     pub legacy_key: Option<String>,
     /// SHA-256 of the content: the same key with other content is a conflict (409).
     pub content: [u8; 32],
+    /// The source sent no time (the gateway's clock filled it in; left out of the content).
+    pub time_filled_in: bool,
     pub body_lines: usize,
     pub currency: String,
     pub total_minor: i64,
@@ -85,6 +87,17 @@ fn ident(at: &str, v: String) -> Result<String, Reject> {
 
 fn ident_o(at: &str, v: Option<String>) -> Result<Option<String>, Reject> {
     v.map(|x| ident(at, x)).transpose()
+}
+
+/// [`ident_o`] with the field's path built only when the value is refused.
+fn ident_lazy(at: impl FnOnce() -> String, v: Option<String>) -> Result<Option<String>, Reject> {
+    match v {
+        Some(x) if card::identifier_holds_card(&x) => Err(Reject::new(
+            at(),
+            "holds a payment card number; identifiers must not carry card numbers",
+        )),
+        other => Ok(other),
+    }
 }
 
 fn range(at: &str) -> Reject {
@@ -163,7 +176,7 @@ pub fn normalize_at(
             l.amount_minor
         };
         let mut line = Line {
-            sku: ident_o(&at("sku"), l.sku).map_err(reject)?,
+            sku: ident_lazy(|| at("sku"), l.sku).map_err(reject)?,
             description: sc.opt(l.description.map(|d| d.trim().to_string())),
             qty: if ret { -l.qty.abs() } else { l.qty },
             unit_price_minor: l.unit_price_minor,
@@ -173,13 +186,15 @@ pub fn normalize_at(
         };
         let mut net = amount;
         for (j, d) in l.discounts.into_iter().enumerate() {
-            let dat = at(&format!("discounts[{j}].amount_minor"));
+            let dat = || at(&format!("discounts[{j}].amount_minor"));
             let amount_minor = if ret {
-                neg(d.amount_minor, &dat).map_err(reject)?
+                neg(d.amount_minor, &dat()).map_err(reject)?
             } else {
                 d.amount_minor
             };
-            net = sub(net, amount_minor, &dat).map_err(reject)?;
+            net = net
+                .checked_sub(amount_minor)
+                .ok_or_else(|| reject(range(&dat())))?;
             line.discounts.push(Discount {
                 code: sc.opt(d.code),
                 amount_minor,
@@ -222,9 +237,14 @@ pub fn normalize_at(
     }
     let mut tenders: Vec<Tender> = Vec::with_capacity(tx.tenders.len());
     for (i, t) in tx.tenders.into_iter().enumerate() {
+        let amount_minor = if kind.negative() {
+            sign(t.amount_minor, &format!("tenders[{i}].amount_minor"))?
+        } else {
+            t.amount_minor
+        };
         tenders.push(Tender {
             kind: sc.text(t.kind),
-            amount_minor: sign(t.amount_minor, &format!("tenders[{i}].amount_minor"))?,
+            amount_minor,
             card_brand: sc.opt(t.card_brand),
         });
     }
@@ -265,10 +285,16 @@ pub fn normalize_at(
     }
     let mut flags: Vec<String> = flags.into_iter().map(|f| sc.text(f)).collect();
     flags.extend(sc.removed().map(String::from));
-    let body = TxBody { flags, ..body };
+    let mut body = TxBody { flags, ..body };
     let body_lines = body.lines.len();
     let ts = tx.time_ms.unwrap_or(now_ms);
     let event = Event::new(EventKind::PosTransaction, ts, &body);
+    let content = content_hash(
+        &mut body,
+        event.body_bytes(),
+        tx.time_ms.is_none(),
+        key.randomized(),
+    );
     let day = match (&business_day, tx.time_ms) {
         (Some(d), _) => d.clone(),
         (None, Some(ms)) => local_day(ms, offset_s).unwrap_or_default(),
@@ -279,7 +305,8 @@ pub fn normalize_at(
     Ok(Normalized {
         key: format!("{register}\u{1f}{day}\u{1f}{transaction_id}"),
         legacy_key,
-        content: content_hash(&event, tx.time_ms.is_none(), key.randomized()),
+        content,
+        time_filled_in: tx.time_ms.is_none(),
         body_lines,
         currency: tx.currency,
         total_minor: total,
@@ -287,28 +314,76 @@ pub fn normalize_at(
     })
 }
 
-/// SHA-256 of the event body; a time the gateway filled in (the source sent none) is left
-/// out, so a retry of the same transaction hashes alike. Sealed customer tokens differ on every
-/// seal, so they are left out too (only which identifiers are present counts): a retry is a
-/// duplicate, not a conflict. They are not replaced by anything derived from the identifiers:
-/// the hash is kept on disk, where a hash of a phone number could be tested by guessing.
-fn content_hash(e: &Event, time_filled_in: bool, customer_randomized: bool) -> [u8; 32] {
+/// SHA-256 of the event body as it is serialized, hashed as it is written (no copy): a time
+/// the gateway filled in (the source sent none) is blanked, so a retry of the same transaction
+/// hashes alike. Sealed customer tokens differ on every seal, so they are blanked too (only
+/// which identifiers are present counts): a retry is a duplicate, not a conflict. They are not
+/// replaced by anything derived from the identifiers: the hash is kept on disk, where a hash
+/// of a phone number could be tested by guessing.
+fn content_hash(
+    body: &mut TxBody,
+    serialized: &[u8],
+    time_filled_in: bool,
+    customer_randomized: bool,
+) -> [u8; 32] {
     use sha2::Digest;
-    let mut body = e.body();
-    if let Some(m) = body.as_object_mut() {
-        if time_filled_in {
-            m.remove("time");
-        }
-        if customer_randomized {
-            if let Some(c) = m.get_mut("customer").and_then(|c| c.as_object_mut()) {
-                for v in c.values_mut() {
-                    *v = serde_json::Value::String("sealed".into());
-                }
+    if !time_filled_in && !(customer_randomized && body.customer.is_some()) {
+        return sha2::Sha256::digest(serialized).into();
+    }
+    if time_filled_in {
+        body.time.clear();
+    }
+    if customer_randomized {
+        if let Some(c) = body.customer.as_mut() {
+            for v in [&mut c.loyalty, &mut c.email, &mut c.phone]
+                .into_iter()
+                .flatten()
+            {
+                *v = "sealed".into();
             }
         }
     }
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    sha2::Sha256::digest(&bytes).into()
+    let mut h = HashWriter(sha2::Sha256::new());
+    // Serializing plain structs into a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut h, &*body);
+    h.0.finalize().into()
+}
+
+/// Feeds what a serializer writes straight into SHA-256.
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Normalized {
+    /// The content hash as releases before the compact index computed it (the body parsed
+    /// back, keys sorted, filled-in time removed, sealed tokens blanked), to compare with
+    /// entries those releases left in the index.
+    pub fn legacy_content(&self, customer_randomized: bool) -> [u8; 32] {
+        use sha2::Digest;
+        let mut body = self.event.body();
+        if let Some(m) = body.as_object_mut() {
+            if self.time_filled_in {
+                m.remove("time");
+            }
+            if customer_randomized {
+                if let Some(c) = m.get_mut("customer").and_then(|c| c.as_object_mut()) {
+                    for v in c.values_mut() {
+                        *v = serde_json::Value::String("sealed".into());
+                    }
+                }
+            }
+        }
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        sha2::Sha256::digest(&bytes).into()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,274 @@
+//! The POS idempotency index (docs/pos.md, "Exactly once"): which transactions were stored
+//! within the window, and with what content.
+//!
+//! Looked up for every transaction of every input, so it lives in RAM: a map from a 64-bit
+//! digest of the idempotency key (`register ␟ business day ␟ transaction id`) to a 64-bit
+//! digest of the content and the time it was stored, 24 bytes per transaction. On disk it is
+//! one record per stored input in a side tree of the spool's database, written in the same
+//! sled transaction as the input's events (so one cannot exist without the other) and read
+//! back into the map at start. A 64-bit key digest that collides with another transaction's
+//! (about 1 in 10^14 per transaction at 200,000 entries) is answered as a conflict (409), not
+//! dropped: both digests would have to collide for a transaction to pass as a duplicate.
+//!
+//! Releases before this one kept one sled entry per transaction under the key as text
+//! (`pos_idempotency`); those entries are read into a second map and honoured until they
+//! expire, and the old tree is dropped once empty.
+
+use sha2::Digest;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The records' side tree.
+pub const TREE: &str = "pos_seen";
+/// The tree of releases that kept one entry per transaction.
+pub const LEGACY_TREE: &str = "pos_idempotency";
+
+/// Bytes of one transaction in a record: key digest, content digest.
+const ENTRY: usize = 16;
+
+/// The digest of an idempotency key. The keys are not secret (register, day, id), so a plain
+/// hash serves, and it stays the same across restarts and releases.
+pub fn key_digest(key: &str) -> u64 {
+    first_u64(&sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// The first 8 bytes of a SHA-256, as a number.
+pub fn first_u64(h: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(src) = h.get(..8) {
+        b.copy_from_slice(src);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// The map's keys are already uniform digests: hashing them again would only cost time.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type DigestMap<V> = HashMap<u64, V, BuildHasherDefault<DigestHasher>>;
+
+/// What the index says about one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Not stored within the window.
+    New,
+    /// Stored with this content digest.
+    Stored(u64),
+    /// Stored by an earlier release: the first 8 bytes of its content hash (computed the old
+    /// way, see `Normalized::legacy_content`), or `None` for entries written before hashes.
+    Legacy(Option<u64>),
+}
+
+/// The RAM side of the index.
+#[derive(Default)]
+pub struct Seen {
+    map: DigestMap<(u64, i64)>,
+    legacy: DigestMap<(Option<u64>, i64)>,
+}
+
+/// A record's key: the time it was stored, then the first seq of its input (unique, and in
+/// time order so expiry reads from the front).
+pub fn record_key(at_ms: i64, first_seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&at_ms.to_be_bytes());
+    k[8..].copy_from_slice(&first_seq.to_be_bytes());
+    k
+}
+
+/// A record's value: the (key digest, content digest) of every transaction of the input.
+pub fn record_value(entries: &[(u64, u64)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(entries.len() * ENTRY);
+    for (k, c) in entries {
+        v.extend_from_slice(&k.to_be_bytes());
+        v.extend_from_slice(&c.to_be_bytes());
+    }
+    v
+}
+
+fn be_i64(b: &[u8]) -> Option<i64> {
+    b.get(..8)
+        .and_then(|x| <[u8; 8]>::try_from(x).ok())
+        .map(i64::from_be_bytes)
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    b.get(..8)
+        .and_then(|x| <[u8; 8]>::try_from(x).ok())
+        .map(u64::from_be_bytes)
+}
+
+impl Seen {
+    /// Reads the records (and an earlier release's entries) stored within the window. Expired
+    /// ones are left for [`Seen::expire`].
+    pub fn load(tree: &sled::Tree, legacy: Option<&sled::Tree>, now: i64, window_ms: i64) -> Seen {
+        let mut s = Seen::default();
+        let from = now.saturating_sub(window_ms);
+        for (k, v) in tree.iter().flatten() {
+            let Some(at) = be_i64(&k) else { continue };
+            if at <= from {
+                continue;
+            }
+            for e in v.chunks_exact(ENTRY) {
+                if let (Some(key), Some(content)) = (be_u64(e), e.get(8..).and_then(be_u64)) {
+                    s.map.insert(key, (content, at));
+                }
+            }
+        }
+        if let Some(old) = legacy {
+            for (k, v) in old.iter().flatten() {
+                let at = be_i64(&v).unwrap_or(0);
+                if at <= from {
+                    continue;
+                }
+                let content = v.get(8..40).map(first_u64);
+                let key = std::str::from_utf8(&k).map(key_digest).unwrap_or(0);
+                s.legacy.insert(key, (content, at));
+            }
+        }
+        s
+    }
+
+    /// What is known about `key` (a [`key_digest`]) within the window.
+    pub fn find(&self, key: u64, now: i64, window_ms: i64) -> Found {
+        let live = |at: i64| now.saturating_sub(at) < window_ms;
+        match self.map.get(&key) {
+            Some((content, at)) if live(*at) => Found::Stored(*content),
+            _ => match self.legacy.get(&key) {
+                Some((content, at)) if live(*at) => Found::Legacy(*content),
+                _ => Found::New,
+            },
+        }
+    }
+
+    /// Remembers stored transactions (after their record was appended).
+    pub fn insert(&mut self, entries: &[(u64, u64)], at: i64) {
+        self.map.reserve(entries.len());
+        for (k, c) in entries {
+            self.map.insert(*k, (*c, at));
+        }
+    }
+
+    /// Transactions remembered (both maps).
+    pub fn len(&self) -> usize {
+        self.map.len() + self.legacy.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets what is older than the window, in RAM and on disk; returns how many
+    /// transactions were forgotten. The legacy tree is emptied entry by entry.
+    pub fn expire(
+        &mut self,
+        tree: &sled::Tree,
+        legacy: Option<&sled::Tree>,
+        now: i64,
+        window_ms: i64,
+    ) -> Result<usize, sled::Error> {
+        let from = now.saturating_sub(window_ms);
+        let before = self.len();
+        self.map.retain(|_, (_, at)| *at > from);
+        self.legacy.retain(|_, (_, at)| *at > from);
+        let end = record_key(from.saturating_add(1), 0);
+        let old: Vec<sled::IVec> = tree
+            .range(..end.as_slice())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in old {
+            tree.remove(k)?;
+        }
+        if let Some(l) = legacy {
+            for (k, v) in l.iter().flatten() {
+                if be_i64(&v).unwrap_or(0) <= from {
+                    l.remove(k)?;
+                }
+            }
+        }
+        self.map.shrink_to_fit();
+        Ok(before - self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn records_round_trip_through_sled_and_expire() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = sled::Config::new().path(dir.path()).open()?;
+        let tree = db.open_tree(TREE)?;
+        let now = 100 * DAY;
+        let a = (key_digest("R1\u{1f}2026-12-01\u{1f}T1"), 11);
+        let b = (key_digest("R1\u{1f}2026-12-01\u{1f}T2"), 22);
+        tree.insert(record_key(now - 40 * DAY, 1), record_value(&[a]))?;
+        tree.insert(record_key(now - DAY, 2), record_value(&[b]))?;
+        let mut s = Seen::load(&tree, None, now, 30 * DAY);
+        assert_eq!(s.find(a.0, now, 30 * DAY), Found::New, "expired");
+        assert_eq!(s.find(b.0, now, 30 * DAY), Found::Stored(22));
+        assert_eq!(s.expire(&tree, None, now, 30 * DAY)?, 0);
+        assert_eq!(tree.len(), 1, "the expired record is deleted");
+        s.insert(&[a], now);
+        assert_eq!(s.find(a.0, now, 30 * DAY), Found::Stored(11));
+        assert_eq!(s.expire(&tree, None, now + 31 * DAY, 30 * DAY)?, 2);
+        assert!(s.is_empty());
+        assert_eq!(tree.len(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn earlier_release_entries_are_honoured_until_they_expire(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = sled::Config::new().path(dir.path()).open()?;
+        let tree = db.open_tree(TREE)?;
+        let old = db.open_tree(LEGACY_TREE)?;
+        let now = 100 * DAY;
+        let mut v = (now - DAY).to_be_bytes().to_vec();
+        v.extend_from_slice(&[7u8; 32]);
+        old.insert("R1\u{1f}2026-12-01\u{1f}T9", v)?;
+        old.insert("R1\u{1f}\u{1f}T8", (now - DAY).to_be_bytes().to_vec())?;
+        let mut s = Seen::load(&tree, Some(&old), now, 30 * DAY);
+        assert_eq!(
+            s.find(key_digest("R1\u{1f}2026-12-01\u{1f}T9"), now, 30 * DAY),
+            Found::Legacy(Some(first_u64(&[7u8; 32])))
+        );
+        assert_eq!(
+            s.find(key_digest("R1\u{1f}\u{1f}T8"), now, 30 * DAY),
+            Found::Legacy(None)
+        );
+        assert_eq!(s.expire(&tree, Some(&old), now + 30 * DAY, 30 * DAY)?, 2);
+        assert_eq!(old.len(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn damaged_records_are_skipped() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = sled::Config::new().path(dir.path()).open()?;
+        let tree = db.open_tree(TREE)?;
+        tree.insert(b"short", b"x".to_vec())?;
+        tree.insert(record_key(DAY, 1), vec![1u8; 20])?;
+        let s = Seen::load(&tree, None, DAY, DAY);
+        assert_eq!(s.len(), 1, "the whole entry is read, the torn tail skipped");
+        Ok(())
+    }
+}
