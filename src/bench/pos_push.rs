@@ -140,6 +140,8 @@ fn start_gateway(dir: &Path, mqtt_port: u16) -> Result<Gateway, String> {
 /// Pushes every body over `clients` keep-alive connections; each must get 201.
 async fn push_all(port: u16, bodies: Vec<Vec<u8>>, clients: usize) -> Result<(), String> {
     let url = format!("http://127.0.0.1:{port}/v1/pos/transactions");
+    // reqwest is built without a default TLS provider (plain HTTP here, but the builder asks).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
     let mut tasks = Vec::new();
     for _ in 0..clients.max(1) {
@@ -196,7 +198,16 @@ async fn run_push(bin: &Path, dir: &Path, n: u64, per: u64, clients: usize) -> R
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu0 = proc_cpu_ticks(pid).unwrap_or(0);
     let t = Instant::now();
-    push_all(gw.port, bodies, clients).await?;
+    if let Err(e) = push_all(gw.port, bodies, clients).await {
+        let log = std::fs::read_to_string(dir.join("gw/storegw.log")).unwrap_or_default();
+        let why: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .rev()
+            .take(3)
+            .collect();
+        return Err(format!("{e} (gateway log: {})", why.join(" | ")));
+    }
     let pushed = t.elapsed().as_secs_f64();
     wait_count(&count, n, Duration::from_secs(600)).await?;
     let cpu1 = proc_cpu_ticks(pid).unwrap_or(0);

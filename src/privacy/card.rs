@@ -208,7 +208,8 @@ pub fn scrub(s: &str) -> (String, bool) {
 /// not turn a code into a card; a group longer than 19 digits is checked at both ends (a PAN
 /// glued to an expiry or a counter).
 pub fn identifier_holds_card(s: &str) -> bool {
-    if !s.chars().any(|c| c.is_numeric()) {
+    // A card number has at least 12 digits, and only numeric characters fold to digits.
+    if s.chars().filter(|c| c.is_numeric()).nth(11).is_none() {
         return false;
     }
     let f = Folded::new(s);
@@ -282,6 +283,21 @@ pub fn is_forbidden_field(name: &str) -> bool {
         Some(v) => v,
         None => small.get(..len).unwrap_or_default(),
     };
+    // Every rule below needs one of these letter pairs (`cv`, `cs`, `ci`, `ca`, `pi`, `tr`,
+    // `ma`, `se`): most field names have none and are done here.
+    let maybe = folded.windows(2).any(|w| {
+        matches!(
+            (w[0], w[1]),
+            (b'c', b'v' | b's' | b'i' | b'a')
+                | (b'p', b'i')
+                | (b't', b'r')
+                | (b'm', b'a')
+                | (b's', b'e')
+        )
+    });
+    if !maybe {
+        return false;
+    }
     // Only ASCII letters and digits remain.
     let n = std::str::from_utf8(folded).unwrap_or_default();
     // Strip an XML namespace prefix that survived as letters (`acs:CVV` → `acscvv`).
@@ -319,6 +335,10 @@ pub fn is_forbidden_field(name: &str) -> bool {
 /// Whether a string looks like magnetic-stripe track data (`%B<pan>^NAME^…?` for track 1,
 /// `;<pan>=<yymm>…?` for track 2).
 pub fn looks_like_track(s: &str) -> bool {
+    // Every string value of a document passes here: most hold neither marker.
+    if memchr::memchr2(b'%', b';', s.as_bytes()).is_none() {
+        return false;
+    }
     let t = s.trim();
     let track1 = t
         .find("%B")

@@ -67,6 +67,12 @@ impl DurableSink {
         self.spool.flush().await
     }
 
+    /// Returns once every seq below `end` is on disk (one flush serves every input waiting
+    /// for it).
+    pub async fn flush_covering(&self, end: u64) -> Result<(), SpoolError> {
+        self.spool.flush_covering(end).await
+    }
+
     /// Every seq below this one is on disk.
     pub fn durable_below(&self) -> u64 {
         self.spool.durable_below()

@@ -9,6 +9,22 @@ pub(super) const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 impl Spool {
     /// Durable flush: returns once everything appended so far is on disk.
     pub async fn flush(&self) -> Result<(), SpoolError> {
+        let _one = self.flush_gate.lock().await;
+        self.flush_now().await
+    }
+
+    /// Returns once every seq below `end` is on disk: at once if an earlier flush covered
+    /// them, else after a flush of everything appended so far. Inputs that append while a
+    /// flush runs are all covered by the next one.
+    pub async fn flush_covering(&self, end: u64) -> Result<(), SpoolError> {
+        let _one = self.flush_gate.lock().await;
+        if self.durable_below() >= end {
+            return Ok(());
+        }
+        self.flush_now().await
+    }
+
+    async fn flush_now(&self) -> Result<(), SpoolError> {
         self.dirty.store(false, Ordering::Release);
         let pending = self.take_unflushed();
         let covered = self.next_seq();

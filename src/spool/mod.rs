@@ -167,6 +167,10 @@ pub struct Spool {
     last_decoded: Mutex<[Option<DecodedChunk>; 3]>,
     /// A flush that outlived [`flush::FLUSH_TIMEOUT`] and may still be running.
     stuck_flush: Mutex<Option<tokio::task::JoinHandle<sled::Result<usize>>>>,
+    /// One flush at a time: sled's flushes started together stall each other (seen as 5 s
+    /// timeouts with eight POS clients). Callers waiting here for the same data find it
+    /// covered by the flush before them ([`Spool::flush_covering`]): group commit.
+    flush_gate: tokio::sync::Mutex<()>,
     /// Where drops are counted (`storegw_dropped_events_total`): the pipeline's registries.
     telemetry: Telemetry,
 }
@@ -309,6 +313,7 @@ impl Spool {
             pos_durable_below: std::sync::atomic::AtomicU64::new(next),
             last_decoded: Mutex::new(Default::default()),
             stuck_flush: Mutex::new(None),
+            flush_gate: tokio::sync::Mutex::new(()),
             path: path.to_path_buf(),
             telemetry,
         })

@@ -220,9 +220,8 @@ impl Ingest {
         let Some(first) = entries.first() else {
             drop(index);
             // Only duplicates: answer once what they duplicate is on disk.
-            if self.sink.durable_below() < self.appended_end.load(Ordering::Acquire) {
-                self.sink.flush().await.map_err(storage)?;
-            }
+            let end = self.appended_end.load(Ordering::Acquire);
+            self.sink.flush_covering(end).await.map_err(storage)?;
             return Ok(out);
         };
         // Events and their index record go to disk in one transaction: a crash can never
@@ -243,12 +242,11 @@ impl Ingest {
             Err(e) => return Err(storage(e)),
         };
         index.seen.insert(&entries, now);
-        if let Some(last) = seqs.last() {
-            self.appended_end.fetch_max(last + 1, Ordering::AcqRel);
-        }
+        let end = seqs.last().map_or(0, |s| s + 1);
+        self.appended_end.fetch_max(end, Ordering::AcqRel);
         drop(index);
-        // Outside the lock: inputs that arrive meanwhile append and share this fsync.
-        self.sink.flush().await.map_err(storage)?;
+        // Outside the lock: inputs that arrive meanwhile append and share one fsync.
+        self.sink.flush_covering(end).await.map_err(storage)?;
         out.accepted = fresh.len();
         out.ids = seqs
             .iter()
@@ -409,6 +407,38 @@ mod tests {
         // Once expired, the old tree is dropped.
         ing.expire(now + 31 * 86_400_000).await;
         assert!(ing.sink.existing_index(seen::LEGACY_TREE)?.is_none());
+        Ok(())
+    }
+
+    /// Eight tills pushing one sale per request at once: every push is answered 2xx after its
+    /// fsync (they share flushes), none fails, all are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_single_pushes_share_flushes() -> R {
+        let dir = tempfile::tempdir()?;
+        let ing = Arc::new(open(dir.path())?);
+        let mut tasks = Vec::new();
+        for till in 0..8 {
+            let ing = ing.clone();
+            let mut inputs = Vec::new();
+            for i in 0..150 {
+                inputs.push(txs(&ing, &sale(&format!("T{till}-{i}"), 100 + i))?);
+            }
+            tasks.push(tokio::spawn(async move {
+                let mut accepted = 0;
+                for n in inputs {
+                    let s = ing.store(n).await?;
+                    assert!(ing.sink.durable_below() > 0);
+                    accepted += s.accepted;
+                }
+                Ok::<usize, StoreError>(accepted)
+            }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            accepted += t.await??;
+        }
+        assert_eq!(accepted, 8 * 150);
+        assert_eq!(ing.remembered().await, 8 * 150);
         Ok(())
     }
 
