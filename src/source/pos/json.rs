@@ -9,6 +9,15 @@ use serde_json::Value;
 
 /// A JSON document: one transaction object or an array of them.
 pub fn parse_document(text: &str, o: &ParseOpts) -> Result<Parsed, Reject> {
+    if let Some(txs) = super::json_fast::parse(text, o) {
+        return Ok(txs.into_iter().map(Ok).collect());
+    }
+    parse_document_tree(text, o)
+}
+
+/// [`parse_document`] through a `serde_json::Value` tree: every document the fast path
+/// leaves, and the reference it is tested against.
+pub fn parse_document_tree(text: &str, o: &ParseOpts) -> Result<Parsed, Reject> {
     let v: Value = serde_json::from_str(text).map_err(|e| {
         Reject::new(
             format!("line {} column {}", e.line(), e.column()),
@@ -30,6 +39,12 @@ pub fn parse_lines(text: &str, o: &ParseOpts) -> Parsed {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(txs) =
+            super::json_fast::parse(line, o).filter(|_| line.trim_start().starts_with('{'))
+        {
+            out.extend(txs.into_iter().map(Ok));
             continue;
         }
         let at = format!("line {}", i + 1);

@@ -14,6 +14,7 @@ pub mod files;
 pub mod http_push;
 pub mod ingest;
 pub mod json;
+mod json_fast;
 mod jsonutil;
 pub mod money;
 pub mod normalize;

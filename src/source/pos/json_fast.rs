@@ -1,0 +1,507 @@
+//! The fast path of the canonical JSON parser: a document whose text holds no suspicious field
+//! name or track-like string is deserialized straight into the transaction's own shapes, with
+//! no tree of maps per transaction (the tree and its key strings were most of the push path's
+//! allocations, BENCHMARKS.md "POS push"). Anything this path does not take exactly as
+//! [`super::json::parse_document`] would (a refused field, a bad value, a duplicate key, an
+//! unexpected shape) makes it give up, and the tree-based parser reads the document and gives
+//! the answer, with the path of the bad field. So the fast path changes speed, never results:
+//! `tests` below and `tests/pos_parsers.rs` compare both on every input they have.
+
+use super::transaction::{Discount, Line, StatedTotals, Tender, Tx, TxType};
+use super::{money, timefmt, ParseOpts};
+use crate::privacy::card;
+use crate::privacy::customer::RawCustomer;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Every scalar is kept as a JSON value, converted by the same functions as the tree parser.
+type S = Option<Value>;
+
+#[derive(Deserialize)]
+struct WireTx {
+    transaction_id: S,
+    register: S,
+    store_ref: S,
+    business_day: S,
+    time: S,
+    currency: S,
+    #[serde(rename = "type")]
+    kind: S,
+    original_transaction_id: S,
+    source: S,
+    channel: S,
+    lines: Option<Vec<WireLine>>,
+    tenders: Option<Vec<WireTender>>,
+    discounts: Option<Vec<WireDiscount>>,
+    totals: Option<WireTotals>,
+    customer: Option<WireCustomer>,
+}
+
+#[derive(Deserialize)]
+struct WireLine {
+    sku: S,
+    description: S,
+    qty: S,
+    unit_price_minor: S,
+    unit_price: S,
+    amount_minor: S,
+    amount: S,
+    kind: S,
+    discounts: Option<Vec<WireDiscount>>,
+}
+
+#[derive(Deserialize)]
+struct WireTender {
+    #[serde(rename = "type")]
+    kind: S,
+    amount_minor: S,
+    amount: S,
+    card_brand: S,
+}
+
+#[derive(Deserialize)]
+struct WireDiscount {
+    code: S,
+    amount_minor: S,
+    amount: S,
+}
+
+#[derive(Deserialize)]
+struct WireTotals {
+    total_minor: S,
+    total: S,
+    subtotal_minor: S,
+    subtotal: S,
+    tax_minor: S,
+    tax: S,
+    discount_minor: S,
+    discount: S,
+    surcharge_minor: S,
+    surcharge: S,
+    tax_included: S,
+}
+
+#[derive(Deserialize)]
+struct WireCustomer {
+    loyalty_id: S,
+    loyalty: S,
+    email: S,
+    phone: S,
+}
+
+/// The transactions of `text`, or `None` when the tree-based parser must decide.
+pub fn parse(text: &str, o: &ParseOpts) -> Option<Vec<Tx>> {
+    if !clean(text) {
+        return None;
+    }
+    match text.trim_start().as_bytes().first()? {
+        b'[' => serde_json::from_str::<Vec<WireTx>>(text)
+            .ok()?
+            .into_iter()
+            .map(|w| tx(w, o))
+            .collect(),
+        b'{' => Some(vec![tx(serde_json::from_str::<WireTx>(text).ok()?, o)?]),
+        _ => None,
+    }
+}
+
+/// Whether no object key is a card-authentication field name and no string looks like track
+/// data, judged on the raw text (a key is a string followed by `:`). Escaped strings are
+/// decoded first; anything odd answers `false` and leaves the document to the tree parser.
+fn clean(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0usize;
+    while let Some(open) = memchr::memchr(b'"', b.get(i..).unwrap_or_default()) {
+        let start = i + open + 1;
+        let mut j = start;
+        let mut escaped = false;
+        loop {
+            match b.get(j) {
+                None => return false,
+                Some(b'\\') => {
+                    escaped = true;
+                    j += 2;
+                }
+                Some(b'"') => break,
+                Some(_) => j += 1,
+            }
+        }
+        let Some(raw) = text.get(start..j) else {
+            return false;
+        };
+        let decoded;
+        let s = if escaped {
+            match text
+                .get(start - 1..=j)
+                .and_then(|q| serde_json::from_str::<String>(q).ok())
+            {
+                Some(d) => {
+                    decoded = d;
+                    decoded.as_str()
+                }
+                None => return false,
+            }
+        } else {
+            raw
+        };
+        let after = b
+            .get(j + 1..)
+            .unwrap_or_default()
+            .iter()
+            .find(|c| !c.is_ascii_whitespace());
+        let suspicious = if after == Some(&b':') {
+            card::is_forbidden_field(s)
+        } else {
+            card::looks_like_track(s)
+        };
+        if suspicious {
+            return false;
+        }
+        i = j + 1;
+    }
+    true
+}
+
+/// [`super::jsonutil::At::str`]: absent or null is `None`, numbers count as their text.
+fn text(v: &S) -> Option<Option<String>> {
+    match v {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => Some(Some(s.clone())),
+        Some(Value::Number(n)) => Some(Some(n.to_string())),
+        Some(_) => None,
+    }
+}
+
+/// [`super::jsonutil::At::req_str`].
+fn required(v: &S) -> Option<String> {
+    text(v)?.filter(|s| !s.trim().is_empty())
+}
+
+/// [`super::jsonutil::At::money`]: `<k>_minor` first, else `<k>` in major units.
+fn amount(minor: &S, major: &S, exp: u32) -> Option<Option<i64>> {
+    match (minor, major) {
+        (Some(v), _) if !v.is_null() => money::from_json_minor(v).ok().map(Some),
+        (_, Some(v)) if !v.is_null() => money::from_json_decimal(v, exp).ok().map(Some),
+        _ => Some(None),
+    }
+}
+
+fn tx(w: WireTx, o: &ParseOpts) -> Option<Tx> {
+    let transaction_id = required(&w.transaction_id)?;
+    let currency = text(&w.currency)?.unwrap_or_else(|| o.default_currency.clone());
+    let exp = money::exponent(&currency)?;
+    let kind = match text(&w.kind)? {
+        None => None,
+        Some(t) => Some(TxType::parse(&t)?),
+    };
+    let time_ms = match text(&w.time)? {
+        None => None,
+        Some(t) => Some(timefmt::parse(&t, o.offset_s).ok()?),
+    };
+    let lines = w
+        .lines
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| line(l, exp))
+        .collect::<Option<Vec<_>>>()?;
+    let tenders = w
+        .tenders
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| {
+            Some(Tender {
+                kind: required(&t.kind)?,
+                amount_minor: amount(&t.amount_minor, &t.amount, exp)??,
+                card_brand: text(&t.card_brand)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let mut order_discount: i64 = 0;
+    for d in w.discounts.unwrap_or_default() {
+        order_discount = order_discount.checked_add(amount(&d.amount_minor, &d.amount, exp)??)?;
+    }
+    let t = w.totals;
+    let m = |f: fn(&WireTotals) -> (&S, &S)| match &t {
+        None => Some(None),
+        Some(t) => {
+            let (minor, major) = f(t);
+            amount(minor, major, exp)
+        }
+    };
+    let totals = StatedTotals {
+        total: m(|t| (&t.total_minor, &t.total))?,
+        subtotal: m(|t| (&t.subtotal_minor, &t.subtotal))?,
+        tax: m(|t| (&t.tax_minor, &t.tax))?,
+        discount: m(|t| (&t.discount_minor, &t.discount))?,
+    };
+    let surcharge = m(|t| (&t.surcharge_minor, &t.surcharge))?.unwrap_or(0);
+    let tax_included = t
+        .as_ref()
+        .and_then(|t| t.tax_included.as_ref())
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let customer = match &w.customer {
+        None => RawCustomer::default(),
+        Some(c) => RawCustomer {
+            loyalty_id: text(&c.loyalty_id)?.or(text(&c.loyalty)?),
+            email: text(&c.email)?,
+            phone: text(&c.phone)?,
+        },
+    };
+    Some(Tx {
+        transaction_id,
+        register: text(&w.register)?.unwrap_or_else(|| o.default_register.clone()),
+        store_ref: text(&w.store_ref)?,
+        business_day: text(&w.business_day)?,
+        time_ms,
+        currency,
+        kind,
+        original_transaction_id: text(&w.original_transaction_id)?,
+        source: text(&w.source)?.unwrap_or_else(|| "json".into()),
+        channel: text(&w.channel)?,
+        lines,
+        order_discount,
+        surcharge,
+        tax_included,
+        totals,
+        tenders,
+        customer,
+        flags: Vec::new(),
+    })
+}
+
+fn line(l: WireLine, exp: u32) -> Option<Line> {
+    let qty_v = l.qty.as_ref().filter(|q| !q.is_null());
+    let qty = match qty_v {
+        None => 1.0,
+        Some(q) => money::qty_from_json(q).ok()?,
+    };
+    let unit = amount(&l.unit_price_minor, &l.unit_price, exp)?;
+    let amount_minor = match amount(&l.amount_minor, &l.amount, exp)? {
+        Some(a) => a,
+        None => {
+            let qt = qty_v.map(|q| match q {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            money::qty_times(qt.as_deref().unwrap_or("1"), unit?).ok()?
+        }
+    };
+    let discounts = l
+        .discounts
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| {
+            Some(Discount {
+                code: text(&d.code)?,
+                amount_minor: amount(&d.amount_minor, &d.amount, exp)??,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Line {
+        sku: text(&l.sku)?,
+        description: text(&l.description)?,
+        qty,
+        unit_price_minor: unit,
+        amount_minor,
+        kind: text(&l.kind)?,
+        discounts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> ParseOpts {
+        ParseOpts::from_config(&crate::source::pos::PosConfig::default())
+    }
+
+    /// The fast path's answer is the tree parser's, for every document it takes.
+    pub fn same_as_tree(doc: &str) -> bool {
+        let o = opts();
+        let Some(fast) = parse(doc, &o) else {
+            return false;
+        };
+        let fast: Vec<Result<Tx, super::super::transaction::Reject>> =
+            fast.into_iter().map(Ok).collect();
+        let slow = super::super::json::parse_document_tree(doc, &o);
+        assert_eq!(
+            format!("{:?}", Ok::<_, ()>(fast)),
+            format!("{slow:?}"),
+            "{doc}"
+        );
+        true
+    }
+
+    const TAKEN: &[&str] = &[
+        r#"{"transaction_id":"T1","lines":[{"sku":"A","amount_minor":100}]}"#,
+        r#"[{"transaction_id":42,"register":7,"currency":"EUR","type":"refund","time":"2026-12-01T10:00:00+01:00","lines":[{"sku":"A","qty":"2","unit_price":"1.5"},{"description":"x","qty":1.5,"unit_price_minor":3,"amount":"4"}],"tenders":[{"type":"cash","amount":4}],"totals":{"total":"4","tax_minor":null,"tax_included":true},"customer":{"loyalty":"L-1","email":"a@b.example"}}]"#,
+        r#"{"transaction_id":"T2","currency":"EUR","store_ref":null,"business_day":"2026-12-01","channel":"web","source":"till","original_transaction_id":"T1","discounts":[{"amount":"0.50"}],"lines":[{"sku":"B","amount_minor":250,"kind":"return","discounts":[{"code":"X","amount_minor":10}]}],"totals":{"total_minor":190,"subtotal":"2.40","discount_minor":60,"surcharge":"0.10"},"extra":{"nested":[1,2,{"k":"v"}]}}"#,
+        r#"[{"transaction_id":"T3","lines":[]},{"transaction_id":"T4","type":"void","customer":{"loyalty_id":null,"loyalty":"77","phone":"+49 30 1234567"}}]"#,
+        r#"{"transaction_id":"T\u0035","lines":[{"sku":"A","description":"caf\u00e9 \"x\"","amount_minor":1}]}"#,
+    ];
+
+    /// Documents the fast path leaves to the tree parser (which refuses or accepts them).
+    const LEFT: &[&str] = &[
+        r#"{"transaction_id":"T1","cvv":"123"}"#,
+        r#"{"transaction_id":"T1","c\u0076v":null}"#,
+        r#"{"transaction_id":"T1","lines":[{"description":";4111111111111111=2512101"}]}"#,
+        r#"{"transaction_id":"T1","transaction_id":"T2"}"#,
+        r#"{"transaction_id":"T1","lines":{"sku":"A"}}"#,
+        r#"{"transaction_id":"T1","currency":"euro"}"#,
+        r#"{"transaction_id":"  "}"#,
+        r#"{"transaction_id":"T1","lines":[{"sku":"A"}]}"#,
+        r#"{"transaction_id":"T1","time":"yesterday"}"#,
+        r#"{"transaction_id":"T1","register":["R"]}"#,
+        r#"{"transaction_id":"T1","tenders":[{"type":"cash"}]}"#,
+        r#"[1,2]"#,
+        r#""T1""#,
+        r#"{"transaction_id":"T1""#,
+    ];
+
+    #[test]
+    fn takes_plain_documents_exactly_as_the_tree_parser() {
+        for doc in TAKEN {
+            assert!(same_as_tree(doc), "fast path refused {doc}");
+        }
+    }
+
+    #[test]
+    fn leaves_everything_else_to_the_tree_parser() {
+        for doc in LEFT {
+            assert!(parse(doc, &opts()).is_none(), "fast path took {doc}");
+        }
+    }
+
+    /// Random documents built from the fields both parsers read, each given values of every
+    /// kind (absent, null, numbers, decimals, text, bad types): whatever the fast path takes,
+    /// it takes exactly as the tree parser does.
+    #[test]
+    fn random_documents_agree_with_the_tree_parser() {
+        const SCALARS: &[&str] = &[
+            "null",
+            "0",
+            "7",
+            "-3",
+            "1.5",
+            "1e3",
+            "\"\"",
+            "\" \"",
+            "\"12.34\"",
+            "\"abc\"",
+            "\"2026-12-01T10:00:00Z\"",
+            "\"EUR\"",
+            "\"JPY\"",
+            "\"refund\"",
+            "\"sale\"",
+            "true",
+            "[]",
+            "{}",
+            "\"4111 1111 1111 1111\"",
+            "\"a@b.example\"",
+            "9223372036854775807",
+            "\"-0.005\"",
+        ];
+        const TX: &[&str] = &[
+            "transaction_id",
+            "register",
+            "store_ref",
+            "business_day",
+            "time",
+            "currency",
+            "type",
+            "original_transaction_id",
+            "source",
+            "channel",
+            "other",
+        ];
+        const LINE: &[&str] = &[
+            "sku",
+            "description",
+            "qty",
+            "unit_price_minor",
+            "unit_price",
+            "amount_minor",
+            "amount",
+            "kind",
+        ];
+        const MONEY: &[&str] = &["amount_minor", "amount", "code", "type", "card_brand"];
+        const TOTALS: &[&str] = &[
+            "total_minor",
+            "total",
+            "subtotal",
+            "tax_minor",
+            "tax",
+            "discount",
+            "surcharge_minor",
+            "tax_included",
+        ];
+        const CUSTOMER: &[&str] = &["loyalty_id", "loyalty", "email", "phone"];
+        let mut rng = fastrand::Rng::with_seed(23);
+        let obj = |rng: &mut fastrand::Rng, keys: &[&str], extra: &str| {
+            let mut parts: Vec<String> = Vec::new();
+            for k in keys {
+                if rng.u8(..) >= 140 {
+                    continue;
+                }
+                // Mostly a value the field takes, sometimes anything.
+                let good: &[&str] = match *k {
+                    "time" => &["\"2026-12-01T10:00:00Z\"", "\"2026-12-01T10:00:00\""],
+                    "currency" => &["\"EUR\"", "\"JPY\"", "\"BHD\""],
+                    "type" if keys.contains(&"register") => &["\"sale\"", "\"refund\"", "\"void\""],
+                    "tax_included" => &["true", "false"],
+                    "qty" => &["2", "\"1.5\"", "-1", "0.25"],
+                    k if k.contains("minor") => &["150", "0", "-20"],
+                    "amount" | "unit_price" | "total" | "subtotal" | "tax" | "discount"
+                    | "surcharge" => &["\"1.50\"", "2", "0.5"],
+                    _ => &["\"T1\"", "\"A-7\"", "42", "\"caf\\u00e9\""],
+                };
+                let v = if rng.u8(..4) > 0 {
+                    good[rng.usize(..good.len())]
+                } else {
+                    SCALARS[rng.usize(..SCALARS.len())]
+                };
+                parts.push(format!("\"{k}\":{v}"));
+            }
+            if !extra.is_empty() {
+                parts.push(extra.to_string());
+            }
+            format!("{{{}}}", parts.join(","))
+        };
+        let (mut taken, mut total) = (0, 0);
+        for _ in 0..4000 {
+            let money: Vec<String> = (0..rng.usize(..3))
+                .map(|_| obj(&mut rng, MONEY, ""))
+                .collect();
+            let lines: Vec<String> = (0..rng.usize(..3))
+                .map(|_| {
+                    let d = format!("\"discounts\":[{}]", money.join(","));
+                    let with = rng.bool();
+                    obj(&mut rng, LINE, if with { &d } else { "" })
+                })
+                .collect();
+            let mut extra = vec![format!("\"lines\":[{}]", lines.join(","))];
+            if rng.bool() {
+                extra.push(format!("\"tenders\":[{}]", money.join(",")));
+            }
+            if rng.bool() {
+                extra.push(format!("\"discounts\":[{}]", money.join(",")));
+            }
+            if rng.bool() {
+                extra.push(format!("\"totals\":{}", obj(&mut rng, TOTALS, "")));
+            }
+            if rng.bool() {
+                extra.push(format!("\"customer\":{}", obj(&mut rng, CUSTOMER, "")));
+            }
+            let doc = obj(&mut rng, TX, &extra.join(","));
+            total += 1;
+            if same_as_tree(&doc) {
+                taken += 1;
+            }
+        }
+        eprintln!("fast path took {taken} of {total} random documents, each as the tree parser");
+        // Enough of them valid for the comparison to mean something.
+        assert!(taken > 100, "only {taken} of {total} documents were taken");
+    }
+}
