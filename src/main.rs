@@ -306,7 +306,24 @@ fn run_to_exit(what: &str, fut: impl std::future::Future<Output = Result<(), Str
     }
 }
 
+/// glibc's allocator raises its mmap threshold each time a large block is freed (up to 32 MiB),
+/// so after the first bulk POS push the request bodies, parse buffers and spool chunks of the
+/// next ones (a few hundred KiB each) come from the heap, where they fragment it and stay: a
+/// 200,000-transaction push peaked at 58 MiB RSS that way, and at 33-35 MiB with the threshold
+/// fixed at 128 KiB, at the same CPU (BENCHMARKS.md, "POS push"). Two arenas instead of up to
+/// sixteen (eight per core) saved a few MiB more in the same runs. Other C libraries (musl)
+/// have no such settings and need none.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it runs before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     storegw::privacy::init_local_offset();
     let cli = Cli::parse();
     let fmt_override = cli.log_format.clone();

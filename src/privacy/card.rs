@@ -259,8 +259,29 @@ pub fn identifier_holds_card(s: &str) -> bool {
 }
 /// Field names that carry sensitive authentication data: a record naming one is refused.
 pub fn is_forbidden_field(name: &str) -> bool {
-    // Field names are short: fold them on the stack (every key of every POS document passes
-    // here), on the heap only when a name is long.
+    // Every rule below needs one of these letter pairs in the folded name (`cv`, `cs`, `ci`,
+    // `ca`, `pi`, `tr`, `ma`, `se`): every key of every POS document passes here, and most
+    // have none, so they are done in one pass that writes nothing.
+    let mut prev = 0u8;
+    let maybe = name
+        .bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase())
+        .any(|b| {
+            let pair = matches!(
+                (prev, b),
+                (b'c', b'v' | b's' | b'i' | b'a')
+                    | (b'p', b'i')
+                    | (b't', b'r')
+                    | (b'm', b'a')
+                    | (b's', b'e')
+            );
+            prev = b;
+            pair
+        });
+    if !maybe {
+        return false;
+    }
     let mut small = [0u8; 48];
     let mut len = 0usize;
     let mut long: Option<Vec<u8>> = None;
@@ -283,21 +304,6 @@ pub fn is_forbidden_field(name: &str) -> bool {
         Some(v) => v,
         None => small.get(..len).unwrap_or_default(),
     };
-    // Every rule below needs one of these letter pairs (`cv`, `cs`, `ci`, `ca`, `pi`, `tr`,
-    // `ma`, `se`): most field names have none and are done here.
-    let maybe = folded.windows(2).any(|w| {
-        matches!(
-            (w[0], w[1]),
-            (b'c', b'v' | b's' | b'i' | b'a')
-                | (b'p', b'i')
-                | (b't', b'r')
-                | (b'm', b'a')
-                | (b's', b'e')
-        )
-    });
-    if !maybe {
-        return false;
-    }
     // Only ASCII letters and digits remain.
     let n = std::str::from_utf8(folded).unwrap_or_default();
     // Strip an XML namespace prefix that survived as letters (`acs:CVV` → `acscvv`).
@@ -516,6 +522,40 @@ mod tests {
         }
         for f in ["sku", "pinned", "tracking_number", "description", "spin"] {
             assert!(!is_forbidden_field(f), "{f}");
+        }
+        // The quick letter-pair exit never hides a rule: every listed name and every suffix or
+        // infix rule, in other spellings, is still refused.
+        for base in [
+            "cvv",
+            "cvv2",
+            "cvc",
+            "cvc2",
+            "cid",
+            "csc",
+            "cav2",
+            "securitycode",
+            "cardsecuritycode",
+            "cardverificationvalue",
+            "pin",
+            "pinblock",
+            "encryptedpinblock",
+            "pindata",
+            "xcvv",
+            "xcvc2",
+            "xpinblockx",
+            "xtrackdatax",
+            "track1",
+            "track2",
+            "track3",
+            "xtrack1data",
+            "xtrack2data",
+            "xmagstripe",
+        ] {
+            let upper = base.to_ascii_uppercase();
+            let spaced: String = base.chars().flat_map(|c| [c, '_']).collect();
+            for f in [base.to_string(), upper, spaced] {
+                assert!(is_forbidden_field(&f), "{f}");
+            }
         }
         assert!(looks_like_track("%B4111111111111111^DOE/JOHN^2512101?"));
         assert!(looks_like_track(";4111111111111111=25121010000000000?"));

@@ -144,7 +144,9 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     }
     let mut stream = body.into_data_stream();
     let read = async {
-        let mut bytes: Vec<u8> = Vec::new();
+        // Sized once from Content-Length (already checked against the limit), so a bulk body
+        // is not copied through doubling buffers.
+        let mut bytes: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(st.limit));
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else {
                 return Err(json_err(
