@@ -318,56 +318,50 @@ impl Default for LogConfig {
     }
 }
 
-/// Every input feed's section (docs/design.md, "Adding a feed": a new feed adds its field
-/// here and its entry in each of the three lists below).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SourcesConfig {
-    pub sim: SimConfig,
-    pub ble: BleConfig,
-    pub wifi: WifiConfig,
-    pub pos: PosConfig,
+/// Declares [`SourcesConfig`] from one line per feed (`name: SectionType`): its field, and its
+/// entry in the checks, the path resolution and the reload table, so a new feed adds exactly
+/// one line here (docs/design.md, "Adding a feed").
+macro_rules! feed_sections {
+    ($($name:ident: $ty:ty),+ $(,)?) => {
+        /// Every input feed's section, `[sources.<feed>]`.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct SourcesConfig {
+            $(pub $name: $ty,)+
+        }
+
+        impl SourcesConfig {
+            /// Every section, for its checks.
+            pub fn sections(&self) -> Vec<&dyn Section> {
+                vec![$(&self.$name as &dyn Section),+]
+            }
+
+            /// Every section, for path resolution.
+            pub fn sections_mut(&mut self) -> Vec<&mut dyn Section> {
+                vec![$(&mut self.$name as &mut dyn Section),+]
+            }
+
+            /// Hands every section's reload rows to `sink`, with the section's dotted prefix
+            /// and how to reach the section in a whole configuration.
+            pub fn reload_rows(sink: &mut impl RowSink) {
+                $(
+                    sink.section(
+                        concat!("sources.", stringify!($name)),
+                        <$ty>::RELOAD,
+                        |c| &c.sources.$name,
+                        |c| &mut c.sources.$name,
+                    );
+                )+
+            }
+        }
+    };
 }
 
-impl SourcesConfig {
-    /// Every section, for its checks.
-    pub fn sections(&self) -> [&dyn Section; 4] {
-        [&self.sim, &self.ble, &self.wifi, &self.pos]
-    }
-
-    /// Every section, for path resolution.
-    pub fn sections_mut(&mut self) -> [&mut dyn Section; 4] {
-        [&mut self.sim, &mut self.ble, &mut self.wifi, &mut self.pos]
-    }
-
-    /// Hands every section's reload rows to `sink`, with the section's dotted prefix and how to
-    /// reach the section in a whole configuration.
-    pub fn reload_rows(sink: &mut impl RowSink) {
-        sink.section(
-            "sources.sim",
-            SimConfig::RELOAD,
-            |c| &c.sources.sim,
-            |c| &mut c.sources.sim,
-        );
-        sink.section(
-            "sources.ble",
-            BleConfig::RELOAD,
-            |c| &c.sources.ble,
-            |c| &mut c.sources.ble,
-        );
-        sink.section(
-            "sources.wifi",
-            WifiConfig::RELOAD,
-            |c| &c.sources.wifi,
-            |c| &mut c.sources.wifi,
-        );
-        sink.section(
-            "sources.pos",
-            PosConfig::RELOAD,
-            |c| &c.sources.pos,
-            |c| &mut c.sources.pos,
-        );
-    }
+feed_sections! {
+    sim: SimConfig,
+    ble: BleConfig,
+    wifi: WifiConfig,
+    pos: PosConfig,
 }
 
 /// Receives the reload rows of each feed section (see [`SourcesConfig::reload_rows`]); the

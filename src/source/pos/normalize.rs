@@ -327,7 +327,8 @@ fn content_hash(
     customer_randomized: bool,
 ) -> [u8; 32] {
     use sha2::Digest;
-    if !time_filled_in && !(customer_randomized && body.customer.is_some()) {
+    let blank_customer = customer_randomized && body.customer.is_some();
+    if !time_filled_in && !blank_customer {
         return sha2::Sha256::digest(serialized).into();
     }
     if time_filled_in {
