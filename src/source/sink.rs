@@ -35,24 +35,12 @@ impl DurableSink {
         self.spool.drop_aux_tree(name)
     }
 
-    /// Appends `events` together with `entries` in `index` (one sled transaction), then
-    /// flushes: when this returns `Ok`, both survive a power cut. Returns the events' seqs.
-    pub async fn append_durable(
-        &self,
-        events: &[Event],
-        index: &sled::Tree,
-        entries: &sled::Batch,
-    ) -> Result<Vec<u64>, SpoolError> {
-        let seqs = self.append(events, index, entries)?;
-        self.flush().await?;
-        Ok(seqs)
-    }
-
-    /// The first half of [`DurableSink::append_durable`]: written, not yet durable. Callers
-    /// that serialize their check-and-append under a lock append there and [`flush`] after
-    /// releasing it, so concurrent inputs share one fsync.
+    /// Appends `events` together with `entries` in `index` (one sled transaction): written,
+    /// not yet durable. Callers that serialize their check-and-append under a lock append there
+    /// and [`flush_covering`] the returned seqs after releasing it, so concurrent inputs share
+    /// one fsync; only then may they acknowledge their input.
     ///
-    /// [`flush`]: DurableSink::flush
+    /// [`flush_covering`]: DurableSink::flush_covering
     pub fn append(
         &self,
         events: &[Event],
@@ -71,10 +59,5 @@ impl DurableSink {
     /// for it).
     pub async fn flush_covering(&self, end: u64) -> Result<(), SpoolError> {
         self.spool.flush_covering(end).await
-    }
-
-    /// Every seq below this one is on disk.
-    pub fn durable_below(&self) -> u64 {
-        self.spool.durable_below()
     }
 }

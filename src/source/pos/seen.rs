@@ -200,8 +200,11 @@ impl Seen {
                 }
             }
         }
-        self.map.shrink_to_fit();
-        Ok(before - self.len())
+        let removed = before - self.len();
+        if removed > 0 {
+            self.map.shrink_to_fit();
+        }
+        Ok(removed)
     }
 }
 
