@@ -357,7 +357,7 @@ impl Spool {
     }
 
     /// Every seq below this one is on disk (the last successful flush covered it).
-    pub fn durable_below(&self) -> u64 {
+    fn durable_below(&self) -> u64 {
         self.pos_durable_below
             .load(std::sync::atomic::Ordering::Acquire)
     }

@@ -259,7 +259,8 @@ impl Ingest {
         Ok(out)
     }
 
-    /// Transactions the index remembers (tests, status).
+    /// Transactions the index remembers.
+    #[cfg(test)]
     pub async fn remembered(&self) -> usize {
         self.index.lock().await.seen.len()
     }

@@ -76,13 +76,7 @@ pub struct Normalized {
 /// An identifier (id, register, SKU, barcode) is kept as it is unless it holds a card number:
 /// then the transaction is refused, never stored under a placeholder.
 fn ident(at: &str, v: String) -> Result<String, Reject> {
-    if card::identifier_holds_card(&v) {
-        return Err(Reject::new(
-            at,
-            "holds a payment card number; identifiers must not carry card numbers",
-        ));
-    }
-    Ok(v)
+    refuse_card(|| at.to_string(), v)
 }
 
 fn ident_o(at: &str, v: Option<String>) -> Result<Option<String>, Reject> {
@@ -91,13 +85,17 @@ fn ident_o(at: &str, v: Option<String>) -> Result<Option<String>, Reject> {
 
 /// [`ident_o`] with the field's path built only when the value is refused.
 fn ident_lazy(at: impl FnOnce() -> String, v: Option<String>) -> Result<Option<String>, Reject> {
-    match v {
-        Some(x) if card::identifier_holds_card(&x) => Err(Reject::new(
+    v.map(|x| refuse_card(at, x)).transpose()
+}
+
+fn refuse_card(at: impl FnOnce() -> String, v: String) -> Result<String, Reject> {
+    if card::identifier_holds_card(&v) {
+        return Err(Reject::new(
             at(),
             "holds a payment card number; identifiers must not carry card numbers",
-        )),
-        other => Ok(other),
+        ));
     }
+    Ok(v)
 }
 
 fn range(at: &str) -> Reject {

@@ -34,11 +34,7 @@ pub fn key_digest(key: &str) -> u64 {
 
 /// The first 8 bytes of a SHA-256, as a number.
 pub fn first_u64(h: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(src) = h.get(..8) {
-        b.copy_from_slice(src);
-    }
-    u64::from_be_bytes(b)
+    be_u64(h).unwrap_or(0)
 }
 
 /// The map's keys are already uniform digests: hashing them again would only cost time.
