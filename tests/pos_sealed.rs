@@ -109,6 +109,52 @@ mod central {
         !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
     }
 
+    /// `storegw tail --json` on the test store until four events arrived, started once it
+    /// subscribed (so it misses nothing the gateway publishes afterwards).
+    fn tail_json(
+        port: u16,
+        out: &Path,
+        err: &Path,
+    ) -> Result<std::process::Child, Box<dyn std::error::Error>> {
+        let child = bin()
+            .args([
+                "tail",
+                "--json",
+                "--broker",
+                &format!("mqtt://127.0.0.1:{port}"),
+            ])
+            .args(["--store", STORE, "--count", "4", "--for", "60"])
+            .stdout(std::fs::File::create(out)?)
+            .stderr(std::fs::File::create(err)?)
+            .spawn()?;
+        let until = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(err)
+            .unwrap_or_default()
+            .contains("subscribed to")
+        {
+            if Instant::now() > until {
+                return Err("tail --json did not subscribe".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(child)
+    }
+
+    fn wait_exit(
+        child: &mut std::process::Child,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        None
+    }
+
     /// Runs `storegw unseal` over `input`; returns stdout lines as JSON.
     fn unseal(args: &[&str], input: &str) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
         use std::io::Write;
@@ -187,6 +233,10 @@ mod central {
 
         let broker = Mosquitto::start(dir.path(), "")?;
         let sub = Subscriber::start(broker.port, "storegw/v1/#", 10_000, None).await;
+        // `storegw tail --json` follows the store too: its lines are another input of unseal.
+        let tail_out = dir.path().join("tail.jsonl");
+        let tail_err = dir.path().join("tail.err");
+        let mut tail = tail_json(broker.port, &tail_out, &tail_err)?;
         let http = common::free_port();
         let cfg = gateway_config(&gw_dir, broker.port, http)?;
 
@@ -233,6 +283,14 @@ mod central {
             .map(|g| g.payloads.clone())
             .unwrap_or_default();
         gw.sigterm_and_wait(Duration::from_secs(10));
+        let tail_status = wait_exit(&mut tail, Duration::from_secs(20));
+        let tail_lines = std::fs::read_to_string(&tail_out)?;
+        let tail_notes = std::fs::read_to_string(&tail_err)?;
+        assert_eq!(
+            tail_status.and_then(|s| s.code()),
+            Some(0),
+            "tail --json: {tail_notes}"
+        );
 
         // Schemas: every batch and event validates (tokens included).
         let schemas = common::Schemas::load()?;
@@ -302,6 +360,41 @@ mod central {
                 expect("S-3", "phone", PHONE),
             ]
         );
+        // `storegw tail --json`: one JSON object per distinct event on stdout, nothing else (the
+        // status and notes go to stderr), each with its store and gateway, so unseal needs no
+        // --store and opens the same values.
+        let tail_events: Vec<Value> = tail_lines
+            .lines()
+            .map(serde_json::from_str::<Value>)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                format!("tail --json printed a line that is not JSON ({e}):\n{tail_lines}")
+            })?;
+        assert_eq!(tail_events.len(), 4, "{tail_lines}");
+        for e in &tail_events {
+            assert_eq!(e["store"], STORE, "{e}");
+            assert_eq!(e["gateway"], "gw1", "{e}");
+            assert_eq!(e["kind"], "pos.transaction", "{e}");
+        }
+        assert!(tail_notes.contains("status"), "{tail_notes}");
+        for raw in [LOYALTY, EMAIL, PHONE, RAW_PHONE] {
+            assert!(!tail_lines.contains(raw), "tail printed {raw}");
+        }
+        let mut from_tail = Vec::new();
+        for e in unseal(&["--key", &key_arg], &tail_lines)? {
+            if let Some(c) = e["customer"].as_object() {
+                for (k, v) in c {
+                    from_tail.push((
+                        e["transaction_id"].as_str().unwrap_or_default().to_string(),
+                        k.clone(),
+                        v.as_str().unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+        }
+        from_tail.sort();
+        assert_eq!(from_tail, values, "unseal over tail --json lines");
+
         // Replay-style lines (bare events) need the store: with --store they open.
         let line = format!("{s3}\n");
         let o = unseal(&["--key", &key_arg, "--store", STORE], &line)?;

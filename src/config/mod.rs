@@ -6,12 +6,13 @@
 //!
 //! The layer has three floors (docs/design.md, "Configuration"): leaf modules that import
 //! nothing of storegw ([`units`], [`ids`], [`files`], [`trusted_keys`], [`recipient_keys`],
-//! [`demo`]); each feed's
+//! [`demo`], and [`feeds`], the list of feeds); each feed's
 //! section in its own `src/source/<feed>/config.rs`, built on the leaves only; and the root
 //! [`Config`] here, assembled from both. Nothing here imports feed logic, `remote/`, `ops/` or
 //! the demo.
 
 pub mod demo;
+pub mod feeds;
 pub mod files;
 pub mod ids;
 pub mod recipient_keys;
@@ -25,10 +26,7 @@ pub use files::{check_secret_mode, check_trusted_file};
 pub use ids::{is_loopback_host, valid_id, RESERVED_GATEWAY_IDS, RESERVED_STORE_IDS};
 pub use units::{ByteSize, Dur};
 
-use crate::source::ble::config::BleConfig;
-use crate::source::pos::config::PosConfig;
 pub use crate::source::sim::config::SimConfig;
-use crate::source::wifi::config::WifiConfig;
 use section::{Row, Section};
 use serde::Deserialize;
 use std::fmt;
@@ -318,16 +316,16 @@ impl Default for LogConfig {
     }
 }
 
-/// Declares [`SourcesConfig`] from one line per feed (`name: SectionType`): its field, and its
-/// entry in the checks, the path resolution and the reload table, so a new feed adds exactly
-/// one line here (docs/design.md, "Adding a feed").
+/// Declares [`SourcesConfig`] from the list of feeds ([`feeds::with_feeds`]): each feed's
+/// field, and its entry in the checks, the path resolution and the reload table, so a new feed
+/// adds nothing here (docs/design.md, "Adding a feed").
 macro_rules! feed_sections {
-    ($($name:ident: $ty:ty),+ $(,)?) => {
+    ($($name:ident: $feed:ident, $ty:ident;)+) => {
         /// Every input feed's section, `[sources.<feed>]`.
         #[derive(Debug, Clone, Default, Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct SourcesConfig {
-            $(pub $name: $ty,)+
+            $(pub $name: crate::source::$name::config::$ty,)+
         }
 
         impl SourcesConfig {
@@ -347,7 +345,7 @@ macro_rules! feed_sections {
                 $(
                     sink.section(
                         concat!("sources.", stringify!($name)),
-                        <$ty>::RELOAD,
+                        crate::source::$name::config::$ty::RELOAD,
                         |c| &c.sources.$name,
                         |c| &mut c.sources.$name,
                     );
@@ -357,12 +355,7 @@ macro_rules! feed_sections {
     };
 }
 
-feed_sections! {
-    sim: SimConfig,
-    ble: BleConfig,
-    wifi: WifiConfig,
-    pos: PosConfig,
-}
+feeds::with_feeds!(feed_sections);
 
 /// Receives the reload rows of each feed section (see [`SourcesConfig::reload_rows`]); the
 /// reload table (`ops::reload`) lifts them onto the whole configuration.

@@ -3,8 +3,9 @@
 //!
 //! The feed contract (docs/design.md, "Adding a feed"): every feed implements [`Feed`] (its
 //! name, `start(&SourceContext) -> Started` with its tasks and HTTP routes, and `replay` when
-//! it has recorded inputs) and is listed once in [`FEEDS`]; its configuration section implements
-//! `config::section::Section`. The daemon never needs to know a feed's internals, so each feed
+//! it has recorded inputs); its configuration section implements `config::section::Section`; and
+//! it is listed once, in `config::feeds`, which gives it its place in [`FEEDS`] and in the
+//! configuration. The daemon never needs to know a feed's internals, so each feed
 //! lives in its own folder.
 
 /// Declares a feed folder's unit struct and its [`Feed`] implementation from the folder's
@@ -36,12 +37,25 @@ macro_rules! feed {
     };
 }
 
+// The feeds' folders. Declared here like every module (so `cargo fmt` and the tools see them);
+// what makes a folder a feed is its line in `config::feeds`.
 pub mod ble;
 pub mod pos;
-pub mod replay;
 pub mod sim;
-pub mod sink;
 pub mod wifi;
+
+pub mod replay;
+pub mod sink;
+
+/// Declares [`FEEDS`] from the list of feeds (`config::feeds`), so a new feed adds nothing here.
+macro_rules! feed_registry {
+    ($($name:ident: $feed:ident, $ty:ident;)+) => {
+        /// Every feed, in start order (the order of `config::feeds`).
+        pub const FEEDS: &[&dyn Feed] = &[$(&$name::$feed),+];
+    };
+}
+
+crate::config::feeds::with_feeds!(feed_registry);
 
 pub use sink::DurableSink;
 
@@ -123,9 +137,6 @@ pub trait Feed: Sync {
         None
     }
 }
-
-/// Every feed, in start order: the one list a new feed is added to.
-pub const FEEDS: [&dyn Feed; 4] = [&sim::Sim, &ble::Ble, &wifi::Wifi, &pos::Pos];
 
 /// Starts every enabled feed.
 pub fn start_all(ctx: &SourceContext) -> Started {
