@@ -6,7 +6,7 @@
 //!
 //! The layer has three floors (docs/design.md, "Configuration"): leaf modules that import
 //! nothing of storegw ([`units`], [`ids`], [`files`], [`trusted_keys`], [`recipient_keys`],
-//! [`demo`], and [`feeds`], the list of feeds); each feed's
+//! [`demo`]); each feed's
 //! section in its own `src/source/<feed>/config.rs`, built on the leaves only; and the root
 //! [`Config`] here, assembled from both. Nothing here imports feed logic, `remote/`, `ops/` or
 //! the demo.
@@ -320,12 +320,12 @@ impl Default for LogConfig {
 /// field, and its entry in the checks, the path resolution and the reload table, so a new feed
 /// adds nothing here (docs/design.md, "Adding a feed").
 macro_rules! feed_sections {
-    ($($name:ident: $feed:ident, $ty:ident;)+) => {
+    ($($name:ident: $feed:ident, $ty:path;)+) => {
         /// Every input feed's section, `[sources.<feed>]`.
         #[derive(Debug, Clone, Default, Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct SourcesConfig {
-            $(pub $name: crate::source::$name::config::$ty,)+
+            $(pub $name: $ty,)+
         }
 
         impl SourcesConfig {
@@ -345,7 +345,7 @@ macro_rules! feed_sections {
                 $(
                     sink.section(
                         concat!("sources.", stringify!($name)),
-                        crate::source::$name::config::$ty::RELOAD,
+                        <$ty>::RELOAD,
                         |c| &c.sources.$name,
                         |c| &mut c.sources.$name,
                     );

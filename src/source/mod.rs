@@ -49,7 +49,7 @@ pub mod sink;
 
 /// Declares [`FEEDS`] from the list of feeds (`config::feeds`), so a new feed adds nothing here.
 macro_rules! feed_registry {
-    ($($name:ident: $feed:ident, $ty:ident;)+) => {
+    ($($name:ident: $feed:ident, $ty:path;)+) => {
         /// Every feed, in start order (the order of `config::feeds`).
         pub const FEEDS: &[&dyn Feed] = &[$(&$name::$feed),+];
     };
