@@ -13,6 +13,18 @@
 //! belong to two devices (one phone uses one address at a time), so the newer address moves to
 //! a track of its own. Globally unique addresses are their own device and never link.
 //!
+//! What joins two live tracks: their *bursts coincide*. A phone scans at moments of its own;
+//! two phones do not keep scanning within the same second. A track whose bursts have mostly
+//! (two in three, at least [`TWIN_MIN_SHARED`]) fallen within a burst of one other track is a
+//! second track of the same phone (a second fingerprint, or a split of a phone that does use
+//! several addresses at once) and is folded into the older one ([`Placement::Merged`]); the
+//! phone then keeps its other fingerprint and no longer splits.
+//!
+//! How long a silent track lives follows its own rhythm: a phone whose screen is off probes
+//! every few minutes, so a track is kept for [`RHYTHM_FACTOR`] times its usual interval between
+//! bursts when that is longer than `expire_ms` (at most [`MAX_SILENCE_FACTOR`] times
+//! `expire_ms`); [`Estimator::silence_ms`] tells the visits the same.
+//!
 //! Everything here lives in RAM only, keyed by per-epoch keyed hashes (never a raw MAC; made by
 //! [`crate::privacy::wifi`]), and is forgotten when a track has been silent for `expire_ms` and
 //! at every key rotation.
@@ -73,6 +85,9 @@ pub enum Placement {
     Split,
     /// No room for a new track (`max_tracks`): counted by address only.
     Untracked,
+    /// The probe's track turned out to be a second track of the phone of the returned track
+    /// (their bursts coincide): the track with this id was folded into the returned one.
+    Merged(u64),
 }
 
 /// Tuning of the estimator (docs/wifi.md lists the reasons for each value).
@@ -105,6 +120,23 @@ impl Settings {
 const SEQ_STEP_PER_S: i64 = 16;
 const SEQ_STEP_MARGIN: i64 = 64;
 
+/// Bursts of a track that must have coincided with one other track before the two are one
+/// phone: by chance, a burst of one phone falls within a second of a given other phone's burst
+/// about once in twenty to forty scans, so four in a row, or two in three of a longer track,
+/// practically never happens between two phones.
+pub const TWIN_MIN_SHARED: u32 = 4;
+
+/// Intervals between bursts a track may stay silent before it is gone, once its rhythm is
+/// known (three bursts): a phone that missed three of its usual scans has left.
+pub const RHYTHM_FACTOR: i64 = 3;
+
+/// Longest silence, in multiples of `expire_ms`, that a slow rhythm can earn a track.
+pub const MAX_SILENCE_FACTOR: i64 = 3;
+
+/// Burst starts remembered for finding coinciding bursts (those of the last `burst_ms`); more
+/// at once (a crowd) only drops the oldest.
+const RECENT_BURSTS: usize = 256;
+
 struct Track {
     id: u64,
     fingerprint: u64,
@@ -122,6 +154,43 @@ struct Track {
     prev_last_ms: i64,
     /// The most recent addresses (at most [`ADDRS_PER_TRACK`]); older ones are forgotten.
     addrs: RecentAddrs,
+    /// The phone's other fingerprint, learned when a second track of it was folded in (0: none).
+    alt_fingerprint: u64,
+    /// The phone sends from several addresses within one burst (learned by a fold): the
+    /// interleaving rule does not split it.
+    multi_addr: bool,
+    /// Start of the current burst, bursts so far, and the smoothed interval between burst
+    /// starts (ms; 0 until the second burst).
+    burst_at: i64,
+    bursts: u32,
+    interval_ms: i64,
+    /// The track whose bursts this one's coincided with, and how many of them did.
+    twin: u64,
+    shared: u32,
+}
+
+impl Track {
+    /// How long the track may stay silent before it is gone: `expire_ms`, or its own rhythm
+    /// when that is slower (module doc).
+    fn silence_ms(&self, expire_ms: i64) -> i64 {
+        if self.bursts < 3 || self.interval_ms <= 0 {
+            return expire_ms;
+        }
+        (RHYTHM_FACTOR * self.interval_ms).clamp(expire_ms, MAX_SILENCE_FACTOR * expire_ms)
+    }
+
+    /// Counts one burst of this track that coincided with one of `other`'s; true when this
+    /// track is now a second track of `other`'s phone.
+    fn coincided(&mut self, other: u64) -> bool {
+        if self.twin == other {
+            self.shared += 1;
+        } else if self.shared < 2 {
+            // A first coincidence or two can be chance; a new partner replaces them.
+            self.twin = other;
+            self.shared = 1;
+        }
+        self.twin == other && self.shared >= TWIN_MIN_SHARED && 3 * self.shared >= 2 * self.bursts
+    }
 }
 
 /// The last [`ADDRS_PER_TRACK`] addresses of a track, oldest first, inside the track itself:
@@ -182,11 +251,15 @@ pub struct Estimator {
     tracks: U64Map<Track>,
     by_addr: U64Map<u64>,
     by_fingerprint: U64Map<Vec<u64>>,
+    /// Burst starts of the last `burst_ms` (time, track), oldest first.
+    recent_bursts: std::collections::VecDeque<(i64, u64)>,
     last_sweep_ms: i64,
     /// Probes not tracked because `max_tracks` was reached.
     pub untracked: u64,
     /// Tracks created (new devices, splits included) since start.
     pub created: u64,
+    /// Tracks folded into another of the same phone since start.
+    pub merged: u64,
 }
 
 impl Estimator {
@@ -198,9 +271,11 @@ impl Estimator {
             tracks: U64Map::default(),
             by_addr: U64Map::default(),
             by_fingerprint: U64Map::default(),
+            recent_bursts: std::collections::VecDeque::new(),
             last_sweep_ms: i64::MIN,
             untracked: 0,
             created: 0,
+            merged: 0,
         }
     }
 
@@ -214,6 +289,15 @@ impl Estimator {
         self.tracks.clear();
         self.by_addr.clear();
         self.by_fingerprint.clear();
+        self.recent_bursts.clear();
+    }
+
+    /// How long `track` may stay silent before it is gone (`expire_ms`, or longer for a slow
+    /// rhythm; module doc): the visits hold a session open as long.
+    pub fn silence_ms(&self, track: u64) -> i64 {
+        self.tracks
+            .get(&track)
+            .map_or(self.set.expire_ms, |t| t.silence_ms(self.set.expire_ms))
     }
 
     /// Tracks held now.
@@ -241,6 +325,19 @@ impl Estimator {
     /// only when needed: for an address no live track holds. The address is looked up once
     /// (again only when the probe's sweep dropped tracks).
     pub fn observe_with(
+        &mut self,
+        p: Probe,
+        fingerprint: impl FnOnce() -> u64,
+    ) -> (Option<u64>, Placement) {
+        let (track, placement) = self.place(p, fingerprint);
+        match track.and_then(|id| self.burst(id, p.ts_ms).map(|m| (id, m))) {
+            Some((_, (from, into))) => (Some(into), Placement::Merged(from)),
+            None => (track, placement),
+        }
+    }
+
+    /// Places a probe on a track (the rules of the module doc, before bursts are compared).
+    fn place(
         &mut self,
         mut p: Probe,
         fingerprint: impl FnOnce() -> u64,
@@ -293,6 +390,7 @@ impl Estimator {
         // frame after B's last. Captures merged from several receivers reorder frames by a
         // fraction of a second; that alone never splits.
         let interleaved = t.cur_linked
+            && !t.multi_addr
             && p.addr == t.prev_addr
             && t.prev_last_ms < t.cur_first_ms
             && p.ts_ms > t.cur_last_ms
@@ -343,7 +441,7 @@ impl Estimator {
                 continue;
             };
             let idle = p.ts_ms - t.last_ms;
-            if !t.randomized || idle > self.set.expire_ms {
+            if !t.randomized || idle > t.silence_ms(self.set.expire_ms) {
                 continue;
             }
             let step = (p.seq as i64 - t.last_seq as i64).rem_euclid(4096);
@@ -381,6 +479,13 @@ impl Estimator {
                 prev_addr: 0,
                 prev_last_ms: i64::MIN,
                 addrs: RecentAddrs::one(p.addr),
+                alt_fingerprint: 0,
+                multi_addr: false,
+                burst_at: i64::MIN,
+                bursts: 0,
+                interval_ms: 0,
+                twin: 0,
+                shared: 0,
             },
         );
         self.by_addr.insert(p.addr, id);
@@ -409,22 +514,134 @@ impl Estimator {
         let gone: Vec<u64> = self
             .tracks
             .values()
-            .filter(|t| now_ms - t.last_ms > expire)
+            .filter(|t| now_ms - t.last_ms > t.silence_ms(expire))
             .map(|t| t.id)
             .collect();
         for id in gone {
-            if let Some(t) = self.tracks.remove(&id) {
-                for a in t.addrs.as_slice() {
-                    self.by_addr.remove(a);
-                }
-                if let Some(v) = self.by_fingerprint.get_mut(&t.fingerprint) {
-                    v.retain(|x| *x != id);
-                    if v.is_empty() {
-                        self.by_fingerprint.remove(&t.fingerprint);
-                    }
+            self.forget(id);
+        }
+    }
+
+    /// Drops a track with its addresses and fingerprints; returns it.
+    fn forget(&mut self, id: u64) -> Option<Track> {
+        let t = self.tracks.remove(&id)?;
+        for a in t.addrs.as_slice() {
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+            }
+        }
+        for fp in [t.fingerprint, t.alt_fingerprint] {
+            if let Some(v) = self.by_fingerprint.get_mut(&fp) {
+                v.retain(|x| *x != id);
+                if v.is_empty() {
+                    self.by_fingerprint.remove(&fp);
                 }
             }
         }
+        Some(t)
+    }
+
+    /// Notes a probe of track `id` at `ts_ms` in the track's rhythm and, when it starts a
+    /// burst, compares it with the other tracks' bursts of the last `burst_ms`. Returns
+    /// `(folded, kept)` when two tracks turned out to be one phone (module doc).
+    fn burst(&mut self, id: u64, ts_ms: i64) -> Option<(u64, u64)> {
+        let window = self.set.burst_ms;
+        let t = self.tracks.get_mut(&id)?;
+        // Frames of the current burst (or reordered by a fraction of a second) add nothing.
+        if t.bursts > 0 && ts_ms - t.burst_at <= window {
+            return None;
+        }
+        if t.bursts > 0 {
+            let gap = ts_ms - t.burst_at;
+            t.interval_ms = match t.interval_ms {
+                0 => gap,
+                i => (i + gap) / 2,
+            };
+        }
+        t.burst_at = ts_ms;
+        t.bursts = t.bursts.saturating_add(1);
+        while self
+            .recent_bursts
+            .front()
+            .is_some_and(|&(at, _)| ts_ms - at > window)
+        {
+            self.recent_bursts.pop_front();
+        }
+        let other = self
+            .recent_bursts
+            .iter()
+            .rev()
+            .find(|&&(at, o)| {
+                o != id && (ts_ms - at).abs() <= window && self.tracks.contains_key(&o)
+            })
+            .map(|&(_, o)| o);
+        if self.recent_bursts.len() >= RECENT_BURSTS {
+            self.recent_bursts.pop_front();
+        }
+        self.recent_bursts.push_back((ts_ms, id));
+        let other = other?;
+        // A globally unique address is a device of its own (module doc): never folded.
+        let randomized = |id: u64| self.tracks.get(&id).is_some_and(|t| t.randomized);
+        if !randomized(id) || !randomized(other) {
+            return None;
+        }
+        let this_twin = self.tracks.get_mut(&id).is_some_and(|t| t.coincided(other));
+        let other_twin = self.tracks.get_mut(&other).is_some_and(|t| t.coincided(id));
+        if !this_twin && !other_twin {
+            return None;
+        }
+        // The younger track (the higher id) is the second one of the phone.
+        let (from, into) = if id > other { (id, other) } else { (other, id) };
+        self.fold(from, into).then_some((from, into))
+    }
+
+    /// Folds track `from` into track `into` (one phone): its addresses, its fingerprint (when
+    /// different, as the phone's other one) and its time; the phone no longer splits.
+    fn fold(&mut self, from: u64, into: u64) -> bool {
+        if !self.tracks.contains_key(&into) {
+            return false;
+        }
+        let Some(f) = self.forget(from) else {
+            return false;
+        };
+        let mut evicted = Vec::new();
+        let mut alt = None;
+        if let Some(t) = self.tracks.get_mut(&into) {
+            for &a in f.addrs.as_slice() {
+                evicted.extend(t.addrs.push(a));
+            }
+            t.last_ms = t.last_ms.max(f.last_ms);
+            t.multi_addr = true;
+            t.twin = 0;
+            t.shared = 0;
+            if f.fingerprint != t.fingerprint && t.alt_fingerprint == 0 && f.randomized {
+                t.alt_fingerprint = f.fingerprint;
+                alt = Some(f.fingerprint);
+            }
+        }
+        for a in evicted {
+            if self.by_addr.get(&a) == Some(&into) {
+                self.by_addr.remove(&a);
+            }
+        }
+        // The folded track's addresses that the kept one now remembers (its last few).
+        if let Some(t) = self.tracks.get(&into) {
+            for &a in f.addrs.as_slice() {
+                if t.addrs.as_slice().contains(&a) {
+                    self.by_addr.insert(a, into);
+                }
+            }
+        }
+        if let Some(fp) = alt {
+            self.by_fingerprint.entry(fp).or_default().push(into);
+        }
+        for b in self.recent_bursts.iter_mut() {
+            if b.1 == from {
+                b.1 = into;
+            }
+        }
+        self.merged += 1;
+        true
     }
 }
 
@@ -603,5 +820,128 @@ mod tests {
         e.observe(p(0, 1, 7, 0));
         e.observe(p(10, 2, 7, 1));
         assert_eq!(e.created, 2);
+    }
+
+    /// One phone's scan: `fps` fingerprints, each from a fresh address, within 200 ms of `ts`.
+    fn scan(
+        e: &mut Estimator,
+        ts: i64,
+        next_addr: &mut u64,
+        fps: &[u64],
+    ) -> Vec<(Option<u64>, Placement)> {
+        fps.iter()
+            .enumerate()
+            .map(|(i, &fp)| {
+                *next_addr += 1;
+                e.observe(p(
+                    ts + 100 * i as i64,
+                    *next_addr,
+                    fp,
+                    (*next_addr * 977 % 4096) as u16,
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_phone_with_two_fingerprints_is_folded_into_one_track() {
+        let mut e = est();
+        let mut addr = 0;
+        let mut merged_at = None;
+        for b in 0..10i64 {
+            let placed = scan(&mut e, b * 40_000, &mut addr, &[7, 8]);
+            if let Some((Some(into), Placement::Merged(from))) = placed.get(1).copied() {
+                assert!(merged_at.is_none(), "folded once");
+                assert!(from > into);
+                merged_at = Some(b);
+            }
+        }
+        // Two tracks until their bursts had coincided TWIN_MIN_SHARED times, then one.
+        assert_eq!(merged_at, Some(TWIN_MIN_SHARED as i64 - 1));
+        assert_eq!((e.len(), e.merged), (1, 1));
+        // Both fingerprints now link to the one track: no new track for the phone.
+        let before = e.created;
+        let placed = scan(&mut e, 500_000, &mut addr, &[7, 8]);
+        assert!(
+            placed.iter().all(|(_, pl)| *pl == Placement::Linked),
+            "{placed:?}"
+        );
+        assert_eq!(placed[0].0, placed[1].0);
+        assert_eq!(e.created, before);
+    }
+
+    #[test]
+    fn phones_scanning_at_their_own_moments_are_never_folded() {
+        let mut e = est();
+        let mut addr = 0;
+        // Two phones of other models, one scanning every 40 s, the other every 47 s, for two
+        // hours (their scans coincide now and then), and a third that coincides with the first
+        // three times in a row and then drifts away.
+        let mut events: Vec<(i64, u64)> = Vec::new();
+        events.extend((0..180).map(|b| (b * 40_000, 7)));
+        events.extend((0..153).map(|b| (5_000 + b * 47_000, 8)));
+        events.extend((0..3).map(|b| (b * 40_000 + 300, 9)));
+        events.extend((3..118).map(|b| (b * 61_000 + 20_000, 9)));
+        events.sort();
+        for (ts, fp) in events {
+            scan(&mut e, ts, &mut addr, &[fp]);
+        }
+        assert_eq!(e.merged, 0);
+        assert_eq!(e.len(), 3);
+    }
+
+    #[test]
+    fn a_split_phone_that_keeps_bursting_with_its_twin_is_folded_and_stops_splitting() {
+        let mut e = est();
+        // A phone sending from two addresses at once within each scan (A B A): the
+        // interleaving rule splits it, then its two tracks burst together.
+        let (a, _) = e.observe(p(0, 1, 7, 500));
+        e.observe(p(15, 2, 7, 3900));
+        assert_eq!(e.observe(p(25, 1, 7, 501)).1, Placement::Split);
+        let mut folded = false;
+        for b in 1..8i64 {
+            let t = b * 45_000;
+            for (dt, addr) in [(0, 1), (15, 2), (30, 1), (45, 2)] {
+                let (x, pl) = e.observe(p(t + dt, addr, 7, (b * 4 + dt) as u16));
+                folded |= matches!(pl, Placement::Merged(_));
+                assert_ne!(pl, Placement::Split, "a folded phone does not split again");
+                if folded {
+                    assert_eq!(x, a);
+                }
+            }
+        }
+        assert!(folded);
+        assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn a_slow_phone_keeps_its_track_over_silences_longer_than_expiry() {
+        let mut e = est();
+        let mut addr = 0;
+        // Screen off: a scan every 2-4.5 min, a new address every scan; then seven minutes
+        // without a scan, longer than expire_ms (5 min) but under three of its intervals.
+        let mut ts = 0;
+        let mut ids = Vec::new();
+        for gap in [0, 150_000, 135_000, 270_000, 200_000, 420_000, 140_000] {
+            ts += gap;
+            ids.push(scan(&mut e, ts, &mut addr, &[7])[0].0);
+        }
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        assert_eq!(e.created, 1);
+        // The rhythm earns at most MAX_SILENCE_FACTOR times expire_ms.
+        let id = ids[0].unwrap_or(0);
+        assert!(e.silence_ms(id) > 300_000 && e.silence_ms(id) <= MAX_SILENCE_FACTOR * 300_000);
+        // Silent longer than that: gone; the next address is a new device.
+        ts += MAX_SILENCE_FACTOR * 300_000 + 1_000;
+        assert_eq!(scan(&mut e, ts, &mut addr, &[7])[0].1, Placement::New);
+    }
+
+    #[test]
+    fn without_a_rhythm_a_silence_longer_than_expiry_ends_the_track() {
+        let mut e = est();
+        let mut addr = 0;
+        let first = scan(&mut e, 0, &mut addr, &[7])[0].0;
+        assert_eq!(e.silence_ms(first.unwrap_or(0)), 300_000);
+        assert_eq!(scan(&mut e, 301_000, &mut addr, &[7])[0].1, Placement::New);
     }
 }

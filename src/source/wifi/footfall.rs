@@ -24,6 +24,12 @@ pub struct Sighting {
     pub addr: u64,
     /// Estimated device (track number): the estimated counts and the visits.
     pub track: u64,
+    /// A track just found to be a second track of `track`'s phone and folded into it: its
+    /// window entry, stay and visit become `track`'s.
+    pub merged: Option<u64>,
+    /// How long the track may stay silent and still be in the store (the session gap, or
+    /// longer for a phone that probes slowly: `Estimator::silence_ms`).
+    pub silence_ms: i64,
     /// Key epoch of the pseudonym.
     pub epoch: i64,
     /// Locally administered source address.
@@ -88,6 +94,8 @@ impl Window {
 
 struct Session {
     last_seen: i64,
+    /// Silence after which the device has left (`Sighting::silence_ms`, at least the gap).
+    silence_ms: i64,
     in_first: Option<i64>,
     in_last: i64,
     peak: Option<i8>,
@@ -202,6 +210,9 @@ impl Footfall {
         self.epoch = Some(s.epoch);
         self.open_at(s.ts_ms);
         self.advance(s.ts_ms, out);
+        if let Some(from) = s.merged {
+            self.fold(from, s.track);
+        }
         self.presence.observe(
             s.ts_ms,
             s.track,
@@ -245,7 +256,7 @@ impl Footfall {
             return;
         }
         if let Some(sess) = self.sessions.get(&s.track) {
-            if s.ts_ms - sess.last_seen > self.gap_ms {
+            if s.ts_ms - sess.last_seen > sess.silence_ms.max(self.gap_ms) {
                 if let Some(sess) = self.sessions.remove(&s.track) {
                     self.emit_visit(s.track, sess, out);
                 }
@@ -257,6 +268,7 @@ impl Footfall {
         }
         let sess = self.sessions.entry(s.track).or_insert(Session {
             last_seen: s.ts_ms,
+            silence_ms: s.silence_ms,
             in_first: None,
             in_last: s.ts_ms,
             peak: None,
@@ -264,6 +276,7 @@ impl Footfall {
             randomized: s.randomized,
         });
         sess.last_seen = sess.last_seen.max(s.ts_ms);
+        sess.silence_ms = s.silence_ms;
         sess.probes += 1;
         if in_store {
             sess.in_first.get_or_insert(s.ts_ms);
@@ -271,6 +284,39 @@ impl Footfall {
             sess.peak = Some(sess.peak.map_or(s.rssi.unwrap_or(i8::MIN), |p| {
                 p.max(s.rssi.unwrap_or(i8::MIN))
             }));
+        }
+    }
+
+    /// Track `from` was a second track of `into`'s phone: the open window counts them once,
+    /// and their stays and visit sessions become one.
+    fn fold(&mut self, from: u64, into: u64) {
+        if let Some(w) = self.cur.as_mut() {
+            if let Some(f) = w.estimated.remove(&from) {
+                let d = w.estimated.entry(into).or_default();
+                d.randomized |= f.randomized;
+                d.max_rssi = d.max_rssi.max(f.max_rssi);
+            }
+        }
+        self.presence.fold(from, into);
+        let Some(f) = self.sessions.remove(&from) else {
+            return;
+        };
+        match self.sessions.get_mut(&into) {
+            Some(k) => {
+                k.last_seen = k.last_seen.max(f.last_seen);
+                k.silence_ms = k.silence_ms.max(f.silence_ms);
+                k.in_first = match (k.in_first, f.in_first) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                k.in_last = k.in_last.max(f.in_last);
+                k.peak = k.peak.max(f.peak);
+                k.probes += f.probes;
+                k.randomized |= f.randomized;
+            }
+            None => {
+                self.sessions.insert(into, f);
+            }
         }
     }
 
@@ -303,7 +349,7 @@ impl Footfall {
             let gone: Vec<u64> = self
                 .sessions
                 .iter()
-                .filter(|(_, s)| now_ms - s.last_seen > gap)
+                .filter(|(_, s)| now_ms - s.last_seen > s.silence_ms.max(gap))
                 .map(|(k, _)| *k)
                 .collect();
             for k in gone {
@@ -538,6 +584,8 @@ mod tests {
             ts_ms: ts,
             addr: id(dev),
             track: id(dev),
+            merged: None,
+            silence_ms: 0,
             epoch,
             randomized: dev.starts_with('r'),
             rssi,
@@ -685,5 +733,61 @@ mod tests {
             .count();
         assert_eq!(n, 2);
         assert_eq!(f.tracked(), 1);
+    }
+
+    #[test]
+    fn a_folded_track_is_one_visit_and_one_device() {
+        let mut f = Footfall::new(&cfg(true), 1);
+        let mut out = Vec::new();
+        let t0 = 1_700_000_040_000;
+        // Two tracks of one phone (its two fingerprints) from 0 s and 20 s, bursting together.
+        f.observe(s(t0, "ra", Some(-50), 1), &mut out);
+        for t in [20_000, 40_000] {
+            f.observe(s(t0 + t, "ra", Some(-50), 1), &mut out);
+            f.observe(s(t0 + t + 100, "rb", Some(-60), 1), &mut out);
+        }
+        // The estimator folds "rb" into "ra" at 50 s; "ra" goes on probing to 170 s.
+        let mut folded = s(t0 + 50_000, "ra", Some(-52), 1);
+        folded.merged = Some(id("rb"));
+        f.observe(folded, &mut out);
+        for t in (60..=170).step_by(10) {
+            f.observe(s(t0 + t * 1000, "ra", Some(-50), 1), &mut out);
+        }
+        f.advance(t0 + 600_000, &mut out);
+        let census: Vec<_> = out
+            .iter()
+            .filter(|e| e.kind == EventKind::WifiCensus)
+            .map(|e| e.body())
+            .collect();
+        assert_eq!(census[0]["devices_estimated"], 1, "{:?}", census[0]);
+        let visits: Vec<_> = out
+            .iter()
+            .filter(|e| e.kind == EventKind::WifiVisit)
+            .map(|e| e.body())
+            .collect();
+        assert_eq!(visits.len(), 1, "{visits:?}");
+        assert_eq!(visits[0]["device"], format!("track-{}", id("ra")));
+        assert_eq!(visits[0]["dwell_s"], 170.0);
+        assert_eq!(visits[0]["probe_requests"], 18);
+    }
+
+    #[test]
+    fn a_slow_phone_stays_one_visit_over_its_silences() {
+        let mut f = Footfall::new(&cfg(true), 1);
+        let mut out = Vec::new();
+        // Session gap 120 s; the estimator says this track may be silent 9 min (its rhythm).
+        for t in [0, 200, 400, 600] {
+            let mut x = s(t * 1000, "ra", Some(-50), 1);
+            x.silence_ms = 540_000;
+            f.observe(x, &mut out);
+        }
+        f.advance(1_200_000, &mut out);
+        let visits: Vec<_> = out
+            .iter()
+            .filter(|e| e.kind == EventKind::WifiVisit)
+            .map(|e| e.body())
+            .collect();
+        assert_eq!(visits.len(), 1, "{visits:?}");
+        assert_eq!(visits[0]["dwell_s"], 600.0);
     }
 }

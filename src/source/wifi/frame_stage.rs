@@ -59,9 +59,12 @@ struct Totals {
 
 impl Totals {
     fn place(&mut self, addr: u64, track: u64, placement: Placement, in_store: bool) {
+        if let Placement::Merged(from) = placement {
+            self.fold(from, track);
+        }
         let known = match placement {
             Placement::New | Placement::Untracked => self.device_of_addr.get(&addr),
-            Placement::Known | Placement::Linked | Placement::Split => {
+            Placement::Known | Placement::Linked | Placement::Split | Placement::Merged(_) => {
                 self.device_of_track.get(&track)
             }
         };
@@ -76,6 +79,33 @@ impl Totals {
         self.device_of_addr.entry(addr).or_insert(device);
         if in_store {
             self.in_store.insert(device);
+        }
+    }
+
+    /// Track `from` was a second track of `into`'s phone: one device, counted once.
+    fn fold(&mut self, from: u64, into: u64) {
+        let Some(gone) = self.device_of_track.remove(&from) else {
+            return;
+        };
+        let Some(&kept) = self.device_of_track.get(&into) else {
+            self.device_of_track.insert(into, gone);
+            return;
+        };
+        if gone == kept {
+            return;
+        }
+        self.devices = self.devices.saturating_sub(1);
+        for d in self
+            .device_of_addr
+            .values_mut()
+            .chain(self.device_of_track.values_mut())
+        {
+            if *d == gone {
+                *d = kept;
+            }
+        }
+        if self.in_store.remove(&gone) {
+            self.in_store.insert(kept);
         }
     }
 }
@@ -215,6 +245,11 @@ impl FrameStage {
             ts_ms,
             addr,
             track,
+            merged: match placement {
+                Placement::Merged(from) => Some(from),
+                _ => None,
+            },
+            silence_ms: self.estimator.silence_ms(track),
             epoch,
             randomized,
             rssi,

@@ -218,6 +218,25 @@ impl Presence {
         );
     }
 
+    /// Track `from` was a second track of `into`'s phone: one stay. When both had counted as
+    /// arrivals, the phone counts once (taken off the open window's arrivals).
+    pub fn fold(&mut self, from: u64, into: u64) {
+        let Some(f) = self.stays.remove(&from) else {
+            return;
+        };
+        let Some(k) = self.stays.get_mut(&into) else {
+            self.stays.insert(into, f);
+            return;
+        };
+        if f.counted && k.counted && !f.resident && !k.resident {
+            self.arrivals = self.arrivals.saturating_sub(1);
+        }
+        k.first_ms = k.first_ms.min(f.first_ms);
+        k.last_ms = k.last_ms.max(f.last_ms);
+        k.resident |= f.resident;
+        k.counted |= f.counted;
+    }
+
     /// Closes the window `[start_ms, end_ms)`: counts who was present in it, and ends the
     /// stays whose hold ran out before `end_ms` (their dwell goes to the histogram).
     pub fn close_window(&mut self, start_ms: i64, end_ms: i64) -> PeopleWindow {
