@@ -88,9 +88,11 @@ enum Cmd {
     /// Measure throughput and footprint beside same-run baselines; writes a markdown report.
     #[cfg(feature = "bench")]
     Bench {
-        /// Report path (the raw figures go next to it as .json).
-        #[arg(long, default_value = "BENCHMARKS.md")]
-        out: PathBuf,
+        /// Report path (the raw figures go next to it as .json); default BENCHMARKS.md for a
+        /// full run. A run with --only prints its table and writes no report unless --out is
+        /// given, so a partial run never replaces the full one.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Events for the end-to-end and spool measurements.
         #[arg(long, default_value_t = 200_000)]
         events: u64,
@@ -456,6 +458,11 @@ fn main() -> ExitCode {
             only,
         } => {
             init_logging("error", fmt_override.as_deref().unwrap_or("text"));
+            let out = match (out, only.is_empty()) {
+                (Some(path), _) => Some(path),
+                (None, true) => Some(PathBuf::from("BENCHMARKS.md")),
+                (None, false) => None,
+            };
             let opts = storegw::bench::BenchOptions {
                 out,
                 events,

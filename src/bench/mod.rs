@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 /// What to measure and where to write it.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Markdown report path; the JSON figures go next to it.
-    pub out: PathBuf,
+    /// Markdown report path, the JSON figures next to it; None prints the table only (a
+    /// partial run must not replace the full report).
+    pub out: Option<PathBuf>,
     /// Events for the end-to-end and spool measurements.
     pub events: u64,
     /// Backlog size for the bytes-on-disk and drain measurements.
@@ -217,7 +218,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         }
     }
     let _ = std::fs::remove_dir_all(&work);
-    write_report(&opts.out, &rows, &notes)
+    write_report(opts.out.as_deref(), &rows, &notes)
 }
 
 fn tempdir(what: &str) -> Result<PathBuf, String> {
@@ -788,7 +789,7 @@ fn machine() -> String {
     )
 }
 
-fn write_report(out: &Path, rows: &[Row], notes: &[String]) -> Result<(), String> {
+fn write_report(out: Option<&Path>, rows: &[Row], notes: &[String]) -> Result<(), String> {
     let mut md = String::new();
     let _ = writeln!(md, "# storegw benchmarks\n");
     let _ = writeln!(
@@ -829,12 +830,15 @@ fn write_report(out: &Path, rows: &[Row], notes: &[String]) -> Result<(), String
             let _ = writeln!(md, "- {n}");
         }
     }
+    print!("{md}");
+    let Some(out) = out else {
+        return Ok(());
+    };
     std::fs::write(out, &md).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     let json = serde_json::json!({ "machine": machine(), "rows": rows, "notes": notes });
     let jpath = out.with_extension("json");
     std::fs::write(&jpath, serde_json::to_vec_pretty(&json).unwrap_or_default())
         .map_err(|e| format!("cannot write {}: {e}", jpath.display()))?;
-    print!("{md}");
     Ok(())
 }
 
