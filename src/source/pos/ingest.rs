@@ -163,7 +163,7 @@ impl Ingest {
         }
         match found {
             Found::New => Ok(false),
-            Found::Stored(c) if c != content => Err(conflict(n, &self.telemetry)),
+            Found::Stored(c) if c != seen::short(content) => Err(conflict(n, &self.telemetry)),
             Found::Legacy(Some(c))
                 if c != seen::first_u64(&n.legacy_content(self.key.randomized())) =>
             {
@@ -245,16 +245,19 @@ impl Ingest {
         let end = seqs.last().map_or(0, |s| s + 1);
         self.appended_end.fetch_max(end, Ordering::AcqRel);
         drop(index);
+        // The events are in sled now: waiting for the flush holds only their seqs.
+        let accepted = fresh.len();
+        drop((fresh, entries, in_input, batch));
         // Outside the lock: inputs that arrive meanwhile append and share one fsync.
         self.sink.flush_covering(end).await.map_err(storage)?;
-        out.accepted = fresh.len();
+        out.accepted = accepted;
         out.ids = seqs
             .iter()
             .map(|s| format!("{}:{s}", self.gateway))
             .collect();
         self.telemetry
             .metrics()
-            .events_in(crate::event::Stream::Pos, fresh.len() as u64);
+            .events_in(crate::event::Stream::Pos, accepted as u64);
         self.telemetry.health().source_input("pos");
         Ok(out)
     }
