@@ -65,11 +65,12 @@ fn people_estimated_on_days_not_calibrated_on() -> TestResult {
         let f = calibrate::judge(&m, |m| m.people);
         let a = calibrate::judge(&m, |m| m.addresses);
         println!(
-            "{}: judged with a fit on the other days (dpp {:.2}, bg {:.1}, {} dBm, hold {}s, min stay {}s, resident {}s): \
+            "{}: judged with a fit on the other days (dpp {:.2}, bg {:.1}, randomized weight {:.2}, {} dBm, hold {}s, min stay {}s, resident {}s): \
              quarter-hours {:.1}% (addresses {:.1}%), minute MAE {:.2}, empty {:.2} ({} min)",
             day.name,
             fit.calibration.devices_per_person,
             fit.calibration.background,
+            fit.calibration.randomized_weight,
             fit.calibration.in_store_rssi.unwrap_or(cfg.in_store_rssi),
             fit.calibration.hold.0.as_secs(),
             fit.calibration.min_stay.0.as_secs(),

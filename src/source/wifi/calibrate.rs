@@ -46,6 +46,8 @@ pub struct Minute {
     pub devices: f64,
     /// Non-resident devices present (the model's input, before the mapping).
     pub present: f64,
+    /// Of them, with randomized addresses.
+    pub present_randomized: f64,
 }
 
 /// How close an estimate came to the people counted.
@@ -250,6 +252,7 @@ pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16) -> Vec<Minu
                 addresses: addrs.len() as f64,
                 devices: tracks.len() as f64,
                 present: w.devices as f64,
+                present_randomized: w.randomized as f64,
             });
         }
         addrs.clear();
@@ -287,6 +290,8 @@ const HOLD_GRID_S: [u64; 6] = [60, 120, 180, 300, 420, 600];
 const RESIDENT_GRID_S: [u64; 3] = [3600, 3 * 3600, 8 * 3600];
 const MIN_STAY_GRID_S: [u64; 5] = [0, 60, 180, 300, 600];
 const BACKGROUND_GRID: [f64; 9] = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0];
+/// Candidate weights of a randomized-address device against a fixed-address one.
+const RANDOMIZED_WEIGHT_GRID: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
 /// The scale `a` minimizing Σ|a·x − p| (a weighted median of p/x, weights x), within the
 /// bounds `devices_per_person` may take.
@@ -337,6 +342,7 @@ pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
                     hold: Dur::secs(hold),
                     devices_per_person: 1.0,
                     background: 0.0,
+                    randomized_weight: 1.0,
                     resident_after: Dur::secs(resident),
                     min_stay: Dur::secs(min_stay),
                 };
@@ -354,7 +360,8 @@ pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
 
 impl Grid {
     /// Fits on the days `use_day` accepts (by index): for each candidate threshold, hold and
-    /// residency span, the devices-per-person and background that minimize the absolute error
+    /// residency span, the randomized-address weight, devices-per-person and background that
+    /// minimize the absolute error
     /// per counted minute (empty minutes count as much as occupied ones), and the candidate
     /// with the least error.
     pub fn fit(&self, use_day: impl Fn(usize) -> bool) -> Fit {
@@ -369,10 +376,14 @@ impl Grid {
             if minutes.is_empty() {
                 continue;
             }
-            for &b in &BACKGROUND_GRID {
+            for (&w, &b) in RANDOMIZED_WEIGHT_GRID
+                .iter()
+                .flat_map(|w| BACKGROUND_GRID.iter().map(move |b| (w, b)))
+            {
+                let weighted = |m: &Minute| m.present - (1.0 - w) * m.present_randomized;
                 let mut xp: Vec<(f64, f64)> = minutes
                     .iter()
-                    .map(|m| ((m.present - b).max(0.0), m.truth))
+                    .map(|m| ((weighted(m) - b).max(0.0), m.truth))
                     .collect();
                 let a = best_scale(&mut xp);
                 let err = xp
@@ -385,6 +396,7 @@ impl Grid {
                         calibration: Calibration {
                             devices_per_person: (1.0 / a * 100.0).round() / 100.0,
                             background: b,
+                            randomized_weight: w,
                             ..cal.clone()
                         },
                         minute_error: err,
@@ -452,6 +464,7 @@ mod tests {
             addresses: 0.0,
             devices: 0.0,
             present: 0.0,
+            present_randomized: 0.0,
         };
         let minutes = [
             m(0, 10.0, 12.0),

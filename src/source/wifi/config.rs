@@ -75,6 +75,11 @@ pub struct Calibration {
     pub devices_per_person: f64,
     /// Devices present when nobody is (strays that the residency rule does not catch).
     pub background: f64,
+    /// What a present device with a randomized address counts for, against 1 for a device
+    /// with its fixed address (0 to 1). Where people's phones randomize, both count (1); where
+    /// the randomized tracks are mostly fragments and strays and the people carry
+    /// fixed-address devices (the shared lab days fit 0), they count less.
+    pub randomized_weight: f64,
     /// A device present without a break this long is resident (0s: never).
     pub resident_after: Dur,
     /// A device counts once its stay in the store has lasted this long: passers-by whose
@@ -89,6 +94,7 @@ impl Default for Calibration {
             hold: Dur::secs(120),
             devices_per_person: 1.16,
             background: 0.5,
+            randomized_weight: 1.0,
             resident_after: Dur::secs(3 * 3600),
             min_stay: Dur::secs(60),
         }
@@ -120,6 +126,12 @@ impl Calibration {
                 format!("{} must be between 0 and 1000", self.background),
             );
         }
+        if !(self.randomized_weight.is_finite() && (0.0..=1.0).contains(&self.randomized_weight)) {
+            bad(
+                "randomized_weight",
+                format!("{} must be between 0 and 1", self.randomized_weight),
+            );
+        }
         if self.min_stay.0 > Duration::from_secs(3600) {
             bad("min_stay", "must be at most 1h".into());
         }
@@ -135,11 +147,12 @@ impl Calibration {
             None => String::new(),
         };
         format!(
-            "[sources.wifi.calibration]\n{}hold = \"{}s\"\ndevices_per_person = {:.2}\nbackground = {:.2}\nresident_after = \"{}s\"\nmin_stay = \"{}s\"\n",
+            "[sources.wifi.calibration]\n{}hold = \"{}s\"\ndevices_per_person = {:.2}\nbackground = {:.2}\nrandomized_weight = {:.2}\nresident_after = \"{}s\"\nmin_stay = \"{}s\"\n",
             rssi,
             self.hold.0.as_secs(),
             self.devices_per_person,
             self.background,
+            self.randomized_weight,
             self.resident_after.0.as_secs(),
             self.min_stay.0.as_secs()
         )

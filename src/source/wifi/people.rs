@@ -46,6 +46,8 @@ pub struct PeopleSettings {
     pub devices_per_person: f64,
     /// Devices present when nobody is (strays the residency rule does not catch).
     pub background: f64,
+    /// What a randomized-address device counts for against a fixed-address one.
+    pub randomized_weight: f64,
     /// A device present without a break this long is resident (0: never).
     pub resident_after_ms: i64,
     /// A device counts only once its stay has lasted this long (passers-by never do).
@@ -68,15 +70,33 @@ impl PeopleSettings {
             hold_ms: cal.hold.0.as_millis() as i64,
             devices_per_person: cal.devices_per_person,
             background: cal.background,
+            randomized_weight: cal.randomized_weight,
             resident_after_ms: cal.resident_after.0.as_millis() as i64,
             min_stay_ms: cal.min_stay.0.as_millis() as i64,
             max_tracks,
         }
     }
 
-    /// People standing for `devices` present non-resident devices.
-    pub fn people(&self, devices: u64) -> f64 {
-        ((devices as f64 - self.background) / self.devices_per_person.max(0.01)).max(0.0)
+    /// People standing for `devices` present non-resident devices, `randomized` of them with
+    /// randomized addresses.
+    pub fn people(&self, devices: u64, randomized: u64) -> f64 {
+        let weighted = self.weighted(devices as f64, randomized as f64);
+        ((weighted - self.background) / self.devices_per_person.max(0.01)).max(0.0)
+    }
+
+    /// What one device counts for: 1 with a fixed (globally unique) address,
+    /// [`PeopleSettings::randomized_weight`] with a randomized one.
+    pub fn weight(&self, global: bool) -> f64 {
+        if global {
+            1.0
+        } else {
+            self.randomized_weight
+        }
+    }
+
+    /// Present devices counted with [`PeopleSettings::randomized_weight`].
+    pub fn weighted(&self, devices: f64, randomized: f64) -> f64 {
+        devices - (1.0 - self.randomized_weight) * randomized.min(devices)
     }
 }
 
@@ -100,6 +120,8 @@ pub struct PeopleWindow {
     pub people: f64,
     /// Non-resident devices present.
     pub devices: u64,
+    /// Of them, with randomized addresses.
+    pub randomized: u64,
     /// Resident devices present (learned or listed as infrastructure).
     pub resident: u64,
     /// Stays that began in the window, in people.
@@ -117,7 +139,8 @@ pub struct Presence {
     resident_addrs: U64Map<()>,
     /// Infrastructure (listed) tracks seen in the open window.
     infra: U64Map<()>,
-    arrivals: u64,
+    /// Arrivals of the open window, each counted with its address kind's weight.
+    arrivals: f64,
     /// Stays dropped because the cap was reached.
     pub untracked: u64,
 }
@@ -130,7 +153,7 @@ impl Presence {
             stays: U64Map::default(),
             resident_addrs: U64Map::default(),
             infra: U64Map::default(),
-            arrivals: 0,
+            arrivals: 0.0,
             untracked: 0,
         }
     }
@@ -145,7 +168,7 @@ impl Presence {
         self.stays.clear();
         self.resident_addrs.clear();
         self.infra.clear();
-        self.arrivals = 0;
+        self.arrivals = 0.0;
     }
 
     /// Stays held now.
@@ -184,7 +207,9 @@ impl Presence {
                 s.last_ms = s.last_ms.max(ts_ms);
                 if !s.counted && s.last_ms - s.first_ms >= self.set.min_stay_ms {
                     s.counted = true;
-                    self.arrivals += !s.resident as u64;
+                    if !s.resident {
+                        self.arrivals += self.set.weight(s.global);
+                    }
                 }
                 let after = self.set.resident_after_ms;
                 if after > 0 && !s.resident && s.last_ms - s.first_ms >= after {
@@ -203,7 +228,7 @@ impl Presence {
         let resident = !randomized && self.resident_addrs.contains_key(&addr);
         let counted = self.set.min_stay_ms <= 0;
         if counted && !resident {
-            self.arrivals += 1;
+            self.arrivals += self.set.weight(!randomized);
         }
         self.stays.insert(
             track,
@@ -229,7 +254,7 @@ impl Presence {
             return;
         };
         if f.counted && k.counted && !f.resident && !k.resident {
-            self.arrivals = self.arrivals.saturating_sub(1);
+            self.arrivals = (self.arrivals - self.set.weight(f.global)).max(0.0);
         }
         k.first_ms = k.first_ms.min(f.first_ms);
         k.last_ms = k.last_ms.max(f.last_ms);
@@ -250,7 +275,10 @@ impl Presence {
             if present {
                 match s.resident {
                     true => w.resident += 1,
-                    false => w.devices += 1,
+                    false => {
+                        w.devices += 1;
+                        w.randomized += u64::from(!s.global);
+                    }
                 }
             }
             let ended = s.last_ms + hold < end_ms;
@@ -260,9 +288,9 @@ impl Presence {
             !ended
         });
         self.infra.clear();
-        w.people = self.set.people(w.devices);
-        w.arrivals = self.arrivals as f64 / self.set.devices_per_person.max(0.01);
-        self.arrivals = 0;
+        w.people = self.set.people(w.devices, w.randomized);
+        w.arrivals = self.arrivals / self.set.devices_per_person.max(0.01);
+        self.arrivals = 0.0;
         w
     }
 }
@@ -277,6 +305,7 @@ mod tests {
             hold_ms: 180_000,
             devices_per_person: 1.0,
             background: 0.0,
+            randomized_weight: 1.0,
             resident_after_ms: 3_600_000,
             min_stay_ms: 0,
             max_tracks: 100,
@@ -355,9 +384,32 @@ mod tests {
             background: 1.0,
             ..set()
         };
-        assert_eq!(s.people(0), 0.0);
-        assert_eq!(s.people(1), 0.0);
-        assert_eq!(s.people(4), 2.0);
+        assert_eq!(s.people(0, 0), 0.0);
+        assert_eq!(s.people(1, 0), 0.0);
+        assert_eq!(s.people(4, 0), 2.0);
+        assert_eq!(
+            s.people(4, 4),
+            2.0,
+            "weight 1: randomized devices count fully"
+        );
+        // Randomized devices at half weight: 2 fixed + 4 randomized count as 4 devices.
+        let half = PeopleSettings {
+            randomized_weight: 0.5,
+            ..s
+        };
+        assert_eq!(half.people(6, 4), 2.0);
+        // Never more randomized devices than devices: 6 randomized at half weight are 3.
+        assert!((half.people(6, 9) - 2.0 / 1.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn present_devices_are_counted_by_address_kind() {
+        let mut p = Presence::new(set());
+        p.observe(1_000, 1, 11, true, Some(-60), false);
+        p.observe(2_000, 2, 12, false, Some(-60), false);
+        p.observe(3_000, 3, 13, true, Some(-60), false);
+        let w = p.close_window(0, 60_000);
+        assert_eq!((w.devices, w.randomized), (3, 2));
     }
 
     #[test]
