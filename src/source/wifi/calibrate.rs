@@ -290,8 +290,10 @@ const HOLD_GRID_S: [u64; 6] = [60, 120, 180, 300, 420, 600];
 const RESIDENT_GRID_S: [u64; 3] = [3600, 3 * 3600, 8 * 3600];
 const MIN_STAY_GRID_S: [u64; 5] = [0, 60, 180, 300, 600];
 const BACKGROUND_GRID: [f64; 9] = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0];
-/// Candidate weights of a randomized-address device against a fixed-address one.
-const RANDOMIZED_WEIGHT_GRID: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+/// Candidate weights of a randomized-address device against a fixed-address one, the default
+/// (1) first: a lower weight is chosen only when it fits strictly better (a store without
+/// randomized devices, where every weight fits alike, keeps 1).
+const RANDOMIZED_WEIGHT_GRID: [f64; 5] = [1.0, 0.75, 0.5, 0.25, 0.0];
 
 /// The scale `a` minimizing Σ|a·x − p| (a weighted median of p/x, weights x), within the
 /// bounds `devices_per_person` may take.
@@ -486,5 +488,27 @@ mod tests {
     fn the_scale_is_a_weighted_median() {
         let mut xp = [(2.0, 2.0), (4.0, 2.0), (10.0, 10.0), (0.0, 3.0)];
         assert_eq!(best_scale(&mut xp), 1.0);
+    }
+
+    #[test]
+    fn without_randomized_devices_the_weight_stays_at_one() {
+        let minute = |i: i64, present: f64, truth: f64| Minute {
+            start_ms: i * MINUTE_MS,
+            truth,
+            people: 0.0,
+            addresses: 0.0,
+            devices: 0.0,
+            present,
+            present_randomized: 0.0,
+        };
+        let day: Vec<Minute> = (0..60)
+            .map(|i| minute(i, (i % 7) as f64, (i % 7) as f64))
+            .collect();
+        let grid = Grid {
+            cands: vec![(Calibration::default(), vec![day])],
+        };
+        let fit = grid.fit(|_| true);
+        assert_eq!(fit.calibration.randomized_weight, 1.0);
+        assert_eq!(fit.calibration.devices_per_person, 1.0);
     }
 }

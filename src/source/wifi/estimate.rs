@@ -14,8 +14,9 @@
 //! a track of its own. Globally unique addresses are their own device and never link.
 //!
 //! What joins two live tracks: their *bursts coincide*. A phone scans at moments of its own;
-//! two phones do not keep scanning within the same second. A track whose bursts have mostly
-//! (two in three, at least [`TWIN_MIN_SHARED`]) fallen within a burst of one other track is a
+//! two phones do not keep scanning within the same second. A randomized track whose bursts
+//! have mostly (two in three, at least [`TWIN_MIN_SHARED`]) fallen within a burst of one other
+//! randomized track, which over the same time has mostly burst with it too, is a
 //! second track of the same phone (a second fingerprint, or a split of a phone that does use
 //! several addresses at once) and is folded into the older one ([`Placement::Merged`]); the
 //! phone then keeps its other fingerprint and no longer splits.
@@ -26,8 +27,8 @@
 //! `expire_ms`); [`Estimator::silence_ms`] tells the visits the same.
 //!
 //! Everything here lives in RAM only, keyed by per-epoch keyed hashes (never a raw MAC; made by
-//! [`crate::privacy::wifi`]), and is forgotten when a track has been silent for `expire_ms` and
-//! at every key rotation.
+//! [`crate::privacy::wifi`]), and is forgotten when a track has been silent for `expire_ms` (up
+//! to [`MAX_SILENCE_FACTOR`] times that for a slow rhythm) and at every key rotation.
 //!
 //! [`ProbeKeys::fingerprint`]: crate::privacy::wifi::ProbeKeys::fingerprint
 
@@ -164,9 +165,13 @@ struct Track {
     burst_at: i64,
     bursts: u32,
     interval_ms: i64,
-    /// The track whose bursts this one's coincided with, and how many of them did.
+    /// The track whose bursts this one's coincided with, how many of them did (each of this
+    /// track's bursts counts once: `credited_at`), and the partner's burst count before the
+    /// first coincidence (so its bursts since can be compared too).
     twin: u64,
     shared: u32,
+    twin_base: u32,
+    credited_at: i64,
 }
 
 impl Track {
@@ -179,17 +184,36 @@ impl Track {
         (RHYTHM_FACTOR * self.interval_ms).clamp(expire_ms, MAX_SILENCE_FACTOR * expire_ms)
     }
 
-    /// Counts one burst of this track that coincided with one of `other`'s; true when this
-    /// track is now a second track of `other`'s phone.
-    fn coincided(&mut self, other: u64) -> bool {
+    /// Counts this track's current burst as coinciding with a burst of `other` (which has
+    /// made `other_bursts` bursts); `twin_alive` tells whether the current partner still
+    /// exists. A burst counts once, whatever else falls within its second.
+    fn coincided(&mut self, other: u64, other_bursts: u32, twin_alive: bool) {
+        if self.credited_at == self.burst_at {
+            return;
+        }
         if self.twin == other {
             self.shared += 1;
-        } else if self.shared < 2 {
+        } else if self.shared < 2 || !twin_alive {
             // A first coincidence or two can be chance; a new partner replaces them.
             self.twin = other;
             self.shared = 1;
+            self.twin_base = other_bursts.saturating_sub(1);
+        } else {
+            return;
         }
-        self.twin == other && self.shared >= TWIN_MIN_SHARED && 3 * self.shared >= 2 * self.bursts
+        self.credited_at = self.burst_at;
+    }
+
+    /// True when this track is a second track of `partner`'s phone: at least
+    /// [`TWIN_MIN_SHARED`] of its bursts coincided with the partner's, and that is two in three
+    /// of its own bursts and of the partner's bursts over the same time (a device that probes
+    /// every second has a burst near everyone's, but most of its bursts meet nobody's).
+    fn twin_of(&self, partner: &Track) -> bool {
+        let partner_since = partner.bursts.saturating_sub(self.twin_base);
+        self.twin == partner.id
+            && self.shared >= TWIN_MIN_SHARED
+            && 3 * self.shared >= 2 * self.bursts
+            && 3 * self.shared >= 2 * partner_since
     }
 }
 
@@ -486,6 +510,8 @@ impl Estimator {
                 interval_ms: 0,
                 twin: 0,
                 shared: 0,
+                twin_base: 0,
+                credited_at: i64::MIN,
             },
         );
         self.by_addr.insert(p.addr, id);
@@ -567,32 +593,46 @@ impl Estimator {
         {
             self.recent_bursts.pop_front();
         }
+        // Only randomized tracks pair (a globally unique address is a device of its own,
+        // module doc), and only when linking is on at all.
+        let pairs = self.set.link && t.randomized;
         let other = self
             .recent_bursts
             .iter()
             .rev()
             .find(|&&(at, o)| {
-                o != id && (ts_ms - at).abs() <= window && self.tracks.contains_key(&o)
+                o != id
+                    && (ts_ms - at).abs() <= window
+                    && self.tracks.get(&o).is_some_and(|t| t.randomized)
             })
             .map(|&(_, o)| o);
         if self.recent_bursts.len() >= RECENT_BURSTS {
             self.recent_bursts.pop_front();
         }
         self.recent_bursts.push_back((ts_ms, id));
-        let other = other?;
-        // A globally unique address is a device of its own (module doc): never folded.
-        let randomized = |id: u64| self.tracks.get(&id).is_some_and(|t| t.randomized);
-        if !randomized(id) || !randomized(other) {
-            return None;
-        }
-        let this_twin = self.tracks.get_mut(&id).is_some_and(|t| t.coincided(other));
-        let other_twin = self.tracks.get_mut(&other).is_some_and(|t| t.coincided(id));
-        if !this_twin && !other_twin {
-            return None;
-        }
+        let other = other.filter(|_| pairs)?;
+        self.credit(id, other);
+        self.credit(other, id);
         // The younger track (the higher id) is the second one of the phone.
         let (from, into) = if id > other { (id, other) } else { (other, id) };
+        let twin = match (self.tracks.get(&from), self.tracks.get(&into)) {
+            (Some(f), Some(i)) => f.twin_of(i),
+            _ => false,
+        };
+        if !twin {
+            return None;
+        }
         self.fold(from, into).then_some((from, into))
+    }
+
+    /// Credits `id`'s current burst as coinciding with one of `other`'s.
+    fn credit(&mut self, id: u64, other: u64) {
+        let other_bursts = self.tracks.get(&other).map_or(0, |t| t.bursts);
+        let twin = self.tracks.get(&id).map_or(0, |t| t.twin);
+        let twin_alive = self.tracks.contains_key(&twin);
+        if let Some(t) = self.tracks.get_mut(&id) {
+            t.coincided(other, other_bursts, twin_alive);
+        }
     }
 
     /// Folds track `from` into track `into` (one phone): its addresses, its fingerprint (when
@@ -614,6 +654,7 @@ impl Estimator {
             t.multi_addr = true;
             t.twin = 0;
             t.shared = 0;
+            t.twin_base = 0;
             if f.fingerprint != t.fingerprint && t.alt_fingerprint == 0 && f.randomized {
                 t.alt_fingerprint = f.fingerprint;
                 alt = Some(f.fingerprint);
@@ -943,5 +984,42 @@ mod tests {
         let first = scan(&mut e, 0, &mut addr, &[7])[0].0;
         assert_eq!(e.silence_ms(first.unwrap_or(0)), 300_000);
         assert_eq!(scan(&mut e, 301_000, &mut addr, &[7])[0].1, Placement::New);
+    }
+
+    #[test]
+    fn a_device_probing_every_second_absorbs_nobody() {
+        let mut e = est();
+        let mut addr = 1000;
+        // A randomized device probing every 1.01 s from one address (a misbehaving scanner,
+        // or a sender trying to swallow the phones around it) ...
+        let mut events: Vec<(i64, u64)> = (0..3600).map(|i| (i * 1010, 0)).collect();
+        // ... and three phones of other models scanning every 30-45 s.
+        for (k, period) in [(7u64, 30_000i64), (8, 37_000), (9, 45_000)] {
+            events.extend((0..3_600_000 / period).map(|b| (2_000 + b * period, k)));
+        }
+        events.sort();
+        for (ts, fp) in events {
+            if fp == 0 {
+                e.observe(p(ts, 1, 5, (ts / 1010 % 4096) as u16));
+            } else {
+                scan(&mut e, ts, &mut addr, &[fp]);
+            }
+        }
+        assert_eq!(e.merged, 0);
+        assert_eq!(e.len(), 4);
+    }
+
+    #[test]
+    fn without_linking_nothing_is_folded() {
+        let mut e = Estimator::new(Settings {
+            link: false,
+            ..est().set
+        });
+        let mut addr = 0;
+        for b in 0..10i64 {
+            scan(&mut e, b * 40_000, &mut addr, &[7, 8]);
+        }
+        assert_eq!(e.merged, 0);
+        assert_eq!(e.created, 20, "every address its own track");
     }
 }

@@ -53,8 +53,13 @@ struct Totals {
     randomized: HashSet<u64>,
     device_of_addr: HashMap<u64, u64>,
     device_of_track: HashMap<u64, u64>,
+    /// Devices found to be another device's second track: resolved to it.
+    folded: HashMap<u64, u64>,
     in_store: HashSet<u64>,
+    /// Distinct devices (new ones minus folded ones).
     devices: u64,
+    /// The last device number handed out.
+    last_id: u64,
 }
 
 impl Totals {
@@ -69,10 +74,11 @@ impl Totals {
             }
         };
         let device = match known {
-            Some(d) => *d,
+            Some(d) => self.resolve(*d),
             None => {
                 self.devices += 1;
-                self.devices
+                self.last_id += 1;
+                self.last_id
             }
         };
         self.device_of_track.insert(track, device);
@@ -82,12 +88,20 @@ impl Totals {
         }
     }
 
+    /// The device a device number stands for now (after folds).
+    fn resolve(&self, mut d: u64) -> u64 {
+        while let Some(&to) = self.folded.get(&d) {
+            d = to;
+        }
+        d
+    }
+
     /// Track `from` was a second track of `into`'s phone: one device, counted once.
     fn fold(&mut self, from: u64, into: u64) {
-        let Some(gone) = self.device_of_track.remove(&from) else {
+        let Some(gone) = self.device_of_track.remove(&from).map(|d| self.resolve(d)) else {
             return;
         };
-        let Some(&kept) = self.device_of_track.get(&into) else {
+        let Some(kept) = self.device_of_track.get(&into).map(|d| self.resolve(*d)) else {
             self.device_of_track.insert(into, gone);
             return;
         };
@@ -95,15 +109,7 @@ impl Totals {
             return;
         }
         self.devices = self.devices.saturating_sub(1);
-        for d in self
-            .device_of_addr
-            .values_mut()
-            .chain(self.device_of_track.values_mut())
-        {
-            if *d == gone {
-                *d = kept;
-            }
-        }
+        self.folded.insert(gone, kept);
         if self.in_store.remove(&gone) {
             self.in_store.insert(kept);
         }
