@@ -41,21 +41,6 @@ fn wait_file(path: &std::path::Path, needle: &str, timeout: Duration) -> bool {
     false
 }
 
-fn wait_exit(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Option<std::process::ExitStatus> {
-    let until = Instant::now() + timeout;
-    while Instant::now() < until {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_validates_dedups_and_reports_bad_payloads() -> TestResult {
     require_mosquitto!();

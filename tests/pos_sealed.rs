@@ -140,21 +140,6 @@ mod central {
         Ok(child)
     }
 
-    fn wait_exit(
-        child: &mut std::process::Child,
-        timeout: Duration,
-    ) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if let Ok(Some(s)) = child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        None
-    }
-
     /// Runs `storegw unseal` over `input`; returns stdout lines as JSON.
     fn unseal(args: &[&str], input: &str) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
         use std::io::Write;
@@ -283,7 +268,7 @@ mod central {
             .map(|g| g.payloads.clone())
             .unwrap_or_default();
         gw.sigterm_and_wait(Duration::from_secs(10));
-        let tail_status = wait_exit(&mut tail, Duration::from_secs(20));
+        let tail_status = common::wait_exit(&mut tail, Duration::from_secs(20));
         let tail_lines = std::fs::read_to_string(&tail_out)?;
         let tail_notes = std::fs::read_to_string(&tail_err)?;
         assert_eq!(

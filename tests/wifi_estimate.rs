@@ -306,39 +306,53 @@ fn two_identical_iphones_are_reported() -> TestResult {
     Ok(())
 }
 
+/// The labelled captures, when python3 is there to craft cases from them (else a printed
+/// reason and None).
+fn crafting() -> Option<PathBuf> {
+    labelled().filter(|_| python())
+}
+
+/// Writes a crafted capture of `phone` to `out` with tests/common/twin_probes.py (`extra`:
+/// its options).
+fn craft(dir: &Path, phone: &str, out: &Path, extra: &[&str]) -> TestResult {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/twin_probes.py");
+    let st = Command::new("python3")
+        .arg(&script)
+        .arg(dir)
+        .arg(dir.join(format!("{phone}.pcap")))
+        .arg(out)
+        .args(extra)
+        .status()?;
+    assert!(st.success(), "twin_probes.py {phone} {extra:?}");
+    Ok(())
+}
+
+/// The visits' dwell times, seconds.
+fn dwells(r: &Replay) -> Vec<f64> {
+    r.visits
+        .iter()
+        .filter_map(|v| v["dwell_s"].as_f64())
+        .collect()
+}
+
 /// Two tracks of one phone: a phone that sends two kinds of probe request in every scan (two
 /// fingerprints, two addresses), crafted on each real one-phone capture's timing
 /// (tests/common/twin_probes.py). Its tracks burst together, so they are folded into one:
 /// one device, and the same visits as the phone alone.
 #[test]
 fn a_phone_with_two_kinds_of_probe_is_one_device_and_one_visit() -> TestResult {
-    let Some(dir) = labelled() else {
+    let Some(dir) = crafting() else {
         return Ok(());
     };
-    if !python() {
-        return Ok(());
-    }
     let tmp = tempfile::tempdir()?;
     let cfg = config(tmp.path())?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/twin_probes.py");
     for phone in PHONES {
         let file = dir.join(format!("{phone}.pcap"));
         let twin = tmp.path().join(format!("{phone}-twin.pcap"));
-        let st = Command::new("python3")
-            .arg(&script)
-            .arg(&dir)
-            .arg(&file)
-            .arg(&twin)
-            .status()?;
-        assert!(st.success(), "twin_probes.py {phone}");
+        craft(&dir, phone, &twin, &[])?;
         let alone = replay(&file, &cfg)?;
         let both = replay(&twin, &cfg)?;
-        let dwell = |r: &Replay| -> Vec<f64> {
-            r.visits
-                .iter()
-                .filter_map(|v| v["dwell_s"].as_f64())
-                .collect()
-        };
+        let dwell = dwells;
         println!(
             "{phone} with twin probes: in-store devices {} (alone {}), visits {:?} s (alone {:?} s), tracks folded: addresses {} vs {}",
             both.summary["in_store_devices_estimated"],
@@ -367,31 +381,16 @@ fn a_phone_with_two_kinds_of_probe_is_one_device_and_one_visit() -> TestResult {
 /// scans every minute (the Galaxy S21, two visits): the session gap is 5 minutes.
 #[test]
 fn a_silence_longer_than_the_gap_is_judged_by_the_phone_s_rhythm() -> TestResult {
-    let Some(dir) = labelled() else {
+    let Some(dir) = crafting() else {
         return Ok(());
     };
-    if !python() {
-        return Ok(());
-    }
     let tmp = tempfile::tempdir()?;
     let cfg = config(tmp.path())?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/twin_probes.py");
     for (phone, visits) in [("iPhoneXR-A", 1), ("S21Ultra-M", 2)] {
         let paused = tmp.path().join(format!("{phone}-paused.pcap"));
-        let st = Command::new("python3")
-            .arg(&script)
-            .arg(&dir)
-            .arg(dir.join(format!("{phone}.pcap")))
-            .arg(&paused)
-            .args(["--pause", "420"])
-            .status()?;
-        assert!(st.success(), "twin_probes.py --pause {phone}");
+        craft(&dir, phone, &paused, &["--pause", "420"])?;
         let r = replay(&paused, &cfg)?;
-        let dwell: Vec<f64> = r
-            .visits
-            .iter()
-            .filter_map(|v| v["dwell_s"].as_f64())
-            .collect();
+        let dwell = dwells(&r);
         println!("{phone} silent 7 min: visits {dwell:?} s");
         assert_eq!(dwell.len(), visits, "{phone}: {dwell:?}");
         // A randomizing phone that left and came back is a new device to the summary too.
@@ -406,12 +405,9 @@ fn a_silence_longer_than_the_gap_is_judged_by_the_phone_s_rhythm() -> TestResult
 /// iPhone 11 pair, identical to the estimator, keeps dwell under the 90%).
 #[test]
 fn staggered_arrivals_are_measured() -> TestResult {
-    let Some(dir) = labelled() else {
+    let Some(dir) = crafting() else {
         return Ok(());
     };
-    if !python() {
-        return Ok(());
-    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stagger-visits");
     let out = Command::new("python3")
         .arg(&script)

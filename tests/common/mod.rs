@@ -440,3 +440,19 @@ impl Schemas {
         errs
     }
 }
+
+/// Waits for `child` to exit; kills it and returns None after `timeout`.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}

@@ -735,6 +735,14 @@ mod tests {
         assert_eq!(f.tracked(), 1);
     }
 
+    /// The bodies of the events of one kind.
+    fn bodies(out: &[Event], kind: EventKind) -> Vec<serde_json::Value> {
+        out.iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.body())
+            .collect()
+    }
+
     #[test]
     fn a_folded_track_is_one_visit_and_one_device() {
         let mut f = Footfall::new(&cfg(true), 1);
@@ -754,17 +762,9 @@ mod tests {
             f.observe(s(t0 + t * 1000, "ra", Some(-50), 1), &mut out);
         }
         f.advance(t0 + 600_000, &mut out);
-        let census: Vec<_> = out
-            .iter()
-            .filter(|e| e.kind == EventKind::WifiCensus)
-            .map(|e| e.body())
-            .collect();
+        let census = bodies(&out, EventKind::WifiCensus);
         assert_eq!(census[0]["devices_estimated"], 1, "{:?}", census[0]);
-        let visits: Vec<_> = out
-            .iter()
-            .filter(|e| e.kind == EventKind::WifiVisit)
-            .map(|e| e.body())
-            .collect();
+        let visits = bodies(&out, EventKind::WifiVisit);
         assert_eq!(visits.len(), 1, "{visits:?}");
         assert_eq!(visits[0]["device"], format!("track-{}", id("ra")));
         assert_eq!(visits[0]["dwell_s"], 170.0);
@@ -782,11 +782,7 @@ mod tests {
             f.observe(x, &mut out);
         }
         f.advance(1_200_000, &mut out);
-        let visits: Vec<_> = out
-            .iter()
-            .filter(|e| e.kind == EventKind::WifiVisit)
-            .map(|e| e.body())
-            .collect();
+        let visits = bodies(&out, EventKind::WifiVisit);
         assert_eq!(visits.len(), 1, "{visits:?}");
         assert_eq!(visits[0]["dwell_s"], 600.0);
     }
