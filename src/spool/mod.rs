@@ -226,7 +226,7 @@ impl Spool {
                 SpoolError::Storage(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
-        let (db, recovered) = match open_db(path, cfg.cache_capacity.0) {
+        let (db, recovered) = match open_waiting_for_lock(path, cfg.cache_capacity.0) {
             Ok(db) => (db, None),
             Err(e) if is_lock_error(&e) => {
                 return Err(SpoolError::Storage(format!(
@@ -365,6 +365,26 @@ impl Spool {
     /// Bytes of the spool files on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// How long an open waits for the database lock before it reports the spool as in use.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// [`open_db`], waiting up to [`LOCK_WAIT`] while the lock is held: a sled database closed a
+/// moment ago in this process (a restart of the pipeline, a test reopening it) releases its
+/// lock only when its background writes and deferred frees have finished, which on a slow
+/// machine takes a fraction of a second. Another process that holds it is still reported,
+/// [`LOCK_WAIT`] later.
+fn open_waiting_for_lock(path: &Path, cache: u64) -> Result<sled::Db, String> {
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match open_db(path, cache) {
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }
 
