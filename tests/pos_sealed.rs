@@ -140,6 +140,23 @@ mod central {
         Ok(child)
     }
 
+    /// (transaction id, customer field, value) of every customer field of `events`.
+    fn customer_values<'a>(
+        events: impl Iterator<Item = &'a Value>,
+    ) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for e in events {
+            for (k, v) in e["customer"].as_object().into_iter().flatten() {
+                out.push((
+                    e["transaction_id"].as_str().unwrap_or_default().to_string(),
+                    k.clone(),
+                    v.as_str().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+        out
+    }
+
     /// Runs `storegw unseal` over `input`; returns stdout lines as JSON.
     fn unseal(args: &[&str], input: &str) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
         use std::io::Write;
@@ -317,20 +334,11 @@ mod central {
         let batches: String = payloads.iter().map(|p| format!("{p}\n")).collect();
         let key_arg = private_key.to_string_lossy().to_string();
         let opened = unseal(&["--key", &key_arg], &batches)?;
-        let mut values = Vec::new();
-        for b in &opened {
-            for e in b["events"].as_array().into_iter().flatten() {
-                if let Some(c) = e["customer"].as_object() {
-                    for (k, v) in c {
-                        values.push((
-                            e["transaction_id"].as_str().unwrap_or_default().to_string(),
-                            k.clone(),
-                            v.as_str().unwrap_or_default().to_string(),
-                        ));
-                    }
-                }
-            }
-        }
+        let mut values = customer_values(
+            opened
+                .iter()
+                .flat_map(|b| b["events"].as_array().into_iter().flatten()),
+        );
         values.sort();
         let expect = |id: &str, f: &str, v: &str| (id.to_string(), f.to_string(), v.to_string());
         assert_eq!(
@@ -365,18 +373,7 @@ mod central {
         for raw in [LOYALTY, EMAIL, PHONE, RAW_PHONE] {
             assert!(!tail_lines.contains(raw), "tail printed {raw}");
         }
-        let mut from_tail = Vec::new();
-        for e in unseal(&["--key", &key_arg], &tail_lines)? {
-            if let Some(c) = e["customer"].as_object() {
-                for (k, v) in c {
-                    from_tail.push((
-                        e["transaction_id"].as_str().unwrap_or_default().to_string(),
-                        k.clone(),
-                        v.as_str().unwrap_or_default().to_string(),
-                    ));
-                }
-            }
-        }
+        let mut from_tail = customer_values(unseal(&["--key", &key_arg], &tail_lines)?.iter());
         from_tail.sort();
         assert_eq!(from_tail, values, "unseal over tail --json lines");
 
