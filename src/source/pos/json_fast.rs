@@ -11,82 +11,156 @@ use super::transaction::{Discount, Line, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
 use crate::privacy::card;
 use crate::privacy::customer::RawCustomer;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Number, Value};
+use std::borrow::Cow;
+use std::fmt;
 
-/// Every scalar is kept as a JSON value, converted by the same functions as the tree parser.
-type S = Option<Value>;
+/// A scalar as the document wrote it. Text without escapes is borrowed from the request body,
+/// so a field costs no allocation until it is kept; an object or array where a scalar belongs
+/// fails the fast path (the tree parser then answers). Amounts and quantities are converted by
+/// the tree parser's own functions, through [`Scalar::value`].
+enum Scalar<'a> {
+    /// A number JSON cannot hold in an `f64`, which the tree's `Value` also reads as null.
+    Null,
+    Bool(bool),
+    Num(Number),
+    Str(Cow<'a, str>),
+}
+
+impl Scalar<'_> {
+    fn is_null(&self) -> bool {
+        matches!(self, Scalar::Null)
+    }
+
+    /// The scalar as the tree parser holds it.
+    fn value(&self) -> Value {
+        match self {
+            Scalar::Null => Value::Null,
+            Scalar::Bool(b) => Value::Bool(*b),
+            Scalar::Num(n) => Value::Number(n.clone()),
+            Scalar::Str(s) => Value::String(s.to_string()),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON scalar")
+            }
+            fn visit_unit<E>(self) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Num(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Num(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Scalar<'a>, E> {
+                Ok(Number::from_f64(n).map_or(Scalar::Null, Scalar::Num))
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Str(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Str(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// An optional scalar field (absent and null are `None`).
+type S<'a> = Option<Scalar<'a>>;
 
 #[derive(Deserialize)]
-struct WireTx {
-    transaction_id: S,
-    register: S,
-    store_ref: S,
-    business_day: S,
-    time: S,
-    currency: S,
+#[serde(bound(deserialize = "'de: 'a"))]
+struct WireTx<'a> {
+    transaction_id: S<'a>,
+    register: S<'a>,
+    store_ref: S<'a>,
+    business_day: S<'a>,
+    time: S<'a>,
+    currency: S<'a>,
     #[serde(rename = "type")]
-    kind: S,
-    original_transaction_id: S,
-    source: S,
-    channel: S,
-    lines: Option<Vec<WireLine>>,
-    tenders: Option<Vec<WireTender>>,
-    discounts: Option<Vec<WireDiscount>>,
-    totals: Option<WireTotals>,
-    customer: Option<WireCustomer>,
+    kind: S<'a>,
+    original_transaction_id: S<'a>,
+    source: S<'a>,
+    channel: S<'a>,
+    lines: Option<Vec<WireLine<'a>>>,
+    tenders: Option<Vec<WireTender<'a>>>,
+    discounts: Option<Vec<WireDiscount<'a>>>,
+    totals: Option<WireTotals<'a>>,
+    customer: Option<WireCustomer<'a>>,
 }
 
 #[derive(Deserialize)]
-struct WireLine {
-    sku: S,
-    description: S,
-    qty: S,
-    unit_price_minor: S,
-    unit_price: S,
-    amount_minor: S,
-    amount: S,
-    kind: S,
-    discounts: Option<Vec<WireDiscount>>,
+#[serde(bound(deserialize = "'de: 'a"))]
+struct WireLine<'a> {
+    sku: S<'a>,
+    description: S<'a>,
+    qty: S<'a>,
+    unit_price_minor: S<'a>,
+    unit_price: S<'a>,
+    amount_minor: S<'a>,
+    amount: S<'a>,
+    kind: S<'a>,
+    discounts: Option<Vec<WireDiscount<'a>>>,
 }
 
 #[derive(Deserialize)]
-struct WireTender {
+#[serde(bound(deserialize = "'de: 'a"))]
+struct WireTender<'a> {
     #[serde(rename = "type")]
-    kind: S,
-    amount_minor: S,
-    amount: S,
-    card_brand: S,
+    kind: S<'a>,
+    amount_minor: S<'a>,
+    amount: S<'a>,
+    card_brand: S<'a>,
 }
 
 #[derive(Deserialize)]
-struct WireDiscount {
-    code: S,
-    amount_minor: S,
-    amount: S,
+#[serde(bound(deserialize = "'de: 'a"))]
+struct WireDiscount<'a> {
+    code: S<'a>,
+    amount_minor: S<'a>,
+    amount: S<'a>,
 }
 
 #[derive(Deserialize)]
-struct WireTotals {
-    total_minor: S,
-    total: S,
-    subtotal_minor: S,
-    subtotal: S,
-    tax_minor: S,
-    tax: S,
-    discount_minor: S,
-    discount: S,
-    surcharge_minor: S,
-    surcharge: S,
-    tax_included: S,
+#[serde(bound(deserialize = "'de: 'a"))]
+struct WireTotals<'a> {
+    total_minor: S<'a>,
+    total: S<'a>,
+    subtotal_minor: S<'a>,
+    subtotal: S<'a>,
+    tax_minor: S<'a>,
+    tax: S<'a>,
+    discount_minor: S<'a>,
+    discount: S<'a>,
+    surcharge_minor: S<'a>,
+    surcharge: S<'a>,
+    tax_included: S<'a>,
 }
 
 #[derive(Deserialize)]
-struct WireCustomer {
-    loyalty_id: S,
-    loyalty: S,
-    email: S,
-    phone: S,
+#[serde(bound(deserialize = "'de: 'a"))]
+struct WireCustomer<'a> {
+    loyalty_id: S<'a>,
+    loyalty: S<'a>,
+    email: S<'a>,
+    phone: S<'a>,
 }
 
 /// The transactions of `text`, or `None` when the tree-based parser must decide.
@@ -94,14 +168,39 @@ pub fn parse(text: &str, o: &ParseOpts) -> Option<Vec<Tx>> {
     if !clean(text) {
         return None;
     }
-    match text.trim_start().as_bytes().first()? {
-        b'[' => serde_json::from_str::<Vec<WireTx>>(text)
-            .ok()?
-            .into_iter()
-            .map(|w| tx(w, o))
-            .collect(),
-        b'{' => Some(vec![tx(serde_json::from_str::<WireTx>(text).ok()?, o)?]),
-        _ => None,
+    let mut de = serde_json::Deserializer::from_str(text);
+    let txs = match text.trim_start().as_bytes().first()? {
+        b'[' => Transactions(o).deserialize(&mut de).ok()?,
+        b'{' => vec![tx(WireTx::deserialize(&mut de).ok()?, o)?],
+        _ => return None,
+    };
+    de.end().ok()?;
+    Some(txs)
+}
+
+/// An array of transactions, each converted as soon as it is read, so a bulk push never holds
+/// the whole array in its wire shape.
+struct Transactions<'o>(&'o ParseOpts);
+
+impl<'de, 'o> DeserializeSeed<'de> for Transactions<'o> {
+    type Value = Vec<Tx>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Tx>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, 'o> Visitor<'de> for Transactions<'o> {
+    type Value = Vec<Tx>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of transactions")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Tx>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(w) = seq.next_element::<WireTx<'de>>()? {
+            // The tree parser decides anything this path does not take.
+            out.push(tx(w, self.0).ok_or_else(|| de::Error::custom("not for the fast path"))?);
+        }
+        Ok(out)
     }
 }
 
@@ -163,38 +262,48 @@ fn clean(text: &str) -> bool {
 }
 
 /// [`super::jsonutil::At::str`]: absent or null is `None`, numbers count as their text.
-fn text(v: &S) -> Option<Option<String>> {
+fn text(v: S<'_>) -> Option<Option<String>> {
     match v {
-        None | Some(Value::Null) => Some(None),
-        Some(Value::String(s)) => Some(Some(s.clone())),
-        Some(Value::Number(n)) => Some(Some(n.to_string())),
-        Some(_) => None,
+        None | Some(Scalar::Null) => Some(None),
+        Some(Scalar::Str(s)) => Some(Some(s.into_owned())),
+        Some(Scalar::Num(n)) => Some(Some(n.to_string())),
+        Some(Scalar::Bool(_)) => None,
+    }
+}
+
+/// [`text`] without keeping it, for fields only read here (type, time, quantity).
+fn peek<'v>(v: &'v S<'_>) -> Option<Option<Cow<'v, str>>> {
+    match v {
+        None | Some(Scalar::Null) => Some(None),
+        Some(Scalar::Str(s)) => Some(Some(Cow::Borrowed(s.as_ref()))),
+        Some(Scalar::Num(n)) => Some(Some(Cow::Owned(n.to_string()))),
+        Some(Scalar::Bool(_)) => None,
     }
 }
 
 /// [`super::jsonutil::At::req_str`].
-fn required(v: &S) -> Option<String> {
+fn required(v: S<'_>) -> Option<String> {
     text(v)?.filter(|s| !s.trim().is_empty())
 }
 
 /// [`super::jsonutil::At::money`]: `<k>_minor` first, else `<k>` in major units.
-fn amount(minor: &S, major: &S, exp: u32) -> Option<Option<i64>> {
+fn amount(minor: &S<'_>, major: &S<'_>, exp: u32) -> Option<Option<i64>> {
     match (minor, major) {
-        (Some(v), _) if !v.is_null() => money::from_json_minor(v).ok().map(Some),
-        (_, Some(v)) if !v.is_null() => money::from_json_decimal(v, exp).ok().map(Some),
+        (Some(v), _) if !v.is_null() => money::from_json_minor(&v.value()).ok().map(Some),
+        (_, Some(v)) if !v.is_null() => money::from_json_decimal(&v.value(), exp).ok().map(Some),
         _ => Some(None),
     }
 }
 
-fn tx(w: WireTx, o: &ParseOpts) -> Option<Tx> {
-    let transaction_id = required(&w.transaction_id)?;
-    let currency = text(&w.currency)?.unwrap_or_else(|| o.default_currency.clone());
+fn tx(w: WireTx<'_>, o: &ParseOpts) -> Option<Tx> {
+    let transaction_id = required(w.transaction_id)?;
+    let currency = text(w.currency)?.unwrap_or_else(|| o.default_currency.clone());
     let exp = money::exponent(&currency)?;
-    let kind = match text(&w.kind)? {
+    let kind = match peek(&w.kind)? {
         None => None,
         Some(t) => Some(TxType::parse(&t)?),
     };
-    let time_ms = match text(&w.time)? {
+    let time_ms = match peek(&w.time)? {
         None => None,
         Some(t) => Some(timefmt::parse(&t, o.offset_s).ok()?),
     };
@@ -210,9 +319,9 @@ fn tx(w: WireTx, o: &ParseOpts) -> Option<Tx> {
         .into_iter()
         .map(|t| {
             Some(Tender {
-                kind: required(&t.kind)?,
                 amount_minor: amount(&t.amount_minor, &t.amount, exp)??,
-                card_brand: text(&t.card_brand)?,
+                kind: required(t.kind)?,
+                card_brand: text(t.card_brand)?,
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -221,44 +330,44 @@ fn tx(w: WireTx, o: &ParseOpts) -> Option<Tx> {
         order_discount = order_discount.checked_add(amount(&d.amount_minor, &d.amount, exp)??)?;
     }
     let t = w.totals;
-    let m = |f: fn(&WireTotals) -> (&S, &S)| match &t {
+    let m = |pair: Option<(&S<'_>, &S<'_>)>| match pair {
         None => Some(None),
-        Some(t) => {
-            let (minor, major) = f(t);
-            amount(minor, major, exp)
-        }
+        Some((minor, major)) => amount(minor, major, exp),
     };
     let totals = StatedTotals {
-        total: m(|t| (&t.total_minor, &t.total))?,
-        subtotal: m(|t| (&t.subtotal_minor, &t.subtotal))?,
-        tax: m(|t| (&t.tax_minor, &t.tax))?,
-        discount: m(|t| (&t.discount_minor, &t.discount))?,
+        total: m(t.as_ref().map(|t| (&t.total_minor, &t.total)))?,
+        subtotal: m(t.as_ref().map(|t| (&t.subtotal_minor, &t.subtotal)))?,
+        tax: m(t.as_ref().map(|t| (&t.tax_minor, &t.tax)))?,
+        discount: m(t.as_ref().map(|t| (&t.discount_minor, &t.discount)))?,
     };
-    let surcharge = m(|t| (&t.surcharge_minor, &t.surcharge))?.unwrap_or(0);
-    let tax_included = t
-        .as_ref()
-        .and_then(|t| t.tax_included.as_ref())
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let customer = match &w.customer {
+    let surcharge = m(t.as_ref().map(|t| (&t.surcharge_minor, &t.surcharge)))?.unwrap_or(0);
+    let tax_included = matches!(
+        t.as_ref().and_then(|t| t.tax_included.as_ref()),
+        Some(Scalar::Bool(true))
+    );
+    let customer = match w.customer {
         None => RawCustomer::default(),
-        Some(c) => RawCustomer {
-            loyalty_id: text(&c.loyalty_id)?.or(text(&c.loyalty)?),
-            email: text(&c.email)?,
-            phone: text(&c.phone)?,
-        },
+        Some(c) => {
+            let loyalty_id = text(c.loyalty_id)?;
+            let loyalty = text(c.loyalty)?;
+            RawCustomer {
+                loyalty_id: loyalty_id.or(loyalty),
+                email: text(c.email)?,
+                phone: text(c.phone)?,
+            }
+        }
     };
     Some(Tx {
         transaction_id,
-        register: text(&w.register)?.unwrap_or_else(|| o.default_register.clone()),
-        store_ref: text(&w.store_ref)?,
-        business_day: text(&w.business_day)?,
+        register: text(w.register)?.unwrap_or_else(|| o.default_register.clone()),
+        store_ref: text(w.store_ref)?,
+        business_day: text(w.business_day)?,
         time_ms,
         currency,
         kind,
-        original_transaction_id: text(&w.original_transaction_id)?,
-        source: text(&w.source)?.unwrap_or_else(|| "json".into()),
-        channel: text(&w.channel)?,
+        original_transaction_id: text(w.original_transaction_id)?,
+        source: text(w.source)?.unwrap_or_else(|| "json".into()),
+        channel: text(w.channel)?,
         lines,
         order_discount,
         surcharge,
@@ -270,19 +379,19 @@ fn tx(w: WireTx, o: &ParseOpts) -> Option<Tx> {
     })
 }
 
-fn line(l: WireLine, exp: u32) -> Option<Line> {
+fn line(l: WireLine<'_>, exp: u32) -> Option<Line> {
     let qty_v = l.qty.as_ref().filter(|q| !q.is_null());
     let qty = match qty_v {
         None => 1.0,
-        Some(q) => money::qty_from_json(q).ok()?,
+        Some(q) => money::qty_from_json(&q.value()).ok()?,
     };
     let unit = amount(&l.unit_price_minor, &l.unit_price, exp)?;
     let amount_minor = match amount(&l.amount_minor, &l.amount, exp)? {
         Some(a) => a,
         None => {
             let qt = qty_v.map(|q| match q {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+                Scalar::Str(s) => s.to_string(),
+                other => other.value().to_string(),
             });
             money::qty_times(qt.as_deref().unwrap_or("1"), unit?).ok()?
         }
@@ -293,18 +402,18 @@ fn line(l: WireLine, exp: u32) -> Option<Line> {
         .into_iter()
         .map(|d| {
             Some(Discount {
-                code: text(&d.code)?,
                 amount_minor: amount(&d.amount_minor, &d.amount, exp)??,
+                code: text(d.code)?,
             })
         })
         .collect::<Option<Vec<_>>>()?;
     Some(Line {
-        sku: text(&l.sku)?,
-        description: text(&l.description)?,
+        sku: text(l.sku)?,
+        description: text(l.description)?,
         qty,
         unit_price_minor: unit,
         amount_minor,
-        kind: text(&l.kind)?,
+        kind: text(l.kind)?,
         discounts,
     })
 }
