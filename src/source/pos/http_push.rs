@@ -2,7 +2,7 @@
 //! or ARTS POSLog XML, chosen by Content-Type. The 2xx is sent only after the spool fsync.
 
 use super::config::PosHttpConfig;
-use super::ingest::{Ingest, StoreError};
+use super::ingest::{EventIds, Ingest, StoreError};
 use super::transaction::{Reject, Tx};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -229,11 +229,21 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
             } else {
                 StatusCode::OK
             };
-            let mut v = serde_json::to_value(&s).unwrap_or_default();
-            if let Some(m) = v.as_object_mut() {
-                m.insert("skipped".into(), skipped.into());
+            /// The 201/200 answer (docs/pos.md, "HTTP push").
+            #[derive(serde::Serialize)]
+            struct Answer<'a> {
+                accepted: usize,
+                duplicates: usize,
+                ids: &'a EventIds,
+                skipped: usize,
             }
-            (code, axum::Json(v)).into_response()
+            let answer = Answer {
+                accepted: s.accepted,
+                duplicates: s.duplicates,
+                ids: &s.ids,
+                skipped,
+            };
+            (code, axum::Json(answer)).into_response()
         }
         Err(StoreError::Full(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,

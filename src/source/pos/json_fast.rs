@@ -383,6 +383,8 @@ fn line(l: WireLine<'_>, exp: u32) -> Option<Line> {
     let qty_v = l.qty.as_ref().filter(|q| !q.is_null());
     let qty = match qty_v {
         None => 1.0,
+        // An integer reads as its own text would (no exponent, no fraction).
+        Some(Scalar::Num(n)) if n.is_i64() || n.is_u64() => n.as_f64()?,
         Some(q) => money::qty_from_json(&q.value()).ok()?,
     };
     let unit = amount(&l.unit_price_minor, &l.unit_price, exp)?;

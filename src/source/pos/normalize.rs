@@ -117,17 +117,36 @@ fn sub(a: i64, b: i64, at: &str) -> Result<i64, Reject> {
     a.checked_sub(b).ok_or_else(|| range(at))
 }
 
-/// `YYYY-MM-DD` of `ms` at the store's UTC offset.
-fn local_day(ms: i64, offset_s: i32) -> Option<String> {
-    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).ok()?;
-    let off = time::UtcOffset::from_whole_seconds(offset_s).ok()?;
-    let d = t.to_offset(off).date();
-    Some(format!(
+/// `v` without surrounding white space, reusing its buffer (most values have none).
+fn trimmed(mut v: String) -> String {
+    let end = v.trim_end().len();
+    v.truncate(end);
+    let start = v.len() - v.trim_start().len();
+    if start > 0 {
+        v.drain(..start);
+    }
+    v
+}
+
+/// `YYYY-MM-DD` of `ms` at the store's UTC offset, appended to `out`; `false` (nothing
+/// written) when the time is out of range.
+fn write_local_day(out: &mut String, ms: i64, offset_s: i32) -> bool {
+    use std::fmt::Write;
+    let Some(d) = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .zip(time::UtcOffset::from_whole_seconds(offset_s).ok())
+        .map(|(t, off)| t.to_offset(off).date())
+    else {
+        return false;
+    };
+    write!(
+        out,
         "{:04}-{:02}-{:02}",
         d.year(),
         u8::from(d.month()),
         d.day()
-    ))
+    )
+    .is_ok()
 }
 
 /// Normalizes one transaction with the business day, when the source states none, taken at
@@ -141,12 +160,12 @@ pub fn normalize(tx: Tx, key: &CustomerKeys, now_ms: i64) -> Result<Normalized, 
 /// states none.
 pub fn normalize_at(
     tx: Tx,
-    key: &CustomerKeys,
+    customer_keys: &CustomerKeys,
     now_ms: i64,
     offset_s: i32,
 ) -> Result<Normalized, Reject> {
     let mut sc = FreeText::default();
-    let transaction_id = tx.transaction_id.trim().to_string();
+    let transaction_id = trimmed(tx.transaction_id);
     if transaction_id.is_empty() {
         return Err(Reject::new("transaction_id", "missing transaction id"));
     }
@@ -175,7 +194,7 @@ pub fn normalize_at(
         };
         let mut line = Line {
             sku: ident_lazy(|| at("sku"), l.sku).map_err(reject)?,
-            description: sc.opt(l.description.map(|d| d.trim().to_string())),
+            description: sc.opt(l.description.map(trimmed)),
             qty: if ret { -l.qty.abs() } else { l.qty },
             unit_price_minor: l.unit_price_minor,
             amount_minor: amount,
@@ -251,18 +270,36 @@ pub fn normalize_at(
         .subtotal
         .map(|v| sign(v, "totals.subtotal"))
         .transpose()?;
-    let register = ident("register", tx.register.trim().to_string()).map_err(reject)?;
+    let register = ident("register", trimmed(tx.register)).map_err(reject)?;
     let business_day = ident_o("business_day", tx.business_day).map_err(reject)?;
+    let store_ref = ident_o("store_ref", tx.store_ref).map_err(reject)?;
+    let original_transaction_id =
+        ident_o("original_transaction_id", tx.original_transaction_id).map_err(reject)?;
+    // The idempotency key: the business day is the source's, else the local date of the
+    // transaction time (docs/pos.md, "Exactly once").
+    let mut key = String::with_capacity(register.len() + transaction_id.len() + 12);
+    key.push_str(&register);
+    key.push('\u{1f}');
+    let derived_day = match (&business_day, tx.time_ms) {
+        (Some(d), _) => {
+            key.push_str(d);
+            false
+        }
+        (None, Some(ms)) => write_local_day(&mut key, ms, offset_s),
+        (None, None) => false,
+    };
+    key.push('\u{1f}');
+    key.push_str(&transaction_id);
+    let legacy_key = derived_day.then(|| format!("{register}\u{1f}\u{1f}{transaction_id}"));
     let body = TxBody {
         kind,
-        transaction_id: transaction_id.clone(),
-        register: register.clone(),
-        store_ref: ident_o("store_ref", tx.store_ref).map_err(reject)?,
-        business_day: business_day.clone(),
+        transaction_id,
+        register,
+        store_ref,
+        business_day,
         time: rfc3339_ms(tx.time_ms.unwrap_or(now_ms)),
         currency: tx.currency.clone(),
-        original_transaction_id: ident_o("original_transaction_id", tx.original_transaction_id)
-            .map_err(reject)?,
+        original_transaction_id,
         source: sc.text(tx.source),
         channel: sc.opt(tx.channel),
         totals: Totals {
@@ -275,7 +312,7 @@ pub fn normalize_at(
         },
         lines,
         tenders,
-        customer: key.pseudonyms(&tx.customer),
+        customer: customer_keys.pseudonyms(&tx.customer),
         flags: Vec::new(),
     };
     if tx.time_ms.is_none() {
@@ -291,17 +328,10 @@ pub fn normalize_at(
         &mut body,
         event.body_bytes(),
         tx.time_ms.is_none(),
-        key.randomized(),
+        customer_keys.randomized(),
     );
-    let day = match (&business_day, tx.time_ms) {
-        (Some(d), _) => d.clone(),
-        (None, Some(ms)) => local_day(ms, offset_s).unwrap_or_default(),
-        (None, None) => String::new(),
-    };
-    let legacy_key = (business_day.is_none() && !day.is_empty())
-        .then(|| format!("{register}\u{1f}\u{1f}{transaction_id}"));
     Ok(Normalized {
-        key: format!("{register}\u{1f}{day}\u{1f}{transaction_id}"),
+        key,
         legacy_key,
         content,
         time_filled_in: tx.time_ms.is_none(),

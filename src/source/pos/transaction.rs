@@ -15,11 +15,16 @@ pub enum TxType {
 impl TxType {
     /// Parses the wire spelling.
     pub fn parse(s: &str) -> Option<TxType> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "sale" => Some(TxType::Sale),
-            "refund" | "return" => Some(TxType::Refund),
-            "cancellation" | "cancel" | "void" => Some(TxType::Cancellation),
-            _ => None,
+        let s = s.trim();
+        let is = |w: &str| s.eq_ignore_ascii_case(w);
+        if is("sale") {
+            Some(TxType::Sale)
+        } else if is("refund") || is("return") {
+            Some(TxType::Refund)
+        } else if is("cancellation") || is("cancel") || is("void") {
+            Some(TxType::Cancellation)
+        } else {
+            None
         }
     }
 
