@@ -282,9 +282,12 @@ pub fn batch_payload<'a>(
     store: &str,
     gateway: &str,
     sent_at_ms: i64,
-    events: impl Iterator<Item = &'a [u8]>,
+    events: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
+    // Sized once: a batch is up to `batch_max_bytes` (256 KiB), which grown by doubling was
+    // copied seven times.
+    let size = events.clone().map(|e| e.len() + 1).sum::<usize>();
+    let mut out = Vec::with_capacity(160 + store.len() + gateway.len() + size);
     out.extend_from_slice(b"{\"schema\":\"");
     out.extend_from_slice(SCHEMA.as_bytes());
     out.extend_from_slice(b"\",\"store\":\"");

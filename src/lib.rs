@@ -2,6 +2,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod buffers;
 pub mod config;
 pub mod daemon;
 pub mod demo;

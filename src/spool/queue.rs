@@ -60,7 +60,7 @@ impl Spool {
                     let mut c = ChunkBuf {
                         key: seq,
                         count: 0,
-                        body: Vec::with_capacity(events.len().min(CHUNK_EVENTS) * 400),
+                        body: crate::buffers::take(events.len().min(CHUNK_EVENTS) * 512),
                     };
                     c.push(&self.gateway, seq, e);
                     list.push(c);
@@ -70,8 +70,9 @@ impl Spool {
         }
         let mut chunks: [Vec<(u64, Vec<u8>, u64)>; 3] = Default::default();
         for s in Stream::ALL {
-            for c in &building[idx(s)] {
+            for c in std::mem::take(&mut building[idx(s)]) {
                 chunks[idx(s)].push((c.key, encode_chunk(now, c.count, &c.body), c.count as u64));
+                crate::buffers::give(c.body);
             }
         }
         let pos_add: u64 = chunks[idx(Stream::Pos)]

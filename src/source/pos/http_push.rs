@@ -146,7 +146,7 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     let read = async {
         // Sized once from Content-Length (already checked against the limit), so a bulk body
         // is not copied through doubling buffers.
-        let mut bytes: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(st.limit));
+        let mut bytes = crate::buffers::take(declared.unwrap_or(0).min(st.limit));
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else {
                 return Err(json_err(
@@ -221,7 +221,7 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     }
     // The body is no longer needed: a bulk request waiting for the index or the flush does
     // not hold it (eight clients pushing 1000 transactions each held 3 MB of bodies so).
-    drop(bytes);
+    crate::buffers::give(bytes);
     match st.ingest.store(normalized).await {
         Ok(s) => {
             let code = if s.accepted > 0 {

@@ -1,0 +1,75 @@
+//! Large byte buffers kept for reuse. The allocator maps every buffer above 128 KiB afresh
+//! and unmaps it when freed (`main.rs` fixes that threshold so the heap does not keep them),
+//! so a bulk POS request paid for its body, its spool chunk and the chunk the uplink decodes
+//! with a page fault per 4 KiB, every time: a tenth of the push path's CPU
+//! (BENCHMARKS.md, "POS push"). The few buffers of that size in use at once are handed back
+//! here instead, and at most [`KEEP`] of them stay, so memory stays bounded.
+
+use std::sync::Mutex;
+
+/// Buffers kept at most.
+pub const KEEP: usize = 4;
+/// Smaller buffers come from the heap cheaply and are not kept.
+const MIN: usize = 128 * 1024;
+/// Larger ones are rare (a body near the limit) and would hold too much memory.
+const MAX: usize = 4 * 1024 * 1024;
+
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// An empty buffer with room for at least `capacity` bytes, a kept one when there is one.
+pub fn take(capacity: usize) -> Vec<u8> {
+    if capacity >= MIN {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].capacity() >= capacity)
+            .min_by_key(|&i| pool[i].capacity())
+            .or_else(|| pool.len().checked_sub(1));
+        if let Some(i) = best {
+            let mut v = pool.swap_remove(i);
+            drop(pool);
+            v.reserve(capacity);
+            return v;
+        }
+    }
+    Vec::with_capacity(capacity)
+}
+
+/// Hands a buffer back; kept when it is large and there is room, freed otherwise.
+pub fn give(mut v: Vec<u8>) {
+    if !(MIN..=MAX).contains(&v.capacity()) {
+        return;
+    }
+    v.clear();
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < KEEP {
+        pool.push(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_buffers_come_back_empty_and_the_pool_stays_bounded() {
+        let a = take(MIN);
+        let cap = a.capacity();
+        let mut b = take(MIN * 2);
+        b.extend_from_slice(b"left over");
+        give(a);
+        give(b);
+        // Another test may share the pool: only what this one can rely on is checked.
+        let again = take(MIN);
+        assert!(again.is_empty() && again.capacity() >= cap);
+        for _ in 0..KEEP * 3 {
+            give(Vec::with_capacity(MIN));
+        }
+        assert!(POOL.lock().map(|p| p.len()).unwrap_or(0) <= KEEP);
+        give(Vec::with_capacity(16));
+        give(Vec::with_capacity(MAX + 1));
+        assert!(
+            take(10).capacity() < MIN,
+            "small requests do not take a kept buffer"
+        );
+    }
+}
