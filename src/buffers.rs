@@ -3,12 +3,15 @@
 //! so a bulk POS request paid for its body, its spool chunk and the chunk the uplink decodes
 //! with a page fault per 4 KiB, every time: a tenth of the push path's CPU
 //! (BENCHMARKS.md, "POS push"). The few buffers of that size in use at once are handed back
-//! here instead, and at most [`KEEP`] of them stay, so memory stays bounded.
+//! here instead, and at most [`KEEP`] of them holding [`KEEP_BYTES`] stay, so memory stays
+//! bounded.
 
 use std::sync::Mutex;
 
 /// Buffers kept at most.
 pub const KEEP: usize = 4;
+/// Bytes kept at most (a bulk push uses four buffers of 0.4 to 0.6 MiB).
+pub const KEEP_BYTES: usize = 2 * 1024 * 1024 + 512 * 1024;
 /// Smaller buffers come from the heap cheaply and are not kept.
 const MIN: usize = 128 * 1024;
 /// Larger ones are rare (a body near the limit) and would hold too much memory.
@@ -41,7 +44,8 @@ pub fn give(mut v: Vec<u8>) {
     }
     v.clear();
     let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-    if pool.len() < KEEP {
+    let kept: usize = pool.iter().map(Vec::capacity).sum();
+    if pool.len() < KEEP && kept + v.capacity() <= KEEP_BYTES {
         pool.push(v);
     }
 }
@@ -64,7 +68,11 @@ mod tests {
         for _ in 0..KEEP * 3 {
             give(Vec::with_capacity(MIN));
         }
-        assert!(POOL.lock().map(|p| p.len()).unwrap_or(0) <= KEEP);
+        let (n, bytes) = POOL
+            .lock()
+            .map(|p| (p.len(), p.iter().map(Vec::capacity).sum::<usize>()))
+            .unwrap_or_default();
+        assert!(n <= KEEP && bytes <= KEEP_BYTES);
         give(Vec::with_capacity(16));
         give(Vec::with_capacity(MAX + 1));
         assert!(

@@ -286,9 +286,9 @@ pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16) -> Vec<Minu
 
 /// Candidate in-store thresholds (dBm), holds (s) and residency spans (s) the fit tries.
 const RSSI_GRID: [i16; 5] = [-80, -75, -70, -65, -60];
-const HOLD_GRID_S: [u64; 6] = [60, 120, 180, 300, 420, 600];
+const HOLD_GRID_S: [u64; 7] = [60, 90, 120, 180, 300, 420, 600];
 const RESIDENT_GRID_S: [u64; 3] = [3600, 3 * 3600, 8 * 3600];
-const MIN_STAY_GRID_S: [u64; 5] = [0, 60, 180, 300, 600];
+const MIN_STAY_GRID_S: [u64; 6] = [0, 30, 60, 180, 300, 600];
 const BACKGROUND_GRID: [f64; 9] = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0];
 /// Candidate weights of a randomized-address device against a fixed-address one, the default
 /// (1) first: a lower weight is chosen only when it fits strictly better (a store without
