@@ -21,28 +21,40 @@ static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// An empty buffer with room for at least `capacity` bytes, a kept one when there is one.
 pub fn take(capacity: usize) -> Vec<u8> {
-    if capacity >= MIN {
-        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-        let best = (0..pool.len())
-            .filter(|&i| pool[i].capacity() >= capacity)
-            .min_by_key(|&i| pool[i].capacity())
-            .or_else(|| pool.len().checked_sub(1));
-        if let Some(i) = best {
-            let mut v = pool.swap_remove(i);
-            drop(pool);
-            v.reserve(capacity);
-            return v;
-        }
+    let mut v = pop(capacity).unwrap_or_default();
+    v.clear();
+    v.reserve(capacity);
+    v
+}
+
+/// A buffer of exactly `len` bytes for a function that writes into a slice (a compressor, a
+/// decompressor), which reports how much it wrote: only that much may be read. The rest is
+/// whatever a kept buffer held (zeros in a new one), so a kept buffer is not zeroed again on
+/// every use.
+pub fn take_for_writing(len: usize) -> Vec<u8> {
+    let mut v = pop(len).unwrap_or_default();
+    v.resize(len, 0);
+    v
+}
+
+/// The kept buffer that fits `capacity` best (else the largest), when `capacity` is large.
+fn pop(capacity: usize) -> Option<Vec<u8>> {
+    if capacity < MIN {
+        return None;
     }
-    Vec::with_capacity(capacity)
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    let best = (0..pool.len())
+        .filter(|&i| pool[i].capacity() >= capacity)
+        .min_by_key(|&i| pool[i].capacity())
+        .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()))?;
+    Some(pool.swap_remove(best))
 }
 
 /// Hands a buffer back; kept when it is large and there is room, freed otherwise.
-pub fn give(mut v: Vec<u8>) {
+pub fn give(v: Vec<u8>) {
     if !(MIN..=MAX).contains(&v.capacity()) {
         return;
     }
-    v.clear();
     let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
     let kept: usize = pool.iter().map(Vec::capacity).sum();
     if pool.len() < KEEP && kept + v.capacity() <= KEEP_BYTES {

@@ -44,8 +44,8 @@ pub(super) fn encode_chunk(enqueued_ms: i64, count: u32, body: &[u8]) -> Vec<u8>
         // The block as `lz4_flex::block::compress_prepend_size` lays it out (the size as a
         // little-endian u32, then the compressed bytes), compressed into a kept buffer: a
         // full chunk's worst-case output is several hundred KiB, mapped afresh otherwise.
-        let mut packed = crate::buffers::take(lz4_flex::block::get_maximum_output_size(body.len()));
-        packed.resize(packed.capacity(), 0);
+        let mut packed =
+            crate::buffers::take_for_writing(lz4_flex::block::get_maximum_output_size(body.len()));
         let n = lz4_flex::block::compress_into(body, &mut packed).ok();
         let out = n.filter(|n| n + 4 < body.len()).map(|n| {
             let mut out = Vec::with_capacity(HEADER + 4 + n);
@@ -88,8 +88,7 @@ pub(super) fn decode_chunk(v: &[u8]) -> Option<(Arc<Vec<u8>>, Vec<EventSpan>)> {
         FORMAT_RAW => raw.to_vec(),
         FORMAT_LZ4 => {
             let (size, packed) = lz4_flex::block::uncompressed_size(raw).ok()?;
-            let mut body = crate::buffers::take(size);
-            body.resize(size, 0);
+            let mut body = crate::buffers::take_for_writing(size);
             let n = lz4_flex::block::decompress_into(packed, &mut body).ok()?;
             body.truncate(n);
             body

@@ -215,15 +215,16 @@ fn clean(text: &str) -> bool {
         let mut j = start;
         let mut escaped = false;
         loop {
-            match b.get(j) {
-                None => return false,
-                Some(b'\\') => {
-                    escaped = true;
-                    j += 2;
-                }
-                Some(b'"') => break,
-                Some(_) => j += 1,
+            // The next quote or backslash; a string without its closing quote is not clean.
+            let Some(k) = memchr::memchr2(b'"', b'\\', b.get(j..).unwrap_or_default()) else {
+                return false;
+            };
+            j += k;
+            if b.get(j) == Some(&b'"') {
+                break;
             }
+            escaped = true;
+            j += 2;
         }
         let Some(raw) = text.get(start..j) else {
             return false;
