@@ -1,10 +1,9 @@
 //! Large byte buffers kept for reuse. The allocator maps every buffer above 128 KiB afresh
 //! and unmaps it when freed (`main.rs` fixes that threshold so the heap does not keep them),
 //! so a bulk POS request paid for its body, its spool chunk and the chunk the uplink decodes
-//! with a page fault per 4 KiB, every time: a tenth of the push path's CPU
-//! (BENCHMARKS.md, "POS push"). The few buffers of that size in use at once are handed back
-//! here instead, and at most [`KEEP`] of them holding [`KEEP_BYTES`] stay, so memory stays
-//! bounded.
+//! with a page fault per 4 KiB, every time (BENCHMARKS.md, "POS push"). The few buffers of
+//! that size in use at once are handed back here instead, and at most [`KEEP`] of them
+//! holding [`KEEP_BYTES`] stay, so memory stays bounded.
 
 use std::sync::Mutex;
 
@@ -17,14 +16,12 @@ const MIN: usize = 128 * 1024;
 /// Larger ones are rare (a body near the limit) and would hold too much memory.
 const MAX: usize = 4 * 1024 * 1024;
 
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// The process's pool.
+static POOL: Pool = Pool::new();
 
 /// An empty buffer with room for at least `capacity` bytes, a kept one when there is one.
 pub fn take(capacity: usize) -> Vec<u8> {
-    let mut v = pop(capacity).unwrap_or_default();
-    v.clear();
-    v.reserve(capacity);
-    v
+    POOL.take(capacity)
 }
 
 /// A buffer of exactly `len` bytes for a function that writes into a slice (a compressor, a
@@ -32,33 +29,75 @@ pub fn take(capacity: usize) -> Vec<u8> {
 /// whatever a kept buffer held (zeros in a new one), so a kept buffer is not zeroed again on
 /// every use.
 pub fn take_for_writing(len: usize) -> Vec<u8> {
-    let mut v = pop(len).unwrap_or_default();
-    v.resize(len, 0);
-    v
-}
-
-/// The kept buffer that fits `capacity` best (else the largest), when `capacity` is large.
-fn pop(capacity: usize) -> Option<Vec<u8>> {
-    if capacity < MIN {
-        return None;
-    }
-    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-    let best = (0..pool.len())
-        .filter(|&i| pool[i].capacity() >= capacity)
-        .min_by_key(|&i| pool[i].capacity())
-        .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()))?;
-    Some(pool.swap_remove(best))
+    POOL.take_for_writing(len)
 }
 
 /// Hands a buffer back; kept when it is large and there is room, freed otherwise.
 pub fn give(v: Vec<u8>) {
-    if !(MIN..=MAX).contains(&v.capacity()) {
-        return;
+    POOL.give(v);
+}
+
+/// [`give`] for a buffer that held raw input (a POS request body may carry e-mail addresses,
+/// phone numbers, card numbers in free text): zeroed first, so a kept buffer holds nothing of
+/// it while it waits.
+pub fn give_wiped(v: Vec<u8>) {
+    POOL.give_wiped(v);
+}
+
+/// Kept buffers behind a lock (taken for a moment per request, never across an await).
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    const fn new() -> Pool {
+        Pool(Mutex::new(Vec::new()))
     }
-    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-    let kept: usize = pool.iter().map(Vec::capacity).sum();
-    if pool.len() < KEEP && kept + v.capacity() <= KEEP_BYTES {
-        pool.push(v);
+
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut v = self.pop(capacity).unwrap_or_default();
+        v.clear();
+        v.reserve(capacity);
+        v
+    }
+
+    fn take_for_writing(&self, len: usize) -> Vec<u8> {
+        let mut v = self.pop(len).unwrap_or_default();
+        v.resize(len, 0);
+        v
+    }
+
+    /// The kept buffer that fits `capacity` best (else the largest), when `capacity` is large.
+    fn pop(&self, capacity: usize) -> Option<Vec<u8>> {
+        if capacity < MIN {
+            return None;
+        }
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].capacity() >= capacity)
+            .min_by_key(|&i| pool[i].capacity())
+            .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()))?;
+        Some(pool.swap_remove(best))
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        if !(MIN..=MAX).contains(&v.capacity()) {
+            return;
+        }
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let kept: usize = pool.iter().map(Vec::capacity).sum();
+        if pool.len() < KEEP && kept + v.capacity() <= KEEP_BYTES {
+            pool.push(v);
+        }
+    }
+
+    fn give_wiped(&self, mut v: Vec<u8>) {
+        v.fill(0);
+        self.give(v);
+    }
+
+    #[cfg(test)]
+    fn kept(&self) -> (usize, usize) {
+        let pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (pool.len(), pool.iter().map(Vec::capacity).sum())
     }
 }
 
@@ -68,28 +107,39 @@ mod tests {
 
     #[test]
     fn large_buffers_come_back_empty_and_the_pool_stays_bounded() {
-        let a = take(MIN);
+        let pool = Pool::new();
+        let a = pool.take(MIN);
         let cap = a.capacity();
-        let mut b = take(MIN * 2);
+        let mut b = pool.take(MIN * 2);
         b.extend_from_slice(b"left over");
-        give(a);
-        give(b);
-        // Another test may share the pool: only what this one can rely on is checked.
-        let again = take(MIN);
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(pool.kept().0, 2);
+        let again = pool.take(MIN);
         assert!(again.is_empty() && again.capacity() >= cap);
         for _ in 0..KEEP * 3 {
-            give(Vec::with_capacity(MIN));
+            pool.give(Vec::with_capacity(MIN));
         }
-        let (n, bytes) = POOL
-            .lock()
-            .map(|p| (p.len(), p.iter().map(Vec::capacity).sum::<usize>()))
-            .unwrap_or_default();
+        let (n, bytes) = pool.kept();
         assert!(n <= KEEP && bytes <= KEEP_BYTES);
-        give(Vec::with_capacity(16));
-        give(Vec::with_capacity(MAX + 1));
+        pool.give(Vec::with_capacity(16));
+        pool.give(Vec::with_capacity(MAX + 1));
         assert!(
-            take(10).capacity() < MIN,
-            "small requests do not take a kept buffer"
+            pool.take(10).capacity() < MIN,
+            "small requests take no kept buffer"
         );
+        assert_eq!(pool.take_for_writing(MIN + 5).len(), MIN + 5);
+    }
+
+    /// Raw input handed back wiped leaves nothing in the buffer a compressor gets next.
+    #[test]
+    fn a_wiped_buffer_keeps_nothing_of_its_input() {
+        let pool = Pool::new();
+        let mut body = pool.take(MIN);
+        body.extend(std::iter::repeat_n(b'4', MIN));
+        pool.give_wiped(body);
+        let next = pool.take_for_writing(MIN);
+        assert_eq!(pool.kept().0, 0, "the wiped buffer was the one reused");
+        assert!(next.iter().all(|&b| b == 0));
     }
 }

@@ -124,7 +124,10 @@ fn email_hits(f: &Folded<'_>) -> Vec<(usize, usize)> {
 /// Replaces every e-mail address (also written `name (at) host (dot) org` or with a
 /// full-width `＠`) by [`EMAIL_MARKER`]; returns the text and how many were cut.
 pub fn scrub_emails(s: &str) -> (String, usize) {
-    let maybe = s.contains(['@', '＠', '﹫'])
+    // The scrubber reads folded text, where full-width or circled letters spell "at" too:
+    // text with any non-ASCII character is always read.
+    let maybe = !s.is_ascii()
+        || s.contains('@')
         || s.as_bytes()
             .windows(2)
             .any(|w| w.eq_ignore_ascii_case(b"at"));
@@ -277,22 +280,23 @@ pub fn scrub_phones(s: &str) -> (String, usize) {
 
 /// Whether any of the three scrubbers could cut something from `s`, judged by their own entry
 /// tests in one pass: a card number needs 12 numeric characters and a phone number 7, an
-/// e-mail address an at sign or the letters "at". Most product descriptions and tender names
-/// pass none and are kept without a copy.
+/// e-mail address an at sign, the letters "at" or any non-ASCII character (which may fold
+/// to either). Most product descriptions and tender names pass none and are kept without a
+/// copy.
 fn may_hold_personal_data(s: &str) -> bool {
     let mut numeric = 0usize;
     let mut prev_a = false;
-    for c in s.chars() {
-        if c.is_numeric() {
+    for &b in s.as_bytes() {
+        if !b.is_ascii() || b == b'@' || (prev_a && b.eq_ignore_ascii_case(&b't')) {
+            return true;
+        }
+        if b.is_ascii_digit() {
             numeric += 1;
             if numeric >= 7 {
                 return true;
             }
         }
-        if matches!(c, '@' | '＠' | '﹫') || (prev_a && c.eq_ignore_ascii_case(&'t')) {
-            return true;
-        }
-        prev_a = c.eq_ignore_ascii_case(&'a');
+        prev_a = b.eq_ignore_ascii_case(&b'a');
     }
     false
 }
@@ -373,6 +377,22 @@ pub fn redact_message(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// An address whose "at" is spelled in full-width letters is cut like any other (the entry
+    /// test used to look for ASCII letters only).
+    #[test]
+    fn an_at_in_other_letters_is_still_an_at() {
+        for text in [
+            "write to jane(ａｔ)example.com",
+            "jane（ａｔ）example（ｄｏｔ）com",
+        ] {
+            let (out, n) = scrub_emails(text);
+            assert_eq!(n, 1, "{text} -> {out}");
+            assert!(!out.contains("jane"), "{out}");
+            let mut ft = FreeText::default();
+            assert!(!ft.text(text.to_string()).contains("jane"));
+        }
+    }
+
     /// The one-pass pre-check never keeps a text that one of the scrubbers would change.
     #[test]
     fn the_precheck_skips_only_texts_no_scrubber_changes() {
@@ -401,6 +421,12 @@ mod tests {
             "com",
             "Milk 1l",
             "4111 1111 1111 1111",
+            "ａ",
+            "ｔ",
+            "ⓐ",
+            "ⓣ",
+            "（",
+            "）",
         ];
         let mut rng = fastrand::Rng::with_seed(7);
         let mut skipped = 0;

@@ -88,6 +88,10 @@ pub(super) fn decode_chunk(v: &[u8]) -> Option<(Arc<Vec<u8>>, Vec<EventSpan>)> {
         FORMAT_RAW => raw.to_vec(),
         FORMAT_LZ4 => {
             let (size, packed) = lz4_flex::block::uncompressed_size(raw).ok()?;
+            // A damaged size field must not claim memory: LZ4 expands at most 255 to 1.
+            if size > packed.len().saturating_mul(255).saturating_add(16) {
+                return None;
+            }
             let mut body = crate::buffers::take_for_writing(size);
             let n = lz4_flex::block::decompress_into(packed, &mut body).ok()?;
             body.truncate(n);
@@ -95,7 +99,8 @@ pub(super) fn decode_chunk(v: &[u8]) -> Option<(Arc<Vec<u8>>, Vec<EventSpan>)> {
         }
         _ => return None,
     };
-    let mut items = Vec::with_capacity(count);
+    // Every event takes at least its 12-byte frame: a damaged count reserves no more.
+    let mut items = Vec::with_capacity(count.min(body.len() / 12));
     let mut at = 0usize;
     while at < body.len() {
         let seq = be_u64(body.get(at..at + 8)?);
@@ -170,5 +175,15 @@ mod tests {
         let small = encode_chunk(7, 1, &body[..100]);
         assert_eq!(small.get(8), Some(&FORMAT_RAW));
         assert_eq!(small.get(HEADER..), Some(&body[..100]));
+        // Damaged headers: a size or a count far beyond the data is refused or bounded.
+        let mut huge = v.clone();
+        huge[HEADER..HEADER + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_chunk(&huge).is_none());
+        let mut many = v.clone();
+        many[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(
+            decode_chunk(&many).is_none(),
+            "a count that disagrees is damage"
+        );
     }
 }

@@ -221,7 +221,7 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     }
     // The body is no longer needed: a bulk request waiting for the index or the flush does
     // not hold it (eight clients pushing 1000 transactions each held 3 MB of bodies so).
-    crate::buffers::give(bytes);
+    crate::buffers::give_wiped(bytes);
     match st.ingest.store(normalized).await {
         Ok(s) => {
             let code = if s.accepted > 0 {

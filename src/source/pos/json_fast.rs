@@ -82,6 +82,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     }
 }
 
+/// `T` read only from a JSON object. serde's derive also reads a struct from an array of its
+/// fields in order, which the tree parser refuses: such a document must leave the fast path.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
 /// An optional scalar field (absent and null are `None`).
 type S<'a> = Option<Scalar<'a>>;
 
@@ -99,11 +119,11 @@ struct WireTx<'a> {
     original_transaction_id: S<'a>,
     source: S<'a>,
     channel: S<'a>,
-    lines: Option<Vec<WireLine<'a>>>,
-    tenders: Option<Vec<WireTender<'a>>>,
-    discounts: Option<Vec<WireDiscount<'a>>>,
-    totals: Option<WireTotals<'a>>,
-    customer: Option<WireCustomer<'a>>,
+    lines: Option<Vec<Object<WireLine<'a>>>>,
+    tenders: Option<Vec<Object<WireTender<'a>>>>,
+    discounts: Option<Vec<Object<WireDiscount<'a>>>>,
+    totals: Option<Object<WireTotals<'a>>>,
+    customer: Option<Object<WireCustomer<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -117,7 +137,7 @@ struct WireLine<'a> {
     amount_minor: S<'a>,
     amount: S<'a>,
     kind: S<'a>,
-    discounts: Option<Vec<WireDiscount<'a>>>,
+    discounts: Option<Vec<Object<WireDiscount<'a>>>>,
 }
 
 #[derive(Deserialize)]
@@ -171,7 +191,7 @@ pub fn parse(text: &str, o: &ParseOpts) -> Option<Vec<Tx>> {
     let mut de = serde_json::Deserializer::from_str(text);
     let txs = match text.trim_start().as_bytes().first()? {
         b'[' => Transactions(o).deserialize(&mut de).ok()?,
-        b'{' => vec![tx(WireTx::deserialize(&mut de).ok()?, o)?],
+        b'{' => vec![tx(Object::<WireTx>::deserialize(&mut de).ok()?.0, o)?],
         _ => return None,
     };
     de.end().ok()?;
@@ -196,7 +216,7 @@ impl<'de, 'o> Visitor<'de> for Transactions<'o> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Tx>, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(w) = seq.next_element::<WireTx<'de>>()? {
+        while let Some(Object(w)) = seq.next_element::<Object<WireTx<'de>>>()? {
             // The tree parser decides anything this path does not take.
             out.push(tx(w, self.0).ok_or_else(|| de::Error::custom("not for the fast path"))?);
         }
@@ -312,13 +332,13 @@ fn tx(w: WireTx<'_>, o: &ParseOpts) -> Option<Tx> {
         .lines
         .unwrap_or_default()
         .into_iter()
-        .map(|l| line(l, exp))
+        .map(|Object(l)| line(l, exp))
         .collect::<Option<Vec<_>>>()?;
     let tenders = w
         .tenders
         .unwrap_or_default()
         .into_iter()
-        .map(|t| {
+        .map(|Object(t)| {
             Some(Tender {
                 amount_minor: amount(&t.amount_minor, &t.amount, exp)??,
                 kind: required(t.kind)?,
@@ -327,10 +347,10 @@ fn tx(w: WireTx<'_>, o: &ParseOpts) -> Option<Tx> {
         })
         .collect::<Option<Vec<_>>>()?;
     let mut order_discount: i64 = 0;
-    for d in w.discounts.unwrap_or_default() {
+    for Object(d) in w.discounts.unwrap_or_default() {
         order_discount = order_discount.checked_add(amount(&d.amount_minor, &d.amount, exp)??)?;
     }
-    let t = w.totals;
+    let t = w.totals.map(|Object(t)| t);
     let m = |pair: Option<(&S<'_>, &S<'_>)>| match pair {
         None => Some(None),
         Some((minor, major)) => amount(minor, major, exp),
@@ -348,7 +368,7 @@ fn tx(w: WireTx<'_>, o: &ParseOpts) -> Option<Tx> {
     );
     let customer = match w.customer {
         None => RawCustomer::default(),
-        Some(c) => {
+        Some(Object(c)) => {
             let loyalty_id = text(c.loyalty_id)?;
             let loyalty = text(c.loyalty)?;
             RawCustomer {
@@ -403,7 +423,7 @@ fn line(l: WireLine<'_>, exp: u32) -> Option<Line> {
         .discounts
         .unwrap_or_default()
         .into_iter()
-        .map(|d| {
+        .map(|Object(d)| {
             Some(Discount {
                 amount_minor: amount(&d.amount_minor, &d.amount, exp)??,
                 code: text(d.code)?,
@@ -470,6 +490,13 @@ mod tests {
         r#"[1,2]"#,
         r#""T1""#,
         r#"{"transaction_id":"T1""#,
+        // Arrays where objects belong (serde's derive would read them field by field).
+        r#"[["T1",null,null,null,null,null,null,null,null,null,null,null,null,null,null]]"#,
+        r#"{"transaction_id":"T1","totals":[null,null,null,null,null,null,null,null,null,null,true]}"#,
+        r#"{"transaction_id":"T1","lines":[["A",null,null,null,null,100,null,null,null]]}"#,
+        r#"{"transaction_id":"T1","tenders":[["cash",100,null,null]]}"#,
+        r#"{"transaction_id":"T1","customer":["L1",null,null,null]}"#,
+        r#"{"transaction_id":"T1","discounts":[[null,50,null]]}"#,
     ];
 
     #[test]

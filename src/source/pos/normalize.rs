@@ -135,7 +135,8 @@ fn write_local_day(out: &mut String, ms: i64, offset_s: i32) -> bool {
     let Some(d) = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
         .ok()
         .zip(time::UtcOffset::from_whole_seconds(offset_s).ok())
-        .map(|(t, off)| t.to_offset(off).date())
+        .and_then(|(t, off)| t.checked_to_offset(off))
+        .map(|t| t.date())
     else {
         return false;
     };
@@ -515,6 +516,17 @@ mod tests {
         let c = normalize(t, &k, 0).map_err(|e| e.to_string())?;
         assert_ne!(a.content, c.content);
         Ok(())
+    }
+
+    /// A time whose local date passes year 9999 gets a key without a derived day, not a panic.
+    #[test]
+    fn a_time_at_the_end_of_the_calendar_does_not_panic() {
+        let mut t = sale();
+        t.time_ms = Some(253_402_300_200_000); // 9999-12-31T23:30:00Z
+        let n = normalize_at(t, &CustomerKeys::default(), 0, 3600);
+        let n = n.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n.key, "R1\u{1f}\u{1f}T1");
+        assert!(n.legacy_key.is_none());
     }
 
     #[test]
