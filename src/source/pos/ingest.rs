@@ -77,7 +77,7 @@ impl std::fmt::Display for StoreError {
 }
 
 /// What a stored input gave.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct Stored {
     pub accepted: usize,
     pub duplicates: usize,
