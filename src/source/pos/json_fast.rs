@@ -282,23 +282,22 @@ fn clean(text: &str) -> bool {
     true
 }
 
-/// [`super::jsonutil::At::str`]: absent or null is `None`, numbers count as their text.
-fn text(v: S<'_>) -> Option<Option<String>> {
-    match v {
-        None | Some(Scalar::Null) => Some(None),
-        Some(Scalar::Str(s)) => Some(Some(s.into_owned())),
-        Some(Scalar::Num(n)) => Some(Some(n.to_string())),
-        Some(Scalar::Bool(_)) => None,
-    }
-}
-
-/// [`text`] without keeping it, for fields only read here (type, time, quantity).
+/// [`super::jsonutil::At::str`] without keeping the text, for fields only read here (type,
+/// time, quantity): absent or null is `None`, numbers count as their text.
 fn peek<'v>(v: &'v S<'_>) -> Option<Option<Cow<'v, str>>> {
     match v {
         None | Some(Scalar::Null) => Some(None),
         Some(Scalar::Str(s)) => Some(Some(Cow::Borrowed(s.as_ref()))),
         Some(Scalar::Num(n)) => Some(Some(Cow::Owned(n.to_string()))),
         Some(Scalar::Bool(_)) => None,
+    }
+}
+
+/// [`peek`] for a field that is kept: text moves out of the scalar instead of being copied.
+fn text(v: S<'_>) -> Option<Option<String>> {
+    match v {
+        Some(Scalar::Str(s)) => Some(Some(s.into_owned())),
+        other => Some(peek(&other)?.map(Cow::into_owned)),
     }
 }
 
