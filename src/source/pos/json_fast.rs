@@ -230,6 +230,9 @@ impl<'de, 'o> Visitor<'de> for Transactions<'o> {
 fn clean(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0usize;
+    // A bulk upload repeats the same few keys in every record: each is judged once.
+    let mut judged: [&str; 32] = [""; 32];
+    let mut n_judged = 0usize;
     while let Some(open) = memchr::memchr(b'"', b.get(i..).unwrap_or_default()) {
         let start = i + open + 1;
         let mut j = start;
@@ -270,7 +273,19 @@ fn clean(text: &str) -> bool {
             .iter()
             .find(|c| !c.is_ascii_whitespace());
         let suspicious = if after == Some(&b':') {
-            card::is_forbidden_field(s)
+            let known = judged.get(..n_judged).unwrap_or_default();
+            if !escaped && known.contains(&s) {
+                false
+            } else {
+                let forbidden = card::is_forbidden_field(s);
+                if !forbidden && !escaped {
+                    if let Some(slot) = judged.get_mut(n_judged) {
+                        *slot = raw;
+                        n_judged += 1;
+                    }
+                }
+                forbidden
+            }
         } else {
             card::looks_like_track(s)
         };
@@ -510,6 +525,25 @@ mod tests {
         for doc in LEFT {
             assert!(parse(doc, &opts()).is_none(), "fast path took {doc}");
         }
+    }
+
+    /// Keys are judged once per document: a forbidden key is still found after many keys
+    /// judged clean, after its own name was seen as a value, and in an escaped spelling of a
+    /// name already judged.
+    #[test]
+    fn judging_each_key_once_still_finds_every_forbidden_key() {
+        let many: String = (0..40).map(|i| format!(r#""k{i}":1,"#)).collect();
+        for doc in [
+            format!(r#"{{{many}"transaction_id":"T1","cvv":"1"}}"#),
+            format!(
+                r#"[{{"transaction_id":"T1","x":"cvv"}},{{"transaction_id":"T2",{many}"cvv":"1"}}]"#
+            ),
+            r#"[{"transaction_id":"T1","pin":null},{"transaction_id":"T2","pin":null}]"#.into(),
+            r#"[{"transaction_id":"T1","track":1},{"transaction_id":"T2","track1":1}]"#.into(),
+        ] {
+            assert!(!clean(&doc), "judged clean: {doc}");
+        }
+        assert!(clean(&format!(r#"{{{many}"transaction_id":"T1"}}"#)));
     }
 
     /// Random documents built from the fields both parsers read, each given values of every

@@ -8,6 +8,7 @@
 //! personal data in free text and customer identifiers are handled by `crate::privacy` (`card`,
 //! `pii`, `customer`), which the parsers and `normalize` call.
 
+mod body_json;
 pub mod config;
 pub mod csv;
 pub mod files;

@@ -324,7 +324,9 @@ pub fn normalize_at(
     let mut body = TxBody { flags, ..body };
     let body_lines = body.lines.len();
     let ts = tx.time_ms.unwrap_or(now_ms);
-    let event = Event::new(EventKind::PosTransaction, ts, &body);
+    let mut bytes = Vec::with_capacity(320 + 192 * body_lines);
+    super::body_json::write(&body, &mut bytes);
+    let event = Event::from_object(EventKind::PosTransaction, ts, bytes);
     let content = content_hash(
         &mut body,
         event.body_bytes(),
