@@ -231,23 +231,24 @@ fn clean(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0usize;
     // A bulk upload repeats the same few keys in every record: each is judged once.
-    let mut judged: [&str; 32] = [""; 32];
-    let mut n_judged = 0usize;
-    while let Some(open) = memchr::memchr(b'"', b.get(i..).unwrap_or_default()) {
-        let start = i + open + 1;
+    let mut judged = JudgedKeys::default();
+    // Byte by byte: the strings of a POS document are short, and a search call per string
+    // cost more than reading its bytes (BENCHMARKS.md, "POS push").
+    while let Some(open) = (i..b.len()).find(|&k| b.get(k) == Some(&b'"')) {
+        let start = open + 1;
         let mut j = start;
         let mut escaped = false;
         loop {
-            // The next quote or backslash; a string without its closing quote is not clean.
-            let Some(k) = memchr::memchr2(b'"', b'\\', b.get(j..).unwrap_or_default()) else {
-                return false;
-            };
-            j += k;
-            if b.get(j) == Some(&b'"') {
-                break;
+            match b.get(j) {
+                // A string without its closing quote is not clean.
+                None => return false,
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    escaped = true;
+                    j += 2;
+                }
+                Some(_) => j += 1,
             }
-            escaped = true;
-            j += 2;
         }
         let Some(raw) = text.get(start..j) else {
             return false;
@@ -273,16 +274,12 @@ fn clean(text: &str) -> bool {
             .iter()
             .find(|c| !c.is_ascii_whitespace());
         let suspicious = if after == Some(&b':') {
-            let known = judged.get(..n_judged).unwrap_or_default();
-            if !escaped && known.contains(&s) {
+            if !escaped && judged.contains(s) {
                 false
             } else {
                 let forbidden = card::is_forbidden_field(s);
                 if !forbidden && !escaped {
-                    if let Some(slot) = judged.get_mut(n_judged) {
-                        *slot = raw;
-                        n_judged += 1;
-                    }
+                    judged.insert(raw);
                 }
                 forbidden
             }
@@ -295,6 +292,48 @@ fn clean(text: &str) -> bool {
         i = j + 1;
     }
     true
+}
+
+/// Key names [`clean`] has judged clean in one document: a small hash set over the text,
+/// without allocation. A key that finds no free slot near its own is simply judged again, so
+/// a document of endless distinct keys costs what it cost before.
+struct JudgedKeys<'t> {
+    slots: [Option<&'t str>; JudgedKeys::SLOTS],
+}
+
+impl Default for JudgedKeys<'_> {
+    fn default() -> Self {
+        JudgedKeys {
+            slots: [None; JudgedKeys::SLOTS],
+        }
+    }
+}
+
+impl<'t> JudgedKeys<'t> {
+    const SLOTS: usize = 128;
+    /// Slots looked at from a key's own.
+    const PROBES: usize = 4;
+
+    /// The slots a key may occupy (FNV-1a of its bytes picks the first).
+    fn slots_of(key: &str) -> impl Iterator<Item = usize> {
+        let h = key.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        }) as usize;
+        (0..Self::PROBES).map(move |p| (h + p) % Self::SLOTS)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        Self::slots_of(key).any(|i| self.slots.get(i).copied().flatten() == Some(key))
+    }
+
+    fn insert(&mut self, key: &'t str) {
+        for i in Self::slots_of(key) {
+            if let Some(slot @ None) = self.slots.get_mut(i) {
+                *slot = Some(key);
+                return;
+            }
+        }
+    }
 }
 
 /// [`super::jsonutil::At::str`] without keeping the text, for fields only read here (type,
@@ -544,6 +583,14 @@ mod tests {
             assert!(!clean(&doc), "judged clean: {doc}");
         }
         assert!(clean(&format!(r#"{{{many}"transaction_id":"T1"}}"#)));
+        let mut set = JudgedKeys::default();
+        let names: Vec<String> = (0..400).map(|i| format!("key{i}")).collect();
+        for n in &names {
+            set.insert(n);
+        }
+        let kept = names.iter().filter(|n| set.contains(n)).count();
+        assert!(kept > 64 && kept <= JudgedKeys::SLOTS, "{kept} kept");
+        assert!(!set.contains("cvv") && !set.contains("key"));
     }
 
     /// Random documents built from the fields both parsers read, each given values of every
