@@ -567,8 +567,12 @@ mod tests {
         assert!(looks_like_track(";4111111111111111=25121010000000000?"));
         assert!(!looks_like_track("a;b=c"));
         let long = "x".repeat(80);
-        assert!(looks_like_track(&format!("{long};4111111111111111=25121010000000000?")));
-        assert!(looks_like_track(&format!("{long}%B4111111111111111^DOE/JOHN^2512101?")));
+        assert!(looks_like_track(&format!(
+            "{long};4111111111111111=25121010000000000?"
+        )));
+        assert!(looks_like_track(&format!(
+            "{long}%B4111111111111111^DOE/JOHN^2512101?"
+        )));
         assert!(!looks_like_track(&format!("{long}; 50% off")));
     }
 }
