@@ -140,14 +140,19 @@ fn write_local_day(out: &mut String, ms: i64, offset_s: i32) -> bool {
     else {
         return false;
     };
-    write!(
-        out,
-        "{:04}-{:02}-{:02}",
-        d.year(),
-        u8::from(d.month()),
-        d.day()
-    )
-    .is_ok()
+    let (y, m, day) = (d.year(), u8::from(d.month()), d.day());
+    match u16::try_from(y) {
+        // The usual years by hand (every transaction writes one; the formatter cost more than
+        // the rest of the key), the same text as the formatter writes.
+        Ok(y) if y <= 9999 => {
+            let two = |v: u8| [char::from(b'0' + v / 10), char::from(b'0' + v % 10)];
+            let ([y0, y1], [y2, y3]) = (two((y / 100) as u8), two((y % 100) as u8));
+            let ([m0, m1], [d0, d1]) = (two(m), two(day));
+            out.extend([y0, y1, y2, y3, '-', m0, m1, '-', d0, d1]);
+            true
+        }
+        _ => write!(out, "{y:04}-{m:02}-{day:02}").is_ok(),
+    }
 }
 
 /// Normalizes one transaction with the business day, when the source states none, taken at
@@ -291,7 +296,13 @@ pub fn normalize_at(
     };
     key.push('\u{1f}');
     key.push_str(&transaction_id);
-    let legacy_key = derived_day.then(|| format!("{register}\u{1f}\u{1f}{transaction_id}"));
+    let legacy_key = derived_day.then(|| {
+        let mut k = String::with_capacity(register.len() + transaction_id.len() + 2);
+        k.push_str(&register);
+        k.push_str("\u{1f}\u{1f}");
+        k.push_str(&transaction_id);
+        k
+    });
     let body = TxBody {
         kind,
         transaction_id,
@@ -421,6 +432,36 @@ impl Normalized {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key's day, written by hand for the usual years, is the formatter's text for any
+    /// time and offset.
+    #[test]
+    fn the_local_day_is_written_as_the_formatter_writes_it() {
+        use std::fmt::Write;
+        let mut rng = fastrand::Rng::with_seed(9);
+        for _ in 0..20_000 {
+            let ms = rng.i64(-62_135_596_800_000..253_402_300_800_000);
+            let off = rng.i32(-14 * 3600..=14 * 3600);
+            let mut ours = String::from("R\u{1f}");
+            let wrote = write_local_day(&mut ours, ms, off);
+            let mut theirs = String::from("R\u{1f}");
+            let d = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+                .ok()
+                .zip(time::UtcOffset::from_whole_seconds(off).ok())
+                .and_then(|(t, o)| t.checked_to_offset(o))
+                .map(|t| t.date());
+            if let Some(d) = d {
+                let _ = write!(
+                    theirs,
+                    "{:04}-{:02}-{:02}",
+                    d.year(),
+                    u8::from(d.month()),
+                    d.day()
+                );
+            }
+            assert_eq!((wrote, ours), (d.is_some(), theirs), "{ms} {off}");
+        }
+    }
     use crate::privacy::customer::RawCustomer;
     use crate::source::pos::transaction::StatedTotals;
 
