@@ -314,24 +314,14 @@ impl<'t> JudgedKeys<'t> {
     /// Slots looked at from a key's own.
     const PROBES: usize = 4;
 
-    /// The slots a key may occupy. The first is picked from the key's length and its first
-    /// and last eight bytes, multiplied into the top bits: a byte-by-byte hash of every key
-    /// cost 1.4% of a bulk push, and keys that still meet only look one slot further.
+    /// The slots a key may occupy (FNV-1a of its bytes picks the first).
     fn slots_of(key: &str) -> impl Iterator<Item = usize> {
-        let b = key.as_bytes();
-        let eight = |part: Option<&[u8]>| {
-            let mut w = [0u8; 8];
-            if let Some((d, p)) = part.and_then(|p| Some((w.get_mut(..p.len())?, p))) {
-                d.copy_from_slice(p);
-            }
-            u64::from_le_bytes(w)
-        };
-        let n = b.len();
-        let head = eight(b.get(..n.min(8)));
-        let tail = eight(b.get(n.saturating_sub(8)..));
-        let h = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let first = (h >> 57) as usize;
-        (0..Self::PROBES).map(move |p| (first + p) % Self::SLOTS)
+        let h = key.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        }) as usize;
+        // Wrapping: on a 32-bit target the hash fills the whole `usize` (2^32 is a multiple
+        // of SLOTS, so the slot is the same).
+        (0..Self::PROBES).map(move |p| h.wrapping_add(p) % Self::SLOTS)
     }
 
     fn contains(&self, key: &str) -> bool {
@@ -603,14 +593,8 @@ mod tests {
         let kept = names.iter().filter(|n| set.contains(n)).count();
         assert!(kept > 64 && kept <= JudgedKeys::SLOTS, "{kept} kept");
         assert!(!set.contains("cvv") && !set.contains("key"));
-        // Keys that differ only in the middle meet in one slot and still find their own.
-        let mut set = JudgedKeys::default();
-        let alike: Vec<String> = (0..4).map(|i| format!("amount_{i}_______minor")).collect();
-        for k in &alike {
-            set.insert(k);
-        }
-        assert!(alike.iter().all(|k| set.contains(k)));
-        assert!(!set.contains("amount_9_______minor"));
+        // A key whose hash is at the top of the range (0xFFFFFFFE) probes past it.
+        assert!(clean(r#"{"ka89n1fm":1,"ka89n1fm":2}"#));
     }
 
     /// Random documents built from the fields both parsers read, each given values of every
