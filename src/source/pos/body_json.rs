@@ -1,15 +1,61 @@
-//! The `pos.transaction` body written straight into bytes, exactly as `serde_json` writes
-//! [`TxBody`] through its `Serialize` derive, which stays the definition (the content hash and
-//! the schema follow it; a test compares both writers on random bodies).
+//! The `pos.transaction` event body: its shape, defined by the `Serialize` derive below (the
+//! content hash and `schemas/pos.transaction.schema.json` follow it), and the same bytes
+//! written straight by [`write`], which the gateway uses (a test compares both writers on
+//! random bodies).
 //!
-//! Why: every POS transaction is serialized once, and through serde's serializer that was 15%
-//! of the gateway's CPU in a bulk push on the size-optimized store build (a call per key, per
-//! value and per write; BENCHMARKS.md, "POS push"). Here keys are constants, numbers are
-//! written digit by digit, and a string goes out as it is unless it needs escaping, when
-//! `serde_json` writes it.
+//! Why a second writer: every POS transaction is serialized once, and through serde's
+//! serializer that was 15% of the gateway's CPU in a bulk push on the size-optimized store
+//! build (a call per key, per value and per write; BENCHMARKS.md, "POS push"). Here keys are
+//! constants, numbers are written digit by digit, and a string goes out as it is unless it
+//! needs escaping, when `serde_json` writes it.
 
-use super::normalize::{Totals, TxBody};
 use super::transaction::{Discount, Line, Tender, TxType};
+use crate::privacy::customer::Pseudonyms;
+use serde::Serialize;
+
+/// The event body exactly as `schemas/pos.transaction.schema.json` describes it.
+#[derive(Debug, Serialize)]
+pub struct TxBody {
+    #[serde(rename = "type")]
+    pub kind: TxType,
+    pub transaction_id: String,
+    pub register: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_ref: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub business_day: Option<String>,
+    pub time: String,
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_transaction_id: Option<String>,
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    pub lines: Vec<Line>,
+    pub totals: Totals,
+    pub tenders: Vec<Tender>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer: Option<Pseudonyms>,
+    pub flags: Vec<String>,
+}
+
+/// Totals on the wire: the stated ones plus the check against the lines.
+#[derive(Debug, Serialize)]
+pub struct Totals {
+    pub total_minor: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtotal_minor: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax_minor: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discount_minor: Option<i64>,
+    /// Σ(line amount − line discounts).
+    pub lines_sum_minor: i64,
+    /// stated total − (lines sum + tax unless included − transaction discounts + surcharges),
+    /// when not 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mismatch_minor: Option<i64>,
+}
 
 /// Appends the JSON object of `body` to `out`.
 pub fn write(body: &TxBody, out: &mut Vec<u8>) {
@@ -196,7 +242,6 @@ fn float(out: &mut Vec<u8>, q: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::privacy::customer::Pseudonyms;
 
     fn text(rng: &mut fastrand::Rng) -> String {
         const PIECES: [&str; 16] = [

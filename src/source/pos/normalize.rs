@@ -3,56 +3,12 @@
 //! identifiers pseudonymized, amounts checked for overflow, refunds made negative, the source's totals kept as
 //! stated and any mismatch with the lines flagged.
 
+pub use super::body_json::{Totals, TxBody};
 use super::transaction::{Discount, Line, Reject, Tender, Tx, TxType};
 use crate::event::{rfc3339_ms, Event, EventKind};
 use crate::privacy::card;
-use crate::privacy::customer::{CustomerKeys, Pseudonyms};
+use crate::privacy::customer::CustomerKeys;
 use crate::privacy::pii::FreeText;
-use serde::Serialize;
-
-/// The event body exactly as `schemas/pos.transaction.schema.json` describes it.
-#[derive(Debug, Serialize)]
-pub struct TxBody {
-    #[serde(rename = "type")]
-    pub kind: TxType,
-    pub transaction_id: String,
-    pub register: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub store_ref: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub business_day: Option<String>,
-    pub time: String,
-    pub currency: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub original_transaction_id: Option<String>,
-    pub source: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub channel: Option<String>,
-    pub lines: Vec<Line>,
-    pub totals: Totals,
-    pub tenders: Vec<Tender>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub customer: Option<Pseudonyms>,
-    pub flags: Vec<String>,
-}
-
-/// Totals on the wire: the stated ones plus the check against the lines.
-#[derive(Debug, Serialize)]
-pub struct Totals {
-    pub total_minor: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subtotal_minor: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tax_minor: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub discount_minor: Option<i64>,
-    /// Σ(line amount − line discounts).
-    pub lines_sum_minor: i64,
-    /// stated total − (lines sum + tax unless included − transaction discounts + surcharges),
-    /// when not 0.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mismatch_minor: Option<i64>,
-}
 
 /// A normalized transaction ready for the spool, with its idempotency key.
 #[derive(Debug)]
