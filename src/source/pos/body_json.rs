@@ -78,36 +78,17 @@ pub fn write(body: &TxBody, out: &mut Vec<u8>) {
     );
     key_str(out, b",\"source\":", &body.source);
     opt_str(out, b",\"channel\":", &body.channel);
-    out.extend_from_slice(b",\"lines\":[");
-    for (i, l) in body.lines.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        line(out, l);
-    }
-    out.extend_from_slice(b"],\"totals\":");
+    list(out, b",\"lines\":", &body.lines, line);
+    out.extend_from_slice(b",\"totals\":");
     totals(out, &body.totals);
-    out.extend_from_slice(b",\"tenders\":[");
-    for (i, t) in body.tenders.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        tender(out, t);
-    }
-    out.push(b']');
+    list(out, b",\"tenders\":", &body.tenders, tender);
     if let Some(c) = &body.customer {
         out.extend_from_slice(b",\"customer\":");
         // Rare (a transaction with a customer) and small: serde writes it.
         let _ = serde_json::to_writer(&mut *out, c);
     }
-    out.extend_from_slice(b",\"flags\":[");
-    for (i, f) in body.flags.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        string(out, f);
-    }
-    out.extend_from_slice(b"]}");
+    list(out, b",\"flags\":", &body.flags, |out, f| string(out, f));
+    out.push(b'}');
 }
 
 fn line(out: &mut Vec<u8>, l: &Line) {
@@ -134,14 +115,8 @@ fn line(out: &mut Vec<u8>, l: &Line) {
     out.extend_from_slice(b",\"amount_minor\":");
     int(out, l.amount_minor);
     opt_str(out, b",\"kind\":", &l.kind);
-    out.extend_from_slice(b",\"discounts\":[");
-    for (i, d) in l.discounts.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        discount(out, d);
-    }
-    out.extend_from_slice(b"]}");
+    list(out, b",\"discounts\":", &l.discounts, discount);
+    out.push(b'}');
 }
 
 fn discount(out: &mut Vec<u8>, d: &Discount) {
@@ -174,6 +149,19 @@ fn tender(out: &mut Vec<u8>, t: &Tender) {
     int(out, t.amount_minor);
     opt_str(out, b",\"card_brand\":", &t.card_brand);
     out.push(b'}');
+}
+
+/// `key` and a JSON array of `items`, each written by `item`.
+fn list<T>(out: &mut Vec<u8>, key: &[u8], items: &[T], item: impl Fn(&mut Vec<u8>, &T)) {
+    out.extend_from_slice(key);
+    out.push(b'[');
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        item(out, x);
+    }
+    out.push(b']');
 }
 
 fn key_str(out: &mut Vec<u8>, key: &[u8], s: &str) {

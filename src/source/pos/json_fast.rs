@@ -581,6 +581,8 @@ mod tests {
             ),
             r#"[{"transaction_id":"T1","pin":null},{"transaction_id":"T2","pin":null}]"#.into(),
             r#"[{"transaction_id":"T1","track":1},{"transaction_id":"T2","track1":1}]"#.into(),
+            r#"[{"transaction_id":"T1","cvx":1},{"transaction_id":"T2","c\u0076v":1}]"#.into(),
+            r#"[{"transaction_id":"T1","c\u0076x":1},{"transaction_id":"T2","c\u0076v":1}]"#.into(),
         ] {
             assert!(!clean(&doc), "judged clean: {doc}");
         }
