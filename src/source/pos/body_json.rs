@@ -196,23 +196,13 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// An integer in decimal, as `itoa` (serde's) writes it.
+/// An integer in decimal, as `itoa` (serde's) writes it: the sign, then the magnitude's
+/// digits by [`crate::event::write_u64`].
 fn int(out: &mut Vec<u8>, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
     if n < 0 {
         out.push(b'-');
     }
-    out.extend_from_slice(&digits[at..]);
+    crate::event::write_u64(out, n.unsigned_abs());
 }
 
 /// A quantity as serde writes an `f64` (`ryu`: `2.0`, `0.5`, `1e16`; `null` when not
