@@ -206,13 +206,22 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return bad_request(&st, &Reject::new("body", "not UTF-8"));
     };
-    let parsed = match super::parse_input(text, format, &st.ingest.opts) {
-        Ok(p) => p,
-        Err(r) => return bad_request(&st, &r),
+    let fused = match format {
+        "json" => st.ingest.normalize_json(text),
+        _ => None,
     };
-    let skipped = parsed.skipped;
-    let txs: Result<Vec<Tx>, Reject> = parsed.items.into_iter().collect();
-    let normalized = match txs.and_then(|t| st.ingest.normalize_all(t)) {
+    let (normalized, skipped) = match fused {
+        Some(n) => (n, 0),
+        None => {
+            let parsed = match super::parse_input(text, format, &st.ingest.opts) {
+                Ok(p) => p,
+                Err(r) => return bad_request(&st, &r),
+            };
+            let txs: Result<Vec<Tx>, Reject> = parsed.items.into_iter().collect();
+            (txs.and_then(|t| st.ingest.normalize_all(t)), parsed.skipped)
+        }
+    };
+    let normalized = match normalized {
         Ok(n) => n,
         Err(r) => return bad_request(&st, &r),
     };

@@ -165,6 +165,28 @@ impl Ingest {
             .collect()
     }
 
+    /// A JSON document read and normalized in one pass: each transaction is normalized as it
+    /// is read, so a bulk push holds its transactions only in their stored shape (the
+    /// transactions of a 1000-transaction request were 0.9 MB of fresh memory twice over,
+    /// BENCHMARKS.md "POS push"). `None` when the fast parser leaves the document to the tree
+    /// parser: the caller then takes the general path. The answer is that path's: a document
+    /// that does not parse is refused for that even where an earlier transaction would not
+    /// normalize.
+    pub fn normalize_json(&self, text: &str) -> Option<Result<Vec<Normalized>, Reject>> {
+        let now = crate::event::now_ms();
+        let mut out = Vec::new();
+        let mut refused = None;
+        let taken = super::json_fast::parse_each(text, &self.opts, |t| {
+            if refused.is_none() {
+                match normalize_at(t, &self.key, now, self.opts.offset_s) {
+                    Ok(n) => out.push(n),
+                    Err(r) => refused = Some(r),
+                }
+            }
+        });
+        taken.then(|| refused.map_or(Ok(out), Err))
+    }
+
     /// Whether `n` (key digest `key`, content digest `content`) was stored before: `Ok(true)`
     /// same content, `Err(Conflict)` other content.
     fn check(
@@ -360,6 +382,53 @@ mod tests {
         format!(
             r#"{{"transaction_id":"{id}","register":"R1","time":"2026-12-01T10:00:00Z","currency":"EUR","lines":[{{"sku":"A","amount_minor":{total}}}],"totals":{{"total_minor":{total}}}}}"#
         )
+    }
+
+    /// Parsing and normalizing in one pass answers what parsing, then normalizing, answers:
+    /// the same events, the same first refusal, and a document the fast parser leaves goes
+    /// to the general path whole.
+    #[test]
+    fn one_pass_normalizing_answers_as_two_passes() -> R {
+        let dir = tempfile::tempdir()?;
+        let ing = open(dir.path())?;
+        // A card number as an identifier parses, and normalizing refuses it.
+        let card = sale("4111111111111111", 5);
+        let docs = [
+            sale("T1", 100),
+            format!(
+                "[{},{},{}]",
+                sale("T1", 100),
+                sale("T2", 200),
+                sale("T3", 0)
+            ),
+            format!("[{},{card},{}]", sale("T1", 100), sale("T2", 200)),
+            format!("[{card},{}]", sale("T2", 200).replace("EUR", "euro")),
+            format!("[{}]", sale("T1", 1).replace("T1", "  ")),
+            "[]".to_string(),
+            format!("[{}] x", sale("T1", 1)),
+        ];
+        let two_pass = |doc: &str| {
+            let parsed = super::super::json::parse_document(doc, &ing.opts)?;
+            let t: Result<Vec<Tx>, Reject> = parsed.into_iter().collect();
+            ing.normalize_all(t?)
+        };
+        let mut fused = 0;
+        for doc in &docs {
+            let Some(one) = ing.normalize_json(doc) else {
+                // Left to the general path: nothing of it was taken.
+                continue;
+            };
+            fused += 1;
+            // Events carry no clock-dependent field for documents with times.
+            assert_eq!(format!("{one:?}"), format!("{:?}", two_pass(doc)), "{doc}");
+        }
+        // The first three documents and the empty one are read in one pass; a bad currency,
+        // a blank id and trailing text go to the general path.
+        assert_eq!(fused, 4);
+        for left in [3, 4, 6] {
+            assert!(ing.normalize_json(&docs[left]).is_none(), "{}", docs[left]);
+        }
+        Ok(())
     }
 
     #[tokio::test]

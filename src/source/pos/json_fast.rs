@@ -185,42 +185,58 @@ struct WireCustomer<'a> {
 
 /// The transactions of `text`, or `None` when the tree-based parser must decide.
 pub fn parse(text: &str, o: &ParseOpts) -> Option<Vec<Tx>> {
-    if !clean(text) {
-        return None;
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let txs = match text.trim_start().as_bytes().first()? {
-        b'[' => Transactions(o).deserialize(&mut de).ok()?,
-        b'{' => vec![tx(Object::<WireTx>::deserialize(&mut de).ok()?.0, o)?],
-        _ => return None,
-    };
-    de.end().ok()?;
-    Some(txs)
+    let mut txs = Vec::new();
+    parse_each(text, o, |t| txs.push(t)).then_some(txs)
 }
 
-/// An array of transactions, each converted as soon as it is read, so a bulk push never holds
-/// the whole array in its wire shape.
-struct Transactions<'o>(&'o ParseOpts);
+/// Hands each transaction of `text` to `each` as soon as it is read, so a caller that turns
+/// them into something else (the HTTP push normalizes them) never holds the whole document as
+/// transactions. `false` when the tree-based parser must decide: the caller then drops
+/// whatever `each` was given.
+pub fn parse_each(text: &str, o: &ParseOpts, mut each: impl FnMut(Tx)) -> bool {
+    if !clean(text) {
+        return false;
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let read = match text.trim_start().as_bytes().first() {
+        Some(b'[') => Transactions(o, &mut each).deserialize(&mut de).is_ok(),
+        Some(b'{') => match Object::<WireTx>::deserialize(&mut de)
+            .ok()
+            .and_then(|Object(w)| tx(w, o))
+        {
+            Some(t) => {
+                each(t);
+                true
+            }
+            None => false,
+        },
+        _ => false,
+    };
+    read && de.end().is_ok()
+}
 
-impl<'de, 'o> DeserializeSeed<'de> for Transactions<'o> {
-    type Value = Vec<Tx>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Tx>, D::Error> {
+/// An array of transactions, each converted and handed on as soon as it is read, so a bulk
+/// push never holds the whole array in its wire shape.
+struct Transactions<'o, F>(&'o ParseOpts, F);
+
+impl<'de, F: FnMut(Tx)> DeserializeSeed<'de> for Transactions<'_, F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de, 'o> Visitor<'de> for Transactions<'o> {
-    type Value = Vec<Tx>;
+impl<'de, F: FnMut(Tx)> Visitor<'de> for Transactions<'_, F> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of transactions")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Tx>, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         while let Some(Object(w)) = seq.next_element::<Object<WireTx<'de>>>()? {
             // The tree parser decides anything this path does not take.
-            out.push(tx(w, self.0).ok_or_else(|| de::Error::custom("not for the fast path"))?);
+            (self.1)(tx(w, self.0).ok_or_else(|| de::Error::custom("not for the fast path"))?);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
