@@ -7,181 +7,12 @@
 //! the answer, with the path of the bad field. So the fast path changes speed, never results:
 //! `tests` below and `tests/pos_parsers.rs` compare both on every input they have.
 
+use super::json_wire::{self, Object, Scalar, WireLine, WireTx, S};
 use super::transaction::{Discount, Line, StatedTotals, Tender, Tx, TxType};
 use super::{money, timefmt, ParseOpts};
 use crate::privacy::card;
 use crate::privacy::customer::RawCustomer;
-use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize;
-use serde_json::{Number, Value};
 use std::borrow::Cow;
-use std::fmt;
-
-/// A scalar as the document wrote it. Text without escapes is borrowed from the request body,
-/// so a field costs no allocation until it is kept; an object or array where a scalar belongs
-/// fails the fast path (the tree parser then answers). Amounts and quantities are converted by
-/// the tree parser's own functions, through [`Scalar::value`].
-enum Scalar<'a> {
-    /// A number JSON cannot hold in an `f64`, which the tree's `Value` also reads as null.
-    Null,
-    Bool(bool),
-    Num(Number),
-    Str(Cow<'a, str>),
-}
-
-impl Scalar<'_> {
-    fn is_null(&self) -> bool {
-        matches!(self, Scalar::Null)
-    }
-
-    /// The scalar as the tree parser holds it.
-    fn value(&self) -> Value {
-        match self {
-            Scalar::Null => Value::Null,
-            Scalar::Bool(b) => Value::Bool(*b),
-            Scalar::Num(n) => Value::Number(n.clone()),
-            Scalar::Str(s) => Value::String(s.to_string()),
-        }
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Scalar<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON scalar")
-            }
-            fn visit_unit<E>(self) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_bool<E>(self, b: bool) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Bool(b))
-            }
-            fn visit_i64<E>(self, n: i64) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Num(n.into()))
-            }
-            fn visit_u64<E>(self, n: u64) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Num(n.into()))
-            }
-            fn visit_f64<E>(self, n: f64) -> Result<Scalar<'a>, E> {
-                Ok(Number::from_f64(n).map_or(Scalar::Null, Scalar::Num))
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Str(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Str(Cow::Owned(s.to_string())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Str(Cow::Owned(s)))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// `T` read only from a JSON object. serde's derive also reads a struct from an array of its
-/// fields in order, which the tree parser refuses: such a document must leave the fast path.
-struct Object<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Object<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
-                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
-/// An optional scalar field (absent and null are `None`).
-type S<'a> = Option<Scalar<'a>>;
-
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "'de: 'a"))]
-struct WireTx<'a> {
-    transaction_id: S<'a>,
-    register: S<'a>,
-    store_ref: S<'a>,
-    business_day: S<'a>,
-    time: S<'a>,
-    currency: S<'a>,
-    #[serde(rename = "type")]
-    kind: S<'a>,
-    original_transaction_id: S<'a>,
-    source: S<'a>,
-    channel: S<'a>,
-    lines: Option<Vec<Object<WireLine<'a>>>>,
-    tenders: Option<Vec<Object<WireTender<'a>>>>,
-    discounts: Option<Vec<Object<WireDiscount<'a>>>>,
-    totals: Option<Object<WireTotals<'a>>>,
-    customer: Option<Object<WireCustomer<'a>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "'de: 'a"))]
-struct WireLine<'a> {
-    sku: S<'a>,
-    description: S<'a>,
-    qty: S<'a>,
-    unit_price_minor: S<'a>,
-    unit_price: S<'a>,
-    amount_minor: S<'a>,
-    amount: S<'a>,
-    kind: S<'a>,
-    discounts: Option<Vec<Object<WireDiscount<'a>>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "'de: 'a"))]
-struct WireTender<'a> {
-    #[serde(rename = "type")]
-    kind: S<'a>,
-    amount_minor: S<'a>,
-    amount: S<'a>,
-    card_brand: S<'a>,
-}
-
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "'de: 'a"))]
-struct WireDiscount<'a> {
-    code: S<'a>,
-    amount_minor: S<'a>,
-    amount: S<'a>,
-}
-
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "'de: 'a"))]
-struct WireTotals<'a> {
-    total_minor: S<'a>,
-    total: S<'a>,
-    subtotal_minor: S<'a>,
-    subtotal: S<'a>,
-    tax_minor: S<'a>,
-    tax: S<'a>,
-    discount_minor: S<'a>,
-    discount: S<'a>,
-    surcharge_minor: S<'a>,
-    surcharge: S<'a>,
-    tax_included: S<'a>,
-}
-
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "'de: 'a"))]
-struct WireCustomer<'a> {
-    loyalty_id: S<'a>,
-    loyalty: S<'a>,
-    email: S<'a>,
-    phone: S<'a>,
-}
 
 /// The transactions of `text`, or `None` when the tree-based parser must decide.
 pub fn parse(text: &str, o: &ParseOpts) -> Option<Vec<Tx>> {
@@ -194,50 +25,15 @@ pub fn parse(text: &str, o: &ParseOpts) -> Option<Vec<Tx>> {
 /// transactions. `false` when the tree-based parser must decide: the caller then drops
 /// whatever `each` was given.
 pub fn parse_each(text: &str, o: &ParseOpts, mut each: impl FnMut(Tx)) -> bool {
-    if !clean(text) {
-        return false;
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let read = match text.trim_start().as_bytes().first() {
-        Some(b'[') => Transactions(o, &mut each).deserialize(&mut de).is_ok(),
-        Some(b'{') => match Object::<WireTx>::deserialize(&mut de)
-            .ok()
-            .and_then(|Object(w)| tx(w, o))
-        {
+    clean(text)
+        && json_wire::read_each(text, |w| match tx(w, o) {
             Some(t) => {
                 each(t);
                 true
             }
-            None => false,
-        },
-        _ => false,
-    };
-    read && de.end().is_ok()
-}
-
-/// An array of transactions, each converted and handed on as soon as it is read, so a bulk
-/// push never holds the whole array in its wire shape.
-struct Transactions<'o, F>(&'o ParseOpts, F);
-
-impl<'de, F: FnMut(Tx)> DeserializeSeed<'de> for Transactions<'_, F> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, F: FnMut(Tx)> Visitor<'de> for Transactions<'_, F> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of transactions")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(Object(w)) = seq.next_element::<Object<WireTx<'de>>>()? {
             // The tree parser decides anything this path does not take.
-            (self.1)(tx(w, self.0).ok_or_else(|| de::Error::custom("not for the fast path"))?);
-        }
-        Ok(())
-    }
+            None => false,
+        })
 }
 
 /// Whether no object key is a card-authentication field name and no string looks like track
@@ -358,7 +154,7 @@ impl<'t> JudgedKeys<'t> {
 /// time, quantity): absent or null is `None`, numbers count as their text.
 fn peek<'v>(v: &'v S<'_>) -> Option<Option<Cow<'v, str>>> {
     match v {
-        None | Some(Scalar::Null) => Some(None),
+        None => Some(None),
         Some(Scalar::Str(s)) => Some(Some(Cow::Borrowed(s.as_ref()))),
         Some(Scalar::Num(n)) => Some(Some(Cow::Owned(n.to_string()))),
         Some(Scalar::Bool(_)) => None,
@@ -381,8 +177,8 @@ fn required(v: S<'_>) -> Option<String> {
 /// [`super::jsonutil::At::money`]: `<k>_minor` first, else `<k>` in major units.
 fn amount(minor: &S<'_>, major: &S<'_>, exp: u32) -> Option<Option<i64>> {
     match (minor, major) {
-        (Some(v), _) if !v.is_null() => money::from_json_minor(&v.value()).ok().map(Some),
-        (_, Some(v)) if !v.is_null() => money::from_json_decimal(&v.value(), exp).ok().map(Some),
+        (Some(v), _) => money::from_json_minor(&v.value()).ok().map(Some),
+        (_, Some(v)) => money::from_json_decimal(&v.value(), exp).ok().map(Some),
         _ => Some(None),
     }
 }
@@ -472,7 +268,7 @@ fn tx(w: WireTx<'_>, o: &ParseOpts) -> Option<Tx> {
 }
 
 fn line(l: WireLine<'_>, exp: u32) -> Option<Line> {
-    let qty_v = l.qty.as_ref().filter(|q| !q.is_null());
+    let qty_v = l.qty.as_ref();
     let qty = match qty_v {
         None => 1.0,
         // An integer reads as its own text would (no exponent, no fraction).

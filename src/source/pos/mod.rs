@@ -16,6 +16,7 @@ pub mod http_push;
 pub mod ingest;
 pub mod json;
 mod json_fast;
+mod json_wire;
 mod jsonutil;
 pub mod money;
 pub mod normalize;
