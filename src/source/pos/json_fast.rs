@@ -25,88 +25,47 @@ pub fn parse(text: &str, o: &ParseOpts) -> Option<Vec<Tx>> {
 /// transactions. `false` when the tree-based parser must decide: the caller then drops
 /// whatever `each` was given.
 pub fn parse_each(text: &str, o: &ParseOpts, mut each: impl FnMut(Tx)) -> bool {
-    clean(text)
-        && json_wire::read_each(text, |w| match tx(w, o) {
-            Some(t) => {
-                each(t);
-                true
-            }
-            // The tree parser decides anything this path does not take.
-            None => false,
-        })
+    json_wire::read_each(text, &mut CardJudge::default(), |w| match tx(w, o) {
+        Some(t) => {
+            each(t);
+            true
+        }
+        // The tree parser decides anything this path does not take.
+        None => false,
+    })
 }
 
-/// Whether no object key is a card-authentication field name and no string looks like track
-/// data, judged on the raw text (a key is a string followed by `:`). Escaped strings are
-/// decoded first; anything odd answers `false` and leaves the document to the tree parser.
-fn clean(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut i = 0usize;
-    // A bulk upload repeats the same few keys in every record: each is judged once.
-    let mut judged = JudgedKeys::default();
-    // Byte by byte: the strings of a POS document are short, and a search call per string
-    // cost more than reading its bytes (BENCHMARKS.md, "POS push").
-    while let Some(open) = (i..b.len()).find(|&k| b.get(k) == Some(&b'"')) {
-        let start = open + 1;
-        let mut j = start;
-        let mut escaped = false;
-        loop {
-            match b.get(j) {
-                // A string without its closing quote is not clean.
-                None => return false,
-                Some(b'"') => break,
-                Some(b'\\') => {
-                    escaped = true;
-                    j += 2;
+/// Judged while the document is read: a field name that is a card-authentication field, or a
+/// string that looks like track data, leaves the document to the tree parser (which refuses
+/// it with the path). Escaped text is judged decoded.
+#[derive(Default)]
+struct CardJudge<'t> {
+    /// A bulk upload repeats the same few unknown keys in every record: each is judged once.
+    judged: JudgedKeys<'t>,
+}
+
+impl<'t> json_wire::Judge<'t> for CardJudge<'t> {
+    fn name(&mut self, name: &Cow<'t, str>) -> bool {
+        match name {
+            Cow::Borrowed(n) if self.judged.contains(n) => true,
+            Cow::Borrowed(n) => {
+                let clean = !card::is_forbidden_field(n);
+                if clean {
+                    self.judged.insert(n);
                 }
-                Some(_) => j += 1,
+                clean
             }
+            // An escaped name is judged every time.
+            Cow::Owned(n) => !card::is_forbidden_field(n),
         }
-        let Some(raw) = text.get(start..j) else {
-            return false;
-        };
-        let decoded;
-        let s = if escaped {
-            match text
-                .get(start - 1..=j)
-                .and_then(|q| serde_json::from_str::<String>(q).ok())
-            {
-                Some(d) => {
-                    decoded = d;
-                    decoded.as_str()
-                }
-                None => return false,
-            }
-        } else {
-            raw
-        };
-        let after = b
-            .get(j + 1..)
-            .unwrap_or_default()
-            .iter()
-            .find(|c| !c.is_ascii_whitespace());
-        let suspicious = if after == Some(&b':') {
-            if !escaped && judged.contains(s) {
-                false
-            } else {
-                let forbidden = card::is_forbidden_field(s);
-                if !forbidden && !escaped {
-                    judged.insert(raw);
-                }
-                forbidden
-            }
-        } else {
-            card::looks_like_track(s)
-        };
-        if suspicious {
-            return false;
-        }
-        i = j + 1;
     }
-    true
+
+    fn text(&mut self, text: &str) -> bool {
+        !card::looks_like_track(text)
+    }
 }
 
-/// Key names [`clean`] has judged clean in one document: a small hash set over the text,
+/// Key names [`CardJudge`] has judged clean in one document: a small hash set over the text,
 /// without allocation. A key that finds no free slot near its own is simply judged again, so
 /// a document of endless distinct keys costs what it cost before.
 struct JudgedKeys<'t> {
@@ -316,6 +275,19 @@ mod tests {
         ParseOpts::from_config(&crate::source::pos::PosConfig::default())
     }
 
+    /// Whether the fast path reads `text` past its judge (shapes aside).
+    fn clean(text: &str) -> bool {
+        json_wire::read_each(text, &mut CardJudge::default(), |_| true)
+    }
+
+    /// The names the reader knows are not judged: none of them may be a card field.
+    #[test]
+    fn no_field_the_reader_knows_is_a_card_field() {
+        for name in json_wire::NAMES {
+            assert!(!card::is_forbidden_field(name), "{name}");
+        }
+    }
+
     /// The fast path's answer is the tree parser's, for every document it takes.
     pub fn same_as_tree(doc: &str) -> bool {
         let o = opts();
@@ -395,6 +367,10 @@ mod tests {
             r#"[{"transaction_id":"T1","track":1},{"transaction_id":"T2","track1":1}]"#.into(),
             r#"[{"transaction_id":"T1","cvx":1},{"transaction_id":"T2","c\u0076v":1}]"#.into(),
             r#"[{"transaction_id":"T1","c\u0076x":1},{"transaction_id":"T2","c\u0076v":1}]"#.into(),
+            // Inside values no field names: names and texts are judged at any depth.
+            r#"{"transaction_id":"T1","extra":{"a":[{"cvv":"1"}]}}"#.into(),
+            r#"{"transaction_id":"T1","extra":[1,";4111111111111111=2512101?"]}"#.into(),
+            r#"{"transaction_id":"T1","lines":[{"sku":"A","x":{"pin":1}}]}"#.into(),
         ] {
             assert!(!clean(&doc), "judged clean: {doc}");
         }

@@ -126,11 +126,70 @@ pub(super) struct WireCustomer<'a> {
     pub(super) phone: S<'a>,
 }
 
+/// What decides, while the text is read, whether the fast path may go on: a field name the
+/// shapes do not know, or a string value, may hold card data (judged in `super::json_fast`).
+/// The names the shapes know are never judged: none of them is a card field (tested there).
+pub(super) trait Judge<'a> {
+    /// Whether a field the shapes do not know, named `name`, may be read past.
+    fn name(&mut self, name: &Cow<'a, str>) -> bool;
+    /// Whether a string value may be read.
+    fn text(&mut self, text: &str) -> bool;
+}
+
+/// Every field name the shapes know.
+#[cfg(test)]
+pub(super) const NAMES: &[&str] = &[
+    "transaction_id",
+    "register",
+    "store_ref",
+    "business_day",
+    "time",
+    "currency",
+    "type",
+    "original_transaction_id",
+    "source",
+    "channel",
+    "lines",
+    "tenders",
+    "discounts",
+    "totals",
+    "customer",
+    "sku",
+    "description",
+    "qty",
+    "unit_price_minor",
+    "unit_price",
+    "amount_minor",
+    "amount",
+    "kind",
+    "card_brand",
+    "code",
+    "total_minor",
+    "total",
+    "subtotal_minor",
+    "subtotal",
+    "tax_minor",
+    "tax",
+    "discount_minor",
+    "discount",
+    "surcharge_minor",
+    "surcharge",
+    "tax_included",
+    "loyalty_id",
+    "loyalty",
+    "email",
+    "phone",
+];
+
 /// Reads `text` (one transaction object, or an array of them) and hands each transaction to
 /// `each` as soon as it is read; `each` answers `false` to stop. `false` when the text is not
-/// read whole: not JSON, not these shapes, or stopped.
-pub(super) fn read_each<'a>(text: &'a str, mut each: impl FnMut(WireTx<'a>) -> bool) -> bool {
-    let mut r = Reader { text, at: 0 };
+/// read whole: not JSON, not these shapes, refused by `judge`, or stopped.
+pub(super) fn read_each<'a>(
+    text: &'a str,
+    judge: &mut impl Judge<'a>,
+    mut each: impl FnMut(WireTx<'a>) -> bool,
+) -> bool {
+    let mut r = Reader { text, at: 0, judge };
     let whole = (|| {
         r.ws();
         if r.peek()? == b'[' {
@@ -155,23 +214,29 @@ const MAX_SKIP_DEPTH: usize = 100;
 
 /// A position in the text. Every method answers `None` where serde_json would report an error
 /// or serde's derive would refuse the shape.
-struct Reader<'a> {
+struct Reader<'a, 'j, J> {
     text: &'a str,
     at: usize,
+    judge: &'j mut J,
 }
 
-impl<'a> Reader<'a> {
+impl<'a, J: Judge<'a>> Reader<'a, '_, J> {
+    // The three smallest steps are inlined even in the size-optimized store build, where a
+    // call per byte of a bulk push cost more than the step (BENCHMARKS.md, "POS push").
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.at).copied()
     }
 
     /// JSON's four whitespace bytes, no others.
+    #[inline(always)]
     fn ws(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.at += 1;
         }
     }
 
+    #[inline(always)]
     fn expect(&mut self, b: u8) -> Option<()> {
         (self.peek()? == b).then(|| self.at += 1)
     }
@@ -189,6 +254,12 @@ impl<'a> Reader<'a> {
         let b = self.text.as_bytes();
         let mut escaped = false;
         loop {
+            // The plain run up to the next byte that matters, in one scan.
+            let run = b
+                .get(self.at..)?
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            self.at += run;
             match *b.get(self.at)? {
                 b'"' => break,
                 b'\\' => {
@@ -196,8 +267,7 @@ impl<'a> Reader<'a> {
                     self.at += 2;
                 }
                 // Control characters must be escaped.
-                0..=0x1f => return None,
-                _ => self.at += 1,
+                _ => return None,
             }
         }
         self.at += 1;
@@ -246,7 +316,10 @@ impl<'a> Reader<'a> {
     /// An optional scalar field: `null` is `None`; an array or object refuses the shape.
     fn scalar(&mut self) -> Option<S<'a>> {
         Some(match self.peek()? {
-            b'"' => Some(Scalar::Str(self.string()?)),
+            b'"' => {
+                let s = self.string()?;
+                self.judge.text(&s).then_some(Some(Scalar::Str(s)))?
+            }
             b'n' => {
                 self.literal("null")?;
                 None
@@ -269,7 +342,10 @@ impl<'a> Reader<'a> {
         match self.peek()? {
             b'{' if depth < MAX_SKIP_DEPTH => {
                 self.at += 1;
-                self.members(|r, _| r.skip(depth + 1))
+                self.members(|r, key| {
+                    r.judge.name(&key).then_some(())?;
+                    r.skip(depth + 1)
+                })
             }
             b'[' if depth < MAX_SKIP_DEPTH => {
                 self.at += 1;
@@ -303,7 +379,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The members of an object whose `{` was read: `f` reads each value, given its key.
-    fn members(&mut self, mut f: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
+    fn members(&mut self, mut f: impl FnMut(&mut Self, Cow<'a, str>) -> Option<()>) -> Option<()> {
         self.ws();
         if self.peek()? == b'}' {
             self.at += 1;
@@ -315,7 +391,7 @@ impl<'a> Reader<'a> {
             self.ws();
             self.expect(b':')?;
             self.ws();
-            f(self, &key)?;
+            f(self, key)?;
             self.ws();
             match self.peek()? {
                 b',' => self.at += 1,
@@ -337,12 +413,15 @@ impl<'a> Reader<'a> {
     ) -> Option<()> {
         self.expect(b'{')?;
         let mut seen = 0u32;
-        self.members(|r, key| match field(r, key)? {
+        self.members(|r, key| match field(r, &key)? {
             Some(n) => {
                 let bit = 1u32.checked_shl(n)?;
                 (seen & bit == 0).then(|| seen |= bit)
             }
-            None => r.skip(0),
+            None => {
+                r.judge.name(&key).then_some(())?;
+                r.skip(0)
+            }
         })
     }
 
@@ -587,9 +666,21 @@ pub(super) mod by_serde {
 mod tests {
     use super::*;
 
+    /// Reads past everything: the judging is `json_fast`'s and tested there.
+    struct Open;
+
+    impl Judge<'_> for Open {
+        fn name(&mut self, _: &Cow<'_, str>) -> bool {
+            true
+        }
+        fn text(&mut self, _: &str) -> bool {
+            true
+        }
+    }
+
     fn by_hand(text: &str) -> Option<Vec<WireTx<'_>>> {
         let mut out = Vec::new();
-        read_each(text, |w| {
+        read_each(text, &mut Open, |w| {
             out.push(w);
             true
         })
