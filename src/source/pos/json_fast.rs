@@ -45,7 +45,7 @@ struct CardJudge<'t> {
 }
 
 impl<'t> json_wire::Judge<'t> for CardJudge<'t> {
-    fn name(&mut self, name: &Cow<'t, str>) -> bool {
+    fn name(&mut self, name: Cow<'t, str>) -> bool {
         match name {
             Cow::Borrowed(n) if self.judged.contains(n) => true,
             Cow::Borrowed(n) => {
@@ -56,7 +56,7 @@ impl<'t> json_wire::Judge<'t> for CardJudge<'t> {
                 clean
             }
             // An escaped name is judged every time.
-            Cow::Owned(n) => !card::is_forbidden_field(n),
+            Cow::Owned(n) => !card::is_forbidden_field(&n),
         }
     }
 

@@ -131,7 +131,7 @@ pub(super) struct WireCustomer<'a> {
 /// The names the shapes know are never judged: none of them is a card field (tested there).
 pub(super) trait Judge<'a> {
     /// Whether a field the shapes do not know, named `name`, may be read past.
-    fn name(&mut self, name: &Cow<'a, str>) -> bool;
+    fn name(&mut self, name: Cow<'a, str>) -> bool;
     /// Whether a string value may be read.
     fn text(&mut self, text: &str) -> bool;
 }
@@ -343,7 +343,7 @@ impl<'a, J: Judge<'a>> Reader<'a, '_, J> {
             b'{' if depth < MAX_SKIP_DEPTH => {
                 self.at += 1;
                 self.members(|r, key| {
-                    r.judge.name(&key).then_some(())?;
+                    r.judge.name(key).then_some(())?;
                     r.skip(depth + 1)
                 })
             }
@@ -419,7 +419,7 @@ impl<'a, J: Judge<'a>> Reader<'a, '_, J> {
                 (seen & bit == 0).then(|| seen |= bit)
             }
             None => {
-                r.judge.name(&key).then_some(())?;
+                r.judge.name(key).then_some(())?;
                 r.skip(0)
             }
         })
@@ -670,7 +670,7 @@ mod tests {
     struct Open;
 
     impl Judge<'_> for Open {
-        fn name(&mut self, _: &Cow<'_, str>) -> bool {
+        fn name(&mut self, _: Cow<'_, str>) -> bool {
             true
         }
         fn text(&mut self, _: &str) -> bool {
