@@ -69,6 +69,15 @@ pub struct CustomerKeys {
     telemetry: Telemetry,
 }
 
+/// Customer identifiers dropped while protecting, by reason, not yet counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    loyalty: u32,
+    email: u32,
+    phone: u32,
+    not_sealed: u32,
+}
+
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// The join key file's bytes, trailing whitespace removed, at least 16 bytes.
@@ -168,19 +177,24 @@ impl CustomerKeys {
         }
     }
 
-    fn protect(&self, tag: &'static str, raw: &str, normalized: Option<String>) -> Option<String> {
+    fn protect(
+        &self,
+        tag: &'static str,
+        raw: &str,
+        normalized: Option<String>,
+        dropped: &mut Dropped,
+    ) -> Option<String> {
         let Some(value) = normalized else {
             if raw.trim().is_empty() {
                 return None;
             }
             // Present in the input but no identifier after normalization: counted by a fixed
             // reason, never echoed.
-            let reason = match tag {
-                "loyalty" => "customer_loyalty",
-                "email" => "customer_email",
-                _ => "customer_phone",
-            };
-            self.telemetry.metrics().malformed("pos", reason, 1);
+            match tag {
+                "loyalty" => dropped.loyalty = dropped.loyalty.saturating_add(1),
+                "email" => dropped.email = dropped.email.saturating_add(1),
+                _ => dropped.phone = dropped.phone.saturating_add(1),
+            }
             return None;
         };
         match &self.protection {
@@ -190,9 +204,7 @@ impl CustomerKeys {
                 Ok(t) => Some(t),
                 Err(_) => {
                     // The reason is fixed text (no randomness, too long), never the value.
-                    self.telemetry
-                        .metrics()
-                        .malformed("pos", "customer_not_sealed", 1);
+                    dropped.not_sealed = dropped.not_sealed.saturating_add(1);
                     None
                 }
             },
@@ -202,6 +214,33 @@ impl CustomerKeys {
     /// Protects what can be normalized; the rest is dropped (counted as malformed `pos` input
     /// with the reason `customer_<tag>`, never echoed).
     pub fn pseudonyms(&self, c: &RawCustomer) -> Option<Pseudonyms> {
+        let mut dropped = Dropped::default();
+        let p = self.pseudonyms_tallied(c, &mut dropped);
+        self.count(dropped);
+        p
+    }
+
+    /// Counts identifiers that were dropped (`storegw_malformed_total{source="pos"}`).
+    pub fn count(&self, d: Dropped) {
+        for (reason, n) in [
+            ("customer_loyalty", d.loyalty),
+            ("customer_email", d.email),
+            ("customer_phone", d.phone),
+            ("customer_not_sealed", d.not_sealed),
+        ] {
+            if n > 0 {
+                self.telemetry
+                    .metrics()
+                    .malformed("pos", reason, u64::from(n));
+            }
+        }
+    }
+
+    /// [`CustomerKeys::pseudonyms`] with what it drops added to `dropped` instead of counted:
+    /// for a caller that may discard the result (the POS push reads a document in one pass
+    /// and starts over on the general path when the fast one gives up), so an identifier is
+    /// counted once.
+    pub fn pseudonyms_tallied(&self, c: &RawCustomer, dropped: &mut Dropped) -> Option<Pseudonyms> {
         if c.is_empty() {
             return None;
         }
@@ -217,15 +256,15 @@ impl CustomerKeys {
             loyalty: c
                 .loyalty_id
                 .as_deref()
-                .and_then(|v| self.protect("loyalty", v, normalize_loyalty(v))),
+                .and_then(|v| self.protect("loyalty", v, normalize_loyalty(v), dropped)),
             email: c
                 .email
                 .as_deref()
-                .and_then(|v| self.protect("email", v, normalize_email(v))),
-            phone: c
-                .phone
-                .as_deref()
-                .and_then(|v| self.protect("phone", v, normalize_phone(v, &self.default_country))),
+                .and_then(|v| self.protect("email", v, normalize_email(v), dropped)),
+            phone: c.phone.as_deref().and_then(|v| {
+                let n = normalize_phone(v, &self.default_country);
+                self.protect("phone", v, n, dropped)
+            }),
         };
         (p != Pseudonyms::default()).then_some(p)
     }

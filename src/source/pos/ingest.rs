@@ -10,11 +10,11 @@
 //! what it reports is on disk: a duplicate of a transaction whose fsync is still running waits
 //! for (or runs) a flush too.
 
-use super::normalize::{normalize_at, Normalized};
+use super::normalize::{normalize_at, normalize_tallied, Normalized};
 use super::seen::{self, DigestHasher, Found, Seen};
 use super::transaction::{Reject, Tx};
 use super::{ParseOpts, PosConfig};
-use crate::privacy::customer::CustomerKeys;
+use crate::privacy::customer::{CustomerKeys, Dropped};
 use crate::source::DurableSink;
 use crate::spool::SpoolError;
 use crate::telemetry::metrics::Metric;
@@ -176,15 +176,22 @@ impl Ingest {
         let now = crate::event::now_ms();
         let mut out = Vec::new();
         let mut refused = None;
+        // Identifiers dropped are counted only if this pass is kept: the general path counts
+        // its own.
+        let mut dropped = Dropped::default();
         let taken = super::json_fast::parse_each(text, &self.opts, |t| {
             if refused.is_none() {
-                match normalize_at(t, &self.key, now, self.opts.offset_s) {
+                match normalize_tallied(t, &self.key, now, self.opts.offset_s, &mut dropped) {
                     Ok(n) => out.push(n),
                     Err(r) => refused = Some(r),
                 }
             }
         });
-        taken.then(|| refused.map_or(Ok(out), Err))
+        if !taken {
+            return None;
+        }
+        self.key.count(dropped);
+        Some(refused.map_or(Ok(out), Err))
     }
 
     /// Whether `n` (key digest `key`, content digest `content`) was stored before: `Ok(true)`
@@ -350,13 +357,16 @@ mod tests {
 
     type R = Result<(), Box<dyn std::error::Error>>;
 
-    fn config(dir: &std::path::Path) -> Result<crate::config::Config, String> {
-        let text = format!(
+    fn config_text(dir: &std::path::Path) -> String {
+        format!(
             "[gateway]\nstore_id = \"s1\"\ngateway_id = \"gw1\"\nstate_dir = \"{}\"\n\
              [http]\nenabled = false\n[sources.pos]\nenabled = true\n[sources.pos.http]\nenabled = false\n",
             dir.display()
-        );
-        crate::config::parse("(test)", &text, None).map_err(|e| e.to_string())
+        )
+    }
+
+    fn config(dir: &std::path::Path) -> Result<crate::config::Config, String> {
+        crate::config::parse("(test)", &config_text(dir), None).map_err(|e| e.to_string())
     }
 
     fn open(dir: &std::path::Path) -> Result<Ingest, Box<dyn std::error::Error>> {
@@ -428,6 +438,51 @@ mod tests {
         for left in [3, 4, 6] {
             assert!(ing.normalize_json(&docs[left]).is_none(), "{}", docs[left]);
         }
+        Ok(())
+    }
+
+    /// An identifier dropped while normalizing is counted once per input: not by a one-pass
+    /// reading that the fast parser gives up on (the general path then counts it), and once
+    /// when the one pass is kept.
+    #[test]
+    fn a_pass_that_is_left_counts_no_dropped_identifier() -> R {
+        let dir = tempfile::tempdir()?;
+        let key = dir.path().join("join.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef")?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let text = format!(
+            "{}\n[privacy]\ncustomer = \"keyed\"\njoin_key_file = \"{}/join.key\"\n",
+            config_text(dir.path()),
+            dir.path().display()
+        );
+        let cfg = crate::config::parse("(test)", &text, None).map_err(|e| e.to_string())?;
+        let spool = Spool::open(&cfg.spool_dir(), "gw1", &cfg.spool)?;
+        let telemetry = Telemetry::default();
+        let ing = Ingest::new(DurableSink::new(Arc::new(spool)), &cfg, telemetry.clone())?;
+        let counted = || {
+            telemetry.metrics().counter_value(
+                Metric::Malformed,
+                &crate::telemetry::metrics::labels(&[
+                    ("source", "pos"),
+                    ("reason", "customer_email"),
+                ]),
+            )
+        };
+        let bad_email = sale("T1", 100).replace(
+            r#""totals""#,
+            r#""customer":{"email":"not an address"},"totals""#,
+        );
+        // The duplicate key makes the fast parser give up after the first transaction.
+        let left = format!(
+            "[{bad_email},{}]",
+            sale("T2", 5).replace(r#""register":"R1""#, r#""register":"R1","register":"R1""#)
+        );
+        assert!(ing.normalize_json(&left).is_none());
+        assert_eq!(counted(), 0);
+        txs(&ing, &left)?;
+        assert_eq!(counted(), 1);
+        assert!(ing.normalize_json(&format!("[{bad_email}]")).is_some());
+        assert_eq!(counted(), 2);
         Ok(())
     }
 

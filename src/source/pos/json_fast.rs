@@ -336,6 +336,10 @@ mod tests {
         r#"{"transaction_id":"T1","tenders":[["cash",100,null,null]]}"#,
         r#"{"transaction_id":"T1","customer":["L1",null,null,null]}"#,
         r#"{"transaction_id":"T1","discounts":[[null,50,null]]}"#,
+        // In a field no shape names: serde's derive skipped these unchecked, and took
+        // documents the tree parser refuses (a number out of range, a lone surrogate).
+        r#"{"transaction_id":"T1","note":1e999}"#,
+        r#"{"transaction_id":"T1","note":["\ud800"]}"#,
     ];
 
     #[test]

@@ -7,7 +7,7 @@ pub use super::body_json::{Totals, TxBody};
 use super::transaction::{Discount, Line, Reject, Tender, Tx, TxType};
 use crate::event::{rfc3339_ms, Event, EventKind};
 use crate::privacy::card;
-use crate::privacy::customer::CustomerKeys;
+use crate::privacy::customer::{CustomerKeys, Dropped};
 use crate::privacy::pii::FreeText;
 
 /// A normalized transaction ready for the spool, with its idempotency key.
@@ -125,6 +125,21 @@ pub fn normalize_at(
     customer_keys: &CustomerKeys,
     now_ms: i64,
     offset_s: i32,
+) -> Result<Normalized, Reject> {
+    let mut dropped = Dropped::default();
+    let n = normalize_tallied(tx, customer_keys, now_ms, offset_s, &mut dropped);
+    customer_keys.count(dropped);
+    n
+}
+
+/// [`normalize_at`] with the customer identifiers it drops added to `dropped`, not counted
+/// ([`CustomerKeys::pseudonyms_tallied`]).
+pub fn normalize_tallied(
+    tx: Tx,
+    customer_keys: &CustomerKeys,
+    now_ms: i64,
+    offset_s: i32,
+    dropped: &mut Dropped,
 ) -> Result<Normalized, Reject> {
     let mut sc = FreeText::default();
     let transaction_id = trimmed(tx.transaction_id);
@@ -280,7 +295,7 @@ pub fn normalize_at(
         },
         lines,
         tenders,
-        customer: customer_keys.pseudonyms(&tx.customer),
+        customer: customer_keys.pseudonyms_tallied(&tx.customer, dropped),
         flags: Vec::new(),
     };
     if tx.time_ms.is_none() {
