@@ -418,6 +418,9 @@ impl<'a, J: Judge<'a>> Reader<'a, '_, J> {
         let mut seen = 0u32;
         self.members(|r, key| match field(r, &key)? {
             Some(n) => {
+                // Every name a shape reads is in the list the card-field test checks.
+                #[cfg(test)]
+                assert!(NAMES.contains(&&*key), "{key} is missing from NAMES");
                 let bit = 1u32.checked_shl(n)?;
                 (seen & bit == 0).then(|| seen |= bit)
             }
