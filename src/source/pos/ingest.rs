@@ -357,25 +357,35 @@ mod tests {
 
     type R = Result<(), Box<dyn std::error::Error>>;
 
-    fn config_text(dir: &std::path::Path) -> String {
-        format!(
+    /// The test configuration, with `extra` (more sections) appended.
+    fn config_with(dir: &std::path::Path, extra: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
             "[gateway]\nstore_id = \"s1\"\ngateway_id = \"gw1\"\nstate_dir = \"{}\"\n\
-             [http]\nenabled = false\n[sources.pos]\nenabled = true\n[sources.pos.http]\nenabled = false\n",
+             [http]\nenabled = false\n[sources.pos]\nenabled = true\n[sources.pos.http]\nenabled = false\n{extra}",
             dir.display()
-        )
+        );
+        crate::config::parse("(test)", &text, None).map_err(|e| e.to_string())
     }
 
     fn config(dir: &std::path::Path) -> Result<crate::config::Config, String> {
-        crate::config::parse("(test)", &config_text(dir), None).map_err(|e| e.to_string())
+        config_with(dir, "")
     }
 
     fn open(dir: &std::path::Path) -> Result<Ingest, Box<dyn std::error::Error>> {
-        let cfg = config(dir)?;
+        open_with(dir, "", Telemetry::default())
+    }
+
+    fn open_with(
+        dir: &std::path::Path,
+        extra: &str,
+        telemetry: Telemetry,
+    ) -> Result<Ingest, Box<dyn std::error::Error>> {
+        let cfg = config_with(dir, extra)?;
         let spool = Spool::open(&cfg.spool_dir(), "gw1", &cfg.spool)?;
         Ok(Ingest::new(
             DurableSink::new(Arc::new(spool)),
             &cfg,
-            Telemetry::default(),
+            telemetry,
         )?)
     }
 
@@ -450,15 +460,12 @@ mod tests {
         let key = dir.path().join("join.key");
         std::fs::write(&key, "0123456789abcdef0123456789abcdef")?;
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        let text = format!(
-            "{}\n[privacy]\ncustomer = \"keyed\"\njoin_key_file = \"{}/join.key\"\n",
-            config_text(dir.path()),
-            dir.path().display()
+        let privacy = format!(
+            "[privacy]\ncustomer = \"keyed\"\njoin_key_file = \"{}\"\n",
+            key.display()
         );
-        let cfg = crate::config::parse("(test)", &text, None).map_err(|e| e.to_string())?;
-        let spool = Spool::open(&cfg.spool_dir(), "gw1", &cfg.spool)?;
         let telemetry = Telemetry::default();
-        let ing = Ingest::new(DurableSink::new(Arc::new(spool)), &cfg, telemetry.clone())?;
+        let ing = open_with(dir.path(), &privacy, telemetry.clone())?;
         let counted = || {
             telemetry.metrics().counter_value(
                 Metric::Malformed,
