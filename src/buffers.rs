@@ -1,9 +1,10 @@
-//! Large byte buffers kept for reuse. The allocator maps every buffer above 128 KiB afresh
-//! and unmaps it when freed (`main.rs` fixes that threshold so the heap does not keep them),
-//! so a bulk POS request paid for its body, its spool chunk and the chunk the uplink decodes
-//! with a page fault per 4 KiB, every time (BENCHMARKS.md, "POS push"). The few buffers of
-//! that size in use at once are handed back here instead, and at most [`KEEP`] of them
-//! holding [`KEEP_BYTES`] stay, so memory stays bounded.
+//! Large byte buffers kept for reuse. A bulk POS request needs a few buffers of 0.2 to 0.7 MiB
+//! (its body, its spool chunk, the LZ4 output, the chunk the uplink decodes). The allocator maps
+//! those above its threshold (512 KiB, `main.rs`) afresh and unmaps them when freed, a page fault
+//! per 4 KiB every time (BENCHMARKS.md, "POS push"), and takes the smaller ones from whichever
+//! heap is free, where they can leave holes. The few in use at once are handed back here
+//! instead and reused whole, and at most [`KEEP`] of them holding [`KEEP_BYTES`] stay, so
+//! memory stays bounded.
 
 use std::sync::Mutex;
 

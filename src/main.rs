@@ -310,19 +310,29 @@ fn run_to_exit(what: &str, fut: impl std::future::Future<Output = Result<(), Str
 
 /// glibc's allocator raises its mmap threshold each time a large block is freed (up to 32 MiB),
 /// so after the first bulk POS push the request bodies, parse buffers and spool chunks of the
-/// next ones (a few hundred KiB each) come from the heap, where they fragment it and stay: a
-/// 200,000-transaction push peaked at 58 MiB RSS that way, and at 33-35 MiB with the threshold
-/// fixed at 128 KiB, at the same CPU (BENCHMARKS.md, "POS push"). Two arenas instead of up to
-/// sixteen (eight per core) saved a few MiB more in the same runs. Other C libraries (musl)
-/// have no such settings and need none.
+/// next ones (a few hundred KiB each) came from the heap, where they fragmented it and stayed: a
+/// 200,000-transaction push peaked at 58 MiB RSS that way. The threshold is fixed instead, at
+/// 512 KiB, above the largest buffers a push uses often (a 1000-transaction body, a 256 KiB MQTT
+/// batch), and the heap keeps at most 1 MiB free at its top: mapped afresh and unmapped, those
+/// buffers had cost a page fault per 4 KiB, 480 per request and 10 to 20% of the push's CPU
+/// (BENCHMARKS.md, "POS push", item 12). Two arenas instead of up to sixteen (eight per core)
+/// saved a few MiB more. Other C libraries (musl) have no such settings and need none.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; it runs before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// Blocks above this are mapped for themselves and unmapped when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 512 * 1024;
+/// Free memory at the top of a heap beyond this is given back to the kernel.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: i32 = 1024 * 1024;
 
 fn main() -> ExitCode {
     tune_allocator();
