@@ -222,6 +222,12 @@ impl AsyncWrite for IdleIo {
     }
 }
 
+/// The most a connection reads ahead (hyper's default is about 400 KiB). A request's head must
+/// fit in it; its body is read through it in pieces of at most this size, so every open
+/// connection holds 64 KiB at most for reading, whatever the body's size, and the buffer comes
+/// from the heap instead of a mapping of its own (BENCHMARKS.md, "POS push", item 13).
+const READ_BUFFER_MAX: usize = 64 * 1024;
+
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 31\r\n\r\nHTTP connection limit reached\r\n";
 
 /// Serves `router` on `listen` until the task is aborted, within `limits`, counting
@@ -297,6 +303,7 @@ async fn accept_loop(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .keep_alive(true)
+                .max_buf_size(READ_BUFFER_MAX)
                 .serve_connection(io, svc);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP connection ended");
