@@ -294,17 +294,19 @@ impl<'a, J: Judge<'a>> Reader<'a, '_, J> {
             self.at += 1;
         }
         let token = self.text.get(start..self.at)?;
-        let (negative, digits) = match token.strip_prefix('-') {
-            Some(d) => (true, d),
-            None => (false, token),
+        // Bytes, not `str` prefixes: in the size-optimized build those prefix tests were calls
+        // to `memcmp`.
+        let (negative, digits) = match token.as_bytes().split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, token.as_bytes()),
         };
         let plain = !digits.is_empty()
             && digits.len() <= 18
-            && digits.bytes().all(|c| c.is_ascii_digit())
-            && (digits.len() == 1 || !digits.starts_with('0'));
+            && digits.iter().all(u8::is_ascii_digit)
+            && (digits.len() == 1 || digits.first() != Some(&b'0'));
         if plain {
             let v = digits
-                .bytes()
+                .iter()
                 .fold(0i64, |v, c| v * 10 + i64::from(c - b'0'));
             // serde_json reads `-0` as a float.
             if !negative {
