@@ -45,6 +45,65 @@ pub fn give_wiped(v: Vec<u8>) {
     POOL.give_wiped(v);
 }
 
+/// A buffer of raw input (a POS request body may carry e-mail addresses, phone numbers, card
+/// numbers in free text). However it ends (stored, refused, cut off by a limit or a timeout),
+/// it is zeroed before its memory is freed or kept, and it grows by copying into a larger
+/// buffer and zeroing the old one, never by the allocator's reallocation, which would free the
+/// old copy as it was: freed heap memory is reused, not cleared (docs/design.md, "Privacy").
+pub struct RawInput {
+    buf: Vec<u8>,
+    pool: &'static Pool,
+}
+
+impl RawInput {
+    /// An empty buffer with room for `capacity` bytes (a kept one when there is one).
+    pub fn with_capacity(capacity: usize) -> RawInput {
+        RawInput::in_pool(&POOL, capacity)
+    }
+
+    fn in_pool(pool: &'static Pool, capacity: usize) -> RawInput {
+        RawInput {
+            buf: pool.take(capacity),
+            pool,
+        }
+    }
+
+    /// Appends `bytes`, moving to a buffer twice the size (or more) when there is no room.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let needed = self.buf.len().saturating_add(bytes.len());
+        if needed > self.buf.capacity() {
+            let mut larger = self
+                .pool
+                .take(needed.max(self.buf.capacity().saturating_mul(2)));
+            larger.extend_from_slice(&self.buf);
+            self.pool
+                .give_wiped(std::mem::replace(&mut self.buf, larger));
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The input read so far.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for RawInput {
+    fn drop(&mut self) {
+        self.pool.give_wiped(std::mem::take(&mut self.buf));
+    }
+}
+
 /// Kept buffers behind a lock (taken for a moment per request, never across an await).
 struct Pool(Mutex<Vec<Vec<u8>>>);
 
@@ -67,8 +126,9 @@ impl Pool {
                 v.resize(len, 0);
                 v
             }
-            // Zeroed by the allocator (fresh pages are zero), not written byte by byte: in the
-            // size-optimized build that loop was 3% of a bulk push's instructions.
+            // Zeroed by the allocator (`calloc`: fresh pages are zero, heap memory is cleared at
+            // once), not written byte by byte: in the size-optimized build that loop was 3% of
+            // a bulk push's instructions.
             None => vec![0; len],
         }
     }
@@ -112,6 +172,32 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_input_grows_keeps_its_bytes_and_is_wiped_on_every_path() {
+        static RAW: Pool = Pool::new();
+        // Growth from nothing, past the pool's minimum, and past several doublings: every
+        // buffer it leaves behind goes back through the wipe.
+        let mut raw = RawInput::in_pool(&RAW, 0);
+        let mut want = Vec::new();
+        for i in 0..200_000u32 {
+            let piece = (i | 0x8080_8080).to_be_bytes();
+            raw.extend_from_slice(&piece);
+            want.extend_from_slice(&piece);
+        }
+        assert_eq!(raw.as_slice(), &want[..]);
+        assert_eq!(raw.len(), want.len());
+        assert!(!raw.is_empty());
+        assert!(RAW.kept().0 > 0, "the outgrown buffers were kept");
+        drop(raw);
+        let pool = RAW.0.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(!pool.is_empty());
+        for v in pool.iter() {
+            // A kept buffer keeps its length until it is taken again: all of it is zeros.
+            assert!(!v.is_empty());
+            assert!(v.iter().all(|&b| b == 0), "a kept buffer holds input");
+        }
+    }
 
     #[test]
     fn large_buffers_come_back_empty_and_the_pool_stays_bounded() {

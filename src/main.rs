@@ -312,10 +312,10 @@ fn run_to_exit(what: &str, fut: impl std::future::Future<Output = Result<(), Str
 /// so after the first bulk POS push the request bodies, parse buffers and spool chunks of the
 /// next ones (a few hundred KiB each) came from the heap, where they fragmented it and stayed: a
 /// 200,000-transaction push peaked at 58 MiB RSS that way. The threshold is fixed instead, at
-/// 512 KiB, above the largest buffers a push uses often (a 1000-transaction body, a 256 KiB MQTT
-/// batch), and the heap keeps at most 1 MiB free at its top: mapped afresh and unmapped, those
-/// buffers had cost a page fault per 4 KiB, 480 per request and 10 to 20% of the push's CPU
-/// (BENCHMARKS.md, "POS push", item 12). Two arenas instead of up to sixteen (eight per core)
+/// 512 KiB, above the buffers a bulk push needs for every request (a 1000-transaction body of
+/// about 0.4 MiB, a 256 KiB MQTT batch), and a heap gives memory back once more than 1 MiB is
+/// free at its top: mapped afresh and unmapped, those buffers had cost a page fault per 4 KiB,
+/// 480 per request and 10 to 20% of the push's CPU (BENCHMARKS.md, "POS push", item 12). Two arenas instead of up to sixteen (eight per core)
 /// saved a few MiB more. Other C libraries (musl) have no such settings and need none.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -222,10 +222,11 @@ impl AsyncWrite for IdleIo {
     }
 }
 
-/// The most a connection reads ahead (hyper's default is about 400 KiB). A request's head must
-/// fit in it; its body is read through it in pieces of at most this size, so every open
-/// connection holds 64 KiB at most for reading, whatever the body's size, and the buffer comes
-/// from the heap instead of a mapping of its own (BENCHMARKS.md, "POS push", item 13).
+/// The most a connection buffers for reading, and for writing (hyper's default is about 400
+/// KiB), and the largest request head (else 431 and the connection is closed); a body is
+/// read through it in pieces of at most this size, so an open connection holds about 64 KiB
+/// for reading whatever the body's size, and the buffer comes from the heap instead of a
+/// mapping of its own (BENCHMARKS.md, "POS push", item 13).
 const READ_BUFFER_MAX: usize = 64 * 1024;
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 31\r\n\r\nHTTP connection limit reached\r\n";
@@ -304,6 +305,7 @@ async fn accept_loop(
                 .header_read_timeout(limits.header_timeout)
                 .keep_alive(true)
                 .max_buf_size(READ_BUFFER_MAX)
+                .max_header_size(READ_BUFFER_MAX)
                 .serve_connection(io, svc);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP connection ended");

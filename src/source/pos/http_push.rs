@@ -145,8 +145,9 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     let mut stream = body.into_data_stream();
     let read = async {
         // Sized once from Content-Length (already checked against the limit), so a bulk body
-        // is not copied through doubling buffers.
-        let mut bytes = crate::buffers::take(declared.unwrap_or(0).min(st.limit));
+        // is not copied through doubling buffers. Zeroed however the request ends.
+        let mut bytes =
+            crate::buffers::RawInput::with_capacity(declared.unwrap_or(0).min(st.limit));
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else {
                 return Err(json_err(
@@ -203,7 +204,7 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
             )
         }
     };
-    let Ok(text) = std::str::from_utf8(&bytes) else {
+    let Ok(text) = std::str::from_utf8(bytes.as_slice()) else {
         return bad_request(&st, &Reject::new("body", "not UTF-8"));
     };
     let fused = match format {
@@ -230,7 +231,7 @@ async fn push(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     }
     // The body is no longer needed: a bulk request waiting for the index or the flush does
     // not hold it (eight clients pushing 1000 transactions each held 3 MB of bodies so).
-    crate::buffers::give_wiped(bytes);
+    drop(bytes);
     match st.ingest.store(normalized).await {
         Ok(s) => {
             let code = if s.accepted > 0 {
