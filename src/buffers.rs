@@ -38,13 +38,6 @@ pub fn give(v: Vec<u8>) {
     POOL.give(v);
 }
 
-/// [`give`] for a buffer that held raw input (a POS request body may carry e-mail addresses,
-/// phone numbers, card numbers in free text): zeroed first, so a kept buffer holds nothing of
-/// it while it waits.
-pub fn give_wiped(v: Vec<u8>) {
-    POOL.give_wiped(v);
-}
-
 /// A buffer of raw input (a POS request body may carry e-mail addresses, phone numbers, card
 /// numbers in free text). However it ends (stored, refused, cut off by a limit or a timeout),
 /// it is zeroed before its memory is freed or kept, and it grows by copying into a larger

@@ -315,8 +315,9 @@ fn run_to_exit(what: &str, fut: impl std::future::Future<Output = Result<(), Str
 /// 512 KiB, above the buffers a bulk push needs for every request (a 1000-transaction body of
 /// about 0.4 MiB, a 256 KiB MQTT batch), and a heap gives memory back once more than 1 MiB is
 /// free at its top: mapped afresh and unmapped, those buffers had cost a page fault per 4 KiB,
-/// 480 per request and 10 to 20% of the push's CPU (BENCHMARKS.md, "POS push", item 12). Two arenas instead of up to sixteen (eight per core)
-/// saved a few MiB more. Other C libraries (musl) have no such settings and need none.
+/// 480 per request and 10 to 20% of the push's CPU (BENCHMARKS.md, "POS push", item 12). Two
+/// arenas instead of up to sixteen (eight per core) saved a few MiB more. Other C libraries
+/// (musl) have no such settings and need none.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; it runs before any other thread exists.
