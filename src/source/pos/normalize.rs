@@ -13,6 +13,8 @@ use crate::privacy::pii::FreeText;
 /// A normalized transaction ready for the spool, with its idempotency key.
 #[derive(Debug)]
 pub struct Normalized {
+    /// The `pos.transaction` event; its id (`<gateway>:<seq>`) is given when the spool
+    /// appends it.
     pub event: Event,
     /// `register ␟ business day ␟ transaction id`: the idempotency key. The business day is
     /// the source's, else the local date of the transaction time (docs/pos.md, "Exactly once").
@@ -24,8 +26,11 @@ pub struct Normalized {
     pub content: [u8; 32],
     /// The source sent no time (the gateway's clock filled it in; left out of the content).
     pub time_filled_in: bool,
+    /// Lines in the event, for the replay summary's `lines` count.
     pub body_lines: usize,
+    /// The transaction's currency, the key of the replay summary's totals.
     pub currency: String,
+    /// The published `totals.total_minor`, summed per currency in the replay summary.
     pub total_minor: i64,
 }
 
@@ -247,6 +252,11 @@ pub fn normalize_tallied(
         .subtotal
         .map(|v| sign(v, "totals.subtotal"))
         .transpose()?;
+    let stated_discount = tx
+        .totals
+        .discount
+        .map(|v| sign(v, "totals.discount"))
+        .transpose()?;
     let register = ident("register", trimmed(tx.register)).map_err(reject)?;
     let business_day = ident_o("business_day", tx.business_day).map_err(reject)?;
     let store_ref = ident_o("store_ref", tx.store_ref).map_err(reject)?;
@@ -289,7 +299,7 @@ pub fn normalize_tallied(
             total_minor: total,
             subtotal_minor: subtotal,
             tax_minor: tax,
-            discount_minor: tx.totals.discount,
+            discount_minor: stated_discount,
             lines_sum_minor: lines_sum,
             mismatch_minor: (mismatch != 0).then_some(mismatch),
         },
@@ -478,11 +488,19 @@ mod tests {
         let mut t = sale();
         t.kind = Some(TxType::Refund);
         t.totals.total = Some(250);
+        t.totals.subtotal = Some(300);
+        t.totals.tax = Some(-20);
+        t.totals.discount = Some(30);
         let n = normalize(t, &CustomerKeys::default(), 0).unwrap_or_else(|e| panic!("{e}"));
         let b = &n.event.body();
         assert_eq!(b["totals"]["total_minor"], -250);
+        // Every stated amount is negative, whatever sign the source wrote.
+        assert_eq!(b["totals"]["subtotal_minor"], -300);
+        assert_eq!(b["totals"]["tax_minor"], -20);
+        assert_eq!(b["totals"]["discount_minor"], -30);
         assert_eq!(b["totals"]["lines_sum_minor"], -300);
-        assert_eq!(b["totals"]["mismatch_minor"], 50);
+        // −250 stated against −300 of lines and −20 of tax.
+        assert_eq!(b["totals"]["mismatch_minor"], 70);
         assert_eq!(b["lines"][0]["qty"], -2.0);
         assert_eq!(b["tenders"][0]["amount_minor"], -300);
     }
