@@ -18,6 +18,8 @@ pub const SOURCE_CHANNEL: usize = 4096;
 
 /// A running pipeline; dropping it does not stop it, call [`Pipeline::shutdown`].
 pub struct Pipeline {
+    /// The spool between the sources and the uplink; public so tools and the fleet bench can read
+    /// its depth.
     pub spool: Arc<Spool>,
     sources: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,

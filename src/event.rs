@@ -11,8 +11,11 @@ pub const SCHEMA: &str = "storegw.v1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
+    /// Beacon sightings, presence and the BLE census (`ble.*`); may drop its oldest events.
     Ble,
+    /// Probe-request footfall (`wifi.census`, opt-in `wifi.visit`); may drop its oldest events.
     Wifi,
+    /// Till transactions (`pos.transaction`): never dropped, and first in uplink priority.
     Pos,
 }
 
@@ -72,11 +75,17 @@ impl FromStr for Stream {
 /// cannot be misspelled at a construction site, and its stream is a `match`, not a string split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
+    /// `ble.sighting`: one known beacon heard in one window (count, RSSI, distance, TLM).
     BleSighting,
+    /// `ble.presence`: a known beacon entered or left (`enter` / `exit`).
     BlePresence,
+    /// `ble.census`: how many other BLE devices were around in a window, without identities.
     BleCensus,
+    /// `wifi.census`: footfall counts from the probe requests of one window.
     WifiCensus,
+    /// `wifi.visit`: one pseudonymous device's stay in the store (opt-in, `visits = true`).
     WifiVisit,
+    /// `pos.transaction`: one normalized till transaction, on the stream that never drops.
     PosTransaction,
 }
 
@@ -143,7 +152,9 @@ impl FromStr for EventKind {
 /// not a second serialization: at full load that is most of the gateway's CPU.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Event {
+    /// What the event is: its wire `kind` and, through it, its stream.
     pub kind: EventKind,
+    /// Event time in Unix milliseconds, written as `ts` (RFC 3339 UTC with milliseconds).
     pub ts_ms: i64,
     /// The body as a JSON object (`{...}`), without `id`, `kind` and `ts`.
     body: Vec<u8>,

@@ -56,13 +56,21 @@ impl BenchOptions {
 /// One line of the report: a figure, its baseline and the target it is held to.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
+    /// The measurement as the report's first column names it (load and conditions included).
     pub what: String,
+    /// storegw's figure, in `unit`.
     pub value: f64,
+    /// Unit of `value` and `baseline`, printed after the value (`events/s`, `MiB`, `s`).
     pub unit: String,
+    /// What the baseline is (raw sled, raw rumqttc, tshark…); empty without a baseline.
     pub baseline_name: String,
+    /// The baseline's figure from the same run on the same machine; None when there is none.
     pub baseline: Option<f64>,
+    /// `value / baseline`, the figure to compare across machines; None without a baseline above 0.
     pub ratio: Option<f64>,
+    /// The target the figure is held to, as text (`≥0.8× raw sled`); empty without a target.
     pub target: String,
+    /// Whether the target was met (`**no**` in the report when not); None without a target.
     pub met: Option<bool>,
 }
 

@@ -38,17 +38,24 @@ use trusted_keys::TrustedKeys;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[gateway]`: this gateway's ids and state directory; the only required section.
     pub gateway: GatewayConfig,
+    /// `[mqtt]`: the central broker, how to reach it, batching and reconnection.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// `[spool]`: the on-disk queue that keeps events while the broker is out of reach.
     #[serde(default)]
     pub spool: SpoolConfig,
+    /// `[privacy]`: device-key rotation, count suppression and customer identifiers.
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    /// `[http]`: the loopback server for metrics, health and POS push.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[log]`: level and output format of storegw's own messages.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[sources.<feed>]`: every input feed, each off unless its `enabled` is written true.
     #[serde(default)]
     pub sources: SourcesConfig,
     /// Signed remote configuration (docs/fleet.md); off unless the section is written.
@@ -76,7 +83,9 @@ pub struct RemoteConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MinVersion {
+    /// Fleet documents below this version are refused, stored ones too; 0 (the default): any.
     pub fleet: i64,
+    /// The same for this gateway's own documents; 0 (the default): any.
     pub gateway: i64,
 }
 
@@ -88,8 +97,12 @@ fn default_confirm_timeout() -> Dur {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// This store's id, a topic level: [A-Za-z0-9_-], 1-64 characters, not `_fleet`. Required.
     pub store_id: String,
+    /// This box's id, unique within the store: as `store_id`, but not `config` or `cmd`. Required.
     pub gateway_id: String,
+    /// Spool, status file and accepted remote documents (default `/var/lib/storegw`, systemd's
+    /// StateDirectory=); relative paths are relative to the configuration file's directory.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
 }
@@ -104,26 +117,49 @@ fn default_state_dir() -> PathBuf {
 pub struct MqttConfig {
     /// `mqtt://host:port` or `mqtts://host:port`; overrides host/port/tls when set.
     pub url: Option<String>,
+    /// Broker host when `url` is unset (default `127.0.0.1`); beside `url` it must agree with it.
     pub host: String,
+    /// Broker port when `url` is unset (default 1883); beside `url` it must agree with it.
     pub port: u16,
+    /// MQTT over TLS when `url` is unset (default false); beside `url` it must agree with it.
     pub tls: bool,
+    /// PEM CA bundle that signed the broker's certificate; unset: the system bundle.
     pub ca_file: Option<PathBuf>,
+    /// This gateway's PEM certificate for mutual TLS; set together with `client_key_file`.
     pub client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `client_cert_file`; a secret file (mode 0600).
     pub client_key_file: Option<PathBuf>,
+    /// Broker user name; unset: no credentials. Without `password_file` the password is empty.
     pub username: Option<String>,
+    /// File holding the broker password (trailing newline ignored); a secret (mode 0600).
     pub password_file: Option<PathBuf>,
+    /// MQTT keep-alive interval: how soon a dead link is noticed (5s-65535s, default 30s).
     pub keep_alive: Dur,
+    /// Topics are `{topic_prefix}/{store_id}/{gateway_id}/...` (default `storegw/v1`).
     pub topic_prefix: String,
+    /// Events in one batch (one MQTT message) at most (1-10000, default 500).
     pub batch_max_events: usize,
+    /// Bytes in one batch at most (1KiB-256MiB, default 256KiB).
     pub batch_max_bytes: ByteSize,
+    /// How long a batch that is not full waits for more events (default 200ms).
     pub linger: Dur,
+    /// Unacknowledged batches on the wire (1-1000, default 32); bounds duplicates after a
+    /// reconnect.
     pub max_inflight: u16,
+    /// Backoff ceiling of the first reconnect, doubled per attempt, full jitter (default 1s).
     pub reconnect_min: Dur,
+    /// Largest backoff ceiling, not below `reconnect_min` (default 120s): a fleet reconnects
+    /// as a spread after a broker restart.
     pub reconnect_max: Dur,
     /// Events per second after an outage; 0 = unlimited.
     pub drain_rate: u32,
+    /// How often the retained status message is refreshed (at least 1s, default 60s).
     pub status_interval: Dur,
+    /// On SIGTERM, how long to wait for in-flight acknowledgements before disconnecting
+    /// (default 5s).
     pub shutdown_timeout: Dur,
+    /// How long to wait for the broker's CONNACK (default 10s); `remote.confirm_timeout` must
+    /// be longer.
     pub connect_timeout: Dur,
     /// Plain MQTT (no TLS) to a broker that is not on this machine is refused when it would
     /// carry credentials or POS data, unless this is written as `true` (docs/operations.md).
@@ -163,10 +199,17 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
+    /// Sensor events reach disk at least this often, so a power cut loses at most this much
+    /// (1ms-60s, default 1s); POS transactions are flushed before the HTTP 2xx regardless.
     pub flush_interval: Dur,
+    /// sled page cache (at least 1MiB, default 8MiB); keep it small on a Raspberry Pi.
     pub cache_capacity: ByteSize,
+    /// `[spool.ble]`: oldest BLE events are dropped beyond the caps (default 256MiB, 3d).
     pub ble: StreamCap,
+    /// `[spool.wifi]`: oldest Wi-Fi events are dropped beyond the caps (default 128MiB, 3d).
     pub wifi: StreamCap,
+    /// `[spool.pos]`: never dropped; new POS input is refused when full and an old backlog
+    /// raises an alarm (default 512MiB, 30d).
     pub pos: StreamCap,
 }
 
@@ -195,7 +238,11 @@ impl Default for SpoolConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamCap {
+    /// Bytes the stream's tree may hold (at least 64KiB): beyond it a sensor stream drops its
+    /// oldest events and POS refuses new input (a till gets 503).
     pub max_bytes: ByteSize,
+    /// Age of the oldest event kept (at least 1m): older sensor events are dropped, an older POS
+    /// backlog raises an alarm.
     pub max_age: Dur,
 }
 
@@ -274,7 +321,10 @@ impl PrivacyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    /// Run the server (default true); off, there is no `/metrics`, `/healthz` or POS push.
     pub enabled: bool,
+    /// Address and port (default `127.0.0.1:9380`); another port needs the unit's
+    /// `SocketBindAllow=` changed too.
     pub listen: String,
     /// A connection must send a complete request head within this time.
     pub header_timeout: Dur,
@@ -302,8 +352,10 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// `trace`, `debug`, `info` (the default), `warn` or `error`; `STOREGW_LOG` overrides it.
     pub level: String,
-    /// `auto` (journald under systemd, text on a terminal), `text`, `json`.
+    /// `auto` (journald under systemd, text on a terminal), `text`, `json` or `journald`; read
+    /// at start only.
     pub format: String,
 }
 
@@ -325,7 +377,10 @@ macro_rules! feed_sections {
         #[derive(Debug, Clone, Default, Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct SourcesConfig {
-            $(pub $name: $ty,)+
+            $(
+                /// The feed's section, `[sources.<feed>]`, declared in its `config.rs`.
+                pub $name: $ty,
+            )+
         }
 
         impl SourcesConfig {
@@ -373,9 +428,13 @@ pub trait RowSink {
 /// One configuration problem, located as precisely as the file allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
+    /// The file as named to the loader (`merged` for a remote document's merge).
     pub file: String,
+    /// 1-based line of the key or, failing that, of its table; None when no line can be named.
     pub line: Option<usize>,
+    /// Dotted key path (`mqtt.port`), or `(file)` / `(syntax)` when no key is to blame.
     pub key: String,
+    /// What is wrong, and where it helps, what to write instead.
     pub message: String,
 }
 

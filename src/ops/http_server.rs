@@ -114,8 +114,13 @@ const SATURATION_HOLD_MS: i64 = 30_000;
 /// Connection limits of the server (from `[http]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// `http.header_timeout` (default 10 s): a request head must arrive within it, or the
+    /// connection is closed.
     pub header_timeout: Duration,
+    /// `http.idle_timeout` (default 60 s): a connection with nothing read or written for this
+    /// long is closed.
     pub idle_timeout: Duration,
+    /// `http.max_connections` (default 64): one more connection gets `503` and is closed at once.
     pub max_connections: usize,
 }
 

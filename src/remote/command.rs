@@ -70,7 +70,10 @@ impl Action {
 /// A verified command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
+    /// What to carry out; its word is repeated in the answer.
     pub action: Action,
+    /// The sender's one-time id (16 to 64 of [A-Za-z0-9_-]): recorded against replay, repeated
+    /// in the answer.
     pub nonce: String,
     /// Expiry, ms since the epoch.
     pub not_after_ms: i64,
@@ -80,8 +83,11 @@ pub struct Command {
 /// one, so the sender can match the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// The short reason for `cmd/result` and the log (`wrong_target: ...`, `expired`, ...).
     pub reason: String,
+    /// The command's nonce; None when the text was not readable enough to have one.
     pub nonce: Option<String>,
+    /// The command word as written, even an unknown one; None when `nonce` is None.
     pub command: Option<String>,
 }
 

@@ -80,13 +80,29 @@ pub enum Rejection {
     /// `not_after` is more than [`MAX_VALIDITY`] ahead of the gateway's clock.
     ExpiryTooFar,
     /// `version` is not greater than the last applied one (a replay or an out-of-order push).
-    StaleVersion { version: i64, last: i64 },
+    StaleVersion {
+        /// The version the document carries.
+        version: i64,
+        /// The version to exceed: the layer's replay floor (last applied or rolled back, at
+        /// least `[remote.min_version]` - 1), or `--last-version` for `storegw verify`.
+        last: i64,
+    },
     /// The overlay sets a key only the local file may set.
     ForbiddenKey(String),
     /// The merged configuration fails `check-config`'s validation.
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The first problem's dotted key, or `(document)` / `(state)` when no key is to blame.
+        key: String,
+        /// `check-config`'s message for it (cut to an excerpt in the reason).
+        message: String,
+    },
     /// The overlay sets a delivery setting beyond what a document may set (see [`BOUNDS`]).
-    OutOfBounds { key: String, limit: &'static str },
+    OutOfBounds {
+        /// The delivery setting, as a dotted key of [`BOUNDS`] (`mqtt.linger`, ...).
+        key: String,
+        /// What a document may set it to, from [`BOUNDS`] (`at most 10s`).
+        limit: &'static str,
+    },
 }
 
 impl Rejection {
@@ -249,8 +265,11 @@ pub const FLEET_TARGET: &str = "_fleet";
 /// The header fields of an overlay.
 #[derive(Debug, Clone)]
 pub struct Header {
+    /// The positive `version`; each accepted document must carry a greater one.
     pub version: i64,
+    /// `not_after`; None when the overlay has none (`sign` adds one, verification refuses it).
     pub not_after: Option<OffsetDateTime>,
+    /// What it is signed for: `_fleet` or `<store>/<gateway>`, checked to be well formed.
     pub target: String,
 }
 

@@ -93,6 +93,7 @@ pub struct Report {
 pub struct Pending {
     /// The layer and version being confirmed.
     pub layer: Layer,
+    /// The version of that layer's document awaiting confirmation.
     pub version: i64,
     /// Starts with this change so far.
     pub starts: u32,
@@ -110,7 +111,9 @@ pub struct Pending {
 /// systemd's start limit leaves the unit failed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Probation {
+    /// The layer of the change watched: a rollback puts its previous document back.
     pub layer: Layer,
+    /// The version of that change, named in a rollback's report.
     pub version: i64,
     /// Starts since the change was applied that did not run through the probation time.
     pub starts: u32,
@@ -123,23 +126,31 @@ pub struct Probation {
 /// the state that follows it, so a start can tell an interrupted installation.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Installing {
+    /// The layer whose document is being written.
     pub layer: Layer,
+    /// Its version: a stored document of this version at start is replaced by the previous one.
     pub version: i64,
 }
 
 /// `state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Persisted {
+    /// Applied version and replay floor of the fleet layer (0: none).
     #[serde(default)]
     pub fleet: LayerVersions,
+    /// Applied version and replay floor of this gateway's own layer (0: none).
     #[serde(default)]
     pub gateway: LayerVersions,
+    /// What the status document's `config` reports; None: no document yet (`local`).
     #[serde(default)]
     pub report: Option<Report>,
+    /// A change applied by a restart, awaiting confirmation; None when there is none.
     #[serde(default)]
     pub pending: Option<Pending>,
+    /// Set while a document is being installed; found at start, the installation is undone.
     #[serde(default)]
     pub installing: Option<Installing>,
+    /// A confirmed change watched for repeated starts; None when there is none.
     #[serde(default)]
     pub probation: Option<Probation>,
     /// The latest wall-clock time this gateway recorded (ms since the epoch): expiry is never

@@ -280,6 +280,7 @@ pub struct CommandOptions {
     pub conn: crate::ops::tail::BrokerConn,
     /// Target store and gateway (the command is signed for exactly this gateway).
     pub store: String,
+    /// The gateway's id (`--gateway`): with `store`, the cmd topic and the signed target.
     pub gateway: String,
     /// The private key signing the command.
     pub key: PathBuf,

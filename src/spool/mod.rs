@@ -51,8 +51,11 @@ const SEQ_RESERVE: u64 = 1 << 20;
 pub enum SpoolError {
     /// The POS tree is at its byte cap: the caller must refuse its input (HTTP 503).
     Full {
+        /// The refused stream: always POS, since sensor streams evict their oldest instead.
         stream: Stream,
+        /// Bytes the stream held before this append (keys and chunk values).
         bytes: u64,
+        /// The stream's byte cap (`spool.pos.max_bytes`), which the append would have passed.
         cap: u64,
     },
     /// sled failed (disk full, I/O error).
@@ -84,7 +87,9 @@ impl From<sled::Error> for SpoolError {
 /// One spooled event as the uplink reads it.
 #[derive(Debug, Clone)]
 pub struct Spooled {
+    /// The event's sequence number: the `<seq>` of its id, growing across restarts.
     pub seq: u64,
+    /// When its chunk was appended (Unix ms); the uplink lingers on young events to fill batches.
     pub enqueued_ms: i64,
     /// Key of the chunk holding the event (what [`Spool::ack`] needs).
     pub chunk: u64,
@@ -111,7 +116,9 @@ impl Spooled {
 /// Identifies an acknowledged event: its chunk and its seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckRef {
+    /// Key of the chunk holding the event: the seq of the chunk's first event.
     pub chunk: u64,
+    /// The acknowledged event's seq; the chunk is deleted once every seq in it is.
     pub seq: u64,
 }
 
@@ -134,8 +141,11 @@ struct StreamState {
 /// Depth of one stream, for status and metrics.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamDepth {
+    /// Events appended and not yet acknowledged by the broker.
     pub depth: u64,
+    /// Bytes the stream holds in sled (keys and chunk values as stored): what its cap limits.
     pub bytes: u64,
+    /// Seconds since the oldest chunk still held was appended; None when the stream is empty.
     pub oldest_age_s: Option<f64>,
 }
 

@@ -42,13 +42,18 @@ impl SourceState {
 pub struct SourceHealth {
     /// A [`SourceState`] word (`starting`, `running`, …), kept as text in the document.
     pub state: String,
+    /// Why the state is what it is (the error, the missing device), as last reported; None
+    /// when the source gave no reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// When the source last saw input (RFC 3339 UTC); None until it has.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_input: Option<String>,
     /// The same instant in ms, for the metrics' age gauge.
     #[serde(skip)]
     pub last_input_ms: Option<i64>,
+    /// Restarts inside the source since the gateway started (e.g. the BLE scanner), not
+    /// restarts of the process.
     pub restarts: u64,
 }
 

@@ -279,9 +279,13 @@ pub struct SpoolFigures {
 
 /// One stream's spool figures.
 pub struct StreamFigures {
+    /// The `stream` label of the spool gauges.
     pub stream: Stream,
+    /// `storegw_spool_depth`: events not yet acknowledged by the broker.
     pub depth: u64,
+    /// `storegw_spool_bytes`: bytes the stream holds in sled.
     pub bytes: u64,
+    /// `storegw_spool_oldest_age_seconds`; None (an empty stream) is written as 0.
     pub oldest_age_s: Option<f64>,
 }
 

@@ -33,6 +33,7 @@ use std::time::Instant;
 /// nothing to delete when acknowledged).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
+    /// The batch's stream, for deleting its events on PUBACK; `None` for a control message.
     pub stream: Option<Stream>,
     /// What to hand to the spool once acknowledged.
     pub acks: Vec<AckRef>,

@@ -38,23 +38,41 @@ use session::{Action, Delivery, End, Input, Live, Session, SessionConfig};
 /// Everything the uplink needs, resolved from the config once (secrets read, TLS built).
 #[derive(Clone)]
 pub struct UplinkSettings {
+    /// `gateway.store_id`: a topic level, part of the client id, and stamped on every payload.
     pub store: String,
+    /// `gateway.gateway_id`: the topic level after the store, in the client id and payloads.
     pub gateway: String,
+    /// `mqtt.topic_prefix`, the first level of every topic (default `storegw/v1`).
     pub prefix: String,
+    /// Broker host, from `mqtt.url` or `mqtt.host`.
     pub host: String,
+    /// Broker port, from `mqtt.url` (1883 or 8883 when it names none) or `mqtt.port`.
     pub port: u16,
+    /// TLS client configuration (CA, client certificate) when TLS is on; `None`: plain MQTT.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Username and the password from `mqtt.password_file` (empty without one); `None`: no login.
     pub credentials: Option<(String, String)>,
+    /// MQTT keep-alive (`mqtt.keep_alive`): how soon a dead connection is noticed.
     pub keep_alive: Duration,
+    /// Most events in one batch, one MQTT message (`mqtt.batch_max_events`).
     pub batch_max_events: usize,
+    /// Most bytes of event JSON in one batch (`mqtt.batch_max_bytes`); + 64 KiB: packet limit.
     pub batch_max_bytes: usize,
+    /// How long a batch that is not full waits for more events (`mqtt.linger`).
     pub linger: Duration,
+    /// Requests unacknowledged at once (`mqtt.max_inflight`): bounds duplicates after a drop.
     pub max_inflight: usize,
+    /// Ceiling of the first reconnect wait (`mqtt.reconnect_min`), doubled per failed attempt.
     pub reconnect_min: Duration,
+    /// Cap of that ceiling (`mqtt.reconnect_max`); each wait is uniform in 0 to the ceiling.
     pub reconnect_max: Duration,
+    /// Events per second published at most (`mqtt.drain_rate`), 0 = unlimited; reloaded live.
     pub drain_rate: u32,
+    /// How often the retained `online` status is published again (`mqtt.status_interval`).
     pub status_interval: Duration,
+    /// How long a shutdown waits for in-flight acknowledgements (`mqtt.shutdown_timeout`).
     pub shutdown_timeout: Duration,
+    /// How long a connection attempt waits for CONNACK (`mqtt.connect_timeout`).
     pub connect_timeout: Duration,
 }
 
@@ -131,7 +149,10 @@ pub enum Inbound {
     /// Connected; `subscribed` when the broker granted every remote topic (SUBACK). Only a
     /// granted subscription confirms a configuration change: a gateway the ACL cuts off from
     /// its config topics could never be corrected remotely.
-    Connected { subscribed: bool },
+    Connected {
+        /// False when the broker refused a remote topic (its ACL): no change is confirmed then.
+        subscribed: bool,
+    },
     /// A connection attempt failed (the reason reaches a rollback's report).
     ConnectFailed(String),
     /// The broker acknowledged a publish sent with `confirms` on this session.
@@ -139,7 +160,12 @@ pub enum Inbound {
     /// The session ended (the connection was lost or dropped on purpose).
     Disconnected,
     /// A message on one of the subscribed topics.
-    Message { topic: String, payload: Vec<u8> },
+    Message {
+        /// The topic it came on: the agent tells a configuration layer from a command by it.
+        topic: String,
+        /// The message as the broker delivered it; the agent checks its signature.
+        payload: Vec<u8>,
+    },
 }
 
 /// What the daemon asks the uplink to do on the connection.
@@ -148,9 +174,13 @@ pub enum Outbound {
     /// Publish at QoS 1 (configuration state, command answers); with `confirms`, its PUBACK
     /// is reported back as [`Inbound::Acknowledged`].
     Publish {
+        /// Full topic: `{prefix}/{store}/{gateway}/config/state` or `.../cmd/result`.
         topic: String,
+        /// The JSON document; one too large for a packet goes as a bounded error instead.
         payload: Vec<u8>,
+        /// Retained, so a new subscriber sees it (configuration state; command answers are not).
         retain: bool,
+        /// Report its PUBACK to the agent: the broker took a message on this session.
         confirms: bool,
     },
     /// Publish the retained status document now.
@@ -162,8 +192,11 @@ pub enum Outbound {
 /// The remote-control side of the connection: topics to subscribe to after every CONNACK,
 /// messages in, requests out. Absent when `[remote]` is not configured (nothing subscribed).
 pub struct RemoteLink {
+    /// Subscribed after every CONNACK: the gateway's `config` and `cmd` topics, `_fleet/config`.
     pub subscribe: Vec<String>,
+    /// To the agent: messages on those topics and the connection's events.
     pub inbound: mpsc::Sender<Inbound>,
+    /// From the agent: what to publish or do on the connection.
     pub outbound: mpsc::Receiver<Outbound>,
 }
 

@@ -81,8 +81,11 @@ impl Backlog for crate::spool::Spool {
 /// The batching knobs of `[mqtt]` the scheduler applies.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Most events in one batch (`mqtt.batch_max_events`); a full batch does not linger.
     pub batch_max_events: usize,
+    /// Most bytes of event JSON in one batch (`mqtt.batch_max_bytes`); a larger event goes alone.
     pub batch_max_bytes: usize,
+    /// How long a batch that is not full may wait for more (`mqtt.linger`), from its oldest event.
     pub linger: Duration,
     /// Events per second; 0 means unlimited.
     pub drain_rate: u32,
@@ -91,7 +94,9 @@ pub struct Limits {
 /// Events of one stream to publish as one MQTT message.
 #[derive(Debug)]
 pub struct Batch<T> {
+    /// The stream whose topic the batch goes to and whose spool holds its events.
     pub stream: Stream,
+    /// Unacknowledged events from the stream's cursor on, oldest first, within the limits.
     pub events: Vec<T>,
 }
 

@@ -64,12 +64,18 @@ pub enum DocumentOutcome {
     /// Accepted and every changed key is live: publish this configuration (merged text, config,
     /// changed keys).
     Live {
+        /// The merged configuration text (the local file, then the fleet and gateway layers).
         text: String,
+        /// That text parsed and validated, to publish to the running tasks.
         config: Box<Config>,
+        /// Dotted keys whose value changed, every one of them live.
         changed: Vec<String>,
     },
     /// Accepted with restart-only keys: installed; the process must exit and be restarted.
-    Restart { keys: Vec<String> },
+    Restart {
+        /// The changed keys that need the restart (dotted); the report names them too.
+        keys: Vec<String>,
+    },
 }
 
 /// What a message on the command topic leads to.
@@ -86,7 +92,9 @@ pub enum CommandOutcome {
 /// The topics an agent listens on, by role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inbox {
+    /// `{prefix}/_fleet/config` or this gateway's own config topic, by layer.
     Config(Layer),
+    /// This gateway's `{prefix}/{store}/{gateway}/cmd`: signed commands.
     Command,
 }
 

@@ -66,26 +66,42 @@ impl<'a> Iterator for AdIter<'a> {
 
 /// AD types this gateway interprets (Assigned Numbers §2.3).
 pub mod ad_type {
+    /// Flags: one octet of discoverable-mode and BR/EDR support bits.
     pub const FLAGS: u8 = 0x01;
+    /// Incomplete list of 16-bit service UUIDs: the device offers more than it lists.
     pub const UUID16_INCOMPLETE: u8 = 0x02;
+    /// Complete list of 16-bit service UUIDs.
     pub const UUID16_COMPLETE: u8 = 0x03;
+    /// Incomplete list of 32-bit service UUIDs.
     pub const UUID32_INCOMPLETE: u8 = 0x04;
+    /// Complete list of 32-bit service UUIDs.
     pub const UUID32_COMPLETE: u8 = 0x05;
+    /// Incomplete list of 128-bit service UUIDs.
     pub const UUID128_INCOMPLETE: u8 = 0x06;
+    /// Complete list of 128-bit service UUIDs.
     pub const UUID128_COMPLETE: u8 = 0x07;
+    /// Shortened local name (a prefix of the complete one).
     pub const NAME_SHORT: u8 = 0x08;
+    /// Complete local name.
     pub const NAME_COMPLETE: u8 = 0x09;
+    /// TX Power Level: one signed octet, the transmit power in dBm.
     pub const TX_POWER: u8 = 0x0A;
+    /// Service data led by a 16-bit UUID (where Eddystone frames sit, UUID 0xFEAA).
     pub const SERVICE_DATA16: u8 = 0x16;
+    /// Service data led by a 32-bit UUID.
     pub const SERVICE_DATA32: u8 = 0x20;
+    /// Service data led by a 128-bit UUID.
     pub const SERVICE_DATA128: u8 = 0x21;
+    /// Manufacturer specific data led by a 16-bit company id (iBeacon, AltBeacon).
     pub const MANUFACTURER: u8 = 0xFF;
 }
 
 /// A service UUID as advertised, widened to 128 bits on demand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ServiceUuid {
+    /// A 16-bit SIG-assigned UUID (e.g. Eddystone's 0xFEAA), in the Bluetooth Base UUID.
     U16(u16),
+    /// A 32-bit SIG-assigned UUID, in the Bluetooth Base UUID.
     U32(u32),
     /// Big-endian (display order) bytes.
     U128([u8; 16]),
@@ -140,30 +156,46 @@ fn reversed16(le: &[u8]) -> Option<[u8; 16]> {
 /// One AD structure, interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ad<'a> {
+    /// Flags (AD type 0x01): discoverable-mode and BR/EDR support bits.
     Flags(u8),
     /// A list of service UUIDs (`width` 2, 4 or 16 bytes, little-endian on air); a trailing
     /// partial UUID is ignored.
     Uuids {
+        /// Bytes per UUID, from the AD type: 2, 4 or 16.
         width: u8,
+        /// True for a complete list, false for an incomplete one (more services exist).
         complete: bool,
+        /// The UUIDs as on air (little-endian); walk them with [`uuids`].
         raw: &'a [u8],
     },
     /// Local name bytes (UTF-8 by the spec, not guaranteed on air).
     Name {
+        /// True for the Complete Local Name (0x09), false for the Shortened one (0x08).
         complete: bool,
+        /// The name bytes, never empty (an empty name is counted as malformed).
         name: &'a [u8],
     },
+    /// TX Power Level (AD type 0x0A): the device's transmit power in dBm.
     TxPower(i8),
+    /// Service data (AD types 0x16, 0x20, 0x21): one service's payload after its UUID.
     ServiceData {
+        /// The service the data belongs to (0xFEAA: an Eddystone frame).
         uuid: ServiceUuid,
+        /// The service data after the UUID.
         data: &'a [u8],
     },
+    /// Manufacturer specific data (AD type 0xFF), where iBeacon and AltBeacon frames sit.
     Manufacturer {
+        /// Bluetooth SIG company identifier, little-endian on air (0x004C is Apple).
         company: u16,
+        /// The vendor bytes after the company id.
         data: &'a [u8],
     },
+    /// Any AD type not interpreted here, kept raw.
     Other {
+        /// The AD type octet (Assigned Numbers).
         ad_type: u8,
+        /// The AD data after the type octet.
         data: &'a [u8],
     },
 }
@@ -283,7 +315,9 @@ const URL_EXPANSIONS: [&str; 14] = [
 /// spec's alphabet; expanded only when an event is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncodedUrl<'a> {
+    /// URL Scheme Prefix byte, 0x00-0x03: `http://www.`, `https://www.`, `http://`, `https://`.
     pub scheme: u8,
+    /// The encoded URL after the prefix: printable ASCII and expansion codes 0x00-0x0d.
     pub encoded: &'a [u8],
 }
 
@@ -346,37 +380,61 @@ pub struct Tlm {
 pub enum Frame<'a> {
     /// Apple iBeacon: proximity UUID, major, minor, measured power at 1 m.
     IBeacon {
+        /// Proximity UUID, in display order (big-endian on air).
         uuid: [u8; 16],
+        /// Major, big-endian on air; an allowlist entry may match UUID and major.
         major: u16,
+        /// Minor, big-endian on air: tells apart beacons that share UUID and major.
         minor: u16,
+        /// Measured power: the RSSI in dBm expected at 1 m (the distance reference).
         tx_power: i8,
     },
     /// AltBeacon: 20-byte beacon id (id1 UUID, id2, id3), reference RSSI at 1 m.
     AltBeacon {
+        /// Company id of the manufacturer data that carried the frame (the spec's MFG ID).
         mfg: u16,
+        /// Beacon id: id1 (a 16-byte UUID), then id2 and id3 (2 bytes each, big-endian).
         id: [u8; 20],
+        /// Reference RSSI: the RSSI in dBm expected at 1 m (the distance reference).
         ref_rssi: i8,
+        /// The manufacturer-reserved byte (MFG RSVD); kept as read, not interpreted.
         reserved: u8,
     },
     /// Eddystone-UID; `tx_power` is calibrated at 0 m.
     EddystoneUid {
+        /// Ranging Data: TX power in dBm as received at 0 m (the 1 m reference is 41 dB less).
         tx_power: i8,
+        /// 10-byte namespace ID, the part the allowlist matches.
         namespace: [u8; 10],
+        /// 6-byte instance ID: one beacon within the namespace.
         instance: [u8; 6],
     },
     /// Eddystone-URL; `tx_power` is calibrated at 0 m.
-    EddystoneUrl { tx_power: i8, url: EncodedUrl<'a> },
+    EddystoneUrl {
+        /// TX Power: calibrated power in dBm as received at 0 m (the 1 m reference is 41 dB less).
+        tx_power: i8,
+        /// The URL as encoded on air, checked; see [`EncodedUrl::expand`].
+        url: EncodedUrl<'a>,
+    },
     /// Eddystone-TLM, unencrypted.
     EddystoneTlm(Tlm),
     /// Eddystone-TLM, encrypted (ETLM): recognised, not decryptable without the beacon's key.
     /// Salt and MIC are `None` when the structure ends before them (seen in the wild).
     EddystoneEtlm {
+        /// The 12 encrypted TLM bytes, opaque without the beacon's key.
         etlm: [u8; 12],
+        /// The 2-byte random salt; `None` when the structure ends before it.
         salt: Option<[u8; 2]>,
+        /// The 2-byte message integrity check; `None` when the structure ends before it.
         mic: Option<[u8; 2]>,
     },
     /// Eddystone-EID: an 8-byte rotating identifier; `tx_power` is calibrated at 0 m.
-    EddystoneEid { tx_power: i8, eid: [u8; 8] },
+    EddystoneEid {
+        /// Ranging Data: TX power in dBm as received at 0 m (the 1 m reference is 41 dB less).
+        tx_power: i8,
+        /// The 8-byte ephemeral id; it rotates, and only the beacon owner's service resolves it.
+        eid: [u8; 8],
+    },
 }
 
 impl Frame<'_> {
@@ -478,8 +536,11 @@ pub fn eddystone(d: &[u8]) -> Option<Frame<'_>> {
 /// advertised company id (census), the TX Power Level structure, and the malformed count.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Advert<'a> {
+    /// The first beacon frame in the payload; `None` when there is none.
     pub frame: Option<Frame<'a>>,
+    /// Company id of the first manufacturer data structure (the census's `by_company`).
     pub company: Option<u16>,
+    /// The TX Power Level structure in dBm (the last one, if repeated); `None` when absent.
     pub tx_power: Option<i8>,
     /// Structures that were truncated or too short for their type.
     pub malformed: u32,

@@ -22,22 +22,36 @@ const MAX_ADDRS: usize = 100_000;
 /// Identity of a beacon in compact, copyable form (no allocation per advert).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BeaconKey {
+    /// An iBeacon, by proximity UUID, major and minor.
     IBeacon {
+        /// Proximity UUID, display byte order.
         uuid: [u8; 16],
+        /// Major: an allowlist entry may match it together with the UUID.
         major: u16,
+        /// Minor: completes the identity; the allowlist never matches on it.
         minor: u16,
     },
+    /// An Eddystone-UID, by namespace and instance.
     EddystoneUid {
+        /// 10-byte namespace ID, the part the allowlist matches.
         namespace: [u8; 10],
+        /// 6-byte instance ID within the namespace.
         instance: [u8; 6],
     },
+    /// An Eddystone-URL, by its encoded form (expanded only for the wire, [`BeaconKey::to_id`]).
     EddystoneUrl {
+        /// URL Scheme Prefix byte (0x00-0x03).
         scheme: u8,
+        /// Encoded bytes in use at the start of `enc`; more than 32 get no key.
         len: u8,
+        /// Encoded URL, zero-padded past `len`: a fixed size keeps the key `Copy`, no allocation.
         enc: [u8; 32],
     },
+    /// An AltBeacon, by manufacturer id and beacon id.
     AltBeacon {
+        /// Company id of the manufacturer data (MFG ID), published with the id as `mfg`.
         mfg: u16,
+        /// Beacon id: id1 (16-byte UUID), id2, id3 (big-endian); the allowlist matches id1.
         id: [u8; 20],
     },
 }
@@ -218,12 +232,17 @@ struct Presence {
 /// What the aggregator has seen and produced (the replay summary).
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
+    /// Advertising reports received, including those dropped for want of a key (`no_key`).
     pub reports: u64,
     /// Malformed AD structures inside otherwise readable reports.
     pub malformed_ad: u64,
+    /// Beacon frames decoded, known or not, by [`Frame::type_name`] (the summary's `decoded`).
     pub decoded: BTreeMap<&'static str, u64>,
+    /// `ble.sighting` events emitted.
     pub sightings: u64,
+    /// `ble.presence` events emitted, enters and exits.
     pub presence: u64,
+    /// `ble.census` events emitted.
     pub census: u64,
     /// Reports dropped because the device key could not be made (fail closed).
     pub no_key: u64,

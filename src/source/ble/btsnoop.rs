@@ -156,9 +156,13 @@ pub fn hci_event_adv_reports<'a>(
 /// Why a btsnoop file cannot be read at all.
 #[derive(Debug)]
 pub enum BtsnoopError {
+    /// Reading failed; a file too short for its header is [`BtsnoopError::NotBtsnoop`] instead.
     Io(std::io::Error),
+    /// No `btsnoop\0` magic, or fewer than the 16 header bytes.
     NotBtsnoop,
+    /// A header version other than 1, the only one defined; carries the version read.
     Version(u32),
+    /// A datalink other than 1002 (H4) or 1001 (HCI), e.g. 2001 (Linux monitor).
     Datalink(u32),
 }
 
@@ -181,7 +185,9 @@ impl std::fmt::Display for BtsnoopError {
 pub struct RecordHeader {
     /// 1-based record number (TShark's frame number).
     pub frame: u64,
+    /// Original Length: the packet's size before the logger cut it; only stored bytes are read.
     pub orig_len: u32,
+    /// Packet Flags: bit 0 received (else sent), bit 1 command/event (else data).
     pub flags: u32,
     /// Unix time in microseconds.
     pub ts_us: i64,

@@ -49,7 +49,9 @@ pub fn parse_addr(s: &str) -> Option<[u8; 6]> {
 /// Which recorded format a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// An Android btsnoop v1 log: starts with the btsnoop magic (`--format btsnoop`).
     Btsnoop,
+    /// JSON lines of reports, the shared `*.adv_reports.jsonl` format (`--format jsonl`).
     JsonLines,
 }
 

@@ -16,37 +16,63 @@ use serde::Serialize;
 /// The event body exactly as `schemas/pos.transaction.schema.json` describes it.
 #[derive(Debug, Serialize)]
 pub struct TxBody {
+    /// `sale`, `refund` or `cancellation` (wire `type`); the last two carry negative amounts.
     #[serde(rename = "type")]
     pub kind: TxType,
+    /// The source's id, kept as sent; with `register` and the business day the idempotency key.
     pub transaction_id: String,
+    /// The till, or `default_register` when the source names none; part of the idempotency key.
     pub register: String,
+    /// The source's store id (POSLog `RetailStoreID`), when it states one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_ref: Option<String>,
+    /// The till's trading day when the source states one; a day derived from `time` is only in
+    /// the idempotency key, not here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub business_day: Option<String>,
+    /// When the sale ended, RFC 3339 UTC with milliseconds; the gateway's clock when the source
+    /// sent no time (flag `time_missing`).
     pub time: String,
+    /// ISO 4217 code; every `*_minor` amount is an integer of its minor unit.
     pub currency: String,
+    /// The transaction a refund or cancellation reverses, when the source links it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_transaction_id: Option<String>,
+    /// Input format (`poslog`, `csv`, `square`, `shopify`), or canonical JSON's own `source`
+    /// (default `json`).
     pub source: String,
+    /// Sales channel as the source names it (Shopify `source_name`: `pos`, `web`), when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// The items; amounts are negative on returned lines and in refunds and cancellations.
     pub lines: Vec<Line>,
+    /// The stated totals and their check against the lines.
     pub totals: Totals,
+    /// The payments, at most the card brand each; negative in refunds and cancellations.
     pub tenders: Vec<Tender>,
+    /// Sealed tokens or keyed pseudonyms (`privacy.customer`); absent when none was sent,
+    /// none normalized, or the mode is `drop`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer: Option<Pseudonyms>,
+    /// Notes on the transaction (`total_mismatch`, `card_number_removed`, `time_missing`, …);
+    /// consumers must accept new values.
     pub flags: Vec<String>,
 }
 
 /// Totals on the wire: the stated ones plus the check against the lines.
 #[derive(Debug, Serialize)]
 pub struct Totals {
+    /// The total as the source states it (negative in refunds and cancellations), or the total
+    /// the lines give with flag `total_computed` when it states none.
     pub total_minor: i64,
+    /// The stated subtotal (negative in refunds and cancellations); not checked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subtotal_minor: Option<i64>,
+    /// The stated tax (negative in refunds and cancellations); in the check unless included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tax_minor: Option<i64>,
+    /// The stated transaction discount, the reduction (negative in refunds and
+    /// cancellations); not part of the check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discount_minor: Option<i64>,
     /// Σ(line amount − line discounts).

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PosConfig {
+    /// Off by default: no POS input is taken (push, files, polling) until it is true.
     pub enabled: bool,
     /// Currency for sources that do not state one (UCI-style CSV).
     pub default_currency: String,
@@ -20,8 +21,11 @@ pub struct PosConfig {
     pub phone_default_country: String,
     /// How long a (register, transaction id) pair is remembered to refuse duplicates.
     pub idempotency_window: Dur,
+    /// `[sources.pos.http]`: the push endpoint on the loopback server.
     pub http: PosHttpConfig,
+    /// `[[sources.pos.watch]]`: one entry per export directory; none by default.
     pub watch: Vec<WatchConfig>,
+    /// `[[sources.pos.poll]]`: one entry per REST API; none by default.
     pub poll: Vec<PollConfig>,
 }
 
@@ -45,9 +49,11 @@ impl Default for PosConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PosHttpConfig {
+    /// Serves `POST /v1/pos/transactions` (default true); needs `[http]` enabled too.
     pub enabled: bool,
     /// File holding the bearer token tills send; required when enabled.
     pub token_file: Option<PathBuf>,
+    /// Largest accepted body (default 1 MiB, at least 1 KiB); a larger one is answered `413`.
     pub body_limit: ByteSize,
     /// The whole body must arrive within this time after the request head (`408` otherwise),
     /// so a slow client cannot hold a connection slot.
@@ -69,9 +75,13 @@ impl Default for PosHttpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
+    /// The export directory (required); `done/` and `failed/` are created inside it. A relative
+    /// path is relative to the configuration file.
     pub dir: PathBuf,
     /// `auto` (by extension), `poslog`, `csv`, `json`, `jsonl`, `square`, `shopify`.
     pub format: String,
+    /// How often the directory is listed (default 5 s): a few `stat` calls, and it works on
+    /// network shares where inotify does not.
     pub interval: Dur,
     /// A file must be unmodified this long before it is read (writers still appending).
     pub settle: Dur,
@@ -81,6 +91,7 @@ pub struct WatchConfig {
     /// How long a refused file is kept in `failed/` for the operator (mode 0600). A file
     /// refused for card authentication data is deleted at once whatever this says.
     pub failed_retention: Dur,
+    /// `[sources.pos.watch.csv]`: the column mapping of this directory's CSV files.
     pub csv: CsvMapping,
 }
 
@@ -103,20 +114,36 @@ impl Default for WatchConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CsvMapping {
+    /// Field separator, one ASCII character (default `,`).
     pub delimiter: String,
+    /// Column whose value groups rows into one transaction (default `InvoiceNo`); required.
     pub transaction_id: String,
+    /// Item code column (default `StockCode`).
     pub sku: String,
+    /// Item name column (default `Description`).
     pub description: String,
+    /// Quantity column (default `Quantity`); an empty cell, or no column, counts 1.
     pub qty: String,
+    /// Unit price column, a decimal amount (default `UnitPrice`).
     pub unit_price: String,
     /// Line amount column; when empty it is qty × unit price.
     pub amount: String,
+    /// Time column (default `InvoiceDate`): `2010-12-22 10:29:00`, `12/1/2010 8:26` or
+    /// RFC 3339; a transaction takes its first non-empty cell.
     pub time: String,
+    /// Register column, read from a transaction's first row; empty (the default) uses
+    /// `default_register`.
     pub register: String,
+    /// Currency column (ISO 4217), read from a transaction's first row; empty (the default)
+    /// uses `default_currency`.
     pub currency: String,
+    /// Loyalty id column (default `CustomerID`); a transaction takes its first non-empty cell.
     pub loyalty_id: String,
+    /// E-mail column, read from a transaction's first row; empty by default.
     pub email: String,
+    /// Phone column, read from a transaction's first row; empty by default.
     pub phone: String,
+    /// Tender column; empty by default. Each row with a value adds a tender of its line amount.
     pub tender: String,
     /// Transaction ids starting with this are cancellations (UCI: `C`); empty disables it.
     pub cancel_prefix: String,
@@ -154,7 +181,10 @@ pub struct PollConfig {
     pub api: String,
     /// Base URL, e.g. `https://connect.squareup.com` or `https://shop.myshopify.com/admin/api/2024-01`.
     pub url: String,
+    /// File holding the API token (Square bearer, Shopify access token); required, re-read
+    /// every poll.
     pub token_file: Option<PathBuf>,
+    /// Wait after one poll before the next (default 60 s).
     pub interval: Dur,
     /// Square location ids to search (required for Square).
     pub location_ids: Vec<String>,

@@ -10,7 +10,9 @@ use crate::privacy::customer::RawCustomer;
 
 /// One record and the line it starts on (1-based).
 pub struct Record {
+    /// The 1-based line the record starts on (a quoted field may span lines), for rejections.
     pub line: usize,
+    /// The fields, unquoted and not trimmed.
     pub fields: Vec<String>,
 }
 

@@ -43,13 +43,19 @@ pub const MAX_XML_NODES: u32 = 4_000_000;
 /// What happened to one file.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
+    /// Imported: its transactions are stored and fsynced (or were already); the file is then
+    /// deleted or kept in `done/`.
     Done {
+        /// Transactions newly stored from the file.
         accepted: usize,
+        /// Transactions already stored (e.g. a file read again after a crash).
         duplicates: usize,
     },
     /// Refused; `sensitive` when it carries card authentication data (deleted at once).
     Failed {
+        /// The `<name>.error` note and log reason: where and what is wrong, never the value.
         why: String,
+        /// Card authentication data (CVV, track, PIN block): the file is deleted at once.
         sensitive: bool,
     },
     /// Left in place to retry (spool full, storage error).

@@ -13,7 +13,7 @@
 use super::normalize::{normalize_at, normalize_tallied, Normalized};
 use super::seen::{self, DigestHasher, Found, Seen};
 use super::transaction::{Reject, Tx};
-use super::{ParseOpts, PosConfig};
+use super::ParseOpts;
 use crate::privacy::customer::{CustomerKeys, Dropped};
 use crate::source::DurableSink;
 use crate::spool::SpoolError;
@@ -29,9 +29,11 @@ use std::time::Duration;
 /// HTTP routes, the watched directories and the pollers (one lock, one index).
 pub struct Ingest {
     sink: DurableSink,
+    /// How customer identifiers are protected (`privacy.customer` and its keys); normalizing
+    /// needs it.
     pub key: CustomerKeys,
+    /// The parser options from `[sources.pos]`; files replace the CSV mapping with their own.
     pub opts: ParseOpts,
-    pub cfg: PosConfig,
     tree: sled::Tree,
     gateway: String,
     window_ms: i64,
@@ -79,8 +81,12 @@ impl std::fmt::Display for StoreError {
 /// What a stored input gave.
 #[derive(Debug, Default, Clone)]
 pub struct Stored {
+    /// Transactions stored by this call (new keys); the HTTP answer is 201 when above 0.
     pub accepted: usize,
+    /// Transactions already stored with the same key and content, or repeated in the input
+    /// (REST polling also counts changed orders here).
     pub duplicates: usize,
+    /// The accepted transactions' event ids, in input order (the HTTP answer's `ids`).
     pub ids: EventIds,
 }
 
@@ -128,7 +134,7 @@ impl Ingest {
         cfg: &crate::config::Config,
         telemetry: Telemetry,
     ) -> Result<Ingest, String> {
-        let pc = cfg.sources.pos.clone();
+        let pc = &cfg.sources.pos;
         let key = CustomerKeys::from_config(
             &cfg.privacy,
             &cfg.gateway.store_id,
@@ -146,9 +152,8 @@ impl Ingest {
         Ok(Ingest {
             sink,
             key,
-            opts: ParseOpts::from_config(&pc),
+            opts: ParseOpts::from_config(pc),
             window_ms,
-            cfg: pc,
             tree,
             gateway: cfg.gateway.gateway_id.clone(),
             index: tokio::sync::Mutex::new(Index { seen, legacy }),

@@ -41,9 +41,14 @@ use transaction::{Parsed, Reject};
 /// What every parser needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct ParseOpts {
+    /// `sources.pos.default_currency`: the currency of inputs that state none.
     pub default_currency: String,
+    /// `sources.pos.default_register`: the register of inputs that name none.
     pub default_register: String,
+    /// `naive_time_offset` in seconds east of UTC: for times without an offset, and for the
+    /// business day of the idempotency key.
     pub offset_s: i32,
+    /// CSV column mapping: the first watch entry's or the default; files use their directory's.
     pub csv: config::CsvMapping,
 }
 
@@ -62,7 +67,10 @@ impl ParseOpts {
 /// A parsed input: transactions (each parsed or rejected) and records skipped on purpose
 /// (POSLog control transactions, Square calculations).
 pub struct ParseOut {
+    /// Each transaction, parsed or refused, in input order.
     pub items: Parsed,
+    /// Records left out on purpose (POSLog control transactions, Square calculations); answered
+    /// as `skipped`.
     pub skipped: usize,
 }
 

@@ -101,10 +101,16 @@ pub async fn run(
 
 /// One configured API and its cursor.
 pub struct Poller {
+    /// The `[[sources.pos.poll]]` entry this poller runs.
     pub p: PollConfig,
+    /// The HTTP client of every request of this poller (60 s timeout each).
     pub client: reqwest::Client,
+    /// Where the pages' transactions are stored (changed orders count as duplicates).
     pub ingest: Arc<Ingest>,
+    /// Where the cursor is saved: `pos-cursor-<name>.json` in the state directory.
     pub cursor_path: PathBuf,
+    /// The latest `updated_at` seen (RFC 3339), the next poll's lower bound; saved only once
+    /// the pages are on disk. Starts from the file, else `start`, else now.
     pub cursor: String,
 }
 

@@ -10,7 +10,9 @@ use roxmltree::{Document, Node};
 
 /// Parsed transactions and the number of non-sale transactions skipped.
 pub struct PosLog {
+    /// Each `RetailTransaction`, parsed or refused, in document order.
     pub items: Parsed,
+    /// `Transaction`s without a `RetailTransaction` (control, tender control…), left out.
     pub skipped: usize,
 }
 

@@ -11,7 +11,9 @@ use serde_json::Value;
 /// Parsed transactions plus objects skipped on purpose (calculations without id, failed
 /// payments, open orders are kept and flagged).
 pub struct SquareOut {
+    /// Each order or payment, parsed or refused.
     pub items: Parsed,
+    /// Objects left out: orders and payments without an id, and FAILED or CANCELED payments.
     pub skipped: usize,
 }
 

@@ -7,8 +7,11 @@ use crate::privacy::customer::RawCustomer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TxType {
+    /// A sale; also what a source that states no type gets.
     Sale,
+    /// Goods given back (`refund`, also read from `return`).
     Refund,
+    /// A voided or cancelled transaction (read from `cancellation`, `cancel` or `void`).
     Cancellation,
 }
 
@@ -38,19 +41,29 @@ impl TxType {
 /// sale).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Discount {
+    /// The promotion or coupon code, when given; free text, scrubbed like descriptions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// The reduction in minor units; on the wire negative on a returned line and in refunds and
+    /// cancellations.
     pub amount_minor: i64,
 }
 
 /// One sold or returned item.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Line {
+    /// The item code (SKU, barcode), kept as sent; one holding a card number refuses the
+    /// transaction.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sku: Option<String>,
+    /// The item's name; free text: card numbers, e-mail addresses and phone numbers are cut out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Units, possibly fractional (weighed goods); 1 when the source omits it; on the wire
+    /// negative on returned lines and in refunds and cancellations.
     pub qty: f64,
+    /// Price of one unit in minor units as stated (its sign is never changed); None when the
+    /// source gives only the line amount.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit_price_minor: Option<i64>,
     /// Extended amount before line discounts (qty × unit price as the source states it).
@@ -58,15 +71,20 @@ pub struct Line {
     /// `sale` or `return` when the source says so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Reductions on this line; the lines sum subtracts them from `amount_minor`.
     pub discounts: Vec<Discount>,
 }
 
 /// How a transaction was paid. Only the tender type and at most the card brand are kept.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Tender {
+    /// The tender as the source names it (`cash`, `card`, POSLog `TenderType`); free text.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Amount paid with it in minor units (POSLog: change deducted); negative in refunds and
+    /// cancellations on the wire.
     pub amount_minor: i64,
+    /// The card brand, the only card detail kept; None when the source gives none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub card_brand: Option<String>,
 }
@@ -74,9 +92,16 @@ pub struct Tender {
 /// Totals exactly as the source states them (never recomputed).
 #[derive(Debug, Clone, Default)]
 pub struct StatedTotals {
+    /// Grand total in minor units; None: the total the lines give is published (flag
+    /// `total_computed`).
     pub total: Option<i64>,
+    /// Net amount before tax (POSLog `TransactionNetAmount`); published, not checked.
     pub subtotal: Option<i64>,
+    /// Tax (POSLog: the sum of `Tax` lines without `TransactionTaxAmount`); added to the
+    /// lines in the check unless `tax_included`.
     pub tax: Option<i64>,
+    /// Transaction discount as stated, published as `discount_minor`; the check uses
+    /// `order_discount` instead.
     pub discount: Option<i64>,
 }
 
@@ -84,18 +109,29 @@ pub struct StatedTotals {
 /// here, in RAM only.
 #[derive(Debug, Clone, Default)]
 pub struct Tx {
+    /// The source's id (POSLog `SequenceNumber`), kept as sent; part of the idempotency key.
     pub transaction_id: String,
+    /// The till (POSLog `WorkstationID`), or `default_register`; part of the idempotency key.
     pub register: String,
+    /// The source's store id (POSLog `RetailStoreID`), when it states one.
     pub store_ref: Option<String>,
+    /// The till's trading day as sent; None: the key takes the local date of `time_ms` at
+    /// `naive_time_offset` (empty without a time).
     pub business_day: Option<String>,
     /// Unix ms; `None` means "now" (the source did not say).
     pub time_ms: Option<i64>,
+    /// ISO 4217 code (`default_currency` when the source states none); refused otherwise.
     pub currency: String,
+    /// Sale, refund or cancellation; None (the source did not say) is a sale.
     pub kind: Option<TxType>,
+    /// The transaction a refund or cancellation reverses, when the source links it.
     pub original_transaction_id: Option<String>,
     /// Input format (`poslog`, `csv`, `json`, `square`, `shopify`).
     pub source: String,
+    /// Sales channel as the source names it (Shopify `source_name`), when given; free text.
     pub channel: Option<String>,
+    /// The items in input order; normalizing makes returned lines, and all lines of a refund or
+    /// cancellation, negative.
     pub lines: Vec<Line>,
     /// Transaction-level discounts (not already inside the lines).
     pub order_discount: i64,
@@ -104,9 +140,14 @@ pub struct Tx {
     pub surcharge: i64,
     /// Tax is included in line prices (VAT style): not added when checking the total.
     pub tax_included: bool,
+    /// Totals as the source states them: checked against the lines, never recomputed.
     pub totals: StatedTotals,
+    /// The payments as the source lists them (possibly none).
     pub tenders: Vec<Tender>,
+    /// Raw loyalty id, e-mail and phone: sealed, keyed or dropped when normalized.
     pub customer: RawCustomer,
+    /// Flags the parser sets (`loyalty_reward`, `payment_only`, `state_<state>`); normalizing
+    /// adds its own.
     pub flags: Vec<String>,
 }
 
@@ -115,6 +156,7 @@ pub struct Tx {
 pub struct Reject {
     /// Line number, JSON path or XML path of the offending field.
     pub at: String,
+    /// What is wrong; values that look like card numbers or personal data are redacted.
     pub reason: String,
     /// The transaction id when it was already known (scrubbed).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -7,12 +7,17 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimConfig {
+    /// Run the synthetic store (default false): for demos and load tests; off in production.
     pub enabled: bool,
     /// Events per second across all kinds.
     pub rate: f64,
+    /// Seed of the generator: the same seed gives the same events (default 1).
     pub seed: u64,
+    /// Simulated beacons (at least 1, default 40).
     pub beacons: u32,
+    /// Simulated tills, `R1`, `R2`, ... (at least 1, default 4).
     pub registers: u32,
+    /// ISO 4217 code of the simulated transactions (default `EUR`).
     pub currency: String,
     /// Stop after this many events (0 = never); used by tests and benchmarks.
     pub limit: u64,

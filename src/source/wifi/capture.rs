@@ -40,7 +40,12 @@ pub enum CaptureError {
     /// No interface of that name.
     NoSuchInterface(String),
     /// The interface exists but delivers no 802.11 frames.
-    NotMonitor { iface: String, arphrd: u16 },
+    NotMonitor {
+        /// The interface name, as in `sources.wifi.interface`.
+        iface: String,
+        /// Its ARPHRD type (`/sys/class/net/IFACE/type`); capture needs 803 (radiotap) or 801.
+        arphrd: u16,
+    },
     /// `socket(AF_PACKET)` was refused: the process lacks CAP_NET_RAW.
     NoPermission(io::Error),
     /// Any other system call failure.

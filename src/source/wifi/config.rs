@@ -20,6 +20,7 @@ pub enum Policy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WifiConfig {
+    /// Capture live on `interface` (default off; read at start only). Replay ignores it.
     pub enabled: bool,
     /// Monitor-mode interface to capture on (radiotap link type).
     pub interface: String,

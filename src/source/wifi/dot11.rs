@@ -12,9 +12,13 @@ pub const EID_SSID: u8 = 0;
 /// The two frame-control octets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameControl {
+    /// Protocol Version (bits 0-1 of octet 0): only 0 is defined; other frames are rejected.
     pub version: u8,
+    /// Type (bits 2-3): 0 management ([`TYPE_MGMT`]), 1 control, 2 data.
     pub ftype: u8,
+    /// Subtype (bits 4-7), meaning depends on the type: 4 under management is a probe request.
     pub subtype: u8,
+    /// The second octet's flag bits (Retry, Protected, +HTC/Order, ...), read by the methods.
     pub flags: u8,
 }
 
@@ -85,13 +89,19 @@ impl Ssid<'_> {
 /// A parsed probe request; element bytes are borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeRequest<'a> {
+    /// Address 1 (DA): broadcast, or one AP's address for a unicast probe.
     pub da: Mac,
+    /// Address 2 (SA): the transmitter's MAC; the privacy stage replaces it with a keyed hash.
     pub sa: Mac,
+    /// Address 3 (BSSID): broadcast (any BSS), or the one BSS a unicast probe asks for.
     pub bssid: Mac,
     /// Sequence number (upper 12 bits of Sequence Control).
     pub seq: u16,
+    /// Fragment number (low 4 bits of Sequence Control); 0 unless fragmented.
     pub frag: u8,
+    /// The Retry bit of frame control: a retransmission of an earlier frame.
     pub retry: bool,
+    /// The first SSID element; only whether it is directed leaves the gateway.
     pub ssid: Ssid<'a>,
     /// The element bytes (FCS already removed by the caller).
     pub elements: &'a [u8],

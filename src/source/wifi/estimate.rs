@@ -61,6 +61,7 @@ pub type U64Map<V> = HashMap<u64, V, BuildHasherDefault<U64Hasher>>;
 /// One accepted probe request as the estimator sees it: keyed hashes, not identifiers.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
+    /// Event time in Unix milliseconds: receipt time live, the capture timestamp in replay.
     pub ts_ms: i64,
     /// Keyed hash of the source address.
     pub addr: u64,

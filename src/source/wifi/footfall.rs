@@ -19,6 +19,7 @@ use std::sync::Arc;
 /// One accepted probe request after the privacy stage.
 #[derive(Debug, Clone)]
 pub struct Sighting {
+    /// Event time in Unix milliseconds: receipt time live, the capture timestamp in replay.
     pub ts_ms: i64,
     /// Keyed hash of the source address (never a raw MAC): the address counts.
     pub addr: u64,
@@ -34,6 +35,7 @@ pub struct Sighting {
     pub epoch: i64,
     /// Locally administered source address.
     pub randomized: bool,
+    /// Signal in dBm (radiotap); `None` when absent or above 0 dBm, and then never in the store.
     pub rssi: Option<i8>,
     /// The probe named a network (directed) rather than asking for any (wildcard).
     pub directed: bool,

@@ -26,17 +26,22 @@ pub enum FcsStatus {
 /// A probe request with the radio facts from its capture header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe<'a> {
+    /// The 802.11 probe request, FCS already stripped.
     pub req: ProbeRequest<'a>,
     /// First dBm antenna signal, when the header has one.
     pub rssi: Option<i8>,
+    /// Channel frequency in MHz (radiotap Channel, else XChannel); `None` for bare 802.11.
     pub freq_mhz: Option<u16>,
+    /// State of the FCS: decides whether the `bad_fcs` policy applies.
     pub fcs: FcsStatus,
 }
 
 /// Why a frame was counted as malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
+    /// The radiotap header is unreadable (link type 127).
     Radiotap(RadiotapError),
+    /// The 802.11 header or element list is truncated, or the version is not 0.
     Dot11(Dot11Error),
     /// Neither 105 nor 127.
     LinkType(u16),
@@ -45,9 +50,11 @@ pub enum Malformed {
 /// The decode result of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoded<'a> {
+    /// A probe request with its radio facts.
     Probe(Probe<'a>),
     /// A well-formed frame that is not a probe request.
     Other,
+    /// A damaged frame: counted in `malformed`, nothing more is read.
     Malformed(Malformed),
 }
 

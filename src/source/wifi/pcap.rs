@@ -47,7 +47,9 @@ impl std::error::Error for PcapError {}
 /// The container format, told from the first four bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// pcap: either byte order, microsecond or nanosecond timestamps.
     Pcap,
+    /// pcapng: blocks, from a section header block (magic 0x0A0D0D0A).
     Pcapng,
 }
 

@@ -67,6 +67,7 @@ impl StatusSource for Live<'_> {
 pub struct SessionConfig {
     /// Store and gateway ids: they name the topics and stamp every payload.
     pub store: String,
+    /// Gateway id: the topic level after the store id, and the `gateway` of every payload.
     pub gateway: String,
     /// `mqtt.topic_prefix`, the first level of every topic.
     pub prefix: String,
@@ -95,9 +96,15 @@ impl SessionConfig {
 #[derive(Debug)]
 pub enum Input {
     /// CONNACK (the first input of every session; a later one only republishes the status).
-    Connected { session_present: bool },
+    Connected {
+        /// CONNACK's session-present flag; not acted on: subscribe and resend happen either way.
+        session_present: bool,
+    },
     /// SUBACK for the remote topics: `granted` when the broker granted every filter.
-    SubAck { granted: bool },
+    SubAck {
+        /// False when the broker refused any filter (its ACL); the agent gets it as `subscribed`.
+        granted: bool,
+    },
     /// The client took the request of the last action that asked for an answer.
     Accepted,
     /// The client refused it (request channel full, invalid topic): why.
@@ -107,7 +114,12 @@ pub enum Input {
     /// The broker acknowledged this packet id.
     PubAck(u16),
     /// A message on one of the subscribed topics.
-    Message { topic: String, payload: Vec<u8> },
+    Message {
+        /// The topic it came on; a `/cmd` message may be dropped while the agent is busy.
+        topic: String,
+        /// The message as the broker delivered it, handed to the agent unread.
+        payload: Vec<u8>,
+    },
     /// Events were appended to the backlog.
     Appended,
     /// The wake-up from [`Session::wake_at`] ran out, or the event loop reported something the
@@ -128,7 +140,9 @@ pub enum Input {
 /// A QoS 1 PUBLISH for the client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publish {
+    /// Full topic: a stream's, `status`, or one the agent asked for.
     pub topic: String,
+    /// A batch, the status or an agent's document; with the topic it fits `packet_limit`.
     pub payload: Vec<u8>,
     /// Retained (status and configuration state, which a new subscriber must see).
     pub retain: bool,
@@ -163,21 +177,36 @@ pub enum Action {
     Disconnect,
     /// The broker acknowledged these events of `stream`: delete them from the spool.
     Ack {
+        /// The stream whose spool tree holds the events.
         stream: Stream,
+        /// The acknowledged batch's events, as the spool deletes them.
         acks: Vec<AckRef>,
         /// Time from publish to PUBACK, for the latency metric.
         latency: Duration,
     },
     /// These events can never be sent: count them under `reason` and delete them.
     Drop {
+        /// The stream whose spool tree holds the events.
         stream: Stream,
+        /// The events to delete unsent.
         acks: Vec<AckRef>,
+        /// The `reason` they are counted under in status and metrics (`oversized`).
         reason: &'static str,
     },
     /// A control message was too large and goes as a bounded error: count it.
-    ControlReplaced { topic: String, bytes: usize },
+    ControlReplaced {
+        /// The topic the message was for; the bounded error went there in its place.
+        topic: String,
+        /// Size of the original payload, in bytes.
+        bytes: usize,
+    },
     /// Hand this to the remote agent.
-    Agent { msg: Inbound, delivery: Delivery },
+    Agent {
+        /// The message or connection event for the agent.
+        msg: Inbound,
+        /// Whether to wait for room in the agent's channel or drop the message when it is full.
+        delivery: Delivery,
+    },
     /// The session is over.
     End(End),
 }
@@ -188,7 +217,12 @@ pub enum Fit {
     /// Small enough: the payload itself.
     AsIs(Vec<u8>),
     /// Too large: a bounded error document instead, and the size of the original.
-    Replaced { error: Vec<u8>, bytes: usize },
+    Replaced {
+        /// The `{"kind": "error", "error": "oversized", ...}` document to send instead.
+        error: Vec<u8>,
+        /// Size of the original payload, in bytes (also in the error document).
+        bytes: usize,
+    },
 }
 
 /// A control message (status, configuration state, command answer) as it may be sent: the
