@@ -541,7 +541,12 @@ fn main() -> ExitCode {
             let opts = storegw::ops::fleet::FleetOptions {
                 conn,
                 store,
-                wait: Duration::from_secs_f64(wait.clamp(0.1, 600.0)),
+                // NaN passes `clamp` unchanged (and `from_secs_f64` panics on it): read as the least.
+                wait: Duration::from_secs_f64(if wait.is_nan() {
+                    0.1
+                } else {
+                    wait.clamp(0.1, 600.0)
+                }),
                 max_age_s: max_age,
                 stale_s: stale,
             };

@@ -206,22 +206,67 @@ async fn pos_privacy_end_to_end() -> R {
         inbox.join("bad.csv"),
         "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID\n9,A,x,1,Jane Privacy-Doe,1.00,\n",
     )?;
-    let until = Instant::now() + Duration::from_secs(20);
+    // Card authentication data behind another reason to refuse the file: the file is
+    // deleted all the same, never kept in failed/.
+    let track = "%B4111111111111111^DOE/JOHN^2512101000000000?";
+    let mut late = tx("J-2", "x");
+    late["note"] = json!(track);
+    let mut early = tx("J-1", "x");
+    early["time"] = json!("not a time");
+    let mut streamed =
+        String::from("InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice\n");
+    streamed.push_str("1,A,x,1,not a date,1.00\n");
+    while streamed.len() < 4_500_000 {
+        streamed.push_str("2,A,an ordinary row of a large export,1,2010-12-22 10:29:00,1.00\n");
+    }
+    streamed.push_str(&format!(
+        "3,A,;4111111111111111=25121010000000000?,1,2010-12-22 10:29:00,1.00\n"
+    ));
+    let hidden: [(&str, Vec<u8>); 4] = [
+        // Not UTF-8 (a pound sign in Windows-1252) with a CVV column.
+        (
+            "latin1.csv",
+            b"InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CVV\n1,A,\xa3 off,1,2010-12-22 10:29:00,1.00,123\n".to_vec(),
+        ),
+        ("lines.jsonl", format!("{early}\n{late}\n").into_bytes()),
+        (
+            "broken.xml",
+            b"<POSLog><Transaction><Tender><Track2>;4111111111111111=2512?</Track2></Tender>".to_vec(),
+        ),
+        ("streamed.csv", streamed.into_bytes()),
+    ];
+    for (name, bytes) in &hidden {
+        std::fs::write(inbox.join(name), bytes)?;
+    }
+    let note_of = |name: &str| inbox.join(format!("failed/{name}.error"));
+    let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until
         && (inbox.join("ok.jsonl").exists()
             || !inbox.join("failed/cvv.csv.error").exists()
-            || !inbox.join("failed/bad.csv.error").exists())
+            || !inbox.join("failed/bad.csv.error").exists()
+            || hidden.iter().any(|(n, _)| !note_of(n).exists()))
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!inbox.join("ok.jsonl").exists() && !inbox.join("done/ok.jsonl").exists());
     assert!(!inbox.join("cvv.csv").exists() && !inbox.join("failed/cvv.csv").exists());
     assert!(inbox.join("failed/cvv.csv.error").exists());
+    for (name, _) in &hidden {
+        let note = std::fs::read_to_string(note_of(name))?;
+        assert!(
+            !inbox.join(name).exists() && !inbox.join("failed").join(name).exists(),
+            "{name} was kept: {note}"
+        );
+        assert!(note.contains("card authentication data"), "{name}: {note}");
+        assert!(!note.contains("4111"), "{name}: {note}");
+    }
     use std::os::unix::fs::PermissionsExt;
     for f in [
         "failed/bad.csv",
         "failed/bad.csv.error",
         "failed/cvv.csv.error",
+        "failed/latin1.csv.error",
+        "failed/streamed.csv.error",
     ] {
         let mode = std::fs::metadata(inbox.join(f))?.permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");

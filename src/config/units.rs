@@ -15,7 +15,20 @@ impl Dur {
     pub const fn secs(s: u64) -> Dur {
         Dur(Duration::from_secs(s))
     }
+
+    /// A duration read from a file, refused above [`MAX_DAYS`]: a deadline is the clock plus a
+    /// duration, and a clock plus centuries overflows (it would panic the task that waits).
+    fn bounded(ms: Option<u64>, s: &str) -> Result<Dur, String> {
+        match ms {
+            Some(ms) if ms <= MAX_DAYS * 86_400_000 => Ok(Dur(Duration::from_millis(ms))),
+            _ => Err(format!("`{s}` is too long (at most {MAX_DAYS}d)")),
+        }
+    }
 }
+
+/// The longest duration any key takes: about 100 years, past any window or timeout, far
+/// below what a clock can add.
+pub const MAX_DAYS: u64 = 36_525;
 
 impl std::str::FromStr for Dur {
     type Err = String;
@@ -27,14 +40,14 @@ impl std::str::FromStr for Dur {
             .parse()
             .map_err(|_| format!("`{s}` is not a duration (use e.g. 500ms, 30s, 5m, 24h, 7d)"))?;
         let ms = match unit.trim() {
-            "ms" => n,
-            "" | "s" => n.saturating_mul(1000),
-            "m" | "min" => n.saturating_mul(60_000),
-            "h" => n.saturating_mul(3_600_000),
-            "d" => n.saturating_mul(86_400_000),
+            "ms" => Some(n),
+            "" | "s" => n.checked_mul(1000),
+            "m" | "min" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            "d" => n.checked_mul(86_400_000),
             other => return Err(format!("unknown duration unit `{other}` (ms, s, m, h, d)")),
         };
-        Ok(Dur(Duration::from_millis(ms)))
+        Dur::bounded(ms, s)
     }
 }
 
@@ -49,7 +62,9 @@ impl<'de> Deserialize<'de> for Dur {
         match Raw::deserialize(d).map_err(|_| {
             serde::de::Error::custom("expected a duration such as \"30s\" or an integer of seconds")
         })? {
-            Raw::Int(n) => Ok(Dur::secs(n)),
+            Raw::Int(n) => {
+                Dur::bounded(n.checked_mul(1000), &n.to_string()).map_err(serde::de::Error::custom)
+            }
             Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -116,6 +131,20 @@ mod tests {
         );
         assert_eq!("2h".parse::<Dur>().ok(), Some(Dur::secs(7200)));
         assert!("2x".parse::<Dur>().is_err());
+        // A clock plus any duration a key takes stays a clock: `Instant + d` cannot overflow.
+        assert_eq!(
+            "36525d".parse::<Dur>().ok(),
+            Some(Dur::secs(MAX_DAYS * 86_400))
+        );
+        for long in ["36526d", "99999999999999999d", "18446744073709551615"] {
+            assert!(long.parse::<Dur>().is_err(), "{long}");
+        }
+        let int: Result<Dur, _> = toml::from_str::<toml::Value>("d = 9223372036854775807")
+            .map_err(|e| e.to_string())
+            .and_then(|v| v["d"].clone().try_into::<Dur>().map_err(|e| e.to_string()));
+        assert!(int.is_err_and(|e| e.contains("too long")));
+        let now = std::time::Instant::now();
+        assert!(now.checked_add(Dur::secs(MAX_DAYS * 86_400).0).is_some());
         assert_eq!("64MiB".parse::<ByteSize>().ok(), Some(ByteSize(64 << 20)));
         assert!("99999999999GiB".parse::<ByteSize>().is_err());
     }

@@ -119,7 +119,9 @@ pub fn assess(
     h.uptime_s = v["uptime_s"].as_u64();
     h.ts = v["ts"].as_str().map(str::to_string);
     for d in v["spool"].as_object().into_iter().flat_map(|m| m.values()) {
-        h.spool_depth += d["depth"].as_u64().unwrap_or(0);
+        h.spool_depth = h
+            .spool_depth
+            .saturating_add(d["depth"].as_u64().unwrap_or(0));
         if let Some(a) = d["oldest_age_s"].as_f64() {
             h.oldest_age_s = Some(h.oldest_age_s.map_or(a, |b: f64| b.max(a)));
         }

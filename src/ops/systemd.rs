@@ -17,12 +17,36 @@ pub fn status(line: &str) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(line)]);
 }
 
-/// Watchdog interval to feed at (half of WatchdogSec), if systemd asked for one.
+/// Watchdog interval to feed at (half of WatchdogSec), if systemd asked for one. The
+/// environment is outside input: a zero or sub-millisecond `WATCHDOG_USEC` is fed every
+/// millisecond rather than in a busy loop (a timer of zero would not start at all).
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|d| d / 2)
+    feed_interval(sd_notify::watchdog_enabled())
+}
+
+fn feed_interval(watchdog: Option<Duration>) -> Option<Duration> {
+    watchdog.map(|d| (d / 2).max(Duration::from_millis(1)))
 }
 
 /// Pets the watchdog; callers do so only while the pipeline is healthy.
 pub fn pet() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_watchdog_is_fed_every_millisecond_not_never() {
+        assert_eq!(feed_interval(None), None);
+        assert_eq!(
+            feed_interval(Some(Duration::ZERO)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            feed_interval(Some(Duration::from_secs(30))),
+            Some(Duration::from_secs(15))
+        );
+    }
 }

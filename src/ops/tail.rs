@@ -398,7 +398,11 @@ fn detail(kind: Option<EventKind>, e: &Value) -> String {
 fn spool_depth(status: &Value) -> u64 {
     status["spool"]
         .as_object()
-        .map(|m| m.values().filter_map(|d| d["depth"].as_u64()).sum())
+        .map(|m| {
+            m.values()
+                .filter_map(|d| d["depth"].as_u64())
+                .fold(0u64, u64::saturating_add)
+        })
         .unwrap_or(0)
 }
 
@@ -426,7 +430,10 @@ pub async fn run(o: TailOptions) -> Result<Totals, String> {
     checker.json = o.json;
     let (client, mut ev) = AsyncClient::new(mqtt_options(&o)?, 64);
     let start = Instant::now();
-    let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
+    // `--for` is any number of seconds; beyond what the clock can add there is no deadline.
+    let deadline = o
+        .duration
+        .and_then(|d| tokio::time::Instant::now().checked_add(d));
     let mut summary_tick = tokio::time::interval(Duration::from_secs(5));
     let mut stdout = std::io::stdout().lock();
     let mut failures = 0u32;

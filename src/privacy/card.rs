@@ -368,12 +368,115 @@ pub fn looks_like_track(s: &str) -> bool {
     track1 || track2
 }
 
+/// Whether the raw text of an input that could not be parsed carries card authentication
+/// data: track data anywhere, or a CVV, track or PIN-block name where a format puts field
+/// names (a JSON key, an XML element or attribute, a cell of the first line when `header`).
+/// A file refused for another reason (not UTF-8, too large, a bad row before the one with
+/// track data) is judged by this before it is kept in `failed/` (docs/pos.md, "Export
+/// files"). Words in free text ("rolling pin") are not names, so they do not count.
+pub fn text_carries_auth_data(text: &str, header: bool) -> bool {
+    // Every look around a position is bounded, so a hostile file costs linear time.
+    let window = |from: usize, to: usize| -> &str {
+        let (mut from, mut to) = (from.min(text.len()), to.min(text.len()));
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        while to > from && !text.is_char_boundary(to) {
+            to -= 1;
+        }
+        text.get(from..to).unwrap_or_default()
+    };
+    let b = text.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        let hit = match c {
+            // Track 1 (`%B<pan>^…`) and track 2 (`;<pan>=…`): 128 bytes cover either.
+            b'%' | b';' => looks_like_track(window(i, i + 128)),
+            // An XML element and the names of its attributes (each word before an `=`).
+            b'<' => {
+                let tag = window(i + 1, i + 4096);
+                let tag = tag.strip_prefix(['/', '?']).unwrap_or(tag);
+                let inner = tag.split('>').next().unwrap_or_default();
+                let name_len = inner
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || "_-:.".contains(c)))
+                    .unwrap_or(inner.len());
+                let (name, attrs) = inner.split_at(name_len);
+                // Judged by the local name, as the POSLog reader does (`acs:Track2`).
+                let local = |n: &str| is_forbidden_field(n.rsplit(':').next().unwrap_or(n));
+                local(name)
+                    || attrs.rsplit_once('=').is_some_and(|(names, _)| {
+                        names
+                            .split('=')
+                            .any(|p| p.split_whitespace().last().is_some_and(local))
+                    })
+            }
+            // A JSON key: a string followed by a colon.
+            b':' => window(i.saturating_sub(512), i)
+                .trim_end()
+                .strip_suffix('"')
+                .and_then(|k| k.rfind('"').and_then(|o| k.get(o + 1..)))
+                .is_some_and(is_forbidden_field),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    header
+        && text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split([',', ';', '\t', '|'])
+            .map(|cell| cell.trim().trim_matches('"'))
+            // A column name, not a JSON document's first line cut at its commas.
+            .filter(|n| {
+                n.len() <= 64 && n.chars().all(|c| c.is_alphanumeric() || " _-.".contains(c))
+            })
+            .any(is_forbidden_field)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn digits(s: &str) -> Vec<u8> {
         s.bytes().map(|b| b - b'0').collect()
+    }
+
+    #[test]
+    fn raw_text_with_auth_data_is_found_in_every_format_and_free_text_is_not() {
+        let found = [
+            ("Invoice,Card CVV,Amount\n1,123,4.00\n", true),
+            ("a;b;pin_block\n", true),
+            ("{\"id\":\"T1\",\"card\":{\"cvv2\" : \"123\"}}", true),
+            ("{\"id\":\"T1\"}\n{\"id\":\"T2\",\"TrackData\":null}", true),
+            ("<POSLog><Tender><acs:Track2>x</acs:Track2></Tender>", true),
+            ("<Tender type=\"card\" PinBlock = \"00\">", true),
+            ("1,A,x,\"%B4111111111111111^DOE/JOHN^2512101?\",1.00", true),
+            ("9,A,pay ;4111111111111111=25121010000000000? now,1", true),
+        ];
+        for (text, header) in found {
+            assert!(text_carries_auth_data(text, header), "{text}");
+        }
+        let clean = [
+            "Invoice,Description,Amount\n1,Rolling pin; CVV card at till,4.00\n",
+            "{\"description\":\"bowling pin: cvv\",\"time\":\"10:29:00\"}",
+            "<Item><Description>PIN pad cover</Description></Item>",
+            "10:29:00;12:00:00;%;;;<<<>>>::::\"\":",
+            "",
+        ];
+        for text in clean {
+            assert!(!text_carries_auth_data(text, true), "{text}");
+        }
+        // Not UTF-8 in the file: decoded lossily, the names and track data still show.
+        let latin1 = b"Invoice,Description,CVV\n1,\xa3 price,123\n";
+        assert!(text_carries_auth_data(
+            &String::from_utf8_lossy(latin1),
+            true
+        ));
+        // Linear in a hostile file: long runs of the markers are judged quickly.
+        let hostile = "<\"".repeat(200_000) + &"\" :".repeat(200_000);
+        assert!(!text_carries_auth_data(&hostile, false));
     }
 
     #[test]

@@ -5,6 +5,10 @@ use crate::config::units::{ByteSize, Dur};
 use serde::Deserialize;
 use std::path::PathBuf;
 
+/// The largest `http.body_limit`: a body is held whole until it is stored, so the limit is
+/// memory each of `http.max_connections` may take (and a 32-bit build cannot size more).
+pub const BODY_LIMIT_MAX: u64 = 64 * 1024 * 1024;
+
 /// `[sources.pos]` in the configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -283,6 +287,9 @@ impl PosConfig {
         }
         if self.http.body_limit.0 < 1024 {
             bad("http.body_limit", "must be at least 1KiB".into());
+        }
+        if self.http.body_limit.0 > BODY_LIMIT_MAX {
+            bad("http.body_limit", "must be at most 64MiB".into());
         }
         for (i, w) in self.watch.iter().enumerate() {
             if w.dir.as_os_str().is_empty() {

@@ -163,7 +163,20 @@ pub fn ready_files(dir: &Path, settle: Duration) -> Vec<PathBuf> {
 
 /// Imports one file, then deletes it or moves it (docs/pos.md, "Export files").
 pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
-    let out = import(path, w, ingest).await;
+    let out = match import(path, w, ingest).await {
+        // Refused before its card authentication data was reached (not UTF-8, too large, a
+        // bad record first): the whole file is searched before it may be kept.
+        Outcome::Failed {
+            why,
+            sensitive: false,
+        } if carries_auth_data(path).await => Outcome::Failed {
+            why: format!(
+                "{why}\nThe file also carries card authentication data (CVV, track or PIN block)."
+            ),
+            sensitive: true,
+        },
+        out => out,
+    };
     let name = path
         .file_name()
         .map(|n| n.to_os_string())
@@ -212,6 +225,44 @@ pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
         Outcome::Retry(_) => {}
     }
     out
+}
+
+/// Whether a file carries card authentication data anywhere
+/// ([`crate::privacy::card::text_carries_auth_data`]), read in blocks whatever its size or
+/// encoding. A file that cannot be read counts as carrying it: it is not kept.
+async fn carries_auth_data(path: &Path) -> bool {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || scan_blocks(&p).unwrap_or(true))
+        .await
+        .unwrap_or(true)
+}
+
+fn scan_blocks(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    const BLOCK: usize = 1 << 20;
+    // Longer than any name or track the scan looks for, so none is cut between blocks.
+    const OVERLAP: usize = 1024;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; BLOCK + OVERLAP];
+    let mut kept = 0usize;
+    let mut first = true;
+    loop {
+        let n = f.read(buf.get_mut(kept..).unwrap_or_default())?;
+        if n == 0 && !first {
+            return Ok(false);
+        }
+        let end = kept + n;
+        let text = String::from_utf8_lossy(buf.get(..end).unwrap_or_default());
+        if crate::privacy::card::text_carries_auth_data(&text, first) {
+            return Ok(true);
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        first = false;
+        kept = end.min(OVERLAP);
+        buf.copy_within(end - kept..end, 0);
+    }
 }
 
 /// Restricts a kept file to the service user (0600).
