@@ -85,6 +85,33 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
             "{key}: {msg}"
         );
     }
+    // A list written as one string: the type error names the key and line, not the value,
+    // in check-config and in run, however the address is spelled.
+    for spelling in ["dc:fb:48:68:be:e4", "DC-FB-48-68-BE-E4", "dcfb4868bee4"] {
+        std::fs::write(
+            &path,
+            format!(
+                "{}",
+                head.replace(
+                    "[\"dc:fb:48:68:be:e4\", \"not-a-mac\"]",
+                    &format!("\"{spelling}\"")
+                )
+            ),
+        )?;
+        for cmd in ["check-config", "run"] {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_storegw"));
+            let out = if cmd == "run" {
+                c.arg("run").arg("--config").arg(&path).output()?
+            } else {
+                c.arg(cmd).arg(&path).output()?
+            };
+            let msg = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{cmd}: {msg}");
+            assert!(msg.contains("sources.wifi.infrastructure"), "{cmd}: {msg}");
+            let folded = msg.to_ascii_lowercase().replace([':', '-'], "");
+            assert!(!folded.contains("dcfb4868bee4"), "{cmd} echoed it: {msg}");
+        }
+    }
     let section = storegw::source::wifi::config::Calibration {
         in_store_rssi: Some(-75),
         ..Default::default()

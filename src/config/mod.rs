@@ -479,6 +479,33 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&file, &text, path.parent())
 }
 
+/// A parse message without the text values it quotes: serde writes a string of the wrong
+/// type as `string "…"`, and a file's strings can be the store's own device addresses
+/// (`sources.wifi.infrastructure`) or other values nobody should find in a log. The key and
+/// line say where; the type says what was wrong.
+fn without_strings(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(rest.get(..at).unwrap_or_default());
+        out.push_str("a string");
+        let value = rest.get(at + "string \"".len()..).unwrap_or_default();
+        // The value is written with Rust's debug escapes: `\"` does not close it.
+        let mut escaped = false;
+        let close = value.char_indices().find(|&(_, c)| {
+            let end = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            end
+        });
+        rest = match close {
+            Some((i, _)) => value.get(i + 1..).unwrap_or_default(),
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses and validates configuration text; `file` names it in messages, `base` resolves
 /// relative paths of secret files.
 pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
@@ -487,7 +514,7 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Config, Conf
         let key = line
             .and_then(|l| key_path_at_line(text, l))
             .unwrap_or_else(|| "(syntax)".into());
-        let message = e.message().trim().replace('\n', " ");
+        let message = without_strings(&e.message().trim().replace('\n', " "));
         ConfigError(vec![ConfigIssue {
             file: file.to_string(),
             line,
@@ -1064,6 +1091,20 @@ fn key_path_at_line(text: &str, line: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_messages_quote_no_string_value() {
+        assert_eq!(
+            without_strings(r#"invalid type: string "dc:fb:48:68:be:e4", expected a sequence"#),
+            "invalid type: a string, expected a sequence"
+        );
+        assert_eq!(
+            without_strings(r#"invalid type: string "a\"b", expected x; string "c""#),
+            "invalid type: a string, expected x; a string"
+        );
+        assert_eq!(without_strings("expected a boolean"), "expected a boolean");
+        assert_eq!(without_strings(r#"string "unclosed"#), "a string");
+    }
 
     #[test]
     fn broker_urls() {
