@@ -219,9 +219,7 @@ async fn pos_privacy_end_to_end() -> R {
     while streamed.len() < 4_500_000 {
         streamed.push_str("2,A,an ordinary row of a large export,1,2010-12-22 10:29:00,1.00\n");
     }
-    streamed.push_str(&format!(
-        "3,A,;4111111111111111=25121010000000000?,1,2010-12-22 10:29:00,1.00\n"
-    ));
+    streamed.push_str("3,A,;4111111111111111=25121010000000000?,1,2010-12-22 10:29:00,1.00\n");
     let hidden: [(&str, Vec<u8>); 4] = [
         // Not UTF-8 (a pound sign in Windows-1252) with a CVV column.
         (

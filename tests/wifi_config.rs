@@ -90,12 +90,9 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
     for spelling in ["dc:fb:48:68:be:e4", "DC-FB-48-68-BE-E4", "dcfb4868bee4"] {
         std::fs::write(
             &path,
-            format!(
-                "{}",
-                head.replace(
-                    "[\"dc:fb:48:68:be:e4\", \"not-a-mac\"]",
-                    &format!("\"{spelling}\"")
-                )
+            head.replace(
+                "[\"dc:fb:48:68:be:e4\", \"not-a-mac\"]",
+                &format!("\"{spelling}\""),
             ),
         )?;
         for cmd in ["check-config", "run"] {

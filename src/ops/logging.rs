@@ -89,6 +89,34 @@ fn filter_for(level: &str) -> Targets {
         .unwrap_or_default()
 }
 
+/// The BLE stack's libraries describe devices in their messages below `error`: bluez-async
+/// prints whole D-Bus property maps at `trace` (names, aliases, manufacturer data) and
+/// payloads of the wrong type at `warn`, btleplug lost events with their data. A name is no
+/// address pattern, so scrubbing cannot catch it: whatever `log.level` or `STOREGW_LOG` says,
+/// only their errors are written (scrubbed like every line).
+const DEVICE_DESCRIBING: [&str; 5] = [
+    "btleplug",
+    "bluez_async",
+    "bluez_generated",
+    "dbus",
+    "dbus_tokio",
+];
+
+/// Whether a span or event is one of those messages.
+fn describes_devices(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() > tracing::Level::ERROR
+        && DEVICE_DESCRIBING.iter().any(|t| {
+            meta.target()
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
+/// The ceiling no filter can lift ([`DEVICE_DESCRIBING`]).
+fn ble_stack_ceiling() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|meta| !describes_devices(meta))
+}
+
 /// stderr, every formatted line scrubbed of addresses before it is written.
 struct ScrubbedStderr;
 
@@ -144,6 +172,20 @@ impl Visit for FieldText {
 /// pattern is not passed on but re-emitted once, scrubbed, as `storegw::log` at its level.
 struct Redact<L> {
     inner: L,
+    /// Writes the scrubbed line: [`reemit`] (through the global subscriber, so the line
+    /// passes the filters and reaches the journal as `storegw::log`), another sink in tests.
+    emit: fn(tracing::Level, &str),
+}
+
+/// Logs a scrubbed library line as storegw's own, at the level it had.
+fn reemit(level: tracing::Level, text: &str) {
+    match level {
+        tracing::Level::ERROR => tracing::error!(target: "storegw::log", "{text}"),
+        tracing::Level::WARN => tracing::warn!(target: "storegw::log", "{text}"),
+        tracing::Level::INFO => tracing::info!(target: "storegw::log", "{text}"),
+        tracing::Level::DEBUG => tracing::debug!(target: "storegw::log", "{text}"),
+        tracing::Level::TRACE => tracing::trace!(target: "storegw::log", "{text}"),
+    }
 }
 
 impl<S, L> Layer<S> for Redact<L>
@@ -187,14 +229,7 @@ where
             return;
         }
         let text = format!("{}: {}{}", event.metadata().target(), f.message, f.fields);
-        let text = scrub(&text);
-        match *event.metadata().level() {
-            tracing::Level::ERROR => tracing::error!(target: "storegw::log", "{text}"),
-            tracing::Level::WARN => tracing::warn!(target: "storegw::log", "{text}"),
-            tracing::Level::INFO => tracing::info!(target: "storegw::log", "{text}"),
-            tracing::Level::DEBUG => tracing::debug!(target: "storegw::log", "{text}"),
-            tracing::Level::TRACE => tracing::trace!(target: "storegw::log", "{text}"),
-        }
+        (self.emit)(*event.metadata().level(), &scrub(&text));
     }
 }
 
@@ -220,6 +255,7 @@ pub fn init(level: &str, format: &str) {
                 inner: j
                     .with_field_prefix(None)
                     .with_syslog_identifier("storegw".into()),
+                emit: reemit,
             }
             .boxed(),
             Err(_) => text_layer(),
@@ -228,6 +264,7 @@ pub fn init(level: &str, format: &str) {
     };
     if tracing_subscriber::registry()
         .with(filter)
+        .with(ble_stack_ceiling())
         .with(fmt_layer)
         .try_init()
         .is_ok()
@@ -292,6 +329,107 @@ mod tests {
         assert_eq!(choose("json"), Sink::Json);
         assert_eq!(choose("text"), Sink::Text);
         assert_eq!(choose("journald"), Sink::Journald);
+    }
+
+    /// Collects every event's text as the sinks would see it.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut f = FieldText::default();
+            event.record(&mut f);
+            if let Ok(mut v) = self.0.lock() {
+                v.push(format!(
+                    "{}: {}{}",
+                    event.metadata().target(),
+                    f.message,
+                    f.fields
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn the_ble_stack_describes_no_device_whatever_the_filter() {
+        let seen = Capture::default();
+        // The most permissive filter an operator can write.
+        let everything: Targets = "trace".parse().unwrap_or_default();
+        let subscriber = tracing_subscriber::registry()
+            .with(everything)
+            .with(ble_stack_ceiling())
+            .with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "bluez_async::events", "InterfacesAdded: Name: Jane Doe's iPhone");
+            tracing::warn!(target: "bluez_async::device", "Manufacturer data had wrong type: [76, 0, 2]");
+            tracing::debug!(target: "btleplug::common::adapter_manager", "Lost central event: Jane");
+            tracing::info!(target: "dbus", "Jane");
+            tracing::error!(target: "bluez_async", "starting discovery failed: NotReady");
+            tracing::trace!(target: "storegw::source::ble", "own trace line");
+            tracing::warn!(target: "dbusy", "another crate whose name starts alike");
+        });
+        let lines = seen.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains("Jane") && !l.contains("[76")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("starting discovery failed")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("own trace line")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("another crate")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn the_journal_gets_a_library_message_with_an_address_only_scrubbed() {
+        // The journald layer sits inside Redact: what reaches `journal` is written as it is;
+        // what Redact re-emits (through the global subscriber in the gateway) lands in
+        // REEMITTED here.
+        static REEMITTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let journal = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(Redact {
+            inner: journal.clone(),
+            emit: |level, text| {
+                if let Ok(mut v) = REEMITTED.lock() {
+                    v.push(format!("{level} {text}"));
+                }
+            },
+        });
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "bluez_async", "object /org/bluez/hci0/dev_C0_11_22_33_44_55 gone");
+            tracing::error!(target: "rumqttc", addr = "c0:11:22:33:44:55", "a field carries it");
+            tracing::warn!(target: "rumqttc", "nothing to hide");
+        });
+        let written = journal.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(written, ["rumqttc: nothing to hide"]);
+        let redacted = REEMITTED.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(redacted.len(), 2, "{redacted:?}");
+        for l in &redacted {
+            let folded = l.to_ascii_lowercase().replace(['_', ':'], "");
+            assert!(
+                !folded.contains("c01122334455") && l.contains("[addr]"),
+                "{l}"
+            );
+        }
+        assert!(
+            redacted[0].starts_with("WARN bluez_async: object"),
+            "{redacted:?}"
+        );
+        assert!(
+            redacted[1].starts_with("ERROR rumqttc: a field carries it addr="),
+            "{redacted:?}"
+        );
     }
 
     #[test]
