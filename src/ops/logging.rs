@@ -13,7 +13,9 @@
 //! BlueZ object path, `/org/bluez/hci0/dev_AA_BB_CC_DD_EE_FF`); and every line is scrubbed
 //! of address-like patterns ([`crate::privacy::logs::scrub`]) before it is written (text and
 //! JSON), or re-emitted scrubbed (journald), so a library message or an `STOREGW_LOG` override
-//! cannot leak one either.
+//! cannot leak one either. The BLE stack's libraries, whose messages carry device names and
+//! payloads (no address pattern), write only their errors whatever the filter
+//! ([`DEVICE_DESCRIBING`]).
 
 use crate::privacy::logs::{has_identifier, scrub};
 use std::io::Write;
