@@ -52,12 +52,14 @@ impl Spool {
         let now = crate::event::now_ms();
         let mut total = 0;
         for s in [Stream::Ble, Stream::Wifi] {
-            let max_age = self.caps[idx(s)].max_age.0.as_millis() as i64;
+            let max_age =
+                i64::try_from(self.caps[idx(s)].max_age.0.as_millis()).unwrap_or(i64::MAX);
             let st = &self.state[idx(s)];
             let mut partial = st.partial.lock().unwrap_or_else(|p| p.into_inner());
             let mut n = 0;
             while let Some((_, v)) = self.trees[idx(s)].first()? {
-                if now - enqueued(&v) <= max_age {
+                // A stamp read back from disk is outside input: a damaged one never overflows.
+                if now.saturating_sub(enqueued(&v)) <= max_age {
                     break;
                 }
                 n += self.pop_oldest(s, &mut partial)?.unwrap_or(0);

@@ -295,7 +295,9 @@ impl Spool {
         // Never reuse an id a consumer may have seen: start above everything ever reserved,
         // above every key on disk and above the clock in microseconds.
         let next = hwm.max(last).max(unix_us());
-        let new_hwm = next + SEQ_RESERVE;
+        // A mark near the end of the range (a damaged record) saturates: appends are then
+        // refused (`append_inner`) rather than wrap around and reuse ids.
+        let new_hwm = next.saturating_add(SEQ_RESERVE);
         meta.insert(SEQ_HWM_KEY, &new_hwm.to_be_bytes())?;
         let drops = meta
             .get(DROPS_KEY)?
@@ -489,6 +491,25 @@ mod tests {
         }
         assert!(refused > 100);
         assert!(s.depth(Stream::Pos).bytes <= 64 * 1024);
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_id_mark_refuses_appends_instead_of_reusing_ids(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("spool");
+        {
+            let db = sled::Config::new().path(&p).open()?;
+            db.open_tree("meta")?
+                .insert(SEQ_HWM_KEY, &(u64::MAX - 5).to_be_bytes())?;
+            db.flush()?;
+        }
+        let s = Spool::open(&p, "gw", &cfg(1 << 20))?;
+        let r = s.append(&[ev(EventKind::BleCensus, 10)]);
+        assert!(matches!(r, Err(SpoolError::Storage(_))), "{r:?}");
+        // A damaged enqueue stamp reads as very old or very new, without overflow.
+        assert!(s.purge_expired().is_ok());
         Ok(())
     }
 

@@ -49,6 +49,15 @@ impl Spool {
         let now = crate::event::now_ms();
         let mut guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
         let first = guard.next;
+        // Ids are never reused: at the end of the range (only a damaged mark gets there)
+        // appends are refused, not wrapped around.
+        let Some(end_reserved) =
+            (first.checked_add(events.len() as u64)).and_then(|end| end.checked_add(SEQ_RESERVE))
+        else {
+            return Err(SpoolError::Storage(
+                "event ids exhausted (damaged id mark)".into(),
+            ));
+        };
         let mut building: [Vec<ChunkBuf>; 3] = Default::default();
         let mut seqs = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
@@ -94,7 +103,7 @@ impl Spool {
         }
         let end = first + events.len() as u64;
         if end >= guard.hwm {
-            let hwm = end + SEQ_RESERVE;
+            let hwm = end_reserved;
             self.meta.insert(SEQ_HWM_KEY, &hwm.to_be_bytes())?;
             guard.hwm = hwm;
         }
@@ -267,11 +276,9 @@ impl Spool {
     /// Depth, stored bytes and oldest age of a stream.
     pub fn depth(&self, s: Stream) -> StreamDepth {
         let st = &self.state[idx(s)];
-        let oldest = self.trees[idx(s)]
-            .first()
-            .ok()
-            .flatten()
-            .map(|(_, v)| ((crate::event::now_ms() - enqueued(&v)).max(0) as f64) / 1000.0);
+        let oldest = self.trees[idx(s)].first().ok().flatten().map(|(_, v)| {
+            (crate::event::now_ms().saturating_sub(enqueued(&v)).max(0) as f64) / 1000.0
+        });
         StreamDepth {
             depth: st.count.load(Ordering::Relaxed),
             bytes: st.bytes.load(Ordering::Relaxed),
