@@ -64,7 +64,7 @@ fn bad_configs_name_file_line_and_key() {
         ),
         (
             &format!("{GOOD}[mqtt]\nport = \"abc\"\n"),
-            "FILE:6: mqtt.port: invalid type: string \"abc\", expected u16",
+            "FILE:6: mqtt.port: invalid type: a string, expected u16",
         ),
         (
             &format!("{GOOD}[mqtt]\nport = 70000\n"),

@@ -220,7 +220,13 @@ async fn pos_privacy_end_to_end() -> R {
         streamed.push_str("2,A,an ordinary row of a large export,1,2010-12-22 10:29:00,1.00\n");
     }
     streamed.push_str("3,A,;4111111111111111=25121010000000000?,1,2010-12-22 10:29:00,1.00\n");
-    let hidden: [(&str, Vec<u8>); 4] = [
+    // Excel's "Unicode text": UTF-16LE with a byte-order mark, tab-separated.
+    let mut utf16 = vec![0xff, 0xfe];
+    for u in "InvoiceNo\tStockCode\tDescription\tQuantity\tInvoiceDate\tUnitPrice\tCVV\n1\tA\tx\t1\t2010-12-22 10:29:00\t1.00\t123\n".encode_utf16() {
+        utf16.extend_from_slice(&u.to_le_bytes());
+    }
+    let hidden: [(&str, Vec<u8>); 5] = [
+        ("utf16.csv", utf16),
         // Not UTF-8 (a pound sign in Windows-1252) with a CVV column.
         (
             "latin1.csv",

@@ -484,8 +484,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// (`sources.wifi.infrastructure`) or other values nobody should find in a log. The key and
 /// line say where; the type says what was wrong.
 fn without_strings(msg: &str) -> String {
+    // serde's enums name the unknown value in backticks (`unknown variant \`x\`, expected …`).
+    let msg = match msg.split_once("unknown variant `") {
+        Some((head, tail)) => match tail.split_once('`') {
+            Some((_, after)) => format!("{head}unknown variant{after}"),
+            None => format!("{head}unknown variant"),
+        },
+        None => msg.to_string(),
+    };
     let mut out = String::with_capacity(msg.len());
-    let mut rest = msg;
+    let mut rest = msg.as_str();
     while let Some(at) = rest.find("string \"") {
         out.push_str(rest.get(..at).unwrap_or_default());
         out.push_str("a string");
@@ -590,7 +598,8 @@ impl Config {
 pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), String> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| format!("`{url}` is not a URL (mqtt://host:port or mqtts://host:port)"))?;
+        // Not quoted back: a mistyped URL may hold a password.
+        .ok_or_else(|| "not a URL (mqtt://host:port or mqtts://host:port)".to_string())?;
     let tls = match scheme {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" | "tls" => true,
@@ -605,7 +614,8 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), String> {
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
             h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?,
+            p.parse::<u16>()
+                .map_err(|_| "the port is not a number from 0 to 65535".to_string())?,
         ),
         _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
     };
@@ -1103,6 +1113,18 @@ mod tests {
             "invalid type: a string, expected x; a string"
         );
         assert_eq!(without_strings("expected a boolean"), "expected a boolean");
+        assert_eq!(
+            without_strings("unknown variant `dc:fb:48:68:be:e4`, expected `keyed` or `sealed`"),
+            "unknown variant, expected `keyed` or `sealed`"
+        );
+        assert_eq!(
+            parse_broker_url("user:secret@broker").map_err(|e| e.contains("secret")),
+            Err(false)
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://broker:secret").map_err(|e| e.contains("secret")),
+            Err(false)
+        );
         assert_eq!(without_strings(r#"string "unclosed"#), "a string");
     }
 

@@ -93,7 +93,8 @@ fn filter_for(level: &str) -> Targets {
 
 /// The BLE stack's libraries describe devices in their messages below `error`: bluez-async
 /// prints whole D-Bus property maps at `trace` (names, aliases, manufacturer data) and
-/// payloads of the wrong type at `warn`, btleplug lost events with their data. A name is no
+/// payloads of the wrong type at `warn`, btleplug lost events with their data (the D-Bus
+/// crates under them log nothing today, and are held to the same ceiling). A name is no
 /// address pattern, so scrubbing cannot catch it: whatever `log.level` or `STOREGW_LOG` says,
 /// only their errors are written (scrubbed like every line).
 const DEVICE_DESCRIBING: [&str; 5] = [

@@ -391,15 +391,25 @@ pub fn text_carries_auth_data(text: &str, header: bool) -> bool {
         let hit = match c {
             // Track 1 (`%B<pan>^…`) and track 2 (`;<pan>=…`): 128 bytes cover either.
             b'%' | b';' => looks_like_track(window(i, i + 128)),
-            // An XML element and the names of its attributes (each word before an `=`).
+            // An XML element and the names of its attributes (each word before an `=`). A tag
+            // is a name (a letter or `_` first) and its attributes closed by `>` on one line
+            // within 256 bytes; `Kids <5y; rolling pin=2` is text.
             b'<' => {
-                let tag = window(i + 1, i + 4096);
+                let tag = window(i + 1, i + 256);
                 let tag = tag.strip_prefix(['/', '?']).unwrap_or(tag);
-                let inner = tag.split('>').next().unwrap_or_default();
+                let end = tag.find(['<', '>', '\n']);
+                let closed = end.is_some_and(|e| tag.get(e..).is_some_and(|t| t.starts_with('>')));
+                let inner = tag.get(..end.unwrap_or(tag.len())).unwrap_or_default();
                 let name_len = inner
                     .find(|c: char| !(c.is_ascii_alphanumeric() || "_-:.".contains(c)))
                     .unwrap_or(inner.len());
                 let (name, attrs) = inner.split_at(name_len);
+                let attrs =
+                    if closed && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                        attrs
+                    } else {
+                        ""
+                    };
                 // Judged by the local name, as the POSLog reader does (`acs:Track2`).
                 let local = |n: &str| is_forbidden_field(n.rsplit(':').next().unwrap_or(n));
                 local(name)
@@ -409,29 +419,33 @@ pub fn text_carries_auth_data(text: &str, header: bool) -> bool {
                             .any(|p| p.split_whitespace().last().is_some_and(local))
                     })
             }
-            // A JSON key: a string followed by a colon.
-            b':' => window(i.saturating_sub(512), i)
-                .trim_end()
-                .strip_suffix('"')
-                .and_then(|k| k.rfind('"').and_then(|o| k.get(o + 1..)))
-                .is_some_and(is_forbidden_field),
+            // A JSON key: a string followed by a colon (not `\"` inside a string), unless
+            // its value is null, which the JSON readers accept.
+            b':' => {
+                window(i + 1, i + 64).trim_start().get(..4) != Some("null")
+                    && window(i.saturating_sub(512), i)
+                        .trim_end()
+                        .strip_suffix('"')
+                        .filter(|k| !k.ends_with('\\'))
+                        .and_then(|k| k.rfind('"').and_then(|o| k.get(o + 1..)))
+                        .is_some_and(is_forbidden_field)
+            }
             _ => false,
         };
         if hit {
             return true;
         }
     }
+    // The first line as a CSV header, unless it opens a JSON or XML document (whose names the
+    // rules above judged). A byte-order mark or an undecodable byte is no reason to skip it.
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.trim_start_matches(['\u{feff}', '\u{fffd}', ' ', '\t']);
     header
-        && text
-            .lines()
-            .next()
-            .unwrap_or_default()
+        && !first.starts_with(['{', '[', '<'])
+        && first
             .split([',', ';', '\t', '|'])
-            .map(|cell| cell.trim().trim_matches('"'))
-            // A column name, not a JSON document's first line cut at its commas.
-            .filter(|n| {
-                n.len() <= 64 && n.chars().all(|c| c.is_alphanumeric() || " _-.".contains(c))
-            })
+            .map(|cell| cell.trim_matches(['"', ' ', '\t', '\u{feff}', '\u{fffd}']))
+            .filter(|n| n.len() <= 64)
             .any(is_forbidden_field)
 }
 
@@ -449,11 +463,13 @@ mod tests {
             ("Invoice,Card CVV,Amount\n1,123,4.00\n", true),
             ("a;b;pin_block\n", true),
             ("{\"id\":\"T1\",\"card\":{\"cvv2\" : \"123\"}}", true),
-            ("{\"id\":\"T1\"}\n{\"id\":\"T2\",\"TrackData\":null}", true),
+            ("{\"id\":\"T1\"}\n{\"id\":\"T2\",\"TrackData\":\"x\"}", true),
             ("<POSLog><Tender><acs:Track2>x</acs:Track2></Tender>", true),
             ("<Tender type=\"card\" PinBlock = \"00\">", true),
             ("1,A,x,\"%B4111111111111111^DOE/JOHN^2512101?\",1.00", true),
             ("9,A,pay ;4111111111111111=25121010000000000? now,1", true),
+            ("\u{feff}Invoice;Kartenpr\u{fffd}fnummer CVC;Amount\n", true),
+            ("Invoice,CVV2/CVC2,Amount\n", true),
         ];
         for (text, header) in found {
             assert!(text_carries_auth_data(text, header), "{text}");
@@ -462,6 +478,8 @@ mod tests {
             "Invoice,Description,Amount\n1,Rolling pin; CVV card at till,4.00\n",
             "{\"description\":\"bowling pin: cvv\",\"time\":\"10:29:00\"}",
             "<Item><Description>PIN pad cover</Description></Item>",
+            "Invoice,Description\n1,Kids <5y; rolling pin=2 <b>\n",
+            "{\"id\":\"T1\",\"cvv\": null,\"note\":\"ask \\\"PIN\\\": never\"}",
             "10:29:00;12:00:00;%;;;<<<>>>::::\"\":",
             "",
         ];
@@ -475,7 +493,7 @@ mod tests {
             true
         ));
         // Linear in a hostile file: long runs of the markers are judged quickly.
-        let hostile = "<\"".repeat(200_000) + &"\" :".repeat(200_000);
+        let hostile = "<\"".repeat(200_000) + &"\" :".repeat(200_000) + &"<a=".repeat(300_000);
         assert!(!text_carries_auth_data(&hostile, false));
     }
 

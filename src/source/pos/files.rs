@@ -171,7 +171,7 @@ pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
             sensitive: false,
         } if carries_auth_data(path).await => Outcome::Failed {
             why: format!(
-                "{why}\nThe file also carries card authentication data (CVV, track or PIN block)."
+                "{why}\nThe file also carries card authentication data (CVV, track or PIN block), or could not be searched for it."
             ),
             sensitive: true,
         },
@@ -228,31 +228,46 @@ pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
 }
 
 /// Whether a file carries card authentication data anywhere
-/// ([`crate::privacy::card::text_carries_auth_data`]), read in blocks whatever its size or
-/// encoding. A file that cannot be read counts as carrying it: it is not kept.
+/// ([`crate::privacy::card::text_carries_auth_data`]), read in blocks whatever its size, as
+/// UTF-8 or any 8-bit code page, or as UTF-16 (Excel's "Unicode text": its zero bytes are
+/// dropped). A file that cannot be read counts as carrying it (it is not kept); one that is
+/// gone does not. Compressed or binary exports cannot be searched (docs/pos.md).
 async fn carries_auth_data(path: &Path) -> bool {
     let p = path.to_path_buf();
-    tokio::task::spawn_blocking(move || scan_blocks(&p).unwrap_or(true))
-        .await
-        .unwrap_or(true)
+    tokio::task::spawn_blocking(move || match scan_blocks(&p) {
+        Ok(found) => found,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    })
+    .await
+    .unwrap_or(true)
 }
 
 fn scan_blocks(path: &Path) -> std::io::Result<bool> {
     use std::io::Read;
     const BLOCK: usize = 1 << 20;
-    // Longer than any name or track the scan looks for, so none is cut between blocks.
+    // Longer than any window the scan looks through (a tag, a key, a track: 512 bytes at
+    // most), so nothing is cut between blocks.
     const OVERLAP: usize = 1024;
     let mut f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; BLOCK + OVERLAP];
     let mut kept = 0usize;
     let mut first = true;
     loop {
-        let n = f.read(buf.get_mut(kept..).unwrap_or_default())?;
+        let n = match f.read(buf.get_mut(kept..).unwrap_or_default()) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r?,
+        };
         if n == 0 && !first {
             return Ok(false);
         }
         let end = kept + n;
-        let text = String::from_utf8_lossy(buf.get(..end).unwrap_or_default());
+        let block = buf.get(..end).unwrap_or_default();
+        let text = if block.contains(&0) {
+            let narrow: Vec<u8> = block.iter().copied().filter(|&b| b != 0).collect();
+            String::from_utf8_lossy(&narrow).into_owned()
+        } else {
+            String::from_utf8_lossy(block).into_owned()
+        };
         if crate::privacy::card::text_carries_auth_data(&text, first) {
             return Ok(true);
         }
