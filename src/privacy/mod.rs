@@ -79,9 +79,88 @@ pub fn suppress(count: u64, min_count: u32) -> (u64, bool) {
     }
 }
 
+/// Complementary suppression. `parts` add up to a whole that is published (or can be
+/// recomputed), so a part withheld alone would be the whole minus the others. Parts below
+/// `min_count` are withheld, then the smallest others until the withheld parts together
+/// count at least `min_count` (or all are withheld): what subtraction recovers is then a
+/// group of at least `min_count`, never fewer.
+pub fn suppress_parts(parts: &[u64], min_count: u32) -> Vec<(u64, bool)> {
+    let mut out: Vec<(u64, bool)> = parts.iter().map(|&n| suppress(n, min_count)).collect();
+    let mut hidden: u64 = parts
+        .iter()
+        .zip(&out)
+        .filter(|(_, o)| o.1)
+        .map(|(n, _)| *n)
+        .sum();
+    while hidden > 0 && hidden < u64::from(min_count) {
+        let smallest = parts
+            .iter()
+            .zip(&out)
+            .enumerate()
+            .filter(|(_, (&n, o))| n > 0 && !o.1)
+            .min_by_key(|(_, (&n, _))| n)
+            .map(|(i, (&n, _))| (i, n));
+        let Some((i, n)) = smallest else { break };
+        if let Some(o) = out.get_mut(i) {
+            *o = (0, true);
+        }
+        hidden += n;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_withheld_part_cannot_be_recovered_from_the_whole() {
+        // 10 devices, 8 in the store, 2 passing: the 2 alone would be 10 − 8.
+        assert_eq!(suppress_parts(&[8, 2], 3), [(0, true), (0, true)]);
+        // Two small parts together reach k: the rest stays published.
+        assert_eq!(
+            suppress_parts(&[9, 2, 2], 3),
+            [(9, false), (0, true), (0, true)]
+        );
+        // The smallest published part is added first.
+        assert_eq!(
+            suppress_parts(&[9, 4, 1], 3),
+            [(9, false), (0, true), (0, true)]
+        );
+        // Nothing small, nothing withheld; k = 1 withholds nothing.
+        assert_eq!(
+            suppress_parts(&[5, 3, 0], 3),
+            [(5, false), (3, false), (0, false)]
+        );
+        assert_eq!(suppress_parts(&[1, 1], 1), [(1, false), (1, false)]);
+        // Whatever the parts, the withheld ones sum to 0 or to at least k.
+        let mut x = 7u64;
+        for _ in 0..2_000 {
+            let parts: Vec<u64> = (0..4)
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (x >> 60) % 6
+                })
+                .collect();
+            let out = suppress_parts(&parts, 4);
+            let hidden: u64 = parts
+                .iter()
+                .zip(&out)
+                .filter(|(_, o)| o.1)
+                .map(|(n, _)| n)
+                .sum();
+            assert!(
+                hidden == 0 || hidden >= 4 || out.iter().all(|o| o.1 || o.0 == 0),
+                "{parts:?} {out:?}"
+            );
+            for (n, o) in parts.iter().zip(&out) {
+                assert!(
+                    o.1 || (o.0 == *n && (*n == 0 || *n >= 4)),
+                    "{parts:?} {out:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn suppression() {

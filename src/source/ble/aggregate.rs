@@ -587,16 +587,23 @@ impl Aggregator {
         if self.census_adverts > 0 {
             let k = self.min_count;
             let mut suppressed = false;
+            let public = self.census_addrs.values().filter(|p| **p).count() as u64;
+            let random = self.census_addrs.len() as u64 - public;
+            // Public + random = devices: withheld together, so neither is devices minus the
+            // other (`suppress_parts`).
+            let mut by_type = BTreeMap::new();
+            for (name, (v, s)) in ["public", "random"]
+                .into_iter()
+                .zip(crate::privacy::suppress_parts(&[public, random], k))
+            {
+                suppressed |= s;
+                by_type.insert(name.to_string(), v);
+            }
             let mut sup = |n: u64| {
                 let (v, s) = crate::privacy::suppress(n, k);
                 suppressed |= s;
                 v
             };
-            let public = self.census_addrs.values().filter(|p| **p).count() as u64;
-            let random = self.census_addrs.len() as u64 - public;
-            let mut by_type = BTreeMap::new();
-            by_type.insert("public".to_string(), sup(public));
-            by_type.insert("random".to_string(), sup(random));
             let mut by_company = BTreeMap::new();
             for (c, set) in &self.census_company {
                 by_company.insert(format!("0x{c:04x}"), sup(set.len() as u64));

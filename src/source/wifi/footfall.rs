@@ -12,7 +12,7 @@ use super::config::WifiConfig;
 use super::estimate::U64Map;
 use super::people::{PeopleSettings, PeopleWindow, Presence};
 use crate::event::{rfc3339_ms, write_rfc3339_ms, Event, EventKind};
-use crate::privacy::{suppress, DevicePseudonymizer};
+use crate::privacy::{suppress, suppress_parts, DevicePseudonymizer};
 use crate::sensor_events::WifiVisit;
 use std::sync::Arc;
 
@@ -459,10 +459,24 @@ impl Footfall {
                 suppress(n, k)
             }
         };
+        // Figures that add up to a published one are withheld together (`suppress_parts`), so
+        // none comes back by subtraction: in the store + passing = devices, randomized +
+        // fixed-address = devices, directed + broadcast = probes, the histogram = probes.
+        let parts = |v: &[u64]| -> Vec<(u64, bool)> {
+            if all_hidden {
+                v.iter().map(|&n| (0, n > 0)).collect()
+            } else {
+                suppress_parts(v, k)
+            }
+        };
+        let two = |v: Vec<(u64, bool)>| -> ((u64, bool), (u64, bool)) {
+            let mut it = v.into_iter();
+            (it.next().unwrap_or_default(), it.next().unwrap_or_default())
+        };
         let (devices_s, s6) = sup0(devices);
         let (est_s, s7) = sup0(est);
-        let (est_in_s, s8) = sup0(est_in_store);
-        let (est_pass_s, s9) = sup0(est.saturating_sub(est_in_store));
+        let ((est_in_s, s8), (est_pass_s, s9)) =
+            two(parts(&[est_in_store, est.saturating_sub(est_in_store)]));
         let (people_s, s10) = sup0(people.people.round() as u64);
         let (resident_s, s11) = sup0(people.resident);
         let (arrivals_s, s12) = sup0(people.arrivals.round() as u64);
@@ -474,11 +488,10 @@ impl Footfall {
             }
         };
         let (probes, s0) = sup(w.probes);
-        let (directed, s5) = sup(w.directed);
-        let (randomized, s2) = sup(randomized);
-        let passer_raw = devices.saturating_sub(in_store);
-        let (in_store, s3) = sup(in_store);
-        let (passer_by, s4) = sup(passer_raw);
+        let ((directed, s5), _) = two(parts(&[w.directed, w.probes.saturating_sub(w.directed)]));
+        let ((randomized, s2), _) = two(parts(&[randomized, devices.saturating_sub(randomized)]));
+        let ((in_store, s3), (passer_by, s4)) =
+            two(parts(&[in_store, devices.saturating_sub(in_store)]));
         let mut body = CensusBody::new(
             w.idx * self.window_ms,
             (self.window_ms / 1000) as u32,
@@ -491,14 +504,16 @@ impl Footfall {
             body.suppressed |= s;
             *slot = n;
         }
-        let buckets = w
+        let buckets: Vec<(&str, u64)> = w
             .hist
             .iter()
             .zip(BUCKET_LABELS)
             .filter(|(n, _)| **n > 0)
-            .map(|(n, label)| (label, *n));
-        for (label, n) in buckets.chain((w.no_rssi > 0).then_some(("none", w.no_rssi))) {
-            let (n, s) = sup(n);
+            .map(|(n, label)| (label, *n))
+            .chain((w.no_rssi > 0).then_some(("none", w.no_rssi)))
+            .collect();
+        let counts: Vec<u64> = buckets.iter().map(|b| b.1).collect();
+        for ((label, _), (n, s)) in buckets.iter().zip(parts(&counts)) {
             body.suppressed |= s;
             body.push_histogram(label, n);
         }
@@ -683,6 +698,43 @@ mod tests {
         assert_eq!(c["in_store"], 0);
         assert_eq!(c["rssi_histogram"]["-60"], 0);
         assert_eq!(c["suppressed"], true);
+    }
+
+    #[test]
+    fn a_small_figure_is_not_recoverable_by_subtraction() {
+        // Six devices, five in the store, one passing (k = 3): publishing 6 and 5 would give
+        // the one away, so in_store and passer_by are withheld together; likewise the one
+        // randomized device against five fixed ones, and the one directed probe.
+        let mut f = Footfall::new(&cfg(false), 3);
+        let mut out = Vec::new();
+        for (i, d) in ["a", "b", "c", "d", "r1"].into_iter().enumerate() {
+            f.observe(s(i as i64 * 1000, d, Some(-60), 1), &mut out);
+        }
+        f.observe(s(9_000, "p", Some(-90), 1), &mut out);
+        f.finish(&mut out);
+        let c = &out[0].body();
+        assert_eq!(c["devices"], 6);
+        assert_eq!(
+            (c["in_store"].as_u64(), c["passer_by"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert_eq!(
+            (
+                c["in_store_estimated"].as_u64(),
+                c["passer_by_estimated"].as_u64()
+            ),
+            (Some(0), Some(0))
+        );
+        assert_eq!(c["randomized"], 0);
+        assert_eq!(c["directed_probes"], 0);
+        assert_eq!(c["suppressed"], true);
+        // The histogram (five probes in one bucket, one in another): the one would be the
+        // probe count minus the five, so both buckets are withheld.
+        let h = &c["rssi_histogram"];
+        let published: u64 = h
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+        assert_eq!(published, 0, "{h}");
     }
 
     #[test]
