@@ -1047,8 +1047,18 @@ fn line_of(text: &str, offset: usize) -> usize {
 fn key_lines(text: &str) -> Vec<(usize, String)> {
     let mut table = String::new();
     let mut out = Vec::new();
+    // Brackets still open in a value: its next lines are elements of an array (a line
+    // `["dc:fb:…"],` is a value, not a table header, and must never become a key name).
+    let mut open = 0i64;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
+        if open > 0 {
+            open = (open + bracket_balance(line)).max(0);
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
         if line.starts_with('[') {
             let name = line
                 .trim_start_matches('[')
@@ -1062,6 +1072,9 @@ fn key_lines(text: &str) -> Vec<(usize, String)> {
             if line.starts_with('#') {
                 continue;
             }
+            open = line
+                .split_once('=')
+                .map_or(0, |(_, v)| bracket_balance(v).max(0));
             let k = k.trim().trim_matches('"');
             let full = if table.is_empty() {
                 k.to_string()
@@ -1072,6 +1085,31 @@ fn key_lines(text: &str) -> Vec<(usize, String)> {
         }
     }
     out
+}
+
+/// `[` minus `]` in a line of TOML, outside strings and comments.
+fn bracket_balance(line: &str) -> i64 {
+    let mut n = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in line.chars() {
+        match quote {
+            Some(q) => {
+                if c == q && !escaped {
+                    quote = None;
+                }
+                escaped = q == '"' && c == '\\' && !escaped;
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '#' => break,
+                '[' => n += 1,
+                ']' => n -= 1,
+                _ => {}
+            },
+        }
+    }
+    n
 }
 
 /// Line where a dotted key (or, failing that, its nearest enclosing table) is defined.
@@ -1101,6 +1139,24 @@ fn key_path_at_line(text: &str, line: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_array_element_is_never_read_as_a_table_name() {
+        let text = "[sources.wifi]\ninfrastructure = [\n  [\"dc:fb:48:68:be:e4\"],\n  \"x]\", # ]\n]\nenabled = true\n[http]\n";
+        assert_eq!(
+            key_path_at_line(text, 3).as_deref(),
+            Some("sources.wifi.infrastructure")
+        );
+        assert_eq!(
+            key_path_at_line(text, 4).as_deref(),
+            Some("sources.wifi.infrastructure")
+        );
+        assert_eq!(
+            key_path_at_line(text, 6).as_deref(),
+            Some("sources.wifi.enabled")
+        );
+        assert_eq!(key_path_at_line(text, 7).as_deref(), Some("http"));
+    }
 
     #[test]
     fn parse_messages_quote_no_string_value() {
