@@ -456,3 +456,29 @@ pub fn wait_exit(
     let _ = child.kill();
     None
 }
+
+/// The events a stopped gateway's spool holds, in the clear: every chunk of the stream trees
+/// decoded (LZ4 bodies decompressed). A search of the raw files sees compressed bytes, where
+/// a repeated substring is a back-reference and a leaked identifier can hide; this is what
+/// the spool would give anyone who reads it. Returns the text and how many chunks it decoded.
+pub fn spool_plaintext(spool_dir: &Path) -> Result<(Vec<u8>, usize), Box<dyn std::error::Error>> {
+    let db = sled::Config::new().path(spool_dir).open()?;
+    let mut out = Vec::new();
+    let mut chunks = 0;
+    for name in ["ble", "wifi", "pos"] {
+        for kv in db.open_tree(name)?.iter() {
+            let (_, v) = kv?;
+            // Enqueued ms (8 bytes), format (1), event count (4), then the body: raw, or LZ4
+            // with its size prepended.
+            let body = match (v.get(8), v.get(13..)) {
+                (Some(0), Some(b)) => b.to_vec(),
+                (Some(1), Some(b)) => lz4_flex::block::decompress_size_prepended(b)?,
+                _ => return Err("a spool value that is no chunk".into()),
+            };
+            out.extend_from_slice(&body);
+            out.push(b'\n');
+            chunks += 1;
+        }
+    }
+    Ok((out, chunks))
+}
