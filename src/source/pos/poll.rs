@@ -15,6 +15,26 @@ use std::time::Duration;
 /// Square API version sent with every request.
 const SQUARE_VERSION: &str = "2024-01-18";
 
+/// The most one API response may hold (a page of orders is well below 1 MiB): a server that
+/// answers without end, or declares gigabytes, gets an error, not the gateway's memory.
+const MAX_RESPONSE: usize = 32 * 1024 * 1024;
+
+/// Reads a response body of at most `max` bytes.
+async fn read_capped(mut r: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let too_large = || format!("response: larger than {} MiB", max >> 20);
+    if r.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| format!("response: {e}"))? {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Where a poller's cursor lives.
 pub fn cursor_path(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join(format!("pos-cursor-{name}.json"))
@@ -224,7 +244,9 @@ impl Poller {
                     } else {
                         None
                     };
-                    let v: Value = r.json().await.map_err(|e| format!("response: {e}"))?;
+                    let body = read_capped(r, MAX_RESPONSE).await?;
+                    let v: Value =
+                        serde_json::from_slice(&body).map_err(|e| format!("response: {e}"))?;
                     let next = if self.p.api == "square" {
                         v.get("cursor")
                             .and_then(Value::as_str)
@@ -352,6 +374,17 @@ fn later(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_response_over_the_cap_is_an_error_not_memory() {
+        let response = |n: usize| reqwest::Response::from(hyper::Response::new(vec![b' '; n]));
+        assert_eq!(
+            read_capped(response(100), 100).await.map(|b| b.len()),
+            Ok(100)
+        );
+        let big = read_capped(response(101), 100).await;
+        assert!(big.is_err_and(|e| e.contains("larger than")));
+    }
 
     #[test]
     fn headers() {
