@@ -115,6 +115,10 @@ struct Seen {
 
 /// Runs the demo for `duration`, printing progress and a final summary.
 pub async fn run(duration: Duration, rate: Option<f64>) -> Result<(), String> {
+    // The same bounds as `sources.sim.rate` in a file (NaN and infinity fail them too).
+    if rate.is_some_and(|r| !(r > 0.0 && r <= 1_000_000.0)) {
+        return Err("--rate must be above 0 and at most 1000000 events/s".into());
+    }
     let port = free_port()?;
     start_embedded_broker(port)?;
     let state = std::env::temp_dir().join(format!(
