@@ -1068,13 +1068,8 @@ fn key_lines(text: &str) -> Vec<(usize, String)> {
                 .trim();
             table = name.replace([' ', '"'], "");
             out.push((i + 1, table.clone()));
-        } else if let Some((k, _)) = line.split_once('=') {
-            if line.starts_with('#') {
-                continue;
-            }
-            open = line
-                .split_once('=')
-                .map_or(0, |(_, v)| bracket_balance(v).max(0));
+        } else if let Some((k, v)) = line.split_once('=') {
+            open = bracket_balance(v).max(0);
             let k = k.trim().trim_matches('"');
             let full = if table.is_empty() {
                 k.to_string()

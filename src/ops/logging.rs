@@ -152,6 +152,18 @@ struct FieldText {
     fields: String,
 }
 
+impl FieldText {
+    /// The event as one line: its target, message and fields.
+    fn line(&self, event: &tracing::Event<'_>) -> String {
+        format!(
+            "{}: {}{}",
+            event.metadata().target(),
+            self.message,
+            self.fields
+        )
+    }
+}
+
 impl Visit for FieldText {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
@@ -231,8 +243,7 @@ where
             self.inner.on_event(event, ctx);
             return;
         }
-        let text = format!("{}: {}{}", event.metadata().target(), f.message, f.fields);
-        (self.emit)(*event.metadata().level(), &scrub(&text));
+        (self.emit)(*event.metadata().level(), &scrub(&f.line(event)));
     }
 }
 
@@ -343,12 +354,7 @@ mod tests {
             let mut f = FieldText::default();
             event.record(&mut f);
             if let Ok(mut v) = self.0.lock() {
-                v.push(format!(
-                    "{}: {}{}",
-                    event.metadata().target(),
-                    f.message,
-                    f.fields
-                ));
+                v.push(f.line(event));
             }
         }
     }

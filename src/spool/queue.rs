@@ -51,8 +51,9 @@ impl Spool {
         let first = guard.next;
         // Ids are never reused: at the end of the range (only a damaged mark gets there)
         // appends are refused, not wrapped around.
-        let Some(end_reserved) =
-            (first.checked_add(events.len() as u64)).and_then(|end| end.checked_add(SEQ_RESERVE))
+        let Some(end) = first
+            .checked_add(events.len() as u64)
+            .filter(|end| end.checked_add(SEQ_RESERVE).is_some())
         else {
             return Err(SpoolError::Storage(
                 "event ids exhausted (damaged id mark)".into(),
@@ -101,9 +102,8 @@ impl Spool {
                 });
             }
         }
-        let end = first + events.len() as u64;
         if end >= guard.hwm {
-            let hwm = end_reserved;
+            let hwm = end + SEQ_RESERVE;
             self.meta.insert(SEQ_HWM_KEY, &hwm.to_be_bytes())?;
             guard.hwm = hwm;
         }

@@ -257,22 +257,21 @@ fn scan_blocks(path: &Path) -> std::io::Result<bool> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             r => r?,
         };
-        if n == 0 && !first {
+        // The end; what was kept from the last block has been searched with it.
+        if n == 0 {
             return Ok(false);
         }
         let end = kept + n;
         let block = buf.get(..end).unwrap_or_default();
+        let narrow: Vec<u8>;
         let text = if block.contains(&0) {
-            let narrow: Vec<u8> = block.iter().copied().filter(|&b| b != 0).collect();
-            String::from_utf8_lossy(&narrow).into_owned()
+            narrow = block.iter().copied().filter(|&b| b != 0).collect();
+            String::from_utf8_lossy(&narrow)
         } else {
-            String::from_utf8_lossy(block).into_owned()
+            String::from_utf8_lossy(block)
         };
         if crate::privacy::card::text_carries_auth_data(&text, first) {
             return Ok(true);
-        }
-        if n == 0 {
-            return Ok(false);
         }
         first = false;
         kept = end.min(OVERLAP);
