@@ -9,7 +9,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use hpke::{kem::X25519HkdfSha256, Deserializable, Kem};
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -88,9 +88,9 @@ impl RecipientKeys {
     }
 }
 
-/// Parses `x25519:<base64 of the 32-byte public key>` and refuses a key no one could hold the
-/// private half of (a small-order point: the Diffie-Hellman result would be all zeros, and
-/// HPKE refuses to encrypt to it).
+/// Parses `x25519:<base64 of the 32-byte public key>` and refuses a key no X25519 key pair
+/// has: a small-order point (the Diffie-Hellman result would be known, and HPKE refuses to
+/// encrypt to it) or a point of the twist (not on the curve at all).
 pub fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
     let b64 = s
         .strip_prefix("x25519:")
@@ -102,11 +102,12 @@ pub fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
         .as_slice()
         .try_into()
         .map_err(|_| format!("recipient key has {} bytes, not 32", raw.len()))?;
-    let pk = <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(&bytes)
-        .map_err(|_| "not an X25519 public key".to_string())?;
-    // A trial encapsulation with a fixed ephemeral secret: refused for small-order points.
-    let mut rng = FixedRng(0x5a);
-    if X25519HkdfSha256::encap_with_rng(&pk, None, &mut rng).is_err() {
+    // The sealer multiplies on the Edwards form (src/privacy/sealed.rs): a twist point has
+    // none, and a small-order point would give a known shared secret.
+    let point = MontgomeryPoint(bytes)
+        .to_edwards(0)
+        .ok_or("not a point of Curve25519 (a twist point), not a usable public key")?;
+    if point.is_small_order() {
         return Err("a small-order X25519 point, not a usable public key".into());
     }
     Ok(bytes)
@@ -120,26 +121,6 @@ pub fn format_public_key(public: &[u8; 32]) -> String {
         key_id_hex(&key_id(public))
     )
 }
-
-/// Constant bytes: only for the trial encapsulation of [`parse_public_key`], whose output is
-/// thrown away (never for sealing).
-struct FixedRng(u8);
-
-impl hpke::rand_core::TryRng for FixedRng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(u32::from(self.0))
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        Ok(u64::from(self.0))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        dst.fill(self.0);
-        Ok(())
-    }
-}
-
-impl hpke::rand_core::TryCryptoRng for FixedRng {}
 
 #[cfg(test)]
 mod tests {
@@ -166,6 +147,13 @@ mod tests {
         let zero = format!("x25519:{}", B64.encode([0u8; 32]));
         let e = RecipientKeys::parse(&zero).err().unwrap_or_default();
         assert!(e.contains("small-order"), "{e}");
+        // u = 2 is on the twist: no X25519 key pair has it.
+        let mut two = [0u8; 32];
+        two[0] = 2;
+        let e = RecipientKeys::parse(&format!("x25519:{}", B64.encode(two)))
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("twist"), "{e}");
         let e = RecipientKeys::parse("ed25519:AAAA")
             .err()
             .unwrap_or_default();

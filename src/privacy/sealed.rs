@@ -22,10 +22,9 @@
 //! `unseal`), not in the store binary.
 
 use crate::config::recipient_keys::{RecipientKey, KEY_ID_LEN};
-use hpke::aead::ChaCha20Poly1305;
-use hpke::kdf::HkdfSha256;
-use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem, OpModeS, Serializable};
+use ring::{aead, hkdf, hmac};
+use std::sync::Arc;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The first byte of every token; a new layout gets a new version.
 pub const TOKEN_VERSION: u8 = 1;
@@ -38,8 +37,6 @@ pub const MAX_VALUE: usize = 1024;
 /// Bytes before the ciphertext: version, key id, encapsulated key.
 pub const HEADER_LEN: usize = 1 + KEY_ID_LEN + 32;
 const TAG_LEN: usize = 16;
-
-type PublicKey = <X25519HkdfSha256 as Kem>::PublicKey;
 
 /// The HPKE `info` of an identifier: binds the purpose, the identifier's tag and the store.
 pub fn info(tag: &str, store_id: &str) -> Vec<u8> {
@@ -55,18 +52,294 @@ pub fn info(tag: &str, store_id: &str) -> Vec<u8> {
 /// ISO/IEC 7816-4 padding: `0x80`, then zeros up to a multiple of [`PAD_BLOCK`].
 fn pad(value: &[u8]) -> Vec<u8> {
     let len = (value.len() / PAD_BLOCK + 1) * PAD_BLOCK;
-    let mut v = Vec::with_capacity(len);
+    let mut v = Vec::with_capacity(len + TAG_LEN);
     v.extend_from_slice(value);
     v.push(0x80);
     v.resize(len, 0);
     v
 }
 
+/// HPKE (RFC 9180) base-mode sealing for the one suite the gateway uses, DHKEM(X25519,
+/// HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305. The primitives come from maintained crates:
+/// X25519 from curve25519-dalek's point arithmetic with precomputed tables ([`Curve`]), HMAC /
+/// HKDF-SHA256 and ChaCha20-Poly1305 from *ring* (already in the store binary for rustls).
+/// Only RFC 9180's labels and key schedule are written here (§4.1 `Encap`, §5.1
+/// `KeySchedule`, §5.2 `Seal` with sequence number 0); the unit tests hold it to the RFC's test
+/// vector A.2.1 byte for byte and X25519 to ring's over random keys, and tokens are opened by
+/// the `hpke` crate and by pyhpke (`tests/pos_sealed.rs`).
+mod rfc9180 {
+    use super::*;
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use curve25519_dalek::edwards::EdwardsBasepointTable;
+    use curve25519_dalek::montgomery::MontgomeryPoint;
+    use curve25519_dalek::traits::BasepointTable;
+
+    /// X25519 with a fixed base: a precomputed table of multiples of the base point (for the
+    /// ephemeral public key) and one of the recipient's key, made once per sealer (30 KiB
+    /// each). X25519(k, u) is the u-coordinate of clamp(k)·P for a point P on the curve with
+    /// that u (either sign: negation keeps u); the tables multiply by the clamped integer
+    /// itself, not reduced mod ℓ, so a small-order component of P is cleared by the cofactor 8
+    /// in clamp(k) as in the ladder. Constant time, as the ladder. A table multiplication
+    /// is about a quarter of the ladder's work (BENCHMARKS.md, "Sealed customer identifiers").
+    pub struct Curve {
+        base: EdwardsBasepointTable,
+        recipient: EdwardsBasepointTable,
+        public: [u8; 32],
+    }
+
+    impl Curve {
+        /// Tables for `public`; refused when it is not on Curve25519 (a point of the twist,
+        /// which no X25519 key pair has) or of small order (the shared secret would be known).
+        pub fn new(public: &[u8; 32]) -> Result<Curve, String> {
+            let point = MontgomeryPoint(*public)
+                .to_edwards(0)
+                .ok_or("not a point of Curve25519 (a twist point), not a usable public key")?;
+            if point.is_small_order() {
+                return Err("a small-order X25519 point, not a usable public key".into());
+            }
+            Ok(Curve {
+                base: EdwardsBasepointTable::create(&ED25519_BASEPOINT_POINT),
+                recipient: EdwardsBasepointTable::create(&point),
+                public: *public,
+            })
+        }
+
+        /// X25519(sk, 9): the public half of `sk`.
+        fn public_of(&self, sk: &[u8; 32]) -> [u8; 32] {
+            self.base.mul_base_clamped(*sk).to_montgomery().to_bytes()
+        }
+
+        /// X25519(sk, pkR), refused if all zero (RFC 9180 §7.1.4).
+        fn dh(&self, sk: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, String> {
+            let shared = Zeroizing::new(
+                self.recipient
+                    .mul_base_clamped(*sk)
+                    .to_montgomery()
+                    .to_bytes(),
+            );
+            if shared.iter().all(|&b| b == 0) {
+                return Err("sealing failed: zero shared secret".into());
+            }
+            Ok(shared)
+        }
+    }
+
+    /// `suite_id` of the KEM: "KEM" || I2OSP(kem_id = 0x0020, 2).
+    const KEM_SUITE: &[u8] = b"KEM\x00\x20";
+    /// `suite_id` of the key schedule: "HPKE" || kem_id 0x0020 || kdf_id 0x0001 || aead_id 0x0003.
+    const HPKE_SUITE: &[u8] = b"HPKE\x00\x20\x00\x01\x00\x03";
+    const VERSION: &[u8] = b"HPKE-v1";
+
+    /// LabeledExtract(salt, label, ikm) = HKDF-Extract(salt, "HPKE-v1" || suite || label ||
+    /// ikm), which is HMAC-SHA256 keyed by the salt (RFC 5869 §2.2).
+    fn labeled_extract(salt: &[u8], suite: &[u8], label: &[u8], ikm: &[u8]) -> hmac::Tag {
+        let mut c = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, salt));
+        for part in [VERSION, suite, label, ikm] {
+            c.update(part);
+        }
+        c.sign()
+    }
+
+    /// Output length for ring's HKDF-Expand.
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+
+    /// LabeledExpand(prk, label, info, L) = HKDF-Expand(prk, I2OSP(L, 2) || "HPKE-v1" ||
+    /// suite || label || info, L).
+    fn labeled_expand(
+        prk: &[u8],
+        suite: &[u8],
+        label: &[u8],
+        info: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        let len = u16::try_from(out.len()).map_err(|_| "HPKE output too long".to_string())?;
+        let len_be = len.to_be_bytes();
+        let parts: [&[u8]; 5] = [&len_be, VERSION, suite, label, info];
+        hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, prk)
+            .expand(&parts, Len(out.len()))
+            .and_then(|okm| okm.fill(out))
+            .map_err(|_| "HPKE key derivation failed".to_string())
+    }
+
+    /// The key schedule's fixed half: `psk_id_hash`, the same for every base-mode seal.
+    pub fn psk_id_hash() -> [u8; 32] {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(labeled_extract(b"", HPKE_SUITE, b"psk_id_hash", b"").as_ref());
+        h
+    }
+
+    /// Seals `buf` in place (it becomes ciphertext || tag) to the curve's recipient with the
+    /// ephemeral secret `sk_e`; returns `enc`, the ephemeral public key.
+    pub fn seal(
+        curve: &Curve,
+        sk_e: &[u8; 32],
+        psk_id_hash: &[u8; 32],
+        info: &[u8],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<[u8; 32], String> {
+        // Encap (§4.1): dh = DH(skE, pkR); enc = pkE; kem_context = enc || pkR.
+        let enc = curve.public_of(sk_e);
+        let dh = curve.dh(sk_e)?;
+        let mut kem_context = [0u8; 64];
+        kem_context[..32].copy_from_slice(&enc);
+        kem_context[32..].copy_from_slice(&curve.public);
+        // ExtractAndExpand: eae_prk = LabeledExtract("", "eae_prk", dh);
+        // shared_secret = LabeledExpand(eae_prk, "shared_secret", kem_context, 32).
+        let mut shared = Zeroizing::new([0u8; 32]);
+        let eae_prk = labeled_extract(b"", KEM_SUITE, b"eae_prk", dh.as_ref());
+        labeled_expand(
+            eae_prk.as_ref(),
+            KEM_SUITE,
+            b"shared_secret",
+            &kem_context,
+            shared.as_mut(),
+        )?;
+        // KeySchedule (§5.1), mode_base, no PSK.
+        let info_hash = labeled_extract(b"", HPKE_SUITE, b"info_hash", info);
+        let mut context = [0u8; 65];
+        context[1..33].copy_from_slice(psk_id_hash);
+        context[33..].copy_from_slice(info_hash.as_ref());
+        let secret = labeled_extract(shared.as_ref(), HPKE_SUITE, b"secret", b"");
+        let mut key = Zeroizing::new([0u8; 32]);
+        let mut nonce = [0u8; 12];
+        labeled_expand(secret.as_ref(), HPKE_SUITE, b"key", &context, key.as_mut())?;
+        labeled_expand(
+            secret.as_ref(),
+            HPKE_SUITE,
+            b"base_nonce",
+            &context,
+            &mut nonce,
+        )?;
+        // Seal (§5.2) with sequence number 0: the nonce is base_nonce itself.
+        let aead_key = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key.as_ref())
+            .map_err(|_| "sealing failed: AEAD key".to_string())?;
+        aead::LessSafeKey::new(aead_key)
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                buf,
+            )
+            .map_err(|_| "sealing failed: AEAD".to_string())?;
+        Ok(enc)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn hex(s: &str) -> Vec<u8> {
+            (0..s.len())
+                .step_by(2)
+                .filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+                .collect()
+        }
+
+        /// RFC 9180, Appendix A.2.1 (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
+        /// ChaCha20-Poly1305, base mode), the first encryption (sequence number 0).
+        #[test]
+        fn matches_rfc9180_a21() -> Result<(), String> {
+            let sk_em: [u8; 32] =
+                hex("f4ec9b33b792c372c1d2c2063507b684ef925b8c75a42dbcbf57d63ccd381600")
+                    .try_into()
+                    .map_err(|_| "skEm")?;
+            let pk_rm: [u8; 32] =
+                hex("4310ee97d88cc1f088a5576c77ab0cf5c3ac797f3d95139c6c84b5429c59662a")
+                    .try_into()
+                    .map_err(|_| "pkRm")?;
+            let info = hex("4f6465206f6e2061204772656369616e2055726e");
+            let aad = hex("436f756e742d30");
+            let mut buf = hex("4265617574792069732074727574682c20747275746820626561757479");
+            let curve = Curve::new(&pk_rm)?;
+            let enc = seal(&curve, &sk_em, &psk_id_hash(), &info, &aad, &mut buf)?;
+            assert_eq!(
+                enc.to_vec(),
+                hex("1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a")
+            );
+            assert_eq!(
+                buf,
+                hex(concat!(
+                    "1c5250d8034ec2b784ba2cfd69dbdb8af406cfe3ff938e131f0def8c8b60b4db",
+                    "21993c62ce81883d2dd1b51a28"
+                ))
+            );
+            Ok(())
+        }
+
+        /// The tables' X25519 against ring's ladder, for random secrets and random recipient
+        /// keys (each made by ring, as a platform's key would be by any X25519 library).
+        #[test]
+        #[allow(deprecated)] // ring's fixed "randomness": the same secret into both
+        fn tables_agree_with_ring_x25519() -> Result<(), String> {
+            use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+            let rng = ring::rand::SystemRandom::new();
+            let fresh = || -> Result<[u8; 32], String> {
+                let mut b = [0u8; 32];
+                getrandom::fill(&mut b).map_err(|e| e.to_string())?;
+                Ok(b)
+            };
+            for _ in 0..200 {
+                let recipient =
+                    EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| "keygen")?;
+                let pk_r: [u8; 32] = recipient
+                    .compute_public_key()
+                    .map_err(|_| "pk")?
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| "pk size")?;
+                let curve = Curve::new(&pk_r)?;
+                let sk = fresh()?;
+                let theirs = |sk: &[u8; 32]| -> Result<([u8; 32], [u8; 32]), String> {
+                    let r = ring::test::rand::FixedSliceRandom { bytes: sk };
+                    let k = EphemeralPrivateKey::generate(&X25519, &r).map_err(|_| "k")?;
+                    let pk: [u8; 32] = k
+                        .compute_public_key()
+                        .map_err(|_| "pk")?
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| "pk size")?;
+                    let dh = agreement::agree_ephemeral(
+                        k,
+                        &UnparsedPublicKey::new(&X25519, &pk_r),
+                        |d| <[u8; 32]>::try_from(d),
+                    )
+                    .map_err(|_| "dh")?
+                    .map_err(|_| "dh size")?;
+                    Ok((pk, dh))
+                };
+                let (pk, dh) = theirs(&sk)?;
+                assert_eq!(curve.public_of(&sk), pk);
+                assert_eq!(*curve.dh(&sk)?, dh);
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn refuses_small_order_and_twist_points() {
+            // u = 0 and u = 1 are of small order; u = 2 is on the twist.
+            for u in [0u8, 1, 2] {
+                let mut pk = [0u8; 32];
+                pk[0] = u;
+                assert!(Curve::new(&pk).is_err(), "u = {u}");
+            }
+            let mut nine = [0u8; 32];
+            nine[0] = 9;
+            assert!(Curve::new(&nine).is_ok());
+        }
+    }
+}
+
 /// Seals identifiers of one store to the first recipient key (the gateway side).
 #[derive(Clone)]
 pub struct Sealer {
     id: [u8; KEY_ID_LEN],
-    public: PublicKey,
+    curve: Arc<rfc9180::Curve>,
+    psk_id_hash: [u8; 32],
     store_id: String,
 }
 
@@ -82,57 +355,14 @@ impl std::fmt::Debug for Sealer {
     }
 }
 
-/// Ephemeral randomness for one seal: 32 bytes from the kernel CSPRNG, drawn (fallibly)
-/// before the seal. HPKE's X25519 encapsulation asks for exactly that; should it ever ask for
-/// more, the seal is discarded rather than run on anything but fresh kernel randomness.
-struct OneSeal {
-    bytes: [u8; 32],
-    used: usize,
-    overdrawn: bool,
-}
-
-impl hpke::rand_core::TryRng for OneSeal {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        let mut b = [0u8; 4];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        let mut b = [0u8; 8];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        let left = self.bytes.len() - self.used;
-        if dst.len() > left {
-            self.overdrawn = true;
-            dst.fill(0);
-            return Ok(());
-        }
-        dst.copy_from_slice(&self.bytes[self.used..self.used + dst.len()]);
-        self.used += dst.len();
-        Ok(())
-    }
-}
-
-impl hpke::rand_core::TryCryptoRng for OneSeal {}
-
-impl Drop for OneSeal {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.bytes);
-    }
-}
-
 impl Sealer {
     /// A sealer for `store_id` to `key` (checked by a trial seal, so a gateway whose key cannot
     /// seal does not start).
     pub fn new(key: &RecipientKey, store_id: &str) -> Result<Sealer, String> {
-        let public = PublicKey::from_bytes(&key.public)
-            .map_err(|_| "not an X25519 public key".to_string())?;
         let s = Sealer {
             id: key.id,
-            public,
+            curve: Arc::new(rfc9180::Curve::new(&key.public)?),
+            psk_id_hash: rfc9180::psk_id_hash(),
             store_id: store_id.to_string(),
         };
         s.seal("loyalty", "trial")?;
@@ -152,33 +382,31 @@ impl Sealer {
         if value.len() > MAX_VALUE {
             return Err("identifier too long".into());
         }
-        let mut rng = OneSeal {
-            bytes: [0u8; 32],
-            used: 0,
-            overdrawn: false,
+        let mut sk_e = Zeroizing::new([0u8; 32]);
+        getrandom::fill(sk_e.as_mut()).map_err(|e| format!("no randomness: {e}"))?;
+        let mut header = [0u8; 1 + KEY_ID_LEN];
+        header[0] = TOKEN_VERSION;
+        header[1..].copy_from_slice(&self.id);
+        let mut buf = pad(value.as_bytes());
+        let sealed = rfc9180::seal(
+            &self.curve,
+            &sk_e,
+            &self.psk_id_hash,
+            &info(tag, &self.store_id),
+            &header,
+            &mut buf,
+        );
+        let enc = match sealed {
+            Ok(enc) => enc,
+            Err(e) => {
+                buf.zeroize();
+                return Err(e);
+            }
         };
-        getrandom::fill(&mut rng.bytes).map_err(|e| format!("no randomness: {e}"))?;
-        let mut header = Vec::with_capacity(HEADER_LEN + value.len() + PAD_BLOCK + TAG_LEN);
-        header.push(TOKEN_VERSION);
-        header.extend_from_slice(&self.id);
-        let mut plain = pad(value.as_bytes());
-        let sealed =
-            hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
-                &OpModeS::Base,
-                &self.public,
-                &info(tag, &self.store_id),
-                &plain,
-                &header,
-                &mut rng,
-            );
-        zeroize::Zeroize::zeroize(&mut plain);
-        let (enc, ct) = sealed.map_err(|e| format!("sealing failed: {e}"))?;
-        if rng.overdrawn {
-            return Err("sealing asked for more randomness than drawn".into());
-        }
-        let mut token = header;
-        token.extend_from_slice(&enc.to_bytes());
-        token.extend_from_slice(&ct);
+        let mut token = Vec::with_capacity(HEADER_LEN + buf.len());
+        token.extend_from_slice(&header);
+        token.extend_from_slice(&enc);
+        token.extend_from_slice(&buf);
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token))
     }
 }
@@ -203,8 +431,10 @@ mod central {
     use super::*;
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine as _;
-    use hpke::OpModeR;
-    use zeroize::Zeroizing;
+    use hpke::aead::ChaCha20Poly1305;
+    use hpke::kdf::HkdfSha256;
+    use hpke::kem::X25519HkdfSha256;
+    use hpke::{Deserializable, Kem, OpModeR, Serializable};
 
     type PrivateKey = <X25519HkdfSha256 as Kem>::PrivateKey;
     type EncappedKey = <X25519HkdfSha256 as Kem>::EncappedKey;
