@@ -194,7 +194,12 @@ mod central {
         if ok() {
             return Ok(());
         }
-        for extra in [&[][..], &["--user"][..]] {
+        // Debian 12's Python refuses plain installs (PEP 668); the last try goes to ~/.local.
+        for extra in [
+            &[][..],
+            &["--user"][..],
+            &["--user", "--break-system-packages"][..],
+        ] {
             let _ = Command::new("python3")
                 .args(["-m", "pip", "install", "--quiet"])
                 .args(extra)

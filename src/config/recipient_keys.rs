@@ -9,6 +9,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -89,8 +90,9 @@ impl RecipientKeys {
 }
 
 /// Parses `x25519:<base64 of the 32-byte public key>` and refuses a key no X25519 key pair
-/// has: a small-order point (the Diffie-Hellman result would be known, and HPKE refuses to
-/// encrypt to it) or a point of the twist (not on the curve at all).
+/// has ([`curve_point`]): a small-order point (the Diffie-Hellman result would be known, and
+/// HPKE refuses to encrypt to it), a point of the twist, one with a small-order part, or a
+/// non-canonical encoding.
 pub fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
     let b64 = s
         .strip_prefix("x25519:")
@@ -102,15 +104,29 @@ pub fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
         .as_slice()
         .try_into()
         .map_err(|_| format!("recipient key has {} bytes, not 32", raw.len()))?;
-    // The sealer multiplies on the Edwards form (src/privacy/sealed.rs): a twist point has
-    // none, and a small-order point would give a known shared secret.
-    let point = MontgomeryPoint(bytes)
+    curve_point(&bytes)?;
+    Ok(bytes)
+}
+
+/// The Edwards point of an X25519 public key, for the sealer's table (src/privacy/sealed.rs).
+/// Refused, as no honestly made X25519 key pair has them: a point of the twist (no Edwards
+/// form), a point with a small-order part (an honest key is clamp(k)·B, of prime order), and
+/// a non-canonical encoding (high bit set, or u ≥ p: the platform rebuilds its public key
+/// canonically, so the `kem_context` of every token would differ and none would open).
+pub fn curve_point(public: &[u8; 32]) -> Result<EdwardsPoint, String> {
+    let point = MontgomeryPoint(*public)
         .to_edwards(0)
         .ok_or("not a point of Curve25519 (a twist point), not a usable public key")?;
     if point.is_small_order() {
         return Err("a small-order X25519 point, not a usable public key".into());
     }
-    Ok(bytes)
+    if !point.is_torsion_free() {
+        return Err("an X25519 point with a small-order part, not a usable public key".into());
+    }
+    if point.to_montgomery().to_bytes() != *public {
+        return Err("a non-canonical X25519 encoding, not a usable public key".into());
+    }
+    Ok(point)
 }
 
 /// Renders a public key as one line of a recipient key file, with its id as comment.
@@ -154,6 +170,27 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(e.contains("twist"), "{e}");
+        // The base point plus a point of order 8, and u = 9 spelled with the high bit set or
+        // as p + 9: the same X25519 results, but no honest key looks like that.
+        let torsion = (curve25519_dalek::constants::ED25519_BASEPOINT_POINT
+            + curve25519_dalek::constants::EIGHT_TORSION[1])
+            .to_montgomery()
+            .to_bytes();
+        let mut high = nine;
+        high[31] |= 0x80;
+        let mut p_plus_9 = [0xffu8; 32];
+        p_plus_9[0] = 0xed + 9;
+        p_plus_9[31] = 0x7f;
+        for (key, want) in [
+            (torsion, "small-order part"),
+            (high, "non-canonical"),
+            (p_plus_9, "non-canonical"),
+        ] {
+            let e = RecipientKeys::parse(&format!("x25519:{}", B64.encode(key)))
+                .err()
+                .unwrap_or_default();
+            assert!(e.contains(want), "{e}");
+        }
         let e = RecipientKeys::parse("ed25519:AAAA")
             .err()
             .unwrap_or_default();

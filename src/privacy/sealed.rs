@@ -71,8 +71,7 @@ mod rfc9180 {
     use super::*;
     use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
     use curve25519_dalek::edwards::EdwardsBasepointTable;
-    use curve25519_dalek::montgomery::MontgomeryPoint;
-    use curve25519_dalek::traits::BasepointTable;
+    use curve25519_dalek::traits::{BasepointTable, IsIdentity};
 
     /// X25519 with a fixed base: a precomputed table of multiples of the base point (for the
     /// ephemeral public key) and one of the recipient's key, made once per sealer (30 KiB
@@ -88,15 +87,11 @@ mod rfc9180 {
     }
 
     impl Curve {
-        /// Tables for `public`; refused when it is not on Curve25519 (a point of the twist,
-        /// which no X25519 key pair has) or of small order (the shared secret would be known).
+        /// Tables for `public`; refused as the key file's loader refuses it
+        /// ([`crate::config::recipient_keys::curve_point`]: a twist point, a small-order part,
+        /// a non-canonical encoding).
         pub fn new(public: &[u8; 32]) -> Result<Curve, String> {
-            let point = MontgomeryPoint(*public)
-                .to_edwards(0)
-                .ok_or("not a point of Curve25519 (a twist point), not a usable public key")?;
-            if point.is_small_order() {
-                return Err("a small-order X25519 point, not a usable public key".into());
-            }
+            let point = crate::config::recipient_keys::curve_point(public)?;
             Ok(Curve {
                 base: EdwardsBasepointTable::create(&ED25519_BASEPOINT_POINT),
                 recipient: EdwardsBasepointTable::create(&point),
@@ -109,15 +104,17 @@ mod rfc9180 {
             self.base.mul_base_clamped(*sk).to_montgomery().to_bytes()
         }
 
-        /// X25519(sk, pkR), refused if all zero (RFC 9180 §7.1.4).
+        /// X25519(sk, pkR), refused if all zero (RFC 9180 §7.1.4; compared in constant time,
+        /// and unreachable for a key [`Curve::new`] took: clamp(sk) is below ℓ·8 and a multiple
+        /// of 8, so it never sends a prime-order point to the identity).
         fn dh(&self, sk: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, String> {
-            let shared = Zeroizing::new(
-                self.recipient
-                    .mul_base_clamped(*sk)
-                    .to_montgomery()
-                    .to_bytes(),
-            );
-            if shared.iter().all(|&b| b == 0) {
+            let mut point = self.recipient.mul_base_clamped(*sk);
+            let mut u = point.to_montgomery();
+            point.zeroize();
+            let zero = u.is_identity();
+            let shared = Zeroizing::new(u.to_bytes());
+            u.zeroize();
+            if zero {
                 return Err("sealing failed: zero shared secret".into());
             }
             Ok(shared)
@@ -232,6 +229,7 @@ mod rfc9180 {
     #[cfg(test)]
     mod tests {
         use super::*;
+        use curve25519_dalek::montgomery::MontgomeryPoint;
 
         fn hex(s: &str) -> Vec<u8> {
             (0..s.len())
@@ -315,6 +313,11 @@ mod rfc9180 {
                 let (pk, dh) = theirs(&sk)?;
                 assert_eq!(curve.public_of(&sk), pk);
                 assert_eq!(*curve.dh(&sk)?, dh);
+                // And curve25519-dalek's own Montgomery ladder.
+                assert_eq!(
+                    *curve.dh(&sk)?,
+                    MontgomeryPoint(pk_r).mul_clamped(sk).to_bytes()
+                );
             }
             Ok(())
         }
