@@ -240,3 +240,78 @@ async fn no_raw_mac_or_ssid_leaves_the_wifi_stage() -> TestResult {
     }
     Ok(())
 }
+
+/// The backlog a store keeps on disk while its uplink is down, decoded chunk by chunk (LZ4
+/// decompressed, `common::spool_plaintext`): a search of the raw files sees compressed bytes,
+/// where a leaked address could hide in a back-reference. Every shared capture, every MAC
+/// address and probed SSID in it, in every spelling the test above searches.
+#[test]
+fn a_wifi_backlog_kept_on_disk_holds_no_raw_mac_or_ssid() -> TestResult {
+    let Some(data) = shared_data() else {
+        return Ok(());
+    };
+    let dir = tempfile::Builder::new().prefix("storegw-wb-").tempdir()?;
+    let files = inputs(&data.join("wifi"));
+    assert!(files.len() >= 14, "{files:?}");
+    let mut macs = Vec::new();
+    let mut ssids = Vec::new();
+    let mut plain = Vec::new();
+    let mut chunks = 0;
+    let mut logs = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        secrets(&std::fs::read(f)?, &mut macs, &mut ssids);
+        let gw = dir.path().join(format!("gw{i}"));
+        std::fs::create_dir_all(&gw)?;
+        // Nothing listens on this port: every event stays in the spool.
+        let cfg = write_config(
+            &gw,
+            free_port(),
+            "",
+            "[sources.wifi]\nvisits = true\nmin_dwell = \"0s\"\nbad_fcs = \"keep\"\ngroup_source = \"keep\"\n",
+        )?;
+        logs.extend(replay_into_backlog("--wifi", f, &cfg)?.to_ascii_lowercase());
+        let spool = gw.join("state/spool");
+        if spool.exists() {
+            let (p, n) = spool_plaintext(&spool)?;
+            plain.extend(p.to_ascii_lowercase());
+            chunks += n;
+        }
+    }
+    let text = String::from_utf8_lossy(&plain);
+    let census = text.matches("\"devices_estimated\"").count();
+    eprintln!(
+        "decoded {chunks} spool chunks ({} bytes, {census} census events) of {} captures; \
+         searching {} MACs and {} SSIDs",
+        plain.len(),
+        files.len(),
+        macs.len(),
+        ssids.len()
+    );
+    assert!(census > 500, "the backlog holds the captures' events");
+    assert!(macs.len() > 100 && ssids.len() > 5);
+    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
+    for m in &macs {
+        for form in mac_forms(m) {
+            needles.push((format!("MAC {}", String::from_utf8_lossy(&form)), form));
+        }
+    }
+    for s in &ssids {
+        if s.len() < 4 {
+            continue;
+        }
+        let hex: Vec<u8> = s
+            .iter()
+            .flat_map(|b| format!("{b:02x}").into_bytes())
+            .collect();
+        let what = format!("SSID {:?}", String::from_utf8_lossy(s));
+        needles.push((what.clone(), hex));
+        needles.push((what, s.to_ascii_lowercase()));
+    }
+    let index = Needles::new(&needles);
+    for (name, h) in [("decoded spool", &plain), ("trace logs", &logs)] {
+        if let Some(what) = index.find_in(h) {
+            panic!("{what} found in the {name}");
+        }
+    }
+    Ok(())
+}

@@ -368,6 +368,52 @@ pub fn looks_like_track(s: &str) -> bool {
     track1 || track2
 }
 
+/// Judges the attribute names of an XML tag's rest (after its name): `Some(true)` if `judge`
+/// holds for the word before any `=` outside a quoted value, `None` when no `>` outside
+/// quotes closes the tag before a line end or a `<` (then it is text, not a tag). A `>` inside
+/// a quoted value (`note="a>b"`) does not end the tag.
+fn xml_attribute_names_judged(rest: &str, judge: impl Fn(&str) -> bool) -> Option<bool> {
+    let mut quote = None;
+    let mut hit = false;
+    // The word being read outside quotes, and the last one finished (constant work per byte).
+    let mut word: Option<usize> = None;
+    let mut last: Option<(usize, usize)> = None;
+    for (j, &c) in rest.as_bytes().iter().enumerate() {
+        if c == b'\n' || c == b'<' {
+            return None;
+        }
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        let ends_word = c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'=' | b'>');
+        if ends_word {
+            if let Some(start) = word.take() {
+                last = Some((start, j));
+            }
+        } else if word.is_none() {
+            word = Some(j);
+        }
+        match c {
+            b'"' | b'\'' => {
+                quote = Some(c);
+                last = None;
+            }
+            b'>' => return Some(hit),
+            b'=' => {
+                hit |= last
+                    .take()
+                    .and_then(|(from, to)| rest.get(from..to))
+                    .is_some_and(&judge);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Whether the raw text of an input that could not be parsed carries card authentication
 /// data: track data anywhere, or a CVV, track or PIN-block name where a format puts field
 /// names (a JSON key, an XML element or attribute, a cell of the first line when `header`).
@@ -391,33 +437,25 @@ pub fn text_carries_auth_data(text: &str, header: bool) -> bool {
         let hit = match c {
             // Track 1 (`%B<pan>^…`) and track 2 (`;<pan>=…`): 128 bytes cover either.
             b'%' | b';' => looks_like_track(window(i, i + 128)),
-            // An XML element and the names of its attributes (each word before an `=`). A tag
-            // is a name (a letter or `_` first) and its attributes closed by `>` on one line
-            // within 256 bytes; `Kids <5y; rolling pin=2` is text.
+            // An XML element and the names of its attributes (each word before an `=` outside
+            // a quoted value). A tag is a name (a letter or `_` first) and its attributes closed
+            // by a `>` outside quotes on one line within 256 bytes; `Kids <5y; rolling pin=2`
+            // is text.
             b'<' => {
                 let tag = window(i + 1, i + 256);
                 let tag = tag.strip_prefix(['/', '?']).unwrap_or(tag);
-                let end = tag.find(['<', '>', '\n']);
-                let closed = end.is_some_and(|e| tag.get(e..).is_some_and(|t| t.starts_with('>')));
-                let inner = tag.get(..end.unwrap_or(tag.len())).unwrap_or_default();
-                let name_len = inner
+                let name_len = tag
                     .find(|c: char| !(c.is_ascii_alphanumeric() || "_-:.".contains(c)))
-                    .unwrap_or(inner.len());
-                let (name, attrs) = inner.split_at(name_len);
-                let attrs =
-                    if closed && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-                        attrs
-                    } else {
-                        ""
-                    };
+                    .unwrap_or(tag.len());
+                let name = tag.get(..name_len).unwrap_or_default();
                 // Judged by the local name, as the POSLog reader does (`acs:Track2`).
                 let local = |n: &str| is_forbidden_field(n.rsplit(':').next().unwrap_or(n));
                 local(name)
-                    || attrs.rsplit_once('=').is_some_and(|(names, _)| {
-                        names
-                            .split('=')
-                            .any(|p| p.split_whitespace().last().is_some_and(local))
-                    })
+                    || (name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                        && xml_attribute_names_judged(
+                            tag.get(name_len..).unwrap_or_default(),
+                            local,
+                        ) == Some(true))
             }
             // A JSON key: a string followed by a colon (not `\"` inside a string), unless
             // its value is null, which the JSON readers accept.
@@ -466,6 +504,9 @@ mod tests {
             ("{\"id\":\"T1\"}\n{\"id\":\"T2\",\"TrackData\":\"x\"}", true),
             ("<POSLog><Tender><acs:Track2>x</acs:Track2></Tender>", true),
             ("<Tender type=\"card\" PinBlock = \"00\">", true),
+            // A `>` inside a quoted value does not end the tag; words inside one are no names.
+            ("<Tender note=\"a > b\" Track2='x'>", true),
+            ("<Tender note='1>0' type=\"card\" CVV=\"1\"/>", true),
             ("1,A,x,\"%B4111111111111111^DOE/JOHN^2512101?\",1.00", true),
             ("9,A,pay ;4111111111111111=25121010000000000? now,1", true),
             ("\u{feff}Invoice;Kartenpr\u{fffd}fnummer CVC;Amount\n", true),
@@ -475,6 +516,7 @@ mod tests {
             assert!(text_carries_auth_data(text, header), "{text}");
         }
         let clean = [
+            "<Note text=\"rolling pin=2\" kind=\"memo\">",
             "Invoice,Description,Amount\n1,Rolling pin; CVV card at till,4.00\n",
             "{\"description\":\"bowling pin: cvv\",\"time\":\"10:29:00\"}",
             "<Item><Description>PIN pad cover</Description></Item>",

@@ -482,3 +482,56 @@ pub fn spool_plaintext(spool_dir: &Path) -> Result<(Vec<u8>, usize), Box<dyn std
     }
     Ok((out, chunks))
 }
+
+/// Runs `replay --publish <source>` of `capture` (`--wifi`, `--ble`) with no broker listening, until the uplink says it
+/// cannot connect (the events were spooled and flushed before it started), then kills it:
+/// the events stay in the spool as a store's backlog would during an outage. Returns stderr.
+pub fn replay_into_backlog(
+    source: &str,
+    capture: &Path,
+    cfg: &Path,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storegw"))
+        .args(["replay", "--publish", source])
+        .arg(capture)
+        .arg("--config")
+        .arg(cfg)
+        .env("STOREGW_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.extend_from_slice(&buf[..n]);
+                }
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting = log
+            .lock()
+            .map(|l| String::from_utf8_lossy(&l).contains("cannot connect to broker"))
+            .unwrap_or(false);
+        // A capture that yields no event exits at once, without publishing.
+        if waiting || child.try_wait()?.is_some() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let out = log.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(out)
+}
