@@ -602,6 +602,56 @@ mod tests {
         Ok(())
     }
 
+    /// The gateway's own RFC 9180 composition against the `hpke` crate over many lengths of
+    /// value, field name and store id (so of plaintext, `info` and padding).
+    #[cfg(feature = "unseal")]
+    #[test]
+    fn the_hpke_crate_opens_every_length() -> Result<(), String> {
+        let (private, public, _) = generate_keypair()?;
+        let keys = RecipientKeys::parse(&public)?;
+        let k = keys.sealing().ok_or("no key")?;
+        let o = Opener::new(&[private.to_string()])?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
+        let mut x = u64::from_le_bytes(seed) | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for n in 0..300usize {
+            let store: String = (0..next() % 40)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            let tag: String = (0..1 + next() % 12).map(|_| 'x').collect();
+            let len = if n < 70 {
+                n
+            } else {
+                (next() % MAX_VALUE as u64) as usize
+            };
+            // Any UTF-8: ASCII, two- and three-byte characters.
+            let value: String = (0..len)
+                .map(|_| match next() % 3 {
+                    0 => char::from(b' ' + (next() % 95) as u8),
+                    1 => 'é',
+                    _ => '€',
+                })
+                .take_while({
+                    let mut bytes = 0;
+                    move |c| {
+                        bytes += c.len_utf8();
+                        bytes <= MAX_VALUE
+                    }
+                })
+                .collect();
+            let s = Sealer::new(k, &store)?;
+            let t = s.seal(&tag, &value)?;
+            assert_eq!(o.open(&tag, &store, &t)?, value, "length {}", value.len());
+        }
+        Ok(())
+    }
+
     #[cfg(feature = "unseal")]
     #[test]
     fn opens_only_for_its_field_store_and_key() -> Result<(), String> {
