@@ -65,8 +65,8 @@ fn pad(value: &[u8]) -> Vec<u8> {
 /// HKDF-SHA256 and ChaCha20-Poly1305 from *ring* (already in the store binary for rustls).
 /// Only RFC 9180's labels and key schedule are written here (§4.1 `Encap`, §5.1
 /// `KeySchedule`, §5.2 `Seal` with sequence number 0); the unit tests hold it to the RFC's test
-/// vector A.2.1 byte for byte and X25519 to ring's over random keys, and tokens are opened by
-/// the `hpke` crate and by pyhpke (`tests/pos_sealed.rs`).
+/// vector A.2.1 byte for byte and X25519 to ring's and to dalek's Montgomery ladder over random
+/// keys, and tokens are opened by the `hpke` crate and by pyhpke (`tests/pos_sealed.rs`).
 mod rfc9180 {
     use super::*;
     use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
@@ -78,8 +78,9 @@ mod rfc9180 {
     /// each). X25519(k, u) is the u-coordinate of clamp(k)·P for a point P on the curve with
     /// that u (either sign: negation keeps u); the tables multiply by the clamped integer
     /// itself, not reduced mod ℓ, so a small-order component of P is cleared by the cofactor 8
-    /// in clamp(k) as in the ladder. Constant time, as the ladder. A table multiplication
-    /// is about a quarter of the ladder's work (BENCHMARKS.md, "Sealed customer identifiers").
+    /// in clamp(k) as in the ladder. Constant time, as the ladder. A seal takes about half
+    /// the time it takes with ring's ladder (BENCHMARKS.md, "Sealing without the `hpke` crate
+    /// on the gateway").
     pub struct Curve {
         base: EdwardsBasepointTable,
         recipient: EdwardsBasepointTable,
