@@ -45,6 +45,10 @@ const SEQ_HWM_KEY: &[u8] = b"seq_hwm";
 const DROPS_KEY: &[u8] = b"drops";
 /// Sequence numbers reserved per durable high-water-mark write.
 const SEQ_RESERVE: u64 = 1 << 20;
+/// How far ahead of the clock (µs) an id mark or key may be before it is taken for damage:
+/// 50 years. Ids follow the clock; only a flipped high bit or a clock once set decades ahead
+/// gets there.
+const MAX_IDS_AHEAD_US: u64 = 50 * 366 * 86_400 * 1_000_000;
 
 /// Why an append was refused.
 #[derive(Debug)]
@@ -293,8 +297,23 @@ impl Spool {
         }
         let hwm = meta.get(SEQ_HWM_KEY)?.map(|v| be_u64(&v)).unwrap_or(0);
         // Never reuse an id a consumer may have seen: start above everything ever reserved,
-        // above every key on disk and above the clock in microseconds.
-        let next = hwm.max(last).max(unix_us());
+        // above every key on disk and above the clock in microseconds. Ids follow the clock
+        // (a gateway spools far fewer than a million events a second), so a mark or a key
+        // decades ahead of it is damage (a flipped high bit), not an id ever handed out:
+        // ignored, with an error, instead of leaving no ids to give.
+        let now = unix_us();
+        let plausible = |v: u64, what: &str| {
+            if v > now.saturating_add(MAX_IDS_AHEAD_US) {
+                tracing::error!(
+                    mark = v,
+                    clock_us = now,
+                    "damaged spool id {what} (decades ahead of the clock) ignored: ids continue above the clock and every plausible key"
+                );
+                return 0;
+            }
+            v
+        };
+        let next = plausible(hwm, "mark").max(plausible(last, "key")).max(now);
         // A mark near the end of the range (a damaged record) saturates: appends are then
         // refused (`append_inner`) rather than wrap around and reuse ids.
         let new_hwm = next.saturating_add(SEQ_RESERVE);
@@ -495,18 +514,38 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_id_mark_refuses_appends_instead_of_reusing_ids(
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    fn a_damaged_id_mark_is_ignored_and_ids_stay_unique() -> Result<(), Box<dyn std::error::Error>>
+    {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("spool");
+        let before = {
+            let s = Spool::open(&p, "gw", &cfg(1 << 20))?;
+            let ids = s.append(&[ev(EventKind::BleCensus, 10), ev(EventKind::BleCensus, 11)])?;
+            s.db.flush()?;
+            ids
+        };
         {
+            // A flipped high bit in the mark.
             let db = sled::Config::new().path(&p).open()?;
             db.open_tree("meta")?
                 .insert(SEQ_HWM_KEY, &(u64::MAX - 5).to_be_bytes())?;
             db.flush()?;
         }
         let s = Spool::open(&p, "gw", &cfg(1 << 20))?;
-        let r = s.append(&[ev(EventKind::BleCensus, 10)]);
+        let after = s.append(&[ev(EventKind::BleCensus, 12)])?;
+        let last_before = before.iter().copied().max().unwrap_or(0);
+        assert!(after
+            .iter()
+            .all(|&id| id > last_before && id >= unix_us() - 60_000_000));
+        assert!(after.iter().all(|&id| id < u64::MAX / 2));
+        // The damaged mark was replaced: a third start goes on from there.
+        drop(s);
+        let s = Spool::open(&p, "gw", &cfg(1 << 20))?;
+        let third = s.append(&[ev(EventKind::BleCensus, 13)])?;
+        assert!(third.iter().all(|&id| after.iter().all(|&a| id > a)));
+        // The end of the id range still refuses rather than wraps (append_inner's guard).
+        s.append_lock.lock().map_err(|_| "poisoned")?.next = u64::MAX - 5;
+        let r = s.append(&[ev(EventKind::BleCensus, 14)]);
         assert!(matches!(r, Err(SpoolError::Storage(_))), "{r:?}");
         // A damaged enqueue stamp reads as very old or very new, without overflow.
         assert!(s.purge_expired().is_ok());
