@@ -280,22 +280,6 @@ impl Spool {
         ];
         let meta = db.open_tree("meta")?;
         let state: [StreamState; 3] = Default::default();
-        let mut last = 0u64;
-        for (t, st) in trees.iter().zip(state.iter()) {
-            let (mut n, mut b) = (0u64, 0u64);
-            for kv in t.iter() {
-                let (k, v) = kv?;
-                n += chunk_count(&v);
-                b += (k.len() + v.len()) as u64;
-            }
-            st.count.store(n, Ordering::Relaxed);
-            st.bytes.store(b, Ordering::Relaxed);
-            if let Some((k, v)) = t.last()? {
-                let after = be_u64(&k).saturating_add(chunk_count(&v).max(1));
-                last = last.max(after);
-            }
-        }
-        let hwm = meta.get(SEQ_HWM_KEY)?.map(|v| be_u64(&v)).unwrap_or(0);
         // Never reuse an id a consumer may have seen: start above everything ever reserved,
         // above every key on disk and above the clock in microseconds. Ids follow the clock
         // (a gateway spools far fewer than a million events a second), so a mark or a key
@@ -305,7 +289,7 @@ impl Spool {
         let plausible = |v: u64, what: &str| {
             if v > now.saturating_add(MAX_IDS_AHEAD_US) {
                 tracing::error!(
-                    mark = v,
+                    id = v,
                     clock_us = now,
                     "damaged spool id {what} (decades ahead of the clock) ignored: ids continue above the clock and every plausible key"
                 );
@@ -313,7 +297,24 @@ impl Spool {
             }
             v
         };
-        let next = plausible(hwm, "mark").max(plausible(last, "key")).max(now);
+        let mut last = 0u64;
+        for (t, st) in trees.iter().zip(state.iter()) {
+            let (mut n, mut b) = (0u64, 0u64);
+            for kv in t.iter() {
+                let (k, v) = kv?;
+                n += chunk_count(&v);
+                b += (k.len() + v.len()) as u64;
+                let after = be_u64(&k).saturating_add(chunk_count(&v).max(1));
+                last = last.max(plausible(after, "key"));
+            }
+            st.count.store(n, Ordering::Relaxed);
+            st.bytes.store(b, Ordering::Relaxed);
+        }
+        let hwm = plausible(
+            meta.get(SEQ_HWM_KEY)?.map(|v| be_u64(&v)).unwrap_or(0),
+            "mark",
+        );
+        let next = hwm.max(last).max(now);
         // A mark near the end of the range (a damaged record) saturates: appends are then
         // refused (`append_inner`) rather than wrap around and reuse ids.
         let new_hwm = next.saturating_add(SEQ_RESERVE);
@@ -525,10 +526,13 @@ mod tests {
             ids
         };
         {
-            // A flipped high bit in the mark.
+            // A flipped high bit in the mark, and in the key of a copy of a chunk.
             let db = sled::Config::new().path(&p).open()?;
             db.open_tree("meta")?
                 .insert(SEQ_HWM_KEY, &(u64::MAX - 5).to_be_bytes())?;
+            let ble = db.open_tree(Stream::Ble.as_str())?;
+            let (_, chunk) = ble.first()?.ok_or("no chunk")?;
+            ble.insert((u64::MAX - 100).to_be_bytes(), chunk)?;
             db.flush()?;
         }
         let s = Spool::open(&p, "gw", &cfg(1 << 20))?;
