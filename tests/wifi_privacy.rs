@@ -115,6 +115,28 @@ impl<'a> Needles<'a> {
     }
 }
 
+/// What the searches look for: every spelling of every MAC ([`mac_forms`]) and every probed
+/// SSID of at least 4 bytes, raw and as hex (shorter strings would match pseudonyms, random
+/// hex, or JSON by chance).
+fn needles_for(macs: &[[u8; 6]], ssids: &[Vec<u8>]) -> Vec<(String, Vec<u8>)> {
+    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
+    for m in macs {
+        for form in mac_forms(m) {
+            needles.push((format!("MAC {}", String::from_utf8_lossy(&form)), form));
+        }
+    }
+    for s in ssids.iter().filter(|s| s.len() >= 4) {
+        let hex: Vec<u8> = s
+            .iter()
+            .flat_map(|b| format!("{b:02x}").into_bytes())
+            .collect();
+        let what = format!("SSID {:?}", String::from_utf8_lossy(s));
+        needles.push((what.clone(), hex));
+        needles.push((what, s.to_ascii_lowercase()));
+    }
+    needles
+}
+
 fn files_under(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
@@ -207,25 +229,7 @@ async fn no_raw_mac_or_ssid_leaves_the_wifi_stage() -> TestResult {
         mqtt.len()
     );
     assert!(macs.len() > 100 && ssids.len() > 5);
-    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
-    for m in &macs {
-        for form in mac_forms(m) {
-            needles.push((format!("MAC {}", String::from_utf8_lossy(&form)), form));
-        }
-    }
-    for s in &ssids {
-        // Shorter strings would match pseudonyms (random hex) or JSON by chance.
-        if s.len() < 4 {
-            continue;
-        }
-        let hex: Vec<u8> = s
-            .iter()
-            .flat_map(|b| format!("{b:02x}").into_bytes())
-            .collect();
-        let what = format!("SSID {:?}", String::from_utf8_lossy(s));
-        needles.push((what.clone(), hex));
-        needles.push((what, s.to_ascii_lowercase()));
-    }
+    let needles = needles_for(&macs, &ssids);
     let index = Needles::new(&needles);
     for (name, h) in &haystacks {
         if let Some(what) = index.find_in(h) {
@@ -289,24 +293,7 @@ fn a_wifi_backlog_kept_on_disk_holds_no_raw_mac_or_ssid() -> TestResult {
     );
     assert!(census > 500, "the backlog holds the captures' events");
     assert!(macs.len() > 100 && ssids.len() > 5);
-    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
-    for m in &macs {
-        for form in mac_forms(m) {
-            needles.push((format!("MAC {}", String::from_utf8_lossy(&form)), form));
-        }
-    }
-    for s in &ssids {
-        if s.len() < 4 {
-            continue;
-        }
-        let hex: Vec<u8> = s
-            .iter()
-            .flat_map(|b| format!("{b:02x}").into_bytes())
-            .collect();
-        let what = format!("SSID {:?}", String::from_utf8_lossy(s));
-        needles.push((what.clone(), hex));
-        needles.push((what, s.to_ascii_lowercase()));
-    }
+    let needles = needles_for(&macs, &ssids);
     let index = Needles::new(&needles);
     for (name, h) in [("decoded spool", &plain), ("trace logs", &logs)] {
         if let Some(what) = index.find_in(h) {

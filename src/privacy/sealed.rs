@@ -277,6 +277,10 @@ mod rfc9180 {
         fn tables_agree_with_ring_x25519() -> Result<(), String> {
             use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
             let rng = ring::rand::SystemRandom::new();
+            let public_of = |k: &EphemeralPrivateKey| -> Result<[u8; 32], String> {
+                let pk = k.compute_public_key().map_err(|_| "pk")?;
+                <[u8; 32]>::try_from(pk.as_ref()).map_err(|_| "pk size".to_string())
+            };
             let fresh = || -> Result<[u8; 32], String> {
                 let mut b = [0u8; 32];
                 getrandom::fill(&mut b).map_err(|e| e.to_string())?;
@@ -285,23 +289,13 @@ mod rfc9180 {
             for _ in 0..200 {
                 let recipient =
                     EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| "keygen")?;
-                let pk_r: [u8; 32] = recipient
-                    .compute_public_key()
-                    .map_err(|_| "pk")?
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| "pk size")?;
+                let pk_r = public_of(&recipient)?;
                 let curve = Curve::new(&pk_r)?;
                 let sk = fresh()?;
                 let theirs = |sk: &[u8; 32]| -> Result<([u8; 32], [u8; 32]), String> {
                     let r = ring::test::rand::FixedSliceRandom { bytes: sk };
                     let k = EphemeralPrivateKey::generate(&X25519, &r).map_err(|_| "k")?;
-                    let pk: [u8; 32] = k
-                        .compute_public_key()
-                        .map_err(|_| "pk")?
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| "pk size")?;
+                    let pk = public_of(&k)?;
                     let dh = agreement::agree_ephemeral(
                         k,
                         &UnparsedPublicKey::new(&X25519, &pk_r),
