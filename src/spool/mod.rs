@@ -45,10 +45,11 @@ const SEQ_HWM_KEY: &[u8] = b"seq_hwm";
 const DROPS_KEY: &[u8] = b"drops";
 /// Sequence numbers reserved per durable high-water-mark write.
 const SEQ_RESERVE: u64 = 1 << 20;
-/// How far ahead of the clock (µs) an id mark or key may be before it is taken for damage:
-/// 50 years. Ids follow the clock; only a flipped high bit or a clock once set decades ahead
-/// gets there.
-const MAX_IDS_AHEAD_US: u64 = 50 * 366 * 86_400 * 1_000_000;
+/// An id mark or key above this is damage (a flipped top bit), never an id handed out: ids
+/// start at the clock in µs, and no clock reaches the upper half of the range (the year
+/// 292,000). Anything below is honoured, however far ahead (a clock once set decades ahead
+/// leaves ids that must not be reused, and room enough above them).
+const IDS_DAMAGED_ABOVE: u64 = u64::MAX / 2;
 
 /// Why an append was refused.
 #[derive(Debug)]
@@ -281,17 +282,16 @@ impl Spool {
         let meta = db.open_tree("meta")?;
         let state: [StreamState; 3] = Default::default();
         // Never reuse an id a consumer may have seen: start above everything ever reserved,
-        // above every key on disk and above the clock in microseconds. Ids follow the clock
-        // (a gateway spools far fewer than a million events a second), so a mark or a key
-        // decades ahead of it is damage (a flipped high bit), not an id ever handed out:
-        // ignored, with an error, instead of leaving no ids to give.
+        // above every key on disk and above the clock in microseconds. A mark or a key in the
+        // upper half of the range is damage, not an id ever handed out: ignored, with an
+        // error, instead of leaving no ids to give.
         let now = unix_us();
         let plausible = |v: u64, what: &str| {
-            if v > now.saturating_add(MAX_IDS_AHEAD_US) {
+            if v > IDS_DAMAGED_ABOVE {
                 tracing::error!(
                     id = v,
                     clock_us = now,
-                    "damaged spool id {what} (decades ahead of the clock) ignored: ids continue above the clock and every plausible key"
+                    "damaged spool id {what} (in the upper half of the id range) ignored: ids continue above the clock and every plausible key"
                 );
                 return 0;
             }
@@ -553,6 +553,19 @@ mod tests {
         assert!(matches!(r, Err(SpoolError::Storage(_))), "{r:?}");
         // A damaged enqueue stamp reads as very old or very new, without overflow.
         assert!(s.purge_expired().is_ok());
+        // A mark far ahead but in the lower half (a clock once set decades ahead) is honoured:
+        // ids handed out then must not come back.
+        let p2 = dir.path().join("spool2");
+        let ahead = unix_us() + 60 * 366 * 86_400 * 1_000_000;
+        {
+            let db = sled::Config::new().path(&p2).open()?;
+            db.open_tree("meta")?
+                .insert(SEQ_HWM_KEY, &ahead.to_be_bytes())?;
+            db.flush()?;
+        }
+        let s2 = Spool::open(&p2, "gw", &cfg(1 << 20))?;
+        let ids = s2.append(&[ev(EventKind::BleCensus, 15)])?;
+        assert!(ids.iter().all(|&id| id >= ahead), "{ids:?}");
         Ok(())
     }
 
