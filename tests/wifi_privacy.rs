@@ -12,6 +12,11 @@ use storegw::source::wifi::dot11::Ssid;
 use storegw::source::wifi::frame::{decode, Decoded, LINKTYPE_RADIOTAP};
 use storegw::source::wifi::pcap::Reader;
 
+/// The Wi-Fi section of both tests: every doubtful frame kept and every visit published, so as
+/// much as possible flows through (the worst case for privacy).
+const WORST_CASE: &str =
+    "[sources.wifi]\nvisits = true\nmin_dwell = \"0s\"\nbad_fcs = \"keep\"\ngroup_source = \"keep\"\n";
+
 /// Every capture file under wifi/ (malformed ones included).
 fn inputs(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
@@ -169,13 +174,7 @@ async fn no_raw_mac_or_ssid_leaves_the_wifi_stage() -> TestResult {
         secrets(&std::fs::read(f)?, &mut macs, &mut ssids);
         let gw = dir.path().join(format!("gw{i}"));
         std::fs::create_dir_all(&gw)?;
-        // Keep every doubtful frame so as much as possible flows through (worst case).
-        let cfg = write_config(
-            &gw,
-            broker.port,
-            "",
-            "[sources.wifi]\nvisits = true\nmin_dwell = \"0s\"\nbad_fcs = \"keep\"\ngroup_source = \"keep\"\n",
-        )?;
+        let cfg = write_config(&gw, broker.port, "", WORST_CASE)?;
         let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
             .args(["replay", "--publish", "--wifi"])
             .arg(f)
@@ -267,12 +266,7 @@ fn a_wifi_backlog_kept_on_disk_holds_no_raw_mac_or_ssid() -> TestResult {
         let gw = dir.path().join(format!("gw{i}"));
         std::fs::create_dir_all(&gw)?;
         // Nothing listens on this port: every event stays in the spool.
-        let cfg = write_config(
-            &gw,
-            free_port(),
-            "",
-            "[sources.wifi]\nvisits = true\nmin_dwell = \"0s\"\nbad_fcs = \"keep\"\ngroup_source = \"keep\"\n",
-        )?;
+        let cfg = write_config(&gw, free_port(), "", WORST_CASE)?;
         logs.extend(replay_into_backlog("--wifi", f, &cfg)?.to_ascii_lowercase());
         let spool = gw.join("state/spool");
         if spool.exists() {
