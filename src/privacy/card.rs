@@ -368,11 +368,11 @@ pub fn looks_like_track(s: &str) -> bool {
     track1 || track2
 }
 
-/// Judges the attribute names of an XML tag's rest (after its name): `Some(true)` if `judge`
-/// holds for the word before any `=` outside a quoted value, `None` when no `>` outside
-/// quotes closes the tag before a line end or a `<` (then it is text, not a tag). A `>` inside
-/// a quoted value (`note="a>b"`) does not end the tag.
-fn xml_attribute_names_judged(rest: &str, judge: impl Fn(&str) -> bool) -> Option<bool> {
+/// Judges the attribute names of an XML tag's rest (after its name): true if `judge` holds for
+/// the word before any `=` outside a quoted value and a `>` outside quotes closes the tag
+/// before a line end or a `<` (otherwise it is text, not a tag). A `>` inside a quoted value
+/// (`note="a>b"`) does not end the tag.
+fn xml_attribute_names_judged(rest: &str, judge: impl Fn(&str) -> bool) -> bool {
     let mut quote = None;
     let mut hit = false;
     // The word being read outside quotes, and the last one finished (constant work per byte).
@@ -380,7 +380,7 @@ fn xml_attribute_names_judged(rest: &str, judge: impl Fn(&str) -> bool) -> Optio
     let mut last: Option<(usize, usize)> = None;
     for (j, &c) in rest.as_bytes().iter().enumerate() {
         if c == b'\n' || c == b'<' {
-            return None;
+            return false;
         }
         if let Some(q) = quote {
             if c == q {
@@ -401,7 +401,7 @@ fn xml_attribute_names_judged(rest: &str, judge: impl Fn(&str) -> bool) -> Optio
                 quote = Some(c);
                 last = None;
             }
-            b'>' => return Some(hit),
+            b'>' => return hit,
             b'=' => {
                 hit |= last
                     .take()
@@ -411,7 +411,7 @@ fn xml_attribute_names_judged(rest: &str, judge: impl Fn(&str) -> bool) -> Optio
             _ => {}
         }
     }
-    None
+    false
 }
 
 /// Whether the raw text of an input that could not be parsed carries card authentication
@@ -455,7 +455,7 @@ pub fn text_carries_auth_data(text: &str, header: bool) -> bool {
                         && xml_attribute_names_judged(
                             tag.get(name_len..).unwrap_or_default(),
                             local,
-                        ) == Some(true))
+                        ))
             }
             // A JSON key: a string followed by a colon (not `\"` inside a string), unless
             // its value is null, which the JSON readers accept.

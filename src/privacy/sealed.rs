@@ -164,11 +164,15 @@ mod rfc9180 {
             .map_err(|_| "HPKE key derivation failed".to_string())
     }
 
-    /// The key schedule's fixed half: `psk_id_hash`, the same for every base-mode seal.
-    pub fn psk_id_hash() -> [u8; 32] {
-        let mut h = [0u8; 32];
-        h.copy_from_slice(labeled_extract(b"", HPKE_SUITE, b"psk_id_hash", b"").as_ref());
-        h
+    /// The key schedule's fixed half: `psk_id_hash`, the same for every base-mode seal
+    /// (computed once per process).
+    fn psk_id_hash() -> &'static [u8; 32] {
+        static HASH: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        HASH.get_or_init(|| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(labeled_extract(b"", HPKE_SUITE, b"psk_id_hash", b"").as_ref());
+            h
+        })
     }
 
     /// Seals `buf` in place (it becomes ciphertext || tag) to the curve's recipient with the
@@ -176,7 +180,6 @@ mod rfc9180 {
     pub fn seal(
         curve: &Curve,
         sk_e: &[u8; 32],
-        psk_id_hash: &[u8; 32],
         info: &[u8],
         aad: &[u8],
         buf: &mut Vec<u8>,
@@ -201,7 +204,7 @@ mod rfc9180 {
         // KeySchedule (§5.1), mode_base, no PSK.
         let info_hash = labeled_extract(b"", HPKE_SUITE, b"info_hash", info);
         let mut context = [0u8; 65];
-        context[1..33].copy_from_slice(psk_id_hash);
+        context[1..33].copy_from_slice(psk_id_hash());
         context[33..].copy_from_slice(info_hash.as_ref());
         let secret = labeled_extract(shared.as_ref(), HPKE_SUITE, b"secret", b"");
         let mut key = Zeroizing::new([0u8; 32]);
@@ -255,7 +258,7 @@ mod rfc9180 {
             let aad = hex("436f756e742d30");
             let mut buf = hex("4265617574792069732074727574682c20747275746820626561757479");
             let curve = Curve::new(&pk_rm)?;
-            let enc = seal(&curve, &sk_em, &psk_id_hash(), &info, &aad, &mut buf)?;
+            let enc = seal(&curve, &sk_em, &info, &aad, &mut buf)?;
             assert_eq!(
                 enc.to_vec(),
                 hex("1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a")
@@ -337,7 +340,6 @@ mod rfc9180 {
 pub struct Sealer {
     id: [u8; KEY_ID_LEN],
     curve: Arc<rfc9180::Curve>,
-    psk_id_hash: [u8; 32],
     store_id: String,
 }
 
@@ -360,7 +362,6 @@ impl Sealer {
         let s = Sealer {
             id: key.id,
             curve: Arc::new(rfc9180::Curve::new(&key.public)?),
-            psk_id_hash: rfc9180::psk_id_hash(),
             store_id: store_id.to_string(),
         };
         s.seal("loyalty", "trial")?;
@@ -389,7 +390,6 @@ impl Sealer {
         let sealed = rfc9180::seal(
             &self.curve,
             &sk_e,
-            &self.psk_id_hash,
             &info(tag, &self.store_id),
             &header,
             &mut buf,

@@ -483,9 +483,10 @@ pub fn spool_plaintext(spool_dir: &Path) -> Result<(Vec<u8>, usize), Box<dyn std
     Ok((out, chunks))
 }
 
-/// Runs `replay --publish <source>` of `capture` (`--wifi`, `--ble`) with no broker listening, until the uplink says it
-/// cannot connect (the events were spooled and flushed before it started), then kills it:
-/// the events stay in the spool as a store's backlog would during an outage. Returns stderr.
+/// Runs `replay --publish <source>` of `capture` (`--wifi`, `--ble`) with no broker listening,
+/// until the uplink says it cannot connect (the events were spooled and flushed before it
+/// started), then kills it: the events stay in the spool as a store's backlog would during an
+/// outage. Returns stderr.
 pub fn replay_into_backlog(
     source: &str,
     capture: &Path,
@@ -502,7 +503,7 @@ pub fn replay_into_backlog(
         .stderr(Stdio::piped())
         .spawn()?;
     let mut stderr = child.stderr.take().ok_or("no stderr")?;
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
     let reader = {
         let log = log.clone();
         std::thread::spawn(move || {
