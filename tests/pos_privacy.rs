@@ -56,6 +56,61 @@ fn crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `bytes` compressed by the system's `gzip`.
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().ok_or("no stdin")?.write_all(bytes)?;
+    let out = child.wait_with_output()?;
+    assert!(out.status.success() && out.stdout.starts_with(&[0x1f, 0x8b]));
+    Ok(out.stdout)
+}
+
+/// A ZIP archive holding `bytes` as `name`, stored (PKWARE APPNOTE 4.3: local header, data,
+/// central directory, end record).
+fn stored_zip(name: &str, bytes: &[u8]) -> Vec<u8> {
+    let crc = !bytes.iter().fold(!0u32, |mut c, &b| {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+        c
+    });
+    let (n, len) = (name.len() as u16, bytes.len() as u32);
+    let mut z = Vec::new();
+    z.extend_from_slice(b"PK\x03\x04\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+    for v in [crc, len, len] {
+        z.extend_from_slice(&v.to_le_bytes());
+    }
+    z.extend_from_slice(&n.to_le_bytes());
+    z.extend_from_slice(&[0, 0]);
+    z.extend_from_slice(name.as_bytes());
+    z.extend_from_slice(bytes);
+    let central = z.len() as u32;
+    z.extend_from_slice(b"PK\x01\x02\x14\x00\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+    for v in [crc, len, len] {
+        z.extend_from_slice(&v.to_le_bytes());
+    }
+    z.extend_from_slice(&n.to_le_bytes());
+    z.extend_from_slice(&[0; 12]);
+    z.extend_from_slice(&0u32.to_le_bytes());
+    z.extend_from_slice(name.as_bytes());
+    let dir_len = z.len() as u32 - central;
+    z.extend_from_slice(b"PK\x05\x06\x00\x00\x00\x00\x01\x00\x01\x00");
+    z.extend_from_slice(&dir_len.to_le_bytes());
+    z.extend_from_slice(&central.to_le_bytes());
+    z.extend_from_slice(&[0, 0]);
+    z
+}
+
 fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -225,7 +280,13 @@ async fn pos_privacy_end_to_end() -> R {
     for u in "InvoiceNo\tStockCode\tDescription\tQuantity\tInvoiceDate\tUnitPrice\tCVV\n1\tA\tx\t1\t2010-12-22 10:29:00\t1.00\t123\n".encode_utf16() {
         utf16.extend_from_slice(&u.to_le_bytes());
     }
-    let hidden: [(&str, Vec<u8>); 5] = [
+    // The same export compressed (gzip, as `gzip` writes it) and archived (a ZIP, as a
+    // spreadsheet's container): neither can be searched, so neither may be kept.
+    let cvv_export = b"InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CVV\n1,A,x,1,2010-12-22 10:29:00,1.00,123\n";
+    let gz = gzip(cvv_export)?;
+    let hidden: [(&str, Vec<u8>); 7] = [
+        ("export.csv.gz", gz),
+        ("export.zip", stored_zip("export.csv", cvv_export)),
         ("utf16.csv", utf16),
         // Not UTF-8 (a pound sign in Windows-1252) with a CVV column.
         (
@@ -242,13 +303,35 @@ async fn pos_privacy_end_to_end() -> R {
     for (name, bytes) in &hidden {
         std::fs::write(inbox.join(name), bytes)?;
     }
+    // Refused, but text without card data in an 8-bit code page and in UTF-16: kept.
+    let kept_text = [
+        (
+            "latin1_clean.csv",
+            b"InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice\n1,A,\xa3 off,1,not a date,1.00\n".to_vec(),
+        ),
+        (
+            "utf16_clean.csv",
+            [0xff, 0xfe]
+                .into_iter()
+                .chain(
+                    "InvoiceNo\tStockCode\tDescription\tQuantity\tInvoiceDate\tUnitPrice\n1\tA\t\u{4e2d}\u{3001}\t1\tnot a date\t1.00\n"
+                        .encode_utf16()
+                        .flat_map(u16::to_le_bytes),
+                )
+                .collect(),
+        ),
+    ];
+    for (name, bytes) in &kept_text {
+        std::fs::write(inbox.join(name), bytes)?;
+    }
     let note_of = |name: &str| inbox.join(format!("failed/{name}.error"));
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until
         && (inbox.join("ok.jsonl").exists()
             || !inbox.join("failed/cvv.csv.error").exists()
             || !inbox.join("failed/bad.csv.error").exists()
-            || hidden.iter().any(|(n, _)| !note_of(n).exists()))
+            || hidden.iter().any(|(n, _)| !note_of(n).exists())
+            || kept_text.iter().any(|(n, _)| !note_of(n).exists()))
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -264,8 +347,19 @@ async fn pos_privacy_end_to_end() -> R {
         assert!(note.contains("card authentication data"), "{name}: {note}");
         assert!(!note.contains("4111"), "{name}: {note}");
     }
+    for (name, bytes) in &kept_text {
+        assert_eq!(
+            std::fs::read(inbox.join("failed").join(name))?,
+            *bytes,
+            "{name} was not kept as it was"
+        );
+    }
+    let note = std::fs::read_to_string(note_of("export.csv.gz"))?;
+    assert!(note.contains("gzip-compressed"), "{note}");
     use std::os::unix::fs::PermissionsExt;
     for f in [
+        "failed/latin1_clean.csv",
+        "failed/utf16_clean.csv",
         "failed/bad.csv",
         "failed/bad.csv.error",
         "failed/cvv.csv.error",

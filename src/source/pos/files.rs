@@ -119,7 +119,7 @@ fn log_outcome(f: &Path, out: &Outcome, m: &crate::telemetry::metrics::Metrics) 
                 1,
             );
             if *sensitive {
-                tracing::warn!(file = %f.display(), reason = %why, "POS file refused and deleted: card authentication data");
+                tracing::warn!(file = %f.display(), reason = %why, "POS file refused and deleted: it carries card authentication data, or cannot be searched for it");
             } else {
                 tracing::warn!(file = %f.display(), reason = %why, "POS file moved to failed/");
             }
@@ -165,15 +165,25 @@ pub fn ready_files(dir: &Path, settle: Duration) -> Vec<PathBuf> {
 pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
     let out = match import(path, w, ingest).await {
         // Refused before its card authentication data was reached (not UTF-8, too large, a
-        // bad record first): the whole file is searched before it may be kept.
+        // bad record first): the whole file is searched before it may be kept, and a file
+        // the search cannot read as text is not kept either.
         Outcome::Failed {
             why,
             sensitive: false,
-        } if carries_auth_data(path).await => Outcome::Failed {
-            why: format!(
-                "{why}\nThe file also carries card authentication data (CVV, track or PIN block), or could not be searched for it."
-            ),
-            sensitive: true,
+        } => match search_for_auth_data(path).await {
+            Search::Clean => failed(why),
+            Search::Carries => Outcome::Failed {
+                why: format!(
+                    "{why}\nThe file also carries card authentication data (CVV, track or PIN block), or could not be read to search for it."
+                ),
+                sensitive: true,
+            },
+            Search::Unsearchable(what) => Outcome::Failed {
+                why: format!(
+                    "{why}\nThe file is {what}, so it cannot be searched for card authentication data (CVV, track or PIN block); export text (CSV, JSON lines, POSLog XML) instead."
+                ),
+                sensitive: true,
+            },
         },
         out => out,
     };
@@ -209,7 +219,7 @@ pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
                     err.push(".error");
                     let err = PathBuf::from(err);
                     let note = if *sensitive {
-                        format!("{why}\nThe file was deleted: card authentication data is never stored.\n")
+                        format!("{why}\nThe file was deleted: card authentication data is never kept, nor a refused file that may hold it.\n")
                     } else {
                         format!("{why}\n")
                     };
@@ -227,22 +237,75 @@ pub async fn process(path: &Path, w: &WatchConfig, ingest: &Ingest) -> Outcome {
     out
 }
 
-/// Whether a file carries card authentication data anywhere
+/// What the search of a refused file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// Text without card authentication data: the file may be kept in `failed/`.
+    Clean,
+    /// Card authentication data, or a file that could not be read: deleted at once.
+    Carries,
+    /// Not text (this kind of file): nothing in it can be vouched for, so it is deleted too.
+    Unsearchable(&'static str),
+}
+
+/// Whether a refused file carries card authentication data anywhere
 /// ([`crate::privacy::card::text_carries_auth_data`]), read in blocks whatever its size, as
 /// UTF-8 or any 8-bit code page, or as UTF-16 (Excel's "Unicode text": its zero bytes are
 /// dropped). A file that cannot be read counts as carrying it (it is not kept); one that is
-/// gone does not. Compressed or binary exports cannot be searched (docs/pos.md).
-async fn carries_auth_data(path: &Path) -> bool {
+/// gone does not. A compressed, archived or binary file cannot be searched, so it cannot be
+/// kept either (docs/pos.md, "Export files").
+async fn search_for_auth_data(path: &Path) -> Search {
     let p = path.to_path_buf();
     tokio::task::spawn_blocking(move || match scan_blocks(&p) {
         Ok(found) => found,
-        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Search::Clean,
+        Err(_) => Search::Carries,
     })
     .await
-    .unwrap_or(true)
+    .unwrap_or(Search::Carries)
 }
 
-fn scan_blocks(path: &Path) -> std::io::Result<bool> {
+/// Formats whose bytes are not text, by the signature they start with: compressed, archived
+/// (a `.zip` and the office formats built on it, `.xlsx`, `.ods`) or a document container.
+const NOT_TEXT: [(&[u8], &str); 11] = [
+    (b"\x1f\x8b", "gzip-compressed"),
+    (
+        b"PK\x03\x04",
+        "a ZIP archive (or a spreadsheet built on one, .xlsx or .ods)",
+    ),
+    (b"PK\x05\x06", "a ZIP archive"),
+    (b"PK\x07\x08", "a ZIP archive"),
+    (b"BZh", "bzip2-compressed"),
+    (b"\xfd7zXZ\x00", "xz-compressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    (b"\x04\x22\x4d\x18", "LZ4-compressed"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+        "an OLE document (such as .xls)",
+    ),
+];
+
+/// A block is binary when more than one byte in this many is a control character that text
+/// does not use (anything below 0x20 but tab, line feed, vertical tab, form feed, carriage
+/// return, substitute and escape; and 0x7f). Compressed or encrypted bytes carry about one in
+/// ten; exports, in any 8-bit code page, none.
+const BINARY_ONE_IN: usize = 100;
+
+/// Whether a block (zero bytes already dropped) is binary rather than text.
+fn is_binary(block: &[u8]) -> bool {
+    let odd = block
+        .iter()
+        .filter(|&&b| {
+            (b < 0x20 && !matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1a | 0x1b))
+                || b == 0x7f
+        })
+        .count();
+    odd > 0 && odd * BINARY_ONE_IN > block.len()
+}
+
+fn scan_blocks(path: &Path) -> std::io::Result<Search> {
     use std::io::Read;
     const BLOCK: usize = 1 << 20;
     // Longer than any window the scan looks through (a tag, a key, a track: 512 bytes at
@@ -252,6 +315,7 @@ fn scan_blocks(path: &Path) -> std::io::Result<bool> {
     let mut buf = vec![0u8; BLOCK + OVERLAP];
     let mut kept = 0usize;
     let mut first = true;
+    let mut utf16 = false;
     loop {
         let n = match f.read(buf.get_mut(kept..).unwrap_or_default()) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -259,19 +323,29 @@ fn scan_blocks(path: &Path) -> std::io::Result<bool> {
         };
         // The end; what was kept from the last block has been searched with it.
         if n == 0 {
-            return Ok(false);
+            return Ok(Search::Clean);
         }
         let end = kept + n;
         let block = buf.get(..end).unwrap_or_default();
+        if first {
+            if let Some((_, what)) = NOT_TEXT.iter().find(|(magic, _)| block.starts_with(magic)) {
+                return Ok(Search::Unsearchable(what));
+            }
+            // A byte-order mark declares UTF-16, whatever its characters' bytes look like.
+            utf16 = block.starts_with(&[0xff, 0xfe]) || block.starts_with(&[0xfe, 0xff]);
+        }
         let narrow: Vec<u8>;
-        let text = if block.contains(&0) {
+        let bytes = if block.contains(&0) {
             narrow = block.iter().copied().filter(|&b| b != 0).collect();
-            String::from_utf8_lossy(&narrow)
+            narrow.as_slice()
         } else {
-            String::from_utf8_lossy(block)
+            block
         };
-        if crate::privacy::card::text_carries_auth_data(&text, first) {
-            return Ok(true);
+        if !utf16 && is_binary(bytes) {
+            return Ok(Search::Unsearchable("binary, not text"));
+        }
+        if crate::privacy::card::text_carries_auth_data(&String::from_utf8_lossy(bytes), first) {
+            return Ok(Search::Carries);
         }
         first = false;
         kept = end.min(OVERLAP);
@@ -568,4 +642,92 @@ async fn stream(
     let _ = reader.await;
     tracing::debug!(file = fname, transactions = count, "POS file streamed");
     st.done()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(bytes: &[u8]) -> Search {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let p = dir.path().join("export");
+        if let Err(e) = std::fs::write(&p, bytes) {
+            panic!("write: {e}");
+        }
+        match scan_blocks(&p) {
+            Ok(s) => s,
+            Err(e) => panic!("scan: {e}"),
+        }
+    }
+
+    /// Bytes that look like compressed output: a simple generator, no real compressor needed.
+    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn utf16le(text: &str) -> Vec<u8> {
+        let mut v = vec![0xff, 0xfe];
+        for u in text.encode_utf16() {
+            v.extend_from_slice(&u.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn text_in_any_encoding_is_searched() {
+        let clean = "InvoiceNo,Description,UnitPrice\n1,rolling pin=2 \u{a3}5 off,1.00\n";
+        let cvv = "InvoiceNo,Description,CVV\n1,x,123\n";
+        assert_eq!(scan(clean.as_bytes()), Search::Clean);
+        assert_eq!(scan(cvv.as_bytes()), Search::Carries);
+        // Windows-1252 (0x80-0x9f are letters and signs there, not controls).
+        assert_eq!(
+            scan(b"InvoiceNo,Description\n1,\xa3 off \x80 \x93quoted\x94 \x0c\n"),
+            Search::Clean
+        );
+        assert_eq!(scan(&utf16le(clean)), Search::Clean);
+        assert_eq!(scan(&utf16le(cvv)), Search::Carries);
+        // UTF-16 declared by its mark is text even where its characters' bytes are controls
+        // (U+3001 is 01 30).
+        assert_eq!(
+            scan(&utf16le("\u{3001}\u{3002}\u{4e2d}\u{6587},1\n")),
+            Search::Clean
+        );
+        assert_eq!(
+            scan(&utf16le("\u{3001}\u{3002},CVV\n1,123\n")),
+            Search::Carries
+        );
+        assert_eq!(scan(b""), Search::Clean);
+    }
+
+    #[test]
+    fn compressed_archived_and_binary_files_cannot_be_searched() {
+        for (magic, _) in NOT_TEXT {
+            let mut f = magic.to_vec();
+            f.extend_from_slice(b"InvoiceNo,Description\n1,plain text after the signature\n");
+            assert!(matches!(scan(&f), Search::Unsearchable(_)), "{magic:02x?}");
+        }
+        // No signature, compressed-looking bytes: binary.
+        assert!(matches!(scan(&noise(4096, 7)), Search::Unsearchable(_)));
+        // A text export with binary bytes after its first megabyte is judged there too.
+        let mut long = "1,an ordinary row of a large export,1.00\n"
+            .repeat(30_000)
+            .into_bytes();
+        assert_eq!(scan(&long), Search::Clean);
+        long.extend_from_slice(&noise(65_536, 11));
+        assert!(matches!(scan(&long), Search::Unsearchable(_)));
+        // A few stray controls in a large text do not make it binary.
+        let mut stray = "1,x,1.00\n".repeat(10_000).into_bytes();
+        stray.extend_from_slice(b"\x01\x02\x03");
+        assert_eq!(scan(&stray), Search::Clean);
+    }
 }
