@@ -287,22 +287,32 @@ const NOT_TEXT: [(&[u8], &str); 11] = [
     ),
 ];
 
-/// A block is binary when more than one byte in this many is a control character that text
+/// Text is judged in windows of this many bytes, so a compressed part inside a text export is
+/// found however large the text around it.
+const WINDOW: usize = 1024;
+/// A window is binary when more than this many of its bytes are control characters that text
 /// does not use (anything below 0x20 but tab, line feed, vertical tab, form feed, carriage
-/// return, substitute and escape; and 0x7f). Compressed or encrypted bytes carry about one in
-/// ten; exports, in any 8-bit code page, none.
-const BINARY_ONE_IN: usize = 100;
+/// return, substitute, escape and the four information separators 0x1c-0x1f that some
+/// legacy exports delimit fields with; and 0x7f): 1 in 100. Compressed or encrypted bytes
+/// carry about 1 in 10; exports, in any 8-bit code page, none.
+const BINARY_ABOVE: usize = WINDOW / 100;
 
-/// Whether a block (zero bytes already dropped) is binary rather than text.
+/// Whether a block (zero bytes already dropped) holds binary rather than text.
 fn is_binary(block: &[u8]) -> bool {
-    let odd = block
-        .iter()
-        .filter(|&&b| {
-            (b < 0x20 && !matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1a | 0x1b))
-                || b == 0x7f
-        })
-        .count();
-    odd > 0 && odd * BINARY_ONE_IN > block.len()
+    let odd = |b: &u8| {
+        (*b < 0x1c && !matches!(*b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1a | 0x1b))
+            || *b == 0x7f
+    };
+    // Overlapping windows (each starts half a window after the last), so a part that
+    // straddles two is still wholly inside one.
+    (0..block.len().max(1)).step_by(WINDOW / 2).any(|at| {
+        let w = block
+            .get(at..(at + WINDOW).min(block.len()))
+            .unwrap_or_default();
+        let n = w.iter().filter(|b| odd(b)).count();
+        // A short last window is judged as a quarter window at least: 3 such bytes.
+        n * WINDOW > BINARY_ABOVE * w.len().max(WINDOW / 4)
+    })
 }
 
 fn scan_blocks(path: &Path) -> std::io::Result<Search> {
@@ -725,9 +735,21 @@ mod tests {
         assert_eq!(scan(&long), Search::Clean);
         long.extend_from_slice(&noise(65_536, 11));
         assert!(matches!(scan(&long), Search::Unsearchable(_)));
-        // A few stray controls in a large text do not make it binary.
+        // A compressed part inside a text export, in the middle of its first block.
+        let mut inside = "1,an ordinary row,1.00\n".repeat(20_000).into_bytes();
+        let tail = inside.split_off(200_000);
+        inside.extend_from_slice(&noise(300, 5));
+        inside.extend_from_slice(&tail);
+        assert!(matches!(scan(&inside), Search::Unsearchable(_)));
+        // A few stray controls in a text do not make it binary, nor fields separated by the
+        // ASCII unit and record separators.
         let mut stray = "1,x,1.00\n".repeat(10_000).into_bytes();
-        stray.extend_from_slice(b"\x01\x02\x03");
+        stray.extend_from_slice(b"\x01\x02");
         assert_eq!(scan(&stray), Search::Clean);
+        assert_eq!(scan(b"1,x\x01y\n"), Search::Clean);
+        assert_eq!(
+            scan(&"1\x1fA\x1fx\x1f1.00\x1e".repeat(1000).into_bytes()),
+            Search::Clean
+        );
     }
 }
