@@ -476,12 +476,18 @@ pub fn text_carries_auth_data(text: &str, header: bool) -> bool {
     }
     // The first line as a CSV header, unless it opens a JSON or XML document (whose names the
     // rules above judged). A byte-order mark or an undecodable byte is no reason to skip it.
-    let first = text.lines().next().unwrap_or_default();
+    // Records end at a line end or at the ASCII record separator; fields are separated by any
+    // delimiter an export may be configured with (`,` `;` tab `|` `^` `~`) or by a control
+    // character (the ASCII unit separator of some legacy exports).
+    let first = text
+        .split(['\n', '\r', '\u{1e}'])
+        .next()
+        .unwrap_or_default();
     let first = first.trim_start_matches(['\u{feff}', '\u{fffd}', ' ', '\t']);
     header
         && !first.starts_with(['{', '[', '<'])
         && first
-            .split([',', ';', '\t', '|'])
+            .split(|c: char| matches!(c, ',' | ';' | '|' | '^' | '~') || c.is_ascii_control())
             .map(|cell| cell.trim_matches(['"', ' ', '\t', '\u{feff}', '\u{fffd}']))
             .filter(|n| n.len() <= 64)
             .any(is_forbidden_field)
@@ -510,6 +516,12 @@ mod tests {
             ("1,A,x,\"%B4111111111111111^DOE/JOHN^2512101?\",1.00", true),
             ("9,A,pay ;4111111111111111=25121010000000000? now,1", true),
             ("\u{feff}Invoice;Kartenpr\u{fffd}fnummer CVC;Amount\n", true),
+            // Fields and records separated by the ASCII unit and record separators.
+            (
+                "InvoiceNo\u{1f}Description\u{1f}CVV\u{1f}Tender\u{1e}1\u{1f}x\u{1f}123",
+                true,
+            ),
+            ("Invoice^Amount^Track2\n", true),
             ("Invoice,CVV2/CVC2,Amount\n", true),
         ];
         for (text, header) in found {

@@ -526,8 +526,9 @@ mod tests {
             ids
         };
         {
-            // A flipped high bit in the mark, and in the key of a copy of a chunk.
-            let db = sled::Config::new().path(&p).open()?;
+            // A flipped high bit in the mark, and in the key of a copy of a chunk. (The spool
+            // above releases its lock when sled's background work ends: waited for.)
+            let db = open_waiting_for_lock(&p, 1 << 20)?;
             db.open_tree("meta")?
                 .insert(SEQ_HWM_KEY, &(u64::MAX - 5).to_be_bytes())?;
             let ble = db.open_tree(Stream::Ble.as_str())?;

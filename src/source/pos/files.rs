@@ -266,8 +266,9 @@ async fn search_for_auth_data(path: &Path) -> Search {
 }
 
 /// Formats whose bytes are not text, by the signature they start with: compressed, archived
-/// (a `.zip` and the office formats built on it, `.xlsx`, `.ods`) or a document container.
-const NOT_TEXT: [(&[u8], &str); 11] = [
+/// (a `.zip` and the office formats built on it, `.xlsx`, `.ods`), a document container or an
+/// encrypted message.
+const NOT_TEXT: [(&[u8], &str); 12] = [
     (b"\x1f\x8b", "gzip-compressed"),
     (
         b"PK\x03\x04",
@@ -275,7 +276,6 @@ const NOT_TEXT: [(&[u8], &str); 11] = [
     ),
     (b"PK\x05\x06", "a ZIP archive"),
     (b"PK\x07\x08", "a ZIP archive"),
-    (b"BZh", "bzip2-compressed"),
     (b"\xfd7zXZ\x00", "xz-compressed"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
     (b"\x04\x22\x4d\x18", "LZ4-compressed"),
@@ -285,52 +285,143 @@ const NOT_TEXT: [(&[u8], &str); 11] = [
         b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
         "an OLE document (such as .xls)",
     ),
+    (b"-----BEGIN PGP MESSAGE-----", "an OpenPGP message"),
+    (b"-----BEGIN PGP SIGNED MESSAGE-----", "an OpenPGP message"),
 ];
 
-/// Text is judged in windows of this many bytes, so a compressed part inside a text export is
-/// found however large the text around it.
-const WINDOW: usize = 1024;
-/// A window is binary when more than this many of its bytes are control characters that text
-/// does not use (anything below 0x20 but tab, line feed, vertical tab, form feed, carriage
-/// return, substitute, escape and the four information separators 0x1c-0x1f that some
-/// legacy exports delimit fields with; and 0x7f): 1 in 100. Compressed or encrypted bytes
-/// carry about 1 in 10; exports, in any 8-bit code page, none.
-const BINARY_ABOVE: usize = WINDOW / 100;
+/// The signature a file starts with, if it is one of a format that is not text.
+fn not_text(start: &[u8]) -> Option<&'static str> {
+    // bzip2's "BZh" is plain text; its level digit and block magic (the digits of pi) are not.
+    if start.starts_with(b"BZh")
+        && start.get(3).is_some_and(|d| (b'1'..=b'9').contains(d))
+        && start.get(4..10) == Some(b"1AY&SY")
+    {
+        return Some("bzip2-compressed");
+    }
+    NOT_TEXT
+        .iter()
+        .find(|(magic, _)| start.starts_with(magic))
+        .map(|(_, what)| *what)
+}
 
-/// Whether a block (zero bytes already dropped) holds binary rather than text.
-fn is_binary(block: &[u8]) -> bool {
+/// How a refused file's bytes are read as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// UTF-8 or an 8-bit code page (every byte from 0x80 up is a letter or sign in some).
+    Bytes,
+    /// UTF-16, declared by a byte-order mark or seen in where its zero bytes fall.
+    Utf16 { big_endian: bool },
+}
+
+impl Encoding {
+    /// From the first block: a byte-order mark, or zero bytes at one parity (the high half of
+    /// every ASCII character, in the Latin, Cyrillic, Greek, CJK... text of an export: digits,
+    /// separators, line ends) and hardly any at the other. A binary file's zeros fall at both.
+    fn of(first: &[u8]) -> Encoding {
+        if first.starts_with(&[0xff, 0xfe]) {
+            return Encoding::Utf16 { big_endian: false };
+        }
+        if first.starts_with(&[0xfe, 0xff]) {
+            return Encoding::Utf16 { big_endian: true };
+        }
+        let zeros = |parity: usize| {
+            first
+                .iter()
+                .skip(parity)
+                .step_by(2)
+                .filter(|&&b| b == 0)
+                .count()
+        };
+        let (even, odd) = (zeros(0), zeros(1));
+        let units = first.len() / 2;
+        if units > 0 && odd * 10 >= units && even * 10 <= odd {
+            Encoding::Utf16 { big_endian: false }
+        } else if units > 0 && even * 10 >= units && odd * 10 <= even {
+            Encoding::Utf16 { big_endian: true }
+        } else {
+            Encoding::Bytes
+        }
+    }
+
+    /// The text of a block (its whole code units). In UTF-16 an unpaired surrogate, which no
+    /// text holds and random bytes give once in about 32 units, is read as a control
+    /// character (U+0001), so [`is_binary`] counts it.
+    fn text<'a>(&self, block: &'a [u8]) -> std::borrow::Cow<'a, str> {
+        match self {
+            Encoding::Bytes => String::from_utf8_lossy(block),
+            Encoding::Utf16 { big_endian } => {
+                let units = block.chunks_exact(2).map(|u| {
+                    if *big_endian {
+                        u16::from_be_bytes([u[0], u[1]])
+                    } else {
+                        u16::from_le_bytes([u[0], u[1]])
+                    }
+                });
+                std::borrow::Cow::Owned(
+                    char::decode_utf16(units)
+                        .map(|c| c.unwrap_or('\u{1}'))
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+/// Text is judged in stretches of up to this many bytes, one starting every half stretch, so
+/// a compressed or encoded part inside a text export is found however large the text around
+/// it.
+const WINDOW: usize = 1024;
+
+/// Whether a block of text holds binary or encoded data rather than text:
+/// - a stretch where more than 1 byte in 100 (and at least 3) is a control character text
+///   does not use: anything below 0x20 but tab, line feed, vertical tab, form feed, carriage
+///   return, substitute, escape and the information separators 0x1c-0x1f that some legacy
+///   exports delimit fields and records with; and 0x7f. NUL counts. Compressed or encrypted
+///   bytes carry about 1 in 12; an export in any 8-bit code page or in UTF-16, none;
+/// - or an unbroken run of [`WINDOW`] characters of the base64 alphabet (which holds hex):
+///   encoded data, such as a compressed or encrypted export inside a JSON field.
+fn is_binary(text: &[u8]) -> bool {
     let odd = |b: &u8| {
         (*b < 0x1c && !matches!(*b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1a | 0x1b))
             || *b == 0x7f
     };
-    // Overlapping windows (each starts half a window after the last), so a part that
-    // straddles two is still wholly inside one.
-    (0..block.len().max(1)).step_by(WINDOW / 2).any(|at| {
-        let w = block
-            .get(at..(at + WINDOW).min(block.len()))
+    let controls = (0..text.len().max(1)).step_by(WINDOW / 2).any(|at| {
+        let w = text
+            .get(at..(at + WINDOW).min(text.len()))
             .unwrap_or_default();
         let n = w.iter().filter(|b| odd(b)).count();
-        // A short last window is judged as a quarter window at least: 3 such bytes.
-        n * WINDOW > BINARY_ABOVE * w.len().max(WINDOW / 4)
-    })
+        n >= 3 && n * 100 > w.len()
+    });
+    let encoded = text
+        .split(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')))
+        .any(|run| run.len() >= WINDOW);
+    controls || encoded
 }
 
 fn scan_blocks(path: &Path) -> std::io::Result<Search> {
     use std::io::Read;
     const BLOCK: usize = 1 << 20;
     // Longer than any window the scan looks through (a tag, a key, a track: 512 bytes at
-    // most), so nothing is cut between blocks.
-    const OVERLAP: usize = 1024;
+    // most, a stretch of `WINDOW`), so nothing is cut between blocks; one more byte keeps a
+    // UTF-16 block on a whole code unit.
+    const OVERLAP: usize = 2 * WINDOW;
     let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; BLOCK + OVERLAP];
+    let mut buf = vec![0u8; BLOCK + OVERLAP + 1];
     let mut kept = 0usize;
     let mut first = true;
-    let mut utf16 = false;
+    let mut encoding = Encoding::Bytes;
     loop {
-        let n = match f.read(buf.get_mut(kept..).unwrap_or_default()) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => r?,
-        };
+        // A whole block however the reads come (a pipe or a network file system gives
+        // short ones), so the first holds the header and enough to tell the encoding.
+        let mut n = 0;
+        while let Some(room) = buf.get_mut(kept + n..).filter(|r| !r.is_empty()) {
+            match f.read(room) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         // The end; what was kept from the last block has been searched with it.
         if n == 0 {
             return Ok(Search::Clean);
@@ -338,27 +429,24 @@ fn scan_blocks(path: &Path) -> std::io::Result<Search> {
         let end = kept + n;
         let block = buf.get(..end).unwrap_or_default();
         if first {
-            if let Some((_, what)) = NOT_TEXT.iter().find(|(magic, _)| block.starts_with(magic)) {
+            if let Some(what) = not_text(block) {
                 return Ok(Search::Unsearchable(what));
             }
-            // A byte-order mark declares UTF-16, whatever its characters' bytes look like.
-            utf16 = block.starts_with(&[0xff, 0xfe]) || block.starts_with(&[0xfe, 0xff]);
+            encoding = Encoding::of(block);
         }
-        let narrow: Vec<u8>;
-        let bytes = if block.contains(&0) {
-            narrow = block.iter().copied().filter(|&b| b != 0).collect();
-            narrow.as_slice()
-        } else {
-            block
-        };
-        if !utf16 && is_binary(bytes) {
-            return Ok(Search::Unsearchable("binary, not text"));
+        let text = encoding.text(block);
+        if is_binary(text.as_bytes()) {
+            return Ok(Search::Unsearchable("binary or encoded data, not text"));
         }
-        if crate::privacy::card::text_carries_auth_data(&String::from_utf8_lossy(bytes), first) {
+        if crate::privacy::card::text_carries_auth_data(&text, first) {
             return Ok(Search::Carries);
         }
         first = false;
+        // The next block starts on a whole UTF-16 code unit (an even offset into the file).
         kept = end.min(OVERLAP);
+        if encoding != Encoding::Bytes && (end - kept) % 2 == 1 {
+            kept += 1;
+        }
         buf.copy_within(end - kept..end, 0);
     }
 }
@@ -685,12 +773,21 @@ mod tests {
             .collect()
     }
 
-    fn utf16le(text: &str) -> Vec<u8> {
-        let mut v = vec![0xff, 0xfe];
-        for u in text.encode_utf16() {
-            v.extend_from_slice(&u.to_le_bytes());
+    fn utf16(text: &str, bom: bool, big_endian: bool) -> Vec<u8> {
+        let mut v = Vec::new();
+        let units = bom.then_some(0xfeff).into_iter().chain(text.encode_utf16());
+        for u in units {
+            v.extend_from_slice(&if big_endian {
+                u.to_be_bytes()
+            } else {
+                u.to_le_bytes()
+            });
         }
         v
+    }
+
+    fn utf16le(text: &str) -> Vec<u8> {
+        utf16(text, true, false)
     }
 
     #[test]
@@ -716,40 +813,96 @@ mod tests {
             scan(&utf16le("\u{3001}\u{3002},CVV\n1,123\n")),
             Search::Carries
         );
+        // UTF-16 without a mark, in scripts whose every character has a control byte
+        // (Cyrillic 04xx, Polish ł 0142, Greek 03xx), either byte order.
+        let cyrillic = "Номер;Описание;Сумма\n1;Хлеб ржаной łódź αβγ;1,00\n2;Молоко;2,50\n";
+        let cyrillic_cvv = "Номер;Описание;CVV\n1;Хлеб;123\n2;Молоко;456\n";
+        for big_endian in [false, true] {
+            assert_eq!(scan(&utf16(cyrillic, false, big_endian)), Search::Clean);
+            assert_eq!(
+                scan(&utf16(cyrillic_cvv, false, big_endian)),
+                Search::Carries
+            );
+            assert_eq!(scan(&utf16(clean, false, big_endian)), Search::Clean);
+        }
+        // Fields and records separated by the ASCII unit and record separators, any
+        // configured delimiter.
+        assert_eq!(
+            scan(b"InvoiceNo\x1fDescription\x1fCVV\x1fTender\x1e1\x1fx\x1f123\x1fcash\x1e"),
+            Search::Carries
+        );
+        assert_eq!(
+            scan(&"1\x1fA\x1fx\x1f1.00\x1e".repeat(1000).into_bytes()),
+            Search::Clean
+        );
+        assert_eq!(scan(b"InvoiceNo~Amount~Track2\n1~2~x\n"), Search::Carries);
+        // A first value that happens to begin like bzip2's signature is text.
+        assert_eq!(scan(b"BZh9 bread,1.00\n"), Search::Clean);
         assert_eq!(scan(b""), Search::Clean);
     }
 
     #[test]
     fn compressed_archived_and_binary_files_cannot_be_searched() {
+        let unsearchable = |bytes: &[u8]| matches!(scan(bytes), Search::Unsearchable(_));
         for (magic, _) in NOT_TEXT {
             let mut f = magic.to_vec();
             f.extend_from_slice(b"InvoiceNo,Description\n1,plain text after the signature\n");
-            assert!(matches!(scan(&f), Search::Unsearchable(_)), "{magic:02x?}");
+            assert!(unsearchable(&f), "{magic:02x?}");
         }
-        // No signature, compressed-looking bytes: binary.
-        assert!(matches!(scan(&noise(4096, 7)), Search::Unsearchable(_)));
+        assert!(unsearchable(b"BZh91AY&SY\x01\x02rest of a bzip2 stream"));
+        // No signature, compressed-looking bytes: binary; also behind a UTF-16 mark, where
+        // they give unpaired surrogates.
+        assert!(unsearchable(&noise(4096, 7)));
+        let mut marked = vec![0xff, 0xfe];
+        marked.extend_from_slice(&noise(4096, 3));
+        assert!(unsearchable(&marked));
+        // A table padded with zero bytes (a dBase file: field names, then NUL-padded records
+        // with card data) is binary, however printable its records.
+        let mut dbf = b"\x03\x7e\x0c\x01".to_vec();
+        for name in ["INVOICE", "CARDNO", "CVV"] {
+            let mut field = name.as_bytes().to_vec();
+            field.resize(32, 0);
+            dbf.extend_from_slice(&field);
+        }
+        for i in 0..200 {
+            let mut rec = format!(" {i:08}4111111111111111123").into_bytes();
+            rec.resize(64, 0);
+            dbf.extend_from_slice(&rec);
+        }
+        assert!(unsearchable(&dbf));
         // A text export with binary bytes after its first megabyte is judged there too.
         let mut long = "1,an ordinary row of a large export,1.00\n"
             .repeat(30_000)
             .into_bytes();
         assert_eq!(scan(&long), Search::Clean);
         long.extend_from_slice(&noise(65_536, 11));
-        assert!(matches!(scan(&long), Search::Unsearchable(_)));
+        assert!(unsearchable(&long));
         // A compressed part inside a text export, in the middle of its first block.
         let mut inside = "1,an ordinary row,1.00\n".repeat(20_000).into_bytes();
         let tail = inside.split_off(200_000);
         inside.extend_from_slice(&noise(300, 5));
         inside.extend_from_slice(&tail);
-        assert!(matches!(scan(&inside), Search::Unsearchable(_)));
-        // A few stray controls in a text do not make it binary, nor fields separated by the
-        // ASCII unit and record separators.
+        assert!(unsearchable(&inside));
+        // Encoded data: a long base64 run in a JSON field, an OpenPGP-armoured export.
+        let b64: String = noise(3000, 9)
+            .iter()
+            .map(|b| {
+                char::from(
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                        [usize::from(b % 64)],
+                )
+            })
+            .collect();
+        assert!(unsearchable(
+            format!("{{\"id\":\"T1\",\"export\":\"{b64}\"}}\n").as_bytes()
+        ));
+        assert!(unsearchable(
+            b"-----BEGIN PGP MESSAGE-----\n\nhQEMA0/xyz\n-----END PGP MESSAGE-----\n"
+        ));
+        // A few stray controls in a text do not make it binary.
         let mut stray = "1,x,1.00\n".repeat(10_000).into_bytes();
         stray.extend_from_slice(b"\x01\x02");
         assert_eq!(scan(&stray), Search::Clean);
         assert_eq!(scan(b"1,x\x01y\n"), Search::Clean);
-        assert_eq!(
-            scan(&"1\x1fA\x1fx\x1f1.00\x1e".repeat(1000).into_bytes()),
-            Search::Clean
-        );
     }
 }
