@@ -224,6 +224,23 @@ async fn pos_privacy_end_to_end() -> R {
         assert_eq!(r.status(), 201, "{text}");
         expect += 1;
     }
+    // Track 2 without its sentinels (a chip's Track 2 Equivalent Data as hex, a reader's
+    // stripped track) is track data: the whole input is refused, not the PAN cut out.
+    for (i, text) in [
+        "EMV 57: 4111111111111111D25121010000000000F",
+        "swiped 5500000000000004=26012010000000",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = post(tx(&format!("T2-{i}"), text)).await?;
+        assert_eq!(r.status(), 400, "{text}");
+        let body = r.text().await?;
+        assert!(
+            !body.contains("1111111111") && !body.contains("0000000000"),
+            "{body}"
+        );
+    }
 
     // 4. Errors never echo values.
     let mut t = tx("E-1", "x");

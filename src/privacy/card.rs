@@ -339,8 +339,65 @@ pub fn is_forbidden_field(name: &str) -> bool {
 }
 
 /// Whether a string looks like magnetic-stripe track data (`%B<pan>^NAME^…?` for track 1,
-/// `;<pan>=<yymm>…?` for track 2).
+/// `;<pan>=<yymm>…?` for track 2) or its chip equivalent ([`track2_equivalent`]).
 pub fn looks_like_track(s: &str) -> bool {
+    sentinel_track(s) || track2_equivalent(s)
+}
+
+/// Track 2 data without its sentinels: EMV's Track 2 Equivalent Data (tag 57, written as hex:
+/// `<pan>D<yymm><service code>…`, often padded with `F`, alone or as a TLV, `57 13 <pan>D…`,
+/// inside a chip's data), or track 2 as a reader that strips the sentinels types it
+/// (`<pan>=<yymm><service code>…`). A PAN (scheme range and Luhn check) that starts the run of
+/// digits before the separator or follows a tag 57 and its length in it, the separator, a
+/// month 01-12 and the three digits of the service code; so an order number followed by a `D`
+/// and digits is not taken for it.
+pub fn track2_equivalent(s: &str) -> bool {
+    let b = s.as_bytes();
+    let month = |a: &[u8]| {
+        matches!(
+            a,
+            [_, _, b'0', b'1'..=b'9', ..] | [_, _, b'1', b'0'..=b'2', ..]
+        )
+    };
+    let pan_at = |from: usize, to: usize| {
+        b.get(from..to).is_some_and(|pan| {
+            is_pan(
+                &pan.iter().map(|c| c - b'0').collect::<Vec<u8>>(),
+                Context::Text,
+            )
+        })
+    };
+    memchr::memchr3_iter(b'=', b'D', b'd', b).any(|at| {
+        let run = b
+            .get(..at)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .take(TLV_PAN_MAX)
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        let after = b.get(at + 1..at + 8).unwrap_or_default();
+        if run < 12 || after.len() < 7 || !after.iter().all(u8::is_ascii_digit) || !month(after) {
+            return false;
+        }
+        // The whole run (a digit before it would make it no PAN), or a tag 57 with a length
+        // (two hex digits, here decimal ones: 0x10-0x13 bytes) right before the PAN.
+        ((12..=19).contains(&run) && pan_at(at - run, at))
+            || (12..=19).any(|k| {
+                k + 4 <= run
+                    && b.get(at - k - 4..at - k - 2) == Some(b"57".as_slice())
+                    && b.get(at - k - 2..at - k)
+                        .is_some_and(|l| (b"10".as_slice()..=b"13".as_slice()).contains(&l))
+                    && pan_at(at - k, at)
+            })
+    })
+}
+
+/// Digits looked at before a Track 2 separator: a tag 57, its length and a 19-digit PAN.
+const TLV_PAN_MAX: usize = 23;
+
+/// Track data with its start sentinel (`%B` for track 1, `;` for track 2).
+fn sentinel_track(s: &str) -> bool {
     // Every string value of a document passes here: most hold neither marker, and most are
     // short enough that reading their bytes costs less than a search call.
     let marked = if s.len() < 64 {
@@ -437,6 +494,11 @@ pub fn text_carries_auth_data(text: &str, header: bool) -> bool {
         let hit = match c {
             // Track 1 (`%B<pan>^…`) and track 2 (`;<pan>=…`): 128 bytes cover either.
             b'%' | b';' => looks_like_track(window(i, i + 128)),
+            // Track 2 without sentinels: the PAN (with a tag 57 and its length, and one more
+            // digit to see where the run starts) before the separator, 7 digits after.
+            b'=' | b'D' | b'd' => {
+                track2_equivalent(window(i.saturating_sub(TLV_PAN_MAX + 1), i + 8))
+            }
             // An XML element and the names of its attributes (each word before an `=` outside
             // a quoted value). A tag is a name (a letter or `_` first) and its attributes closed
             // by a `>` outside quotes on one line within 256 bytes; `Kids <5y; rolling pin=2`
@@ -749,5 +811,42 @@ mod tests {
             "{long}%B4111111111111111^DOE/JOHN^2512101?"
         )));
         assert!(!looks_like_track(&format!("{long}; 50% off")));
+    }
+
+    #[test]
+    fn track_2_equivalent_data_is_track_data() {
+        for t in [
+            // EMV tag 57 as hex, padded; upper and lower case separator.
+            "4111111111111111D25121010000000000F",
+            "4111111111111111d2512101000",
+            "57134111111111111111D25121010000000000F",
+            "9F2608AB57134111111111111111D25121010000000000F5F3401",
+            // Track 2 typed by a reader that strips the sentinels.
+            "4111111111111111=25121010000000000",
+            "card: 5500000000000004=2601201 ok",
+        ] {
+            assert!(looks_like_track(t), "{t}");
+            assert!(
+                text_carries_auth_data(&format!("1,x,{t},1.00\n"), false),
+                "{t}"
+            );
+        }
+        for t in [
+            // Not a PAN (Luhn), a longer digit run, no month, too few digits after.
+            "4111111111111112D25121010000000000F",
+            "94111111111111111D2512101000",
+            // A long run whose tail happens to pass is not a tag 57 TLV.
+            "12344111111111111111D25121010000000000F",
+            "4111111111111111D2513101000",
+            "4111111111111111D25121",
+            "Order 1234567890123D2512101 shipped",
+            "a=b, 12 D 2512101",
+        ] {
+            assert!(!looks_like_track(t), "{t}");
+            assert!(
+                !text_carries_auth_data(&format!("1,x,{t},1.00\n"), false),
+                "{t}"
+            );
+        }
     }
 }
