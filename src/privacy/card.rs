@@ -344,57 +344,85 @@ pub fn looks_like_track(s: &str) -> bool {
     sentinel_track(s) || track2_equivalent(s)
 }
 
-/// Track 2 data without its sentinels: EMV's Track 2 Equivalent Data (tag 57, written as hex:
-/// `<pan>D<yymm><service code>…`, often padded with `F`, alone or as a TLV, `57 13 <pan>D…`,
-/// inside a chip's data), or track 2 as a reader that strips the sentinels types it
-/// (`<pan>=<yymm><service code>…`). A PAN (scheme range and Luhn check) that starts the run of
-/// digits before the separator or follows a tag 57 and its length in it, the separator, a
-/// month 01-12 and the three digits of the service code; so an order number followed by a `D`
-/// and digits is not taken for it.
+/// Track 2 data without its sentinels: EMV's Track 2 Equivalent Data (tag 57, or
+/// Mastercard's contactless 9F6B, written as hex: `<pan>D<yymm><service code>…`, often padded
+/// with `F`, alone or as a TLV inside a chip's data), or track 2 as a reader that strips the
+/// sentinels types it (`<pan>=<yymm>…`, also behind an ISO 8583 length prefix), at any of its
+/// separators ([`track2_at`]).
 pub fn track2_equivalent(s: &str) -> bool {
     let b = s.as_bytes();
-    let month = |a: &[u8]| {
-        matches!(
-            a,
-            [_, _, b'0', b'1'..=b'9', ..] | [_, _, b'1', b'0'..=b'2', ..]
-        )
-    };
-    let pan_at = |from: usize, to: usize| {
-        b.get(from..to).is_some_and(|pan| {
-            is_pan(
-                &pan.iter().map(|c| c - b'0').collect::<Vec<u8>>(),
-                Context::Text,
-            )
-        })
-    };
-    memchr::memchr3_iter(b'=', b'D', b'd', b).any(|at| {
-        let run = b
-            .get(..at)
-            .unwrap_or_default()
-            .iter()
-            .rev()
-            .take(TLV_PAN_MAX)
-            .take_while(|c| c.is_ascii_digit())
-            .count();
-        let after = b.get(at + 1..at + 8).unwrap_or_default();
-        if run < 12 || after.len() < 7 || !after.iter().all(u8::is_ascii_digit) || !month(after) {
-            return false;
-        }
-        // The whole run (a digit before it would make it no PAN), or a tag 57 with a length
-        // (two hex digits, here decimal ones: 0x10-0x13 bytes) right before the PAN.
-        ((12..=19).contains(&run) && pan_at(at - run, at))
-            || (12..=19).any(|k| {
-                k + 4 <= run
-                    && b.get(at - k - 4..at - k - 2) == Some(b"57".as_slice())
-                    && b.get(at - k - 2..at - k)
-                        .is_some_and(|l| (b"10".as_slice()..=b"13".as_slice()).contains(&l))
-                    && pan_at(at - k, at)
-            })
-    })
+    // The shortest match: a 12-digit PAN, the separator, 7 digits. Most values are shorter.
+    b.len() >= 20 && memchr::memchr3_iter(b'=', b'D', b'd', b).any(|at| track2_at(b, at))
 }
 
 /// Digits looked at before a Track 2 separator: a tag 57, its length and a 19-digit PAN.
 const TLV_PAN_MAX: usize = 23;
+
+/// Whether the separator at `at` (`=`, `D` or `d`) ends the PAN of Track 2 data: before it a
+/// PAN (scheme range and Luhn check, lengths issued today) that starts its run of digits, or
+/// follows a TLV length of 16-19 bytes (`10`-`13`, after a tag 57 or where the run starts,
+/// behind a tag such as 9F6B) or a length prefix that counts the track; after it a month 01-12
+/// and a service code ISO/IEC 7813 allows. So an order number, a barcode or a date after a
+/// `D` is not taken for it. Reads at most [`TLV_PAN_MAX`] bytes before `at` and the digits
+/// after it.
+pub fn track2_at(b: &[u8], at: usize) -> bool {
+    let after = b.get(at + 1..at + 8).unwrap_or_default();
+    let plausible = matches!(
+        after,
+        [y1, y2, m1, m2, s1, s2, s3]
+            if [y1, y2, s3].iter().all(|c| c.is_ascii_digit())
+                && matches!((m1, m2), (b'0', b'1'..=b'9') | (b'1', b'0'..=b'2'))
+                && matches!(s1, b'1' | b'2' | b'5' | b'6' | b'7' | b'9')
+                && matches!(s2, b'0' | b'2' | b'4')
+                && matches!(s3, b'0'..=b'7')
+    );
+    if !plausible {
+        return false;
+    }
+    let before = b.get(..at).unwrap_or_default();
+    let run = before
+        .iter()
+        .rev()
+        .take(TLV_PAN_MAX)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    let pan = |k: usize| {
+        let mut d = [0u8; 19];
+        let digits = before.get(at - k..).unwrap_or_default();
+        for (slot, c) in d.iter_mut().zip(digits) {
+            *slot = c - b'0';
+        }
+        d.get(..k).is_some_and(|d| is_pan(d, Context::Identifier))
+    };
+    // What precedes a PAN of `k` digits inside the run.
+    let two_before = |k: usize| before.get(at - k - 2..at - k);
+    let track_len = |k: usize| {
+        k + 1
+            + b.get(at + 1..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count()
+    };
+    (12..=19).any(|k| {
+        if k == run {
+            return pan(k);
+        }
+        if k + 2 > run {
+            return false;
+        }
+        let len = two_before(k).unwrap_or_default();
+        let tlv = (b"10".as_slice()..=b"13".as_slice()).contains(&len)
+            && (k + 2 == run
+                || (k + 4 <= run && before.get(at - k - 4..at - k - 2) == Some(b"57")));
+        let prefix = k + 2 == run
+            && len
+                .iter()
+                .fold(0usize, |n, c| n * 10 + usize::from(c - b'0'))
+                == track_len(k);
+        (tlv || prefix) && pan(k)
+    })
+}
 
 /// Track data with its start sentinel (`%B` for track 1, `;` for track 2).
 fn sentinel_track(s: &str) -> bool {
@@ -493,12 +521,9 @@ pub fn text_carries_auth_data(text: &str, header: bool) -> bool {
     for (i, &c) in b.iter().enumerate() {
         let hit = match c {
             // Track 1 (`%B<pan>^…`) and track 2 (`;<pan>=…`): 128 bytes cover either.
-            b'%' | b';' => looks_like_track(window(i, i + 128)),
-            // Track 2 without sentinels: the PAN (with a tag 57 and its length, and one more
-            // digit to see where the run starts) before the separator, 7 digits after.
-            b'=' | b'D' | b'd' => {
-                track2_equivalent(window(i.saturating_sub(TLV_PAN_MAX + 1), i + 8))
-            }
+            b'%' | b';' => sentinel_track(window(i, i + 128)),
+            // Track 2 without sentinels, judged at this separator as a value is.
+            b'=' | b'D' | b'd' => track2_at(b, i),
             // An XML element and the names of its attributes (each word before an `=` outside
             // a quoted value). A tag is a name (a letter or `_` first) and its attributes closed
             // by a `>` outside quotes on one line within 256 bytes; `Kids <5y; rolling pin=2`
@@ -821,9 +846,15 @@ mod tests {
             "4111111111111111d2512101000",
             "57134111111111111111D25121010000000000F",
             "9F2608AB57134111111111111111D25121010000000000F5F3401",
-            // Track 2 typed by a reader that strips the sentinels.
+            // A 19-digit PAN; a length in hex letters after digits; Mastercard's 9F6B.
+            "4000000000000000006D2512201",
+            "5F340101570C4111111111111111D2512101",
+            "9F6B135500000000000004D26012010000000000F",
+            // Track 2 typed by a reader that strips the sentinels, also behind an ISO 8583
+            // length prefix (33 characters of track follow).
             "4111111111111111=25121010000000000",
             "card: 5500000000000004=2601201 ok",
+            "field35 334111111111111111=2512101000000000",
         ] {
             assert!(looks_like_track(t), "{t}");
             assert!(
@@ -832,21 +863,83 @@ mod tests {
             );
         }
         for t in [
-            // Not a PAN (Luhn), a longer digit run, no month, too few digits after.
+            // Not a PAN (Luhn), a longer digit run, no month, too few digits after, a service
+            // code ISO/IEC 7813 does not allow.
             "4111111111111112D25121010000000000F",
             "94111111111111111D2512101000",
-            // A long run whose tail happens to pass is not a tag 57 TLV.
-            "12344111111111111111D25121010000000000F",
             "4111111111111111D2513101000",
             "4111111111111111D25121",
+            "4111111111111111D2512801000",
             "Order 1234567890123D2512101 shipped",
             "a=b, 12 D 2512101",
+            // A long run whose tail happens to pass is no TLV; a length prefix that does not
+            // count the track is no prefix.
+            "12344111111111111111D25121010000000000F",
+            "994111111111111111=2512101000000000",
+            // A 13-digit barcode starting with 4 (retired Visa length) and a date after it.
+            "4000000000006=251201120000",
+            // An earlier separator whose digits a window would have cut.
+            "01234567894111111111111111=2512101=",
         ] {
             assert!(!looks_like_track(t), "{t}");
             assert!(
                 !text_carries_auth_data(&format!("1,x,{t},1.00\n"), false),
                 "{t}"
             );
+        }
+    }
+
+    /// What the docs promise for chip data as spaced hex pairs, which is not recognized as
+    /// track data: its card number is cut out of free text all the same.
+    #[test]
+    fn spaced_hex_chip_data_loses_its_card_number() {
+        let t = "57 13 41 11 11 11 11 11 11 11 D2 51 21 01 00 00 00 00 00 0F";
+        let (out, n) = scrub_text(t);
+        assert!(n >= 1 && !out.contains("41 11 11 11"), "{out}");
+    }
+
+    /// The search of a refused file agrees with the check of a value on every string, so a
+    /// file is never judged by a different rule than the records it holds.
+    #[test]
+    fn file_search_and_value_check_agree_on_track_2() {
+        let parts = [
+            "4111111111111111",
+            "5500000000000004",
+            "0123456789",
+            "57",
+            "13",
+            "9F6B",
+            "33",
+            "=",
+            "D",
+            "d",
+            "2512101",
+            "2513101",
+            "000000",
+            "F",
+            " ",
+            "x",
+            ";",
+            "é",
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.push_str(parts[(x % parts.len() as u64) as usize]);
+            }
+            let value = track2_equivalent(&text);
+            let file = text
+                .bytes()
+                .enumerate()
+                .any(|(i, c)| matches!(c, b'=' | b'D' | b'd') && track2_at(text.as_bytes(), i));
+            assert_eq!(value, file, "{text}");
+            if value {
+                assert!(text_carries_auth_data(&text, false), "{text}");
+            }
         }
     }
 }
