@@ -250,9 +250,9 @@ enum Search {
 
 /// Whether a refused file carries card authentication data anywhere
 /// ([`crate::privacy::card::text_carries_auth_data`]), read in blocks whatever its size, as
-/// UTF-8 or any 8-bit code page, or as UTF-16 (Excel's "Unicode text": its zero bytes are
-/// dropped). A file that cannot be read counts as carrying it (it is not kept); one that is
-/// gone does not. A compressed, archived or binary file cannot be searched, so it cannot be
+/// UTF-8 or any 8-bit code page, or as UTF-16 (Excel's "Unicode text", [`Encoding`]). A
+/// file that cannot be read counts as carrying it (it is not kept); one that is gone does
+/// not. A compressed, archived, encrypted or binary file cannot be searched, so it cannot be
 /// kept either (docs/pos.md, "Export files").
 async fn search_for_auth_data(path: &Path) -> Search {
     let p = path.to_path_buf();
@@ -268,7 +268,7 @@ async fn search_for_auth_data(path: &Path) -> Search {
 /// Formats whose bytes are not text, by the signature they start with: compressed, archived
 /// (a `.zip` and the office formats built on it, `.xlsx`, `.ods`), a document container or an
 /// encrypted message.
-const NOT_TEXT: [(&[u8], &str); 12] = [
+const NOT_TEXT: [(&[u8], &str); 11] = [
     (b"\x1f\x8b", "gzip-compressed"),
     (
         b"PK\x03\x04",
@@ -286,7 +286,6 @@ const NOT_TEXT: [(&[u8], &str); 12] = [
         "an OLE document (such as .xls)",
     ),
     (b"-----BEGIN PGP MESSAGE-----", "an OpenPGP message"),
-    (b"-----BEGIN PGP SIGNED MESSAGE-----", "an OpenPGP message"),
 ];
 
 /// The signature a file starts with, if it is one of a format that is not text.
