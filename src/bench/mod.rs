@@ -615,6 +615,18 @@ fn clock_ticks() -> f64 {
     }
 }
 
+/// The gateway the rows that start one measure: `STOREGW_BENCH_GATEWAY` when set, else this
+/// binary. `scripts/bench` sets it to the gateway a store runs (the store's features at this
+/// profile): a gateway built with the central team's tools, the demo broker and this benchmark
+/// keeps their code pages resident too, and its memory would be theirs (BENCHMARKS.md, "POS
+/// push").
+pub(crate) fn gateway_exe() -> Result<PathBuf, String> {
+    match std::env::var_os("STOREGW_BENCH_GATEWAY") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => std::env::current_exe().map_err(|e| e.to_string()),
+    }
+}
+
 /// The storegw binary as a separate process at a typical large-store load, measured from /proc.
 async fn footprint(bin: &Path, dir: &Path, secs: u64) -> Result<Vec<Row>, String> {
     let broker = start_broker(bin, &dir.join("broker"))?;
@@ -622,8 +634,7 @@ async fn footprint(bin: &Path, dir: &Path, secs: u64) -> Result<Vec<Row>, String
     let conf = dir.join("storegw.toml");
     std::fs::write(&conf, typical_load_config(&dir.join("state"), broker.port))
         .map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
+    let mut child = Command::new(gateway_exe()?)
         .args(["run", "--config"])
         .arg(&conf)
         .stdout(Stdio::null())
@@ -689,7 +700,7 @@ fn start_to_ready(dir: &Path) -> Result<Row, String> {
         ),
     )
     .map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = gateway_exe()?;
     let mut times = Vec::new();
     for i in 0..5 {
         let sock_path = dir.join(format!("notify-{i}.sock"));
@@ -807,6 +818,20 @@ fn write_report(out: Option<&Path>, rows: &[Row], notes: &[String]) -> Result<()
         crate::event::rfc3339_ms(crate::event::now_ms()),
         machine()
     );
+    // Which build the rows that start a gateway measured, so a report says what it describes.
+    if let Ok(gw) = gateway_exe() {
+        let bytes = std::fs::metadata(&gw).map(|m| m.len()).unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "Footprint, start to ready and POS push measure the gateway `{}` ({bytes} bytes{}).\n",
+            gw.file_name().unwrap_or_default().to_string_lossy(),
+            if std::env::var_os("STOREGW_BENCH_GATEWAY").is_some() {
+                ", from STOREGW_BENCH_GATEWAY"
+            } else {
+                ", this binary"
+            }
+        );
+    }
     let _ = writeln!(
         md,
         "| measurement | storegw | baseline (same run) | ratio | target | met |\n|---|---:|---|---:|---|---|"

@@ -111,12 +111,9 @@ fn start_gateway(dir: &Path, mqtt_port: u16) -> Result<Gateway, String> {
         ),
     )
     .map_err(|e| e.to_string())?;
-    // STOREGW_BENCH_GATEWAY measures another build of the gateway (the size-optimized
-    // release build that ships) with this bench's load and floor.
-    let exe = match std::env::var_os("STOREGW_BENCH_GATEWAY") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => std::env::current_exe().map_err(|e| e.to_string())?,
-    };
+    // The store's gateway (`super::gateway_exe`); STOREGW_BENCH_GATEWAY may also name the
+    // size-optimized release build that ships, measured with this bench's load and floor.
+    let exe = super::gateway_exe()?;
     let log = dir.join("storegw.log");
     let err = std::fs::File::create(&log).map_err(|e| e.to_string())?;
     let child = Command::new(exe)
