@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, for the regression test.
-pub const TARGETS: [(&str, Target); 11] = [
+pub const TARGETS: [(&str, Target); 12] = [
     ("wifi_capture", wifi_capture),
     ("wifi_frame", wifi_frame),
     ("ble_adv", ble_adv),
@@ -22,6 +22,7 @@ pub const TARGETS: [(&str, Target); 11] = [
     ("pos_json", pos_json),
     ("pos_xml", pos_xml),
     ("pos_csv", pos_csv),
+    ("pos_refused", pos_refused),
     ("config", config),
     ("remote_document", remote_document),
     ("remote_command", remote_command),
@@ -201,6 +202,28 @@ pub fn pos_xml(data: &[u8]) {
 pub fn pos_csv(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         pos(text, "csv");
+    }
+}
+
+/// A till's export file that the import refused, before it may be kept in `failed/`: the
+/// search for card authentication data over its bytes (any encoding, compressed or binary),
+/// in the daemon's 1 MiB blocks and in small blocks the input crosses (the first byte picks
+/// 256 to 4,336 bytes), and the card-data checks on its text. With one block, a clean verdict
+/// on text without NUL bytes is the text check's own verdict.
+pub fn pos_refused(data: &[u8]) {
+    use crate::privacy::card;
+    use crate::source::pos::files::refused_file_verdict;
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let whole = refused_file_verdict(rest, 1 << 20);
+    let _ = refused_file_verdict(rest, 256 + usize::from(sel) * 16);
+    if let Ok(text) = std::str::from_utf8(rest) {
+        let found = card::text_carries_auth_data(text, true);
+        let _ = card::looks_like_track(text);
+        if whole == "clean" && !rest.contains(&0) {
+            assert!(!found, "the file search and the text check disagree");
+        }
     }
 }
 

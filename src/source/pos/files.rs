@@ -397,15 +397,21 @@ fn is_binary(text: &[u8]) -> bool {
     controls || encoded
 }
 
+/// Bytes of a refused file searched at once: 1 MiB of RAM however large the file.
+const BLOCK: usize = 1 << 20;
+
 fn scan_blocks(path: &Path) -> std::io::Result<Search> {
-    use std::io::Read;
-    const BLOCK: usize = 1 << 20;
+    scan_reader(std::fs::File::open(path)?, BLOCK)
+}
+
+/// The search of [`search_for_auth_data`] over any reader, `block` bytes at a time (the
+/// fuzzer takes small blocks, so that its inputs cross block boundaries).
+fn scan_reader(mut f: impl std::io::Read, block: usize) -> std::io::Result<Search> {
     // Longer than any window the scan looks through (a tag, a key, a track: 512 bytes at
     // most, a stretch of `WINDOW`), so nothing is cut between blocks; one more byte keeps a
     // UTF-16 block on a whole code unit.
     const OVERLAP: usize = 2 * WINDOW;
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; BLOCK + OVERLAP + 1];
+    let mut buf = vec![0u8; block.max(1) + OVERLAP + 1];
     let mut kept = 0usize;
     let mut first = true;
     let mut encoding = Encoding::Bytes;
@@ -447,6 +453,17 @@ fn scan_blocks(path: &Path) -> std::io::Result<Search> {
             kept += 1;
         }
         buf.copy_within(end - kept..end, 0);
+    }
+}
+
+/// The fuzz target's entry (`storegw::fuzzing::pos_refused`): the verdict on a refused file
+/// of these bytes, searched in blocks of `block` bytes.
+#[cfg(feature = "fuzzing")]
+pub fn refused_file_verdict(data: &[u8], block: usize) -> &'static str {
+    match scan_reader(data, block) {
+        Ok(Search::Clean) => "clean",
+        Ok(Search::Carries) | Err(_) => "carries",
+        Ok(Search::Unsearchable(what)) => what,
     }
 }
 
@@ -787,6 +804,33 @@ mod tests {
 
     fn utf16le(text: &str) -> Vec<u8> {
         utf16(text, true, false)
+    }
+
+    /// Whatever the block size, what lies across a block boundary is searched: the overlap
+    /// carries every window the search looks through into the next block.
+    #[test]
+    fn small_blocks_find_what_one_block_finds() {
+        let mut text = String::from("register,business_day,transaction_id,total\n");
+        while text.len() < 9_000 {
+            text.push_str("r1,2026-12-01,t1,12.50\n");
+        }
+        let clean = text.clone();
+        text.push_str("r1,2026-12-01,t2,4111111111111111=28121010000012345678\n");
+        while text.len() < 20_000 {
+            text.push_str("r1,2026-12-01,t3,1.00\n");
+        }
+        for block in [256, 1000, 4096, BLOCK] {
+            let verdict = |b: &[u8]| scan_reader(b, block).ok();
+            assert_eq!(verdict(clean.as_bytes()), Some(Search::Clean), "{block}");
+            assert_eq!(verdict(text.as_bytes()), Some(Search::Carries), "{block}");
+            let mut mixed = clean.clone().into_bytes();
+            mixed.extend(noise(3_000, 7));
+            mixed.extend(clean.as_bytes());
+            assert!(
+                matches!(verdict(&mixed), Some(Search::Unsearchable(_))),
+                "{block}"
+            );
+        }
     }
 
     #[test]
