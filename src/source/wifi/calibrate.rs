@@ -48,6 +48,8 @@ pub struct Minute {
     pub present: f64,
     /// Of them, with randomized addresses.
     pub present_randomized: f64,
+    /// Devices listed as infrastructure that are on (not in `present`).
+    pub present_listed: f64,
 }
 
 /// How close an estimate came to the people counted.
@@ -253,6 +255,7 @@ pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16) -> Vec<Minu
                 devices: tracks.len() as f64,
                 present: w.devices as f64,
                 present_randomized: w.randomized as f64,
+                present_listed: w.listed as f64,
             });
         }
         addrs.clear();
@@ -294,25 +297,52 @@ const BACKGROUND_GRID: [f64; 9] = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0];
 /// (1) first: a lower weight is chosen only when it fits strictly better (a store without
 /// randomized devices, where every weight fits alike, keeps 1).
 const RANDOMIZED_WEIGHT_GRID: [f64; 5] = [1.0, 0.75, 0.5, 0.25, 0.0];
+/// Candidate weights of a listed infrastructure device that is on, the default (0: never
+/// people) first, so it stays unless the equipment fits strictly better; tried only when the
+/// days hold listed devices.
+const INFRASTRUCTURE_WEIGHT_GRID: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
 /// The scale `a` minimizing Σ|a·x − p| (a weighted median of p/x, weights x), within the
-/// bounds `devices_per_person` may take.
+/// bounds `devices_per_person` may take. Found by selection, not by sorting: the fit asks for
+/// it hundreds of thousands of times.
 fn best_scale(xp: &mut [(f64, f64)]) -> f64 {
     let mut r: Vec<(f64, f64)> = xp
         .iter()
         .filter(|(x, _)| *x > 0.0)
         .map(|(x, p)| (p / x, *x))
         .collect();
-    r.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total: f64 = r.iter().map(|(_, w)| w).sum();
-    let mut acc = 0.0;
-    for (ratio, w) in &r {
-        acc += w;
-        if acc >= total / 2.0 {
-            return ratio.clamp(0.1, 10.0);
+    weighted_median(&mut r, total / 2.0).map_or(1.0, |m| m.clamp(0.1, 10.0))
+}
+
+/// The smallest value whose weight, with the weights of the values below it, reaches `half`
+/// (of `(value, weight)` pairs): the lower weighted median when `half` is half the total.
+fn weighted_median(r: &mut [(f64, f64)], mut half: f64) -> Option<f64> {
+    let mut r = r;
+    loop {
+        if r.len() <= 16 {
+            r.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut acc = 0.0;
+            for (v, w) in r.iter() {
+                acc += w;
+                if acc >= half {
+                    return Some(*v);
+                }
+            }
+            return r.last().map(|(v, _)| *v);
+        }
+        let mid = r.len() / 2;
+        let (below, pivot, above) = r.select_nth_unstable_by(mid, |a, b| a.0.total_cmp(&b.0));
+        let below_w: f64 = below.iter().map(|(_, w)| w).sum();
+        if below_w >= half {
+            r = below;
+        } else if below_w + pivot.1 >= half {
+            return Some(pivot.0);
+        } else {
+            half -= below_w + pivot.1;
+            r = above;
         }
     }
-    1.0
 }
 
 /// The result of a fit: the section and how it did on the days it was fitted on.
@@ -345,6 +375,7 @@ pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
                     devices_per_person: 1.0,
                     background: 0.0,
                     randomized_weight: 1.0,
+                    infrastructure_weight: 0.0,
                     resident_after: Dur::secs(resident),
                     min_stay: Dur::secs(min_stay),
                 };
@@ -362,48 +393,45 @@ pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
 
 impl Grid {
     /// Fits on the days `use_day` accepts (by index): for each candidate threshold, hold and
-    /// residency span, the randomized-address weight, devices-per-person and background that
-    /// minimize the absolute error
-    /// per counted minute (empty minutes count as much as occupied ones), and the candidate
-    /// with the least error.
-    pub fn fit(&self, use_day: impl Fn(usize) -> bool) -> Fit {
-        let mut best: Option<Fit> = None;
-        for (cal, per_day) in &self.cands {
-            let minutes: Vec<&Minute> = per_day
+    /// residency span, the randomized-address weight, the listed equipment's weight (when the
+    /// days hold listed devices), devices-per-person and background that minimize the absolute
+    /// error per counted minute (empty minutes count as much as occupied ones), and the
+    /// candidate with the least error.
+    pub fn fit(&self, use_day: impl Fn(usize) -> bool + Sync) -> Fit {
+        let listed = self.cands.iter().any(|(_, per_day)| {
+            per_day
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| use_day(*i))
-                .flat_map(|(_, m)| m)
+                .any(|(i, d)| use_day(i) && d.iter().any(|m| m.present_listed > 0.0))
+        });
+        let weights = if listed {
+            &INFRASTRUCTURE_WEIGHT_GRID[..]
+        } else {
+            &INFRASTRUCTURE_WEIGHT_GRID[..1]
+        };
+        // The candidates in as many shares as there are cores; the best of each share, then
+        // the best of those (the first share wins ties, as one pass in order would).
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = self.cands.len().div_ceil(threads.max(1)).max(1);
+        let use_day = &use_day;
+        let bests: Vec<Option<Fit>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .cands
+                .chunks(share)
+                .map(|cands| scope.spawn(move || fit_share(cands, use_day, weights)))
                 .collect();
-            if minutes.is_empty() {
-                continue;
-            }
-            for (&w, &b) in RANDOMIZED_WEIGHT_GRID
-                .iter()
-                .flat_map(|w| BACKGROUND_GRID.iter().map(move |b| (w, b)))
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(None))
+                .collect()
+        });
+        let mut best: Option<Fit> = None;
+        for f in bests.into_iter().flatten() {
+            if best
+                .as_ref()
+                .is_none_or(|b| f.minute_error < b.minute_error)
             {
-                let weighted = |m: &Minute| m.present - (1.0 - w) * m.present_randomized;
-                let mut xp: Vec<(f64, f64)> = minutes
-                    .iter()
-                    .map(|m| ((weighted(m) - b).max(0.0), m.truth))
-                    .collect();
-                let a = best_scale(&mut xp);
-                let err = xp
-                    .iter()
-                    .map(|(x, p)| ((a * x).round() - p).abs())
-                    .sum::<f64>()
-                    / xp.len() as f64;
-                if best.as_ref().is_none_or(|f| err < f.minute_error) {
-                    best = Some(Fit {
-                        calibration: Calibration {
-                            devices_per_person: (1.0 / a * 100.0).round() / 100.0,
-                            background: b,
-                            randomized_weight: w,
-                            ..cal.clone()
-                        },
-                        minute_error: err,
-                    });
-                }
+                best = Some(f);
             }
         }
         best.unwrap_or(Fit {
@@ -411,6 +439,63 @@ impl Grid {
             minute_error: f64::NAN,
         })
     }
+}
+
+/// The best fit among `cands` ([`Grid::fit`]): for each, the randomized-address weight, the
+/// listed equipment's weight (among `weights`), devices-per-person and background that
+/// minimize the absolute error per counted minute.
+fn fit_share(
+    cands: &[(Calibration, Vec<Vec<Minute>>)],
+    use_day: &(impl Fn(usize) -> bool + Sync),
+    weights: &[f64],
+) -> Option<Fit> {
+    let mut best: Option<Fit> = None;
+    let mut xp: Vec<(f64, f64)> = Vec::new();
+    for (cal, per_day) in cands {
+        let minutes: Vec<&Minute> = per_day
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| use_day(*i))
+            .flat_map(|(_, m)| m)
+            .collect();
+        if minutes.is_empty() {
+            continue;
+        }
+        for (&w, &e, &b) in RANDOMIZED_WEIGHT_GRID.iter().flat_map(|w| {
+            weights
+                .iter()
+                .flat_map(move |e| BACKGROUND_GRID.iter().map(move |b| (w, e, b)))
+        }) {
+            let weighted = |m: &Minute| {
+                m.present - (1.0 - w) * m.present_randomized.min(m.present) + e * m.present_listed
+            };
+            xp.clear();
+            xp.extend(
+                minutes
+                    .iter()
+                    .map(|m| ((weighted(m) - b).max(0.0), m.truth)),
+            );
+            let a = best_scale(&mut xp);
+            let err = xp
+                .iter()
+                .map(|(x, p)| ((a * x).round() - p).abs())
+                .sum::<f64>()
+                / xp.len() as f64;
+            if best.as_ref().is_none_or(|f| err < f.minute_error) {
+                best = Some(Fit {
+                    calibration: Calibration {
+                        devices_per_person: (1.0 / a * 100.0).round() / 100.0,
+                        background: b,
+                        randomized_weight: w,
+                        infrastructure_weight: e,
+                        ..cal.clone()
+                    },
+                    minute_error: err,
+                });
+            }
+        }
+    }
+    best
 }
 
 /// Fits the calibration on all of `days` ([`Grid::fit`]).
@@ -467,6 +552,7 @@ mod tests {
             devices: 0.0,
             present: 0.0,
             present_randomized: 0.0,
+            present_listed: 0.0,
         };
         let minutes = [
             m(0, 10.0, 12.0),
@@ -488,6 +574,33 @@ mod tests {
     fn the_scale_is_a_weighted_median() {
         let mut xp = [(2.0, 2.0), (4.0, 2.0), (10.0, 10.0), (0.0, 3.0)];
         assert_eq!(best_scale(&mut xp), 1.0);
+        // Selection agrees with sorting on many values, ties and uneven weights included.
+        let mut x = 7u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 1000) as f64 / 100.0
+        };
+        for n in [1, 2, 17, 100, 2_001] {
+            let mut xp: Vec<(f64, f64)> = (0..n).map(|_| (next(), next().floor())).collect();
+            let mut r: Vec<(f64, f64)> = xp
+                .iter()
+                .filter(|(x, _)| *x > 0.0)
+                .map(|(x, p)| (p / x, *x))
+                .collect();
+            r.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let total: f64 = r.iter().map(|(_, w)| w).sum();
+            let mut acc = 0.0;
+            let sorted = r
+                .iter()
+                .find(|(_, w)| {
+                    acc += w;
+                    acc >= total / 2.0
+                })
+                .map_or(1.0, |(v, _)| v.clamp(0.1, 10.0));
+            assert_eq!(best_scale(&mut xp), sorted, "{n} values");
+        }
     }
 
     #[test]

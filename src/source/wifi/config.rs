@@ -81,6 +81,12 @@ pub struct Calibration {
     /// the randomized tracks are mostly fragments and strays and the people carry
     /// fixed-address devices (the shared lab days fit 0), they count less.
     pub randomized_weight: f64,
+    /// What a device listed in `sources.wifi.infrastructure` counts for while it is on,
+    /// against 1 for a fixed-address device (0 to 1). 0 (the default): the store's equipment
+    /// is never people. Where the equipment is switched on by the people who use it
+    /// (workstations in a lab, an office, a library), the store's counted days say how much
+    /// it tells: the shared lab days, with the lab's 14 PCs listed, fit 0.75.
+    pub infrastructure_weight: f64,
     /// A device present without a break this long is resident (0s: never).
     pub resident_after: Dur,
     /// A device counts once its stay in the store has lasted this long: passers-by whose
@@ -96,6 +102,7 @@ impl Default for Calibration {
             devices_per_person: 1.16,
             background: 0.5,
             randomized_weight: 1.0,
+            infrastructure_weight: 0.0,
             resident_after: Dur::secs(3 * 3600),
             min_stay: Dur::secs(60),
         }
@@ -133,6 +140,14 @@ impl Calibration {
                 format!("{} must be between 0 and 1", self.randomized_weight),
             );
         }
+        if !(self.infrastructure_weight.is_finite()
+            && (0.0..=1.0).contains(&self.infrastructure_weight))
+        {
+            bad(
+                "infrastructure_weight",
+                format!("{} must be between 0 and 1", self.infrastructure_weight),
+            );
+        }
         if self.min_stay.0 > Duration::from_secs(3600) {
             bad("min_stay", "must be at most 1h".into());
         }
@@ -148,12 +163,13 @@ impl Calibration {
             None => String::new(),
         };
         format!(
-            "[sources.wifi.calibration]\n{}hold = \"{}s\"\ndevices_per_person = {:.2}\nbackground = {:.2}\nrandomized_weight = {:.2}\nresident_after = \"{}s\"\nmin_stay = \"{}s\"\n",
+            "[sources.wifi.calibration]\n{}hold = \"{}s\"\ndevices_per_person = {:.2}\nbackground = {:.2}\nrandomized_weight = {:.2}\ninfrastructure_weight = {:.2}\nresident_after = \"{}s\"\nmin_stay = \"{}s\"\n",
             rssi,
             self.hold.0.as_secs(),
             self.devices_per_person,
             self.background,
             self.randomized_weight,
+            self.infrastructure_weight,
             self.resident_after.0.as_secs(),
             self.min_stay.0.as_secs()
         )

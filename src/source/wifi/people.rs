@@ -48,6 +48,9 @@ pub struct PeopleSettings {
     pub background: f64,
     /// What a randomized-address device counts for against a fixed-address one.
     pub randomized_weight: f64,
+    /// What a listed infrastructure device that is on counts for against a fixed-address
+    /// device (0: left out of people, the default).
+    pub infrastructure_weight: f64,
     /// A device present without a break this long is resident (0: never).
     pub resident_after_ms: i64,
     /// A device counts only once its stay has lasted this long (passers-by never do).
@@ -71,6 +74,7 @@ impl PeopleSettings {
             devices_per_person: cal.devices_per_person,
             background: cal.background,
             randomized_weight: cal.randomized_weight,
+            infrastructure_weight: cal.infrastructure_weight,
             resident_after_ms: cal.resident_after.0.as_millis() as i64,
             min_stay_ms: cal.min_stay.0.as_millis() as i64,
             max_tracks,
@@ -78,9 +82,10 @@ impl PeopleSettings {
     }
 
     /// People standing for `devices` present non-resident devices, `randomized` of them with
-    /// randomized addresses.
-    pub fn people(&self, devices: u64, randomized: u64) -> f64 {
-        let weighted = self.weighted(devices as f64, randomized as f64);
+    /// randomized addresses, and `listed` infrastructure devices that are on.
+    pub fn people(&self, devices: u64, randomized: u64, listed: u64) -> f64 {
+        let weighted = self.weighted(devices as f64, randomized as f64)
+            + self.infrastructure_weight * listed as f64;
         ((weighted - self.background) / self.devices_per_person.max(0.01)).max(0.0)
     }
 
@@ -124,6 +129,8 @@ pub struct PeopleWindow {
     pub randomized: u64,
     /// Resident devices present (learned or listed as infrastructure).
     pub resident: u64,
+    /// Of them, listed as infrastructure.
+    pub listed: u64,
     /// Stays that began in the window, in people.
     pub arrivals: f64,
     /// Stays that ended in the window, by dwell bucket (devices; see [`DWELL_LABELS`]).
@@ -137,8 +144,9 @@ pub struct Presence {
     /// Keyed hashes of globally unique addresses found resident in this key epoch: the
     /// device is resident again when its track restarts.
     resident_addrs: U64Map<()>,
-    /// Infrastructure (listed) tracks seen in the open window.
-    infra: U64Map<()>,
+    /// Listed infrastructure tracks and their last probe: on (present) until `hold` after
+    /// it, as any device.
+    infra: U64Map<i64>,
     /// Arrivals of the open window, each counted with its address kind's weight.
     arrivals: f64,
     /// Stays dropped because the cap was reached.
@@ -193,8 +201,20 @@ impl Presence {
         infrastructure: bool,
     ) {
         if infrastructure {
-            if self.infra.len() < self.set.max_tracks {
-                self.infra.insert(track, ());
+            // Switched on (again): an arrival at the calibrated weight (0 unless the store's
+            // counted days show its equipment is switched on by the people who use it).
+            let full = self.infra.len() >= self.set.max_tracks;
+            match self.infra.get_mut(&track) {
+                Some(last) if ts_ms - *last <= self.set.hold_ms => *last = (*last).max(ts_ms),
+                Some(last) => {
+                    *last = ts_ms;
+                    self.arrivals += self.set.infrastructure_weight;
+                }
+                None if !full => {
+                    self.infra.insert(track, ts_ms);
+                    self.arrivals += self.set.infrastructure_weight;
+                }
+                None => self.untracked += 1,
             }
             return;
         }
@@ -266,10 +286,14 @@ impl Presence {
     /// stays whose hold ran out before `end_ms` (their dwell goes to the histogram).
     pub fn close_window(&mut self, start_ms: i64, end_ms: i64) -> PeopleWindow {
         let hold = self.set.hold_ms;
-        let mut w = PeopleWindow {
-            resident: self.infra.len() as u64,
-            ..PeopleWindow::default()
-        };
+        let mut w = PeopleWindow::default();
+        self.infra.retain(|_, last| {
+            if *last + hold >= start_ms && *last < end_ms {
+                w.listed += 1;
+            }
+            *last + hold >= end_ms
+        });
+        w.resident = w.listed;
         self.stays.retain(|_, s| {
             let present = s.counted && s.first_ms < end_ms && s.last_ms + hold >= start_ms;
             if present {
@@ -287,8 +311,7 @@ impl Presence {
             }
             !ended
         });
-        self.infra.clear();
-        w.people = self.set.people(w.devices, w.randomized);
+        w.people = self.set.people(w.devices, w.randomized, w.listed);
         w.arrivals = self.arrivals / self.set.devices_per_person.max(0.01);
         self.arrivals = 0.0;
         w
@@ -306,6 +329,7 @@ mod tests {
             devices_per_person: 1.0,
             background: 0.0,
             randomized_weight: 1.0,
+            infrastructure_weight: 0.0,
             resident_after_ms: 3_600_000,
             min_stay_ms: 0,
             max_tracks: 100,
@@ -374,7 +398,41 @@ mod tests {
         // Listed infrastructure counts as resident only.
         p.observe(81 * 60_000, 3, 13, false, Some(-50), true);
         let w = p.close_window(81 * 60_000, 82 * 60_000);
-        assert_eq!((w.devices, w.resident), (0, 2));
+        assert_eq!((w.devices, w.resident, w.listed), (0, 2, 1));
+        assert_eq!((w.people, w.arrivals), (0.0, 0.0));
+    }
+
+    /// Where the store's counted days show its listed equipment is switched on by the people
+    /// who use it (workstations in a lab, an office, a library), the calibration gives it a
+    /// weight: it counts while on (`hold` after its last probe, at any signal level), and
+    /// switching on is an arrival. With the default weight 0 it is never people.
+    #[test]
+    fn listed_equipment_counts_at_its_calibrated_weight() {
+        let mut p = Presence::new(PeopleSettings {
+            infrastructure_weight: 0.5,
+            ..set()
+        });
+        for (t, track) in [(1_000, 1), (2_000, 2), (3_000, 3), (4_000, 4)] {
+            p.observe(t, track, track + 10, false, Some(-90), true);
+        }
+        let w = p.close_window(0, 60_000);
+        assert_eq!((w.listed, w.resident, w.devices), (4, 4, 0));
+        assert_eq!((w.people, w.arrivals), (2.0, 2.0));
+        // On between its probes, as long as a phone (hold 3 min); a probe within the hold is
+        // not a new arrival.
+        p.observe(100_000, 1, 11, false, None, true);
+        let w = p.close_window(120_000, 180_000);
+        assert_eq!((w.listed, w.arrivals), (4, 0.0));
+        let w = p.close_window(240_000, 300_000);
+        assert_eq!(
+            (w.listed, w.people),
+            (1, 0.5),
+            "three switched off (no probe for 3 min)"
+        );
+        // Switched on again after the hold: an arrival again.
+        p.observe(500_000, 2, 12, false, None, true);
+        let w = p.close_window(480_000, 540_000);
+        assert_eq!((w.listed, w.arrivals), (1, 0.5));
     }
 
     #[test]
@@ -384,11 +442,11 @@ mod tests {
             background: 1.0,
             ..set()
         };
-        assert_eq!(s.people(0, 0), 0.0);
-        assert_eq!(s.people(1, 0), 0.0);
-        assert_eq!(s.people(4, 0), 2.0);
+        assert_eq!(s.people(0, 0, 0), 0.0);
+        assert_eq!(s.people(1, 0, 0), 0.0);
+        assert_eq!(s.people(4, 0, 0), 2.0);
         assert_eq!(
-            s.people(4, 4),
+            s.people(4, 4, 0),
             2.0,
             "weight 1: randomized devices count fully"
         );
@@ -397,9 +455,9 @@ mod tests {
             randomized_weight: 0.5,
             ..s
         };
-        assert_eq!(half.people(6, 4), 2.0);
+        assert_eq!(half.people(6, 4, 0), 2.0);
         // Never more randomized devices than devices: 6 randomized at half weight are 3.
-        assert!((half.people(6, 9) - 2.0 / 1.5).abs() < 1e-9);
+        assert!((half.people(6, 9, 0) - 2.0 / 1.5).abs() < 1e-9);
     }
 
     #[test]
