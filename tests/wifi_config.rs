@@ -57,7 +57,7 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
         &path,
         format!(
             "{head}[sources.wifi.calibration]\nin_store_rssi = 5\nhold = \"2h\"\n\
-             devices_per_person = 0\nbackground = -1\nrandomized_weight = 1.5\nresident_after = \"2d\"\nmin_stay = \"3h\"\n"
+             devices_per_person = 0\nbackground = -1\nrandomized_weight = 1.5\ninfrastructure_weight = -0.5\nresident_after = \"2d\"\nmin_stay = \"3h\"\n"
         ),
     )?;
     let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
@@ -77,6 +77,7 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
         "devices_per_person",
         "background",
         "randomized_weight",
+        "infrastructure_weight",
         "resident_after",
         "min_stay",
     ] {

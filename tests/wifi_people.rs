@@ -26,7 +26,7 @@ fn occupancy() -> Option<PathBuf> {
 
 fn show(what: &str, f: &Figures) -> String {
     format!(
-        "{what:<28} quarter-hours {:>5.1}% r {:.2} ({} q) | occupied-minute MAE {:>5.2} ({} min) | empty room {:.2} ({} min)",
+        "{what:<28} quarter-hours {:>5.1}% r {:.3} ({} q) | occupied-minute MAE {:>5.2} ({} min) | empty room {:.2} ({} min)",
         f.quarter_weighted_error * 100.0,
         f.quarter_r,
         f.quarters,
@@ -130,6 +130,13 @@ fn judge_calibrations(dir: &std::path::Path, cfg: WifiConfig, what: &str) -> Tes
     // Split by date: the earlier half calibrates, the later half is judged.
     let half = days.len() / 2;
     let fit = grid.fit(|j| j < half);
+    // Listed, the lab's PCs (switched on by the students at them) are the fit's signal.
+    assert_eq!(
+        fit.calibration.infrastructure_weight > 0.0,
+        !cfg.infrastructure.is_empty(),
+        "{:?}",
+        fit.calibration
+    );
     let later = calibrate::minutes(&days[half..], &fit.calibration, &cfg);
     println!(
         "calibrated on {}..{}, judged on {}..{}:\n{}",

@@ -255,7 +255,7 @@ pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16) -> Vec<Minu
                 devices: tracks.len() as f64,
                 present: w.devices as f64,
                 present_randomized: w.randomized as f64,
-                present_listed: w.listed as f64,
+                present_listed: w.listed,
             });
         }
         addrs.clear();
@@ -613,6 +613,7 @@ mod tests {
             devices: 0.0,
             present,
             present_randomized: 0.0,
+            present_listed: 0.0,
         };
         let day: Vec<Minute> = (0..60)
             .map(|i| minute(i, (i % 7) as f64, (i % 7) as f64))

@@ -82,10 +82,10 @@ impl PeopleSettings {
     }
 
     /// People standing for `devices` present non-resident devices, `randomized` of them with
-    /// randomized addresses, and `listed` infrastructure devices that are on.
-    pub fn people(&self, devices: u64, randomized: u64, listed: u64) -> f64 {
-        let weighted = self.weighted(devices as f64, randomized as f64)
-            + self.infrastructure_weight * listed as f64;
+    /// randomized addresses, and `listed` infrastructure devices on (per minute).
+    pub fn people(&self, devices: u64, randomized: u64, listed: f64) -> f64 {
+        let weighted =
+            self.weighted(devices as f64, randomized as f64) + self.infrastructure_weight * listed;
         ((weighted - self.background) / self.devices_per_person.max(0.01)).max(0.0)
     }
 
@@ -118,6 +118,14 @@ struct Stay {
     counted: bool,
 }
 
+/// A listed infrastructure device.
+#[derive(Clone, Copy)]
+struct Listed {
+    last_ms: i64,
+    /// Minutes of the open window in which it probed.
+    minutes: u32,
+}
+
 /// The figures of one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PeopleWindow {
@@ -129,8 +137,10 @@ pub struct PeopleWindow {
     pub randomized: u64,
     /// Resident devices present (learned or listed as infrastructure).
     pub resident: u64,
-    /// Of them, listed as infrastructure.
-    pub listed: u64,
+    /// Listed infrastructure devices on: each counts the share of the window's minutes in
+    /// which it probed (1 in a one-minute window), so a longer window does not count a device
+    /// that probes every few minutes as on all the time.
+    pub listed: f64,
     /// Stays that began in the window, in people.
     pub arrivals: f64,
     /// Stays that ended in the window, by dwell bucket (devices; see [`DWELL_LABELS`]).
@@ -144,9 +154,9 @@ pub struct Presence {
     /// Keyed hashes of globally unique addresses found resident in this key epoch: the
     /// device is resident again when its track restarts.
     resident_addrs: U64Map<()>,
-    /// Listed infrastructure tracks and their last probe: on (present) until `hold` after
-    /// it, as any device.
-    infra: U64Map<i64>,
+    /// Listed infrastructure tracks: when each last probed and in how many minutes of the
+    /// open window.
+    infra: U64Map<Listed>,
     /// Arrivals of the open window, each counted with its address kind's weight.
     arrivals: f64,
     /// Stays dropped because the cap was reached.
@@ -203,15 +213,29 @@ impl Presence {
         if infrastructure {
             // Switched on (again): an arrival at the calibrated weight (0 unless the store's
             // counted days show its equipment is switched on by the people who use it).
+            // Switched on (again: nothing heard for longer than `hold`) is an arrival at the
+            // calibrated weight, 0 unless the store's counted days show its equipment is
+            // switched on by the people who use it.
             let full = self.infra.len() >= self.set.max_tracks;
+            let minute = |t: i64| t.div_euclid(60_000);
             match self.infra.get_mut(&track) {
-                Some(last) if ts_ms - *last <= self.set.hold_ms => *last = (*last).max(ts_ms),
-                Some(last) => {
-                    *last = ts_ms;
-                    self.arrivals += self.set.infrastructure_weight;
+                Some(l) => {
+                    if ts_ms - l.last_ms > self.set.hold_ms {
+                        self.arrivals += self.set.infrastructure_weight;
+                    }
+                    if l.minutes == 0 || minute(ts_ms) != minute(l.last_ms) {
+                        l.minutes += 1;
+                    }
+                    l.last_ms = l.last_ms.max(ts_ms);
                 }
                 None if !full => {
-                    self.infra.insert(track, ts_ms);
+                    self.infra.insert(
+                        track,
+                        Listed {
+                            last_ms: ts_ms,
+                            minutes: 1,
+                        },
+                    );
                     self.arrivals += self.set.infrastructure_weight;
                 }
                 None => self.untracked += 1,
@@ -287,13 +311,16 @@ impl Presence {
     pub fn close_window(&mut self, start_ms: i64, end_ms: i64) -> PeopleWindow {
         let hold = self.set.hold_ms;
         let mut w = PeopleWindow::default();
-        self.infra.retain(|_, last| {
-            if *last + hold >= start_ms && *last < end_ms {
-                w.listed += 1;
+        let minutes = ((end_ms - start_ms) as f64 / 60_000.0).max(1.0);
+        self.infra.retain(|_, l| {
+            if l.minutes > 0 {
+                w.resident += 1;
+                w.listed += (f64::from(l.minutes) / minutes).min(1.0);
+                l.minutes = 0;
             }
-            *last + hold >= end_ms
+            // Remembered while a probe could still be the same session (no new arrival).
+            l.last_ms + hold >= end_ms
         });
-        w.resident = w.listed;
         self.stays.retain(|_, s| {
             let present = s.counted && s.first_ms < end_ms && s.last_ms + hold >= start_ms;
             if present {
@@ -398,14 +425,15 @@ mod tests {
         // Listed infrastructure counts as resident only.
         p.observe(81 * 60_000, 3, 13, false, Some(-50), true);
         let w = p.close_window(81 * 60_000, 82 * 60_000);
-        assert_eq!((w.devices, w.resident, w.listed), (0, 2, 1));
+        assert_eq!((w.devices, w.resident, w.listed), (0, 2, 1.0));
         assert_eq!((w.people, w.arrivals), (0.0, 0.0));
     }
 
     /// Where the store's counted days show its listed equipment is switched on by the people
     /// who use it (workstations in a lab, an office, a library), the calibration gives it a
-    /// weight: it counts while on (`hold` after its last probe, at any signal level), and
-    /// switching on is an arrival. With the default weight 0 it is never people.
+    /// weight: it counts in the minutes it probes (at any signal level), and switching on
+    /// after a silence longer than `hold` is an arrival. With the default weight 0 it is never
+    /// people.
     #[test]
     fn listed_equipment_counts_at_its_calibrated_weight() {
         let mut p = Presence::new(PeopleSettings {
@@ -416,23 +444,24 @@ mod tests {
             p.observe(t, track, track + 10, false, Some(-90), true);
         }
         let w = p.close_window(0, 60_000);
-        assert_eq!((w.listed, w.resident, w.devices), (4, 4, 0));
+        assert_eq!((w.listed, w.resident, w.devices), (4.0, 4, 0));
         assert_eq!((w.people, w.arrivals), (2.0, 2.0));
-        // On between its probes, as long as a phone (hold 3 min); a probe within the hold is
-        // not a new arrival.
+        // A probe within the hold (3 min) is the same session: no new arrival.
         p.observe(100_000, 1, 11, false, None, true);
-        let w = p.close_window(120_000, 180_000);
-        assert_eq!((w.listed, w.arrivals), (4, 0.0));
-        let w = p.close_window(240_000, 300_000);
-        assert_eq!(
-            (w.listed, w.people),
-            (1, 0.5),
-            "three switched off (no probe for 3 min)"
-        );
-        // Switched on again after the hold: an arrival again.
+        let w = p.close_window(60_000, 120_000);
+        assert_eq!((w.listed, w.people, w.arrivals), (1.0, 0.5, 0.0));
+        assert_eq!(p.close_window(120_000, 180_000).listed, 0.0);
+        // Heard again after a longer silence: switched on again, an arrival.
         p.observe(500_000, 2, 12, false, None, true);
         let w = p.close_window(480_000, 540_000);
-        assert_eq!((w.listed, w.arrivals), (1, 0.5));
+        assert_eq!((w.listed, w.arrivals), (1.0, 0.5));
+        // In a five-minute window, a device that probed in two of its minutes is on for 2/5.
+        p.observe(600_000, 3, 13, false, None, true);
+        p.observe(610_000, 3, 13, false, None, true);
+        p.observe(700_000, 3, 13, false, None, true);
+        let w = p.close_window(600_000, 900_000);
+        assert!((w.listed - 0.4).abs() < 1e-9, "{}", w.listed);
+        assert_eq!(w.resident, 1);
     }
 
     #[test]
@@ -442,11 +471,11 @@ mod tests {
             background: 1.0,
             ..set()
         };
-        assert_eq!(s.people(0, 0, 0), 0.0);
-        assert_eq!(s.people(1, 0, 0), 0.0);
-        assert_eq!(s.people(4, 0, 0), 2.0);
+        assert_eq!(s.people(0, 0, 0.0), 0.0);
+        assert_eq!(s.people(1, 0, 0.0), 0.0);
+        assert_eq!(s.people(4, 0, 0.0), 2.0);
         assert_eq!(
-            s.people(4, 4, 0),
+            s.people(4, 4, 0.0),
             2.0,
             "weight 1: randomized devices count fully"
         );
@@ -455,9 +484,9 @@ mod tests {
             randomized_weight: 0.5,
             ..s
         };
-        assert_eq!(half.people(6, 4, 0), 2.0);
+        assert_eq!(half.people(6, 4, 0.0), 2.0);
         // Never more randomized devices than devices: 6 randomized at half weight are 3.
-        assert!((half.people(6, 9, 0) - 2.0 / 1.5).abs() < 1e-9);
+        assert!((half.people(6, 9, 0.0) - 2.0 / 1.5).abs() < 1e-9);
     }
 
     #[test]
