@@ -211,8 +211,6 @@ impl Presence {
         infrastructure: bool,
     ) {
         if infrastructure {
-            // Switched on (again): an arrival at the calibrated weight (0 unless the store's
-            // counted days show its equipment is switched on by the people who use it).
             // Switched on (again: nothing heard for longer than `hold`) is an arrival at the
             // calibrated weight, 0 unless the store's counted days show its equipment is
             // switched on by the people who use it.
