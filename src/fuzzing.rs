@@ -212,11 +212,11 @@ pub fn pos_csv(data: &[u8]) {
 /// on text without NUL bytes is the text check's own verdict.
 pub fn pos_refused(data: &[u8]) {
     use crate::privacy::card;
-    use crate::source::pos::files::refused_file_verdict;
+    use crate::source::pos::files::{refused_file_verdict, BLOCK};
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let whole = refused_file_verdict(rest, 1 << 20);
+    let whole = refused_file_verdict(rest, BLOCK);
     let _ = refused_file_verdict(rest, 256 + usize::from(sel) * 16);
     if let Ok(text) = std::str::from_utf8(rest) {
         let found = card::text_carries_auth_data(text, true);

@@ -398,7 +398,7 @@ fn is_binary(text: &[u8]) -> bool {
 }
 
 /// Bytes of a refused file searched at once: 1 MiB of RAM however large the file.
-const BLOCK: usize = 1 << 20;
+pub const BLOCK: usize = 1 << 20;
 
 fn scan_blocks(path: &Path) -> std::io::Result<Search> {
     scan_reader(std::fs::File::open(path)?, BLOCK)

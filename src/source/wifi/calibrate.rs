@@ -11,7 +11,7 @@ use super::config::{Calibration, WifiConfig};
 use super::footfall::Sighting;
 use super::frame_stage::FrameStage;
 use super::pcap::Reader;
-use super::people::{PeopleSettings, Presence};
+use super::people::{weighted_devices, PeopleSettings, Presence};
 use crate::config::units::Dur;
 use crate::privacy::DevicePseudonymizer;
 use std::collections::{BTreeMap, HashSet};
@@ -467,7 +467,7 @@ fn fit_share(
                 .flat_map(move |e| BACKGROUND_GRID.iter().map(move |b| (w, e, b)))
         }) {
             let weighted = |m: &Minute| {
-                m.present - (1.0 - w) * m.present_randomized.min(m.present) + e * m.present_listed
+                weighted_devices(m.present, m.present_randomized, m.present_listed, w, e)
             };
             xp.clear();
             xp.extend(

@@ -84,8 +84,13 @@ impl PeopleSettings {
     /// People standing for `devices` present non-resident devices, `randomized` of them with
     /// randomized addresses, and `listed` infrastructure devices on (per minute).
     pub fn people(&self, devices: u64, randomized: u64, listed: f64) -> f64 {
-        let weighted =
-            self.weighted(devices as f64, randomized as f64) + self.infrastructure_weight * listed;
+        let weighted = weighted_devices(
+            devices as f64,
+            randomized as f64,
+            listed,
+            self.randomized_weight,
+            self.infrastructure_weight,
+        );
         ((weighted - self.background) / self.devices_per_person.max(0.01)).max(0.0)
     }
 
@@ -98,11 +103,19 @@ impl PeopleSettings {
             self.randomized_weight
         }
     }
+}
 
-    /// Present devices counted with [`PeopleSettings::randomized_weight`].
-    pub fn weighted(&self, devices: f64, randomized: f64) -> f64 {
-        devices - (1.0 - self.randomized_weight) * randomized.min(devices)
-    }
+/// What the present devices count for before the mapping to people: `devices` non-resident
+/// devices, `randomized` of them at `randomized_weight`, plus `listed` infrastructure devices
+/// on at `infrastructure_weight`. The census and the calibration's fit weigh alike through it.
+pub fn weighted_devices(
+    devices: f64,
+    randomized: f64,
+    listed: f64,
+    randomized_weight: f64,
+    infrastructure_weight: f64,
+) -> f64 {
+    devices - (1.0 - randomized_weight) * randomized.min(devices) + infrastructure_weight * listed
 }
 
 /// One device's current stay in the store.
