@@ -57,7 +57,7 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
         &path,
         format!(
             "{head}[sources.wifi.calibration]\nin_store_rssi = 5\nhold = \"2h\"\n\
-             devices_per_person = 0\nbackground = -1\nrandomized_weight = 1.5\ninfrastructure_weight = -0.5\nresident_after = \"2d\"\nmin_stay = \"3h\"\n"
+             devices_per_person = 0\nbackground = -1\nrandomized_weight = 1.5\ninfrastructure_weight = -0.5\nequipment_fleet = 1\nresident_after = \"2d\"\nmin_stay = \"3h\"\n"
         ),
     )?;
     let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
@@ -78,6 +78,7 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
         "background",
         "randomized_weight",
         "infrastructure_weight",
+        "equipment_fleet",
         "resident_after",
         "min_stay",
     ] {
@@ -112,6 +113,7 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
     }
     let section = storegw::source::wifi::config::Calibration {
         in_store_rssi: Some(-75),
+        equipment_fleet: 3,
         ..Default::default()
     }
     .to_toml();

@@ -65,6 +65,9 @@ fn listed_equipment(dir: &std::path::Path) -> Result<Infrastructure, Box<dyn std
     Ok(Infrastructure::from_addresses(&addresses))
 }
 
+/// Without an infrastructure list: the calibration may learn the room's PCs (eleven and
+/// three of two makers) as the store's equipment by their makers' address prefixes
+/// (`equipment_fleet`; docs/wifi.md, "People", rule 8).
 #[test]
 fn people_estimated_on_days_not_calibrated_on() -> TestResult {
     let Some(dir) = occupancy() else {
@@ -73,7 +76,23 @@ fn people_estimated_on_days_not_calibrated_on() -> TestResult {
     judge_calibrations(
         &dir,
         WifiConfig::default(),
-        "without an infrastructure list",
+        "without an infrastructure list (equipment learned by maker)",
+        true,
+    )
+}
+
+/// Neither listed nor learned: every fixed-address device counts alike (the days as if no
+/// maker had several devices in the room).
+#[test]
+fn people_estimated_without_equipment() -> TestResult {
+    let Some(dir) = occupancy() else {
+        return Ok(());
+    };
+    judge_calibrations(
+        &dir,
+        WifiConfig::default(),
+        "without equipment listed or learned",
+        false,
     )
 }
 
@@ -89,12 +108,24 @@ fn people_estimated_with_the_equipment_listed() -> TestResult {
         infrastructure: listed_equipment(&dir)?,
         ..WifiConfig::default()
     };
-    judge_calibrations(&dir, cfg, "with the room's PCs listed")
+    judge_calibrations(&dir, cfg, "with the room's PCs listed", true)
 }
 
-fn judge_calibrations(dir: &std::path::Path, cfg: WifiConfig, what: &str) -> TestResult {
+fn judge_calibrations(
+    dir: &std::path::Path,
+    cfg: WifiConfig,
+    what: &str,
+    learn: bool,
+) -> TestResult {
     println!("###### {what}");
-    let days = calibrate::load_dir(dir, &cfg)?;
+    let mut days = calibrate::load_dir(dir, &cfg)?;
+    let learned = days.iter().any(|d| d.sightings.iter().any(|s| s.learned));
+    assert!(learned, "the room's PCs make fleets of their makers");
+    if !learn {
+        for s in days.iter_mut().flat_map(|d| d.sightings.iter_mut()) {
+            s.learned = false;
+        }
+    }
     assert!(days.len() >= 4, "{} days", days.len());
     let grid = calibrate::grid(&days, &cfg);
 
@@ -106,13 +137,14 @@ fn judge_calibrations(dir: &std::path::Path, cfg: WifiConfig, what: &str) -> Tes
         let f = calibrate::judge(&m, |m| m.people);
         let a = calibrate::judge(&m, |m| m.addresses);
         println!(
-            "{}: judged with a fit on the other days (dpp {:.2}, bg {:.1}, randomized weight {:.2}, infrastructure weight {:.2}, {} dBm, hold {}s, min stay {}s, resident {}s): \
+            "[{what}] {}: judged with a fit on the other days (dpp {:.2}, bg {:.1}, randomized weight {:.2}, infrastructure weight {:.2}, equipment fleet {}, {} dBm, hold {}s, min stay {}s, resident {}s): \
              quarter-hours {:.1}% (addresses {:.1}%), minute MAE {:.2}, empty {:.2} ({} min)",
             day.name,
             fit.calibration.devices_per_person,
             fit.calibration.background,
             fit.calibration.randomized_weight,
             fit.calibration.infrastructure_weight,
+            fit.calibration.equipment_fleet,
             fit.calibration.in_store_rssi.unwrap_or(cfg.in_store_rssi),
             fit.calibration.hold.0.as_secs(),
             fit.calibration.min_stay.0.as_secs(),
@@ -130,10 +162,11 @@ fn judge_calibrations(dir: &std::path::Path, cfg: WifiConfig, what: &str) -> Tes
     // Split by date: the earlier half calibrates, the later half is judged.
     let half = days.len() / 2;
     let fit = grid.fit(|j| j < half);
-    // Listed, the lab's PCs (switched on by the students at them) are the fit's signal.
+    // Listed or learned, the lab's PCs (switched on by the students at them) are the fit's
+    // signal.
     assert_eq!(
         fit.calibration.infrastructure_weight > 0.0,
-        !cfg.infrastructure.is_empty(),
+        !cfg.infrastructure.is_empty() || learn,
         "{:?}",
         fit.calibration
     );

@@ -12,10 +12,12 @@ use storegw::source::wifi::dot11::Ssid;
 use storegw::source::wifi::frame::{decode, Decoded, LINKTYPE_RADIOTAP};
 use storegw::source::wifi::pcap::Reader;
 
-/// The Wi-Fi section of both tests: every doubtful frame kept and every visit published, so as
-/// much as possible flows through (the worst case for privacy).
-const WORST_CASE: &str =
-    "[sources.wifi]\nvisits = true\nmin_dwell = \"0s\"\nbad_fcs = \"keep\"\ngroup_source = \"keep\"\n";
+/// The Wi-Fi section of both tests: every doubtful frame kept, every visit published and the
+/// equipment learned by maker at its smallest size (maker prefixes hashed), so as much as
+/// possible flows through (the worst case for privacy).
+const WORST_CASE: &str = "[sources.wifi]\nvisits = true\nmin_dwell = \"0s\"\nbad_fcs = \"keep\"\n\
+     group_source = \"keep\"\n[sources.wifi.calibration]\nequipment_fleet = 2\n\
+     infrastructure_weight = 0.5\n";
 
 /// Every capture file under wifi/ (malformed ones included).
 fn inputs(dir: &Path) -> Vec<PathBuf> {

@@ -8,6 +8,7 @@
 //! | Identifier | Where it dies (file, function) | What leaves the gateway |
 //! |---|---|---|
 //! | Wi-Fi source MAC | `wifi.rs`, `ProbeKeys::address` | nothing per device: counts in `wifi.census` |
+//! | Wi-Fi maker prefix (first three bytes of a globally unique address) | `wifi.rs`, `ProbeKeys::maker` | nothing: its devices count as equipment (`resident_estimated`) |
 //! | Wi-Fi element list (capabilities) | `wifi.rs`, `ProbeKeys::fingerprint` | nothing: links addresses to device tracks in RAM |
 //! | Wi-Fi SSID | dropped with its frame; `Ssid::is_directed` (`source/wifi/dot11.rs`) keeps one bit | `directed_probes` count |
 //! | Wi-Fi device track (estimated device) | `wifi.rs`, `visit_pseudonym` | `wifi.visit` `device` (opt-in): HMAC-SHA256, daily key, hex |

@@ -105,6 +105,17 @@ impl ProbeKeys {
         SipHasher13::new_with_key(&self.addr).hash(sa)
     }
 
+    /// The keyed hash of a globally unique address's maker prefix (its first three bytes)
+    /// under the epoch's address key, apart from every address hash (four bytes hashed, not
+    /// six): `source::wifi::fleet` learns the store's equipment by it.
+    pub fn maker(&self, sa: &[u8]) -> u64 {
+        let mut prefix = [b'm'; 4];
+        for (d, s) in prefix.iter_mut().skip(1).zip(sa.iter()) {
+            *d = *s;
+        }
+        SipHasher13::new_with_key(&self.addr).hash(&prefix)
+    }
+
     /// A keyed hash of the stable parts of a probe request's information elements (`(id,
     /// body)` pairs in frame order): the element order, the capability contents that describe
     /// hardware and driver, vendor OUIs and types. Left out because they vary between scans of

@@ -163,10 +163,15 @@ pub fn load_day(pcap: &Path, truth: &Path, cfg: &WifiConfig) -> Result<Day, Stri
     let reader = Reader::new(&buf).map_err(|e| format!("{}: {e}", pcap.display()))?;
     // A daily key, dropped with the stage: nothing of this run can be linked to anything.
     let devices = DevicePseudonymizer::new(std::time::Duration::from_secs(86_400), 8)?;
-    let cfg = WifiConfig {
+    // Equipment is learned by maker on every day (`fleet::SIZE` unless the configuration
+    // sets a size), so the fit can try the rule on and off without a second replay.
+    let mut cfg = WifiConfig {
         visits: false,
         ..cfg.clone()
     };
+    if cfg.calibration.equipment_fleet == 0 {
+        cfg.calibration.equipment_fleet = super::fleet::SIZE;
+    }
     let mut stage = FrameStage::new(&cfg, 1, Arc::new(devices), false);
     stage.record = Some(Vec::new());
     let mut out = Vec::new();
@@ -225,7 +230,7 @@ pub fn load_dir(dir: &Path, cfg: &WifiConfig) -> Result<Vec<Day>, String> {
 
 /// What the census would read in each counted minute of `day` under `set` (the source's
 /// `in_store_rssi` for the address and device counts).
-pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16) -> Vec<Minute> {
+pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16, learn: bool) -> Vec<Minute> {
     let mut presence = Presence::new(*set);
     let mut out = Vec::with_capacity(day.truth.len());
     let (Some(&first), Some(&last)) = (day.truth.keys().next(), day.truth.keys().next_back())
@@ -273,7 +278,7 @@ pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16) -> Vec<Minu
             s.addr,
             s.randomized,
             s.rssi,
-            s.infrastructure,
+            s.infrastructure || (learn && s.learned),
         );
         if s.rssi.is_some_and(|r| r as i16 >= in_store_rssi) {
             addrs.insert(s.addr);
@@ -360,10 +365,20 @@ pub struct Grid {
     cands: Vec<(Calibration, Vec<Vec<Minute>>)>,
 }
 
-/// Simulates every candidate of the grid on `days`.
+/// Simulates every candidate of the grid on `days`, with the equipment learned by maker
+/// and without it when the days hold any.
 pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
     let mut cands = Vec::new();
-    for &rssi in &RSSI_GRID {
+    let size = match cfg.calibration.equipment_fleet {
+        0 => super::fleet::SIZE,
+        n => n,
+    };
+    let learned = days.iter().any(|d| d.sightings.iter().any(|s| s.learned));
+    let fleets: &[usize] = if learned { &[0, size] } else { &[0] };
+    for (&rssi, &fleet) in RSSI_GRID
+        .iter()
+        .flat_map(|r| fleets.iter().map(move |f| (r, f)))
+    {
         for &hold in &HOLD_GRID_S {
             for (&resident, &min_stay) in RESIDENT_GRID_S
                 .iter()
@@ -376,13 +391,14 @@ pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
                     background: 0.0,
                     randomized_weight: 1.0,
                     infrastructure_weight: 0.0,
+                    equipment_fleet: fleet,
                     resident_after: Dur::secs(resident),
                     min_stay: Dur::secs(min_stay),
                 };
                 let set = PeopleSettings::new(&cal, cfg.in_store_rssi, cfg.max_tracked_devices);
                 let per_day = days
                     .iter()
-                    .map(|d| simulate(d, &set, cfg.in_store_rssi))
+                    .map(|d| simulate(d, &set, cfg.in_store_rssi, fleet > 0))
                     .collect();
                 cands.push((cal, per_day));
             }
@@ -461,6 +477,11 @@ fn fit_share(
         if minutes.is_empty() {
             continue;
         }
+        // Without equipment on in these minutes every weight fits alike: try the first only.
+        let weights = match minutes.iter().any(|m| m.present_listed > 0.0) {
+            true => weights,
+            false => weights.get(..1).unwrap_or(weights),
+        };
         for (&w, &e, &b) in RANDOMIZED_WEIGHT_GRID.iter().flat_map(|w| {
             weights
                 .iter()
@@ -507,7 +528,7 @@ pub fn fit(days: &[Day], cfg: &WifiConfig) -> Fit {
 pub fn minutes(days: &[Day], cal: &Calibration, cfg: &WifiConfig) -> Vec<Minute> {
     let set = PeopleSettings::new(cal, cfg.in_store_rssi, cfg.max_tracked_devices);
     days.iter()
-        .flat_map(|d| simulate(d, &set, cfg.in_store_rssi))
+        .flat_map(|d| simulate(d, &set, cfg.in_store_rssi, cal.equipment_fleet > 0))
         .collect()
 }
 

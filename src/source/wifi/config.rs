@@ -87,6 +87,12 @@ pub struct Calibration {
     /// (workstations in a lab, an office, a library), the store's counted days say how much
     /// it tells: the shared lab days, with the lab's 14 PCs listed, fit 0.75.
     pub infrastructure_weight: f64,
+    /// This many devices with globally unique addresses of one maker (the address's first
+    /// three bytes) in the store within a key epoch make that maker's devices the store's
+    /// equipment, as if listed in `sources.wifi.infrastructure` (a store buys its PCs and
+    /// tills in batches; shoppers' phones draw random addresses). 0 (the default): learn
+    /// none. The calibration sets 3 when the store's counted days fit better with it.
+    pub equipment_fleet: usize,
     /// A device present without a break this long is resident (0s: never).
     pub resident_after: Dur,
     /// A device counts once its stay in the store has lasted this long: passers-by whose
@@ -103,6 +109,7 @@ impl Default for Calibration {
             background: 0.5,
             randomized_weight: 1.0,
             infrastructure_weight: 0.0,
+            equipment_fleet: 0,
             resident_after: Dur::secs(3 * 3600),
             min_stay: Dur::secs(60),
         }
@@ -148,6 +155,15 @@ impl Calibration {
                 format!("{} must be between 0 and 1", self.infrastructure_weight),
             );
         }
+        if self.equipment_fleet == 1 || self.equipment_fleet > 1000 {
+            bad(
+                "equipment_fleet",
+                format!(
+                    "{} must be 0 (learn none) or 2 to 1000 devices of one maker",
+                    self.equipment_fleet
+                ),
+            );
+        }
         if self.min_stay.0 > Duration::from_secs(3600) {
             bad("min_stay", "must be at most 1h".into());
         }
@@ -163,13 +179,14 @@ impl Calibration {
             None => String::new(),
         };
         format!(
-            "[sources.wifi.calibration]\n{}hold = \"{}s\"\ndevices_per_person = {:.2}\nbackground = {:.2}\nrandomized_weight = {:.2}\ninfrastructure_weight = {:.2}\nresident_after = \"{}s\"\nmin_stay = \"{}s\"\n",
+            "[sources.wifi.calibration]\n{}hold = \"{}s\"\ndevices_per_person = {:.2}\nbackground = {:.2}\nrandomized_weight = {:.2}\ninfrastructure_weight = {:.2}\nequipment_fleet = {}\nresident_after = \"{}s\"\nmin_stay = \"{}s\"\n",
             rssi,
             self.hold.0.as_secs(),
             self.devices_per_person,
             self.background,
             self.randomized_weight,
             self.infrastructure_weight,
+            self.equipment_fleet,
             self.resident_after.0.as_secs(),
             self.min_stay.0.as_secs()
         )

@@ -41,6 +41,16 @@ pub struct Sighting {
     pub directed: bool,
     /// The address is on the store's `infrastructure` list: resident, never people.
     pub infrastructure: bool,
+    /// Its maker's devices were learned as the store's equipment (`source::wifi::fleet`):
+    /// treated as listed while the calibration's `equipment_fleet` is on.
+    pub learned: bool,
+}
+
+impl Sighting {
+    /// The store's own equipment, listed or learned.
+    pub fn equipment(&self) -> bool {
+        self.infrastructure || self.learned
+    }
 }
 
 /// Empty windows emitted at most in one stretch (a replay with a day-long gap stays short).
@@ -221,7 +231,7 @@ impl Footfall {
             s.addr,
             s.randomized,
             s.rssi,
-            s.infrastructure,
+            s.equipment(),
         );
         let in_store = self.in_store(s.rssi);
         let open = self.next_idx.unwrap_or(0);
@@ -254,7 +264,7 @@ impl Footfall {
                 (a, b) => a.or(b),
             };
         }
-        if !self.visits || s.infrastructure {
+        if !self.visits || s.equipment() {
             return;
         }
         if let Some(sess) = self.sessions.get(&s.track) {
@@ -608,6 +618,7 @@ mod tests {
             rssi,
             directed: dev == "a",
             infrastructure: false,
+            learned: false,
         }
     }
 

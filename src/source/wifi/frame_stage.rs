@@ -7,6 +7,7 @@
 use super::config::{Policy, WifiConfig};
 use super::dot11::{is_group, is_locally_administered};
 use super::estimate::{self, Estimator, Placement};
+use super::fleet::Fleets;
 use super::footfall::{Footfall, Sighting};
 use super::frame::{decode, Decoded, FcsStatus};
 use crate::event::Event;
@@ -124,6 +125,8 @@ pub struct FrameStage {
     pub estimator: Estimator,
     /// Census windows and visit sessions.
     pub footfall: Footfall,
+    /// The store's equipment learned by maker (docs/wifi.md, "People", rule 8).
+    fleets: Fleets,
     /// Counters since start.
     pub stats: Stats,
     totals: Option<Totals>,
@@ -139,6 +142,8 @@ impl FrameStage {
         self.footfall.reconfigure(cfg, min_count);
         self.estimator
             .reconfigure(estimate::Settings::from_config(cfg));
+        self.fleets
+            .resize(cfg.calibration.equipment_fleet, cfg.max_tracked_devices);
         self.cfg = cfg.clone();
     }
 
@@ -155,6 +160,7 @@ impl FrameStage {
         FrameStage {
             footfall,
             estimator: Estimator::new(estimate::Settings::from_config(cfg)),
+            fleets: Fleets::new(cfg.calibration.equipment_fleet, cfg.max_tracked_devices),
             keys: ProbeKeys::new(devices),
             cfg: cfg.clone(),
             stats: Stats::default(),
@@ -213,10 +219,12 @@ impl FrameStage {
             KeyEpoch::Current(e) => e,
             KeyEpoch::New(e) => {
                 self.estimator.clear();
+                self.fleets.clear();
                 e
             }
             KeyEpoch::NoKey => {
                 self.estimator.clear();
+                self.fleets.clear();
                 // No key for this epoch (fail closed): the probe is dropped, never kept raw.
                 self.stats.no_key += 1;
                 return;
@@ -224,7 +232,13 @@ impl FrameStage {
         };
         // The raw address and element list go no further than these lines.
         let addr = self.keys.address(&p.req.sa);
+        let in_store = rssi.is_some_and(|r| r as i16 >= self.cfg.in_store_rssi);
         let infrastructure = self.cfg.infrastructure.contains(&p.req.sa);
+        let learned = !randomized
+            && self.fleets.learning()
+            && self
+                .fleets
+                .observe(self.keys.maker(&p.req.sa), addr, in_store);
         let keys = &self.keys;
         let probe = estimate::Probe {
             ts_ms,
@@ -244,7 +258,6 @@ impl FrameStage {
             if randomized {
                 t.randomized.insert(addr);
             }
-            let in_store = rssi.is_some_and(|r| r as i16 >= self.cfg.in_store_rssi);
             t.place(addr, track, placement, in_store);
         }
         let sighting = Sighting {
@@ -261,6 +274,7 @@ impl FrameStage {
             rssi,
             directed: p.req.ssid.is_directed(),
             infrastructure,
+            learned,
         };
         if let Some(r) = &mut self.record {
             r.push(sighting.clone());
@@ -360,6 +374,42 @@ mod tests {
             .filter_map(|e| e.body()["devices_estimated"].as_u64())
             .collect();
         assert_eq!(census, [1, 1]);
+    }
+
+    /// Three devices of one maker in the store make its devices the store's equipment for
+    /// the rest of the key epoch; another maker's device and randomized addresses stay
+    /// devices, and the next epoch learns again.
+    #[test]
+    fn equipment_is_learned_by_maker_within_the_epoch() {
+        let devices = DevicePseudonymizer::new(Duration::from_secs(60), 8)
+            .map(Arc::new)
+            .expect("kernel CSPRNG");
+        let mut cfg = WifiConfig::default();
+        cfg.calibration.equipment_fleet = 3;
+        let mut p = FrameStage::new(&cfg, 1, devices, true);
+        p.record = Some(Vec::new());
+        let mut out = Vec::new();
+        let t0 = 1_700_000_040_000;
+        let frames: [([u8; 6], i64); 7] = [
+            ([0x00, 0x1b, 0x21, 1, 1, 1], 1_000),
+            ([0x00, 0x1b, 0x21, 2, 2, 2], 2_000),
+            ([0x00, 0x1c, 0x21, 3, 3, 3], 3_000),
+            ([0x02, 0x1b, 0x21, 4, 4, 4], 4_000),
+            ([0x00, 0x1b, 0x21, 5, 5, 5], 5_000),
+            ([0x00, 0x1b, 0x21, 1, 1, 1], 6_000),
+            ([0x00, 0x1b, 0x21, 1, 1, 1], 61_000),
+        ];
+        for (i, (sa, t)) in frames.iter().enumerate() {
+            p.frame(127, &probe(*sa, i as u16), false, t0 + t, &mut out);
+        }
+        let learned: Vec<bool> = p
+            .record
+            .take()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.equipment())
+            .collect();
+        assert_eq!(learned, [false, false, false, false, true, true, false]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dot11;
 pub mod estimate;
 pub mod fcs;
+pub mod fleet;
 pub mod footfall;
 pub mod frame;
 pub mod frame_stage;
