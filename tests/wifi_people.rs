@@ -108,7 +108,9 @@ fn people_estimated_with_the_equipment_listed() -> TestResult {
         infrastructure: listed_equipment(&dir)?,
         ..WifiConfig::default()
     };
-    judge_calibrations(&dir, cfg, "with the room's PCs listed", true)
+    // The list alone: learning the same PCs by maker as well gave the same figures (run on
+    // 2026-12-04, docs/wifi.md) and doubles the grid.
+    judge_calibrations(&dir, cfg, "with the room's PCs listed", false)
 }
 
 fn judge_calibrations(

@@ -124,12 +124,32 @@ impl<'a> Needles<'a> {
 
 /// What the searches look for: every spelling of every MAC ([`mac_forms`]) and every probed
 /// SSID of at least 4 bytes, raw and as hex (shorter strings would match pseudonyms, random
-/// hex, or JSON by chance).
+/// hex, or JSON by chance), and the maker prefixes of the globally unique addresses.
 fn needles_for(macs: &[[u8; 6]], ssids: &[Vec<u8>]) -> Vec<(String, Vec<u8>)> {
     let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
     for m in macs {
         for form in mac_forms(m) {
             needles.push((format!("MAC {}", String::from_utf8_lossy(&form)), form));
+        }
+    }
+    // The maker prefix of every globally unique address (the equipment learned by maker
+    // hashes it), written with separators and holding a hex letter: without them it could be
+    // a time of day or random hex.
+    let mut prefixes: Vec<[u8; 3]> = macs
+        .iter()
+        .filter(|m| m[0] & 3 == 0)
+        .map(|m| [m[0], m[1], m[2]])
+        .collect();
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    for p in prefixes {
+        let h: Vec<String> = p.iter().map(|b| format!("{b:02x}")).collect();
+        if !h.concat().bytes().any(|c| c.is_ascii_alphabetic()) {
+            continue;
+        }
+        for sep in [":", "-"] {
+            let form = h.join(sep);
+            needles.push((format!("maker prefix {form}"), form.into_bytes()));
         }
     }
     for s in ssids.iter().filter(|s| s.len() >= 4) {

@@ -375,9 +375,10 @@ pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
     };
     let learned = days.iter().any(|d| d.sightings.iter().any(|s| s.learned));
     let fleets: &[usize] = if learned { &[0, size] } else { &[0] };
-    for (&rssi, &fleet) in RSSI_GRID
+    // The rule off first, so that it is kept only where it fits strictly better.
+    for (&fleet, &rssi) in fleets
         .iter()
-        .flat_map(|r| fleets.iter().map(move |f| (r, f)))
+        .flat_map(|f| RSSI_GRID.iter().map(move |r| (f, r)))
     {
         for &hold in &HOLD_GRID_S {
             for (&resident, &min_stay) in RESIDENT_GRID_S

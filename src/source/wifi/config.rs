@@ -88,10 +88,11 @@ pub struct Calibration {
     /// it tells: the shared lab days, with the lab's 14 PCs listed, fit 0.75.
     pub infrastructure_weight: f64,
     /// This many devices with globally unique addresses of one maker (the address's first
-    /// three bytes) in the store within a key epoch make that maker's devices the store's
-    /// equipment, as if listed in `sources.wifi.infrastructure` (a store buys its PCs and
-    /// tills in batches; shoppers' phones draw random addresses). 0 (the default): learn
-    /// none. The calibration sets 3 when the store's counted days fit better with it.
+    /// three bytes) heard in the store within a key epoch make that maker's devices heard in
+    /// the store the store's equipment, as if listed in `sources.wifi.infrastructure` (a store
+    /// buys its PCs and tills in batches; shoppers' phones draw random addresses). 0 (the
+    /// default): learn none; else 2 to 16. The calibration tries it off and at the
+    /// configured size (3 when none is) and keeps it where the counted days fit better.
     pub equipment_fleet: usize,
     /// A device present without a break this long is resident (0s: never).
     pub resident_after: Dur,
@@ -155,12 +156,13 @@ impl Calibration {
                 format!("{} must be between 0 and 1", self.infrastructure_weight),
             );
         }
-        if self.equipment_fleet == 1 || self.equipment_fleet > 1000 {
+        if self.equipment_fleet == 1 || self.equipment_fleet > super::fleet::MAX_SIZE {
             bad(
                 "equipment_fleet",
                 format!(
-                    "{} must be 0 (learn none) or 2 to 1000 devices of one maker",
-                    self.equipment_fleet
+                    "{} must be 0 (learn none) or 2 to {} devices of one maker",
+                    self.equipment_fleet,
+                    super::fleet::MAX_SIZE
                 ),
             );
         }

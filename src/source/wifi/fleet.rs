@@ -1,32 +1,36 @@
-//! Equipment learned by its vendor (docs/wifi.md, "People", rule 8): a store buys its PCs,
+//! Equipment learned by its maker (docs/wifi.md, "People", rule 8): a store buys its PCs,
 //! tills, handhelds and printers in batches, and such devices keep the globally unique address
 //! their maker gave them, whose first three bytes name the maker. Shoppers' phones draw
 //! random addresses. So when several devices with globally unique addresses of one maker are
-//! in the store within a key epoch, that maker's devices are taken for the store's equipment,
-//! exactly as if they were listed in `[sources.wifi] infrastructure`, without anyone having to
-//! write the list.
+//! heard in the store within a key epoch, that maker's devices heard in the store are taken
+//! for the store's equipment, as if they were listed in `[sources.wifi] infrastructure`,
+//! without anyone having to write the list.
 //!
 //! Held in RAM only, within the key epoch: the keyed hash of each maker prefix (under the
 //! epoch's address key, so it cannot be compared across epochs or with anything outside) and
-//! the address hashes of at most `size` of its devices. Cleared at every key rotation with the
-//! device tracks; at most `cap` makers are followed (beyond it a new maker is not learned).
+//! the address hashes of fewer than `size` of its devices (at most [`MAX_SIZE`]), for at most
+//! `cap` makers (beyond it a new maker is not learned): at most about 150 bytes per maker.
+//! Cleared at every key rotation with the device tracks.
 
 use std::collections::HashMap;
 
-/// The size `storegw calibrate wifi` tries: "several" devices of one maker. Two can be a
-/// couple's laptops; a third of the same maker the same day, each heard in the store, is a
-/// batch.
+/// The size `storegw calibrate wifi` tries when the configuration sets none: "several"
+/// devices of one maker. Two can be a couple's laptops; a third of the same maker the same
+/// day, each heard in the store, is a batch.
 pub const SIZE: usize = 3;
 
-/// One maker prefix seen in the store.
+/// The largest size accepted: it bounds the address hashes held per maker.
+pub const MAX_SIZE: usize = 16;
+
+/// One maker prefix heard in the store.
 struct Maker {
-    /// Address hashes of its devices seen in the store, until there are `size` of them.
+    /// Address hashes of its devices heard in the store, until there are `size` of them.
     members: Vec<u64>,
-    /// `size` devices were seen: its devices are equipment for the rest of the epoch.
+    /// `size` devices were heard: its devices are equipment for the rest of the epoch.
     fleet: bool,
 }
 
-/// The makers of devices with globally unique addresses seen in the store this key epoch.
+/// The makers of devices with globally unique addresses heard in the store this key epoch.
 pub struct Fleets {
     size: usize,
     cap: usize,
@@ -34,24 +38,27 @@ pub struct Fleets {
 }
 
 impl Fleets {
-    /// Learns fleets of `size` devices (0: never), following at most `cap` makers.
+    /// Learns fleets of `size` devices (0: never; at most [`MAX_SIZE`]), following at most
+    /// `cap` makers.
     pub fn new(size: usize, cap: usize) -> Fleets {
         Fleets {
-            size,
+            size: size.min(MAX_SIZE),
             cap,
             makers: HashMap::new(),
         }
     }
 
-    /// Is a device of `maker` (the keyed hash of its address's first three bytes) with
-    /// address hash `addr` the store's equipment? `in_store` when this probe placed it in the
-    /// store: only such probes teach a fleet, so devices heard from outside never make one.
-    pub fn observe(&mut self, maker: u64, addr: u64, in_store: bool) -> bool {
+    /// Learning at all (a size is set): a maker's prefix is hashed only then.
+    pub fn learning(&self) -> bool {
+        self.size > 0
+    }
+
+    /// A device of `maker` (the keyed hash of its address's first three bytes) with address
+    /// hash `addr` was heard in the store: is it the store's equipment? Only in-store probes
+    /// of well-received frames with a globally unique address may be passed here.
+    pub fn observe(&mut self, maker: u64, addr: u64) -> bool {
         if self.size == 0 {
             return false;
-        }
-        if !in_store {
-            return self.makers.get(&maker).is_some_and(|m| m.fleet);
         }
         let size = self.size;
         if !self.makers.contains_key(&maker) {
@@ -80,11 +87,6 @@ impl Fleets {
         m.fleet
     }
 
-    /// Learning at all (a size is set): a maker's prefix is hashed only then.
-    pub fn learning(&self) -> bool {
-        self.size > 0
-    }
-
     /// Makers whose devices are equipment now.
     pub fn fleets(&self) -> usize {
         self.makers.values().filter(|m| m.fleet).count()
@@ -95,13 +97,15 @@ impl Fleets {
         self.makers = HashMap::new();
     }
 
-    /// Applies a reloaded `equipment_fleet` size; learned fleets are kept.
+    /// Applies a reloaded size and cap: a new size learns again from nothing, so no maker
+    /// stays a fleet by a rule that no longer applies.
     pub fn resize(&mut self, size: usize, cap: usize) {
-        self.size = size;
-        self.cap = cap;
-        if size == 0 {
+        let size = size.min(MAX_SIZE);
+        if size != self.size || cap < self.makers.len() {
             self.clear();
         }
+        self.size = size;
+        self.cap = cap;
     }
 }
 
@@ -110,54 +114,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_maker_becomes_a_fleet_with_its_third_device_in_the_store() {
+    fn a_maker_becomes_a_fleet_with_its_third_device() {
         let mut f = Fleets::new(3, 100);
-        assert!(!f.observe(7, 1, true));
-        assert!(!f.observe(7, 1, true), "one device seen twice is one");
-        assert!(!f.observe(7, 2, true));
-        assert!(!f.observe(8, 9, true), "another maker");
-        assert!(f.observe(7, 3, true));
+        assert!(!f.observe(7, 1));
+        assert!(!f.observe(7, 1), "one device heard twice is one");
+        assert!(!f.observe(7, 2));
+        assert!(!f.observe(8, 9), "another maker");
+        assert!(f.observe(7, 3));
         assert!(
-            f.observe(7, 1, true),
+            f.observe(7, 1),
             "its earlier devices are equipment from now on"
         );
-        assert!(
-            f.observe(7, 4, false),
-            "and so are its devices heard from outside"
-        );
-        assert!(!f.observe(8, 9, true));
+        assert!(f.observe(7, 4), "and so are its new ones");
+        assert!(!f.observe(8, 9));
         assert_eq!(f.fleets(), 1);
         f.clear();
-        assert!(!f.observe(7, 1, true), "a new epoch learns again");
+        assert!(!f.observe(7, 1), "a new epoch learns again");
     }
 
     #[test]
-    fn devices_heard_from_outside_never_make_a_fleet() {
-        let mut f = Fleets::new(2, 100);
-        for a in 0..10 {
-            assert!(!f.observe(7, a, false));
-        }
-        assert_eq!(f.fleets(), 0);
-    }
-
-    #[test]
-    fn off_and_capped() {
+    fn off_capped_and_resized() {
         let mut off = Fleets::new(0, 100);
+        assert!(!off.learning());
         for a in 0..10 {
-            assert!(!off.observe(7, a, true));
+            assert!(!off.observe(7, a));
         }
         let mut capped = Fleets::new(2, 1);
-        assert!(!capped.observe(1, 1, true));
+        assert!(!capped.observe(1, 1));
+        assert!(!capped.observe(2, 1), "a second maker is beyond the cap");
+        assert!(!capped.observe(2, 2));
+        assert!(capped.observe(1, 2), "the followed one still learns");
+        capped.resize(3, 1);
         assert!(
-            !capped.observe(2, 1, true),
-            "a second maker is beyond the cap"
+            !capped.observe(1, 2),
+            "a new size learns again from nothing"
         );
-        assert!(!capped.observe(2, 2, true));
-        assert!(capped.observe(1, 2, true), "the followed one still learns");
         capped.resize(0, 1);
-        assert!(
-            !capped.observe(1, 2, true),
-            "switched off: nothing learned stays"
-        );
+        assert!(!capped.learning());
+        let huge = Fleets::new(1000, 1);
+        assert_eq!(huge.size, MAX_SIZE, "the size is bounded");
     }
 }

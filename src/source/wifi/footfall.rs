@@ -264,6 +264,11 @@ impl Footfall {
                 (a, b) => a.or(b),
             };
         }
+        if s.learned {
+            // Learned equipment was a device until its maker's batch was heard: its session
+            // so far is no visit.
+            self.sessions.remove(&s.track);
+        }
         if !self.visits || s.equipment() {
             return;
         }

@@ -234,11 +234,15 @@ impl FrameStage {
         let addr = self.keys.address(&p.req.sa);
         let in_store = rssi.is_some_and(|r| r as i16 >= self.cfg.in_store_rssi);
         let infrastructure = self.cfg.infrastructure.contains(&p.req.sa);
-        let learned = !randomized
+        // Only a well-received globally unique address heard in the store teaches a fleet or
+        // counts as learned equipment: a damaged or forged address would invent members, and
+        // a laptop of the same maker in the corridor is not the store's.
+        let learned = in_store
+            && !randomized
+            && !is_group(&p.req.sa)
+            && p.fcs != FcsStatus::Bad
             && self.fleets.learning()
-            && self
-                .fleets
-                .observe(self.keys.maker(&p.req.sa), addr, in_store);
+            && self.fleets.observe(self.keys.maker(&p.req.sa), addr);
         let keys = &self.keys;
         let probe = estimate::Probe {
             ts_ms,

@@ -213,7 +213,7 @@ impl Presence {
     }
 
     /// One probe of `track` (from address hash `addr`) at `ts_ms`; `infrastructure` when the
-    /// address is on the store's list.
+    /// address is the store's equipment (listed, or learned by maker).
     pub fn observe(
         &mut self,
         ts_ms: i64,
@@ -224,6 +224,9 @@ impl Presence {
         infrastructure: bool,
     ) {
         if infrastructure {
+            // Equipment learned by maker was a device until its maker's batch was heard: it
+            // leaves the devices now, and its stay so far is no visit (no dwell recorded).
+            self.stays.remove(&track);
             // Switched on (again: nothing heard for longer than `hold`) is an arrival at the
             // calibrated weight, 0 unless the store's counted days show its equipment is
             // switched on by the people who use it.
@@ -438,6 +441,22 @@ mod tests {
         let w = p.close_window(81 * 60_000, 82 * 60_000);
         assert_eq!((w.devices, w.resident, w.listed), (0, 2, 1.0));
         assert_eq!((w.people, w.arrivals), (0.0, 0.0));
+    }
+
+    /// A device whose maker is learned as the store's equipment (rule 8) was a device until
+    /// then: from its first probe as equipment it leaves the devices, and its stay so far
+    /// ends without a dwell.
+    #[test]
+    fn equipment_learned_later_leaves_the_devices_without_a_dwell() {
+        let mut p = Presence::new(set());
+        p.observe(1_000, 1, 11, false, Some(-50), false);
+        let w = p.close_window(0, 60_000);
+        assert_eq!((w.devices, w.listed), (1, 0.0));
+        p.observe(70_000, 1, 11, false, Some(-50), true);
+        let w = p.close_window(60_000, 120_000);
+        assert_eq!((w.devices, w.listed, w.resident), (0, 1.0, 1));
+        let w = p.close_window(600_000, 660_000);
+        assert_eq!(w.dwell.iter().sum::<u64>(), 0, "no visit of the equipment");
     }
 
     /// Where the store's counted days show its listed equipment is switched on by the people
