@@ -163,15 +163,12 @@ pub fn load_day(pcap: &Path, truth: &Path, cfg: &WifiConfig) -> Result<Day, Stri
     let reader = Reader::new(&buf).map_err(|e| format!("{}: {e}", pcap.display()))?;
     // A daily key, dropped with the stage: nothing of this run can be linked to anything.
     let devices = DevicePseudonymizer::new(std::time::Duration::from_secs(86_400), 8)?;
-    // Equipment is learned by maker on every day (`fleet::SIZE` unless the configuration
-    // sets a size), so the fit can try the rule on and off without a second replay.
+    // Equipment is learned by maker on every day (`fleet::size_to_try`), so the fit can try the rule on and off without a second replay.
     let mut cfg = WifiConfig {
         visits: false,
         ..cfg.clone()
     };
-    if cfg.calibration.equipment_fleet == 0 {
-        cfg.calibration.equipment_fleet = super::fleet::SIZE;
-    }
+    cfg.calibration.equipment_fleet = super::fleet::size_to_try(cfg.calibration.equipment_fleet);
     let mut stage = FrameStage::new(&cfg, 1, Arc::new(devices), false);
     stage.record = Some(Vec::new());
     let mut out = Vec::new();
@@ -369,10 +366,7 @@ pub struct Grid {
 /// and without it when the days hold any.
 pub fn grid(days: &[Day], cfg: &WifiConfig) -> Grid {
     let mut cands = Vec::new();
-    let size = match cfg.calibration.equipment_fleet {
-        0 => super::fleet::SIZE,
-        n => n,
-    };
+    let size = super::fleet::size_to_try(cfg.calibration.equipment_fleet);
     let learned = days.iter().any(|d| d.sightings.iter().any(|s| s.learned));
     let fleets: &[usize] = if learned { &[0, size] } else { &[0] };
     // The rule off first, so that it is kept only where it fits strictly better.

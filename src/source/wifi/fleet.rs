@@ -12,12 +12,21 @@
 //! `cap` makers (beyond it a new maker is not learned): at most about 150 bytes per maker.
 //! Cleared at every key rotation with the device tracks.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 /// The size `storegw calibrate wifi` tries when the configuration sets none: "several"
 /// devices of one maker. Two can be a couple's laptops; a third of the same maker the same
 /// day, each heard in the store, is a batch.
 pub const SIZE: usize = 3;
+
+/// The size the calibration learns at and tries: the configured one, [`SIZE`] when none is.
+pub fn size_to_try(configured: usize) -> usize {
+    match configured {
+        0 => SIZE,
+        n => n,
+    }
+}
 
 /// The largest size accepted: it bounds the address hashes held per maker.
 pub const MAX_SIZE: usize = 16;
@@ -60,25 +69,18 @@ impl Fleets {
         if self.size == 0 {
             return false;
         }
-        let size = self.size;
-        if !self.makers.contains_key(&maker) {
-            if self.makers.len() >= self.cap {
-                return false;
-            }
-            self.makers.insert(
-                maker,
-                Maker {
-                    members: Vec::new(),
-                    fleet: false,
-                },
-            );
-        }
-        let Some(m) = self.makers.get_mut(&maker) else {
-            return false;
+        let full = self.makers.len() >= self.cap;
+        let m = match self.makers.entry(maker) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if full => return false,
+            Entry::Vacant(e) => e.insert(Maker {
+                members: Vec::new(),
+                fleet: false,
+            }),
         };
         if !m.fleet && !m.members.contains(&addr) {
             m.members.push(addr);
-            if m.members.len() >= size {
+            if m.members.len() >= self.size {
                 m.fleet = true;
                 // Which devices they were is no longer needed: every device of the maker is.
                 m.members = Vec::new();
