@@ -1,23 +1,24 @@
 //! The POS idempotency index (docs/pos.md, "Exactly once"): which transactions were stored
 //! within the window, and with what content.
 //!
-//! Looked up for every transaction of every input, so it lives in RAM: a map from a 64-bit
-//! digest of the idempotency key (`register ␟ business day ␟ transaction id`) to the first 32
-//! bits of the content digest and the second it was stored, 16 bytes per transaction (a
+//! Looked up for every transaction of every input, so it lives in RAM: 64-bit digests of the
+//! idempotency key (`register ␟ business day ␟ transaction id`), each with the first 32 bits
+//! of the content digest and the second it was stored, 16 bytes per transaction (a
 //! 200,000-transaction bulk upload holds 4.5 MB of table instead of 6.5 MB), in 64 shards
-//! so that growing it never holds two copies of the whole table. On disk it is
-//! one record per stored input in a side tree of the spool's database, written in the same
-//! sled transaction as the input's events (so one cannot exist without the other) and read
-//! back into the map at start. A 64-bit key digest that collides with another transaction's
-//! (about 1 in 10^14 per transaction at 200,000 entries) is answered as a conflict (409), not
-//! dropped: both digests would have to collide for a transaction to pass as a duplicate. A
-//! retry of a stored transaction with changed content (a conflict) passes as a duplicate only
-//! if its content digest agrees in 32 bits, once in 4 billion conflicts; disk records keep the
-//! full 64 bits.
+//! so that growing it never holds two copies of the whole table. On disk it is one record
+//! per stored input in a side tree of the spool's database, 12 bytes per transaction (key
+//! digest, content digest's first 4 bytes), written in the same sled transaction as the
+//! input's events (so one cannot exist without the other) and read back into RAM at start. A
+//! 64-bit key digest that collides with another transaction's (about 1 in 10^14 per transaction at 200,000 entries) is answered as
+//! a conflict (409), not dropped: both digests would have to collide for a transaction to pass
+//! as a duplicate. A retry of a stored transaction with changed content (a conflict) passes
+//! as a duplicate only if its content digest agrees in 32 bits, once in 4 billion conflicts.
 //!
-//! Releases before this one kept one sled entry per transaction under the key as text
-//! (`pos_idempotency`); those entries are read into a second map and honoured until they
-//! expire, and the old tree is dropped once empty.
+//! Records written before 2026-12-04 hold 16 bytes per transaction (the whole 64-bit content
+//! digest) under a key without the size byte; they are read alike. Releases before the
+//! records kept one sled entry per transaction under the key as text (`pos_idempotency`);
+//! those entries are read into a second map and honoured until they expire, and the old tree
+//! is dropped once empty.
 
 use sha2::Digest;
 use std::collections::HashMap;
@@ -28,8 +29,12 @@ pub const TREE: &str = "pos_seen";
 /// The tree of releases that kept one entry per transaction.
 pub const LEGACY_TREE: &str = "pos_idempotency";
 
-/// Bytes of one transaction in a record: key digest, content digest.
-const ENTRY: usize = 16;
+/// Bytes of one transaction in a record: the key digest and the first 4 bytes of the content
+/// digest (what the RAM index compares). A record's key ends with this size.
+const ENTRY: u8 = 12;
+/// Bytes of one transaction in the records of releases before 2026-12-04 (the whole 64-bit
+/// content digest), whose keys had no size byte.
+const ENTRY_BEFORE: usize = 16;
 
 /// The digest of an idempotency key. The keys are not secret (register, day, id), so a plain
 /// hash serves, and it stays the same across restarts and releases.
@@ -159,23 +164,49 @@ pub fn short(content: u64) -> u32 {
     (content >> 32) as u32
 }
 
-/// A record's key: the time it was stored, then the first seq of its input (unique, and in
-/// time order so expiry reads from the front).
-pub fn record_key(at_ms: i64, first_seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
+/// A record's key: the time it was stored, then the key digest of its input's first
+/// transaction (unique within the window, and in time order so expiry reads from the front),
+/// then the size of one entry of its value ([`ENTRY`]).
+pub fn record_key(at_ms: i64, first_key: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
     k[..8].copy_from_slice(&at_ms.to_be_bytes());
-    k[8..].copy_from_slice(&first_seq.to_be_bytes());
+    k[8..16].copy_from_slice(&first_key.to_be_bytes());
+    k[16] = ENTRY;
     k
 }
 
-/// A record's value: the (key digest, content digest) of every transaction of the input.
+/// A record's value: the key digest and the content digest's first 4 bytes of every
+/// transaction of the input.
 pub fn record_value(entries: &[(u64, u64)]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(entries.len() * ENTRY);
+    let mut v = Vec::with_capacity(entries.len() * usize::from(ENTRY));
     for (k, c) in entries {
         v.extend_from_slice(&k.to_be_bytes());
-        v.extend_from_slice(&c.to_be_bytes());
+        v.extend_from_slice(&short(*c).to_be_bytes());
     }
     v
+}
+
+/// The (key digest, content digest) pairs of a record, by the entry size its key gives; a torn
+/// tail and records of an unknown size are skipped. The content digest comes back as its
+/// first 32 bits in the high half, what [`short`] takes.
+fn record_entries<'a>(key: &[u8], value: &'a [u8]) -> impl Iterator<Item = (u64, u64)> + 'a {
+    let size = match key.get(16) {
+        None if key.len() == 16 => ENTRY_BEFORE,
+        Some(&ENTRY) if key.len() == 17 => usize::from(ENTRY),
+        _ => 0,
+    };
+    let entries = match size {
+        0 => [].chunks_exact(1),
+        _ => value.chunks_exact(size),
+    };
+    entries.filter_map(move |e| {
+        let key = be_u64(e)?;
+        let content = match size {
+            ENTRY_BEFORE => be_u64(e.get(8..)?)?,
+            _ => u64::from(u32::from_be_bytes(e.get(8..12)?.try_into().ok()?)) << 32,
+        };
+        Some((key, content))
+    })
 }
 
 fn be_i64(b: &[u8]) -> Option<i64> {
@@ -201,10 +232,8 @@ impl Seen {
             if at <= from {
                 continue;
             }
-            for e in v.chunks_exact(ENTRY) {
-                if let (Some(key), Some(content)) = (be_u64(e), e.get(8..).and_then(be_u64)) {
-                    s.map.insert(key, Entry::new(content, at));
-                }
+            for (key, content) in record_entries(&k, &v) {
+                s.map.insert(key, Entry::new(content, at));
             }
         }
         if let Some(old) = legacy {
@@ -263,7 +292,8 @@ impl Seen {
         let before = self.len();
         self.map.retain(|e| e.at_ms() > from);
         self.legacy.retain(|_, (_, at)| *at > from);
-        let end = record_key(from.saturating_add(1), 0);
+        // Every record stored at `from` or before sorts below this prefix of a key.
+        let end = from.saturating_add(1).to_be_bytes();
         let old: Vec<sled::IVec> = tree
             .range(..end.as_slice())
             .keys()
@@ -368,8 +398,79 @@ mod tests {
         let tree = db.open_tree(TREE)?;
         tree.insert(b"short", b"x".to_vec())?;
         tree.insert(record_key(DAY, 1), vec![1u8; 20])?;
+        let mut unknown = record_key(DAY, 2).to_vec();
+        unknown[16] = 13;
+        tree.insert(unknown, vec![2u8; 26])?;
         let s = Seen::load(&tree, None, DAY, DAY);
-        assert_eq!(s.len(), 1, "the whole entry is read, the torn tail skipped");
+        assert_eq!(
+            s.len(),
+            1,
+            "the whole entry is read, the torn tail and the unknown size skipped"
+        );
         Ok(())
+    }
+
+    #[test]
+    fn records_of_the_release_before_are_read() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = sled::Config::new().path(dir.path()).open()?;
+        let tree = db.open_tree(TREE)?;
+        let now = 100 * DAY;
+        let (a, b) = (
+            key_digest("R1\u{1f}d\u{1f}T1"),
+            key_digest("R1\u{1f}d\u{1f}T2"),
+        );
+        // Then a record's key was the time and the first key digest, its entries 16 bytes.
+        let mut key = (now - DAY).to_be_bytes().to_vec();
+        key.extend_from_slice(&a.to_be_bytes());
+        let mut value = a.to_be_bytes().to_vec();
+        value.extend_from_slice(&(7u64 << 32 | 5).to_be_bytes());
+        value.extend_from_slice(&b.to_be_bytes());
+        value.extend_from_slice(&(9u64 << 32).to_be_bytes());
+        tree.insert(key, value)?;
+        tree.insert(
+            record_key(now - 2 * DAY, b),
+            record_value(&[(b, 8 << 32 | 1)]),
+        )?;
+        let mut s = Seen::load(&tree, None, now, 30 * DAY);
+        assert_eq!(s.find(a, now, 30 * DAY), Found::Stored(7));
+        assert_eq!(
+            s.find(b, now, 30 * DAY),
+            Found::Stored(9),
+            "the later record wins"
+        );
+        assert_eq!(s.expire(&tree, None, now + 28 * DAY, 30 * DAY)?, 0);
+        assert_eq!(
+            tree.len(),
+            1,
+            "the older of the two formats' records expired first"
+        );
+        assert_eq!(s.expire(&tree, None, now + 30 * DAY, 30 * DAY)?, 2);
+        assert_eq!(tree.len(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_key_stored_again_replaces_its_entry() {
+        let mut s = Seen::default();
+        let keys: Vec<(u64, u64)> = (0..5_000u64)
+            .map(|i| (key_digest(&format!("T{i}")), i << 32))
+            .collect();
+        s.insert(&keys, DAY);
+        let again: Vec<(u64, u64)> = keys
+            .iter()
+            .step_by(7)
+            .map(|(k, c)| (*k, c + (1 << 32)))
+            .collect();
+        s.insert(&again, 2 * DAY);
+        assert_eq!(s.len(), keys.len());
+        for (k, c) in &again {
+            assert_eq!(s.find(*k, 2 * DAY, DAY), Found::Stored(short(*c)));
+        }
+        assert_eq!(
+            s.find(keys[1].0, 2 * DAY, DAY),
+            Found::New,
+            "expired at two days"
+        );
     }
 }
