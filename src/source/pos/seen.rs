@@ -9,9 +9,9 @@
 //! per stored input in a side tree of the spool's database, 12 bytes per transaction (key
 //! digest, content digest's first 4 bytes), written in the same sled transaction as the
 //! input's events (so one cannot exist without the other) and read back into RAM at start. A
-//! 64-bit key digest that collides with another transaction's (about 1 in 10^14 per transaction at 200,000 entries) is answered as
-//! a conflict (409), not dropped: both digests would have to collide for a transaction to pass
-//! as a duplicate. A retry of a stored transaction with changed content (a conflict) passes
+//! 64-bit key digest that collides with another transaction's (about 1 in 10^14 per
+//! transaction at 200,000 entries) is answered as a conflict (409), not dropped: both digests
+//! would have to collide for a transaction to pass as a duplicate. A retry of a stored transaction with changed content (a conflict) passes
 //! as a duplicate only if its content digest agrees in 32 bits, once in 4 billion conflicts.
 //!
 //! Records written before 2026-12-04 hold 16 bytes per transaction (the whole 64-bit content
@@ -292,14 +292,17 @@ impl Seen {
         let before = self.len();
         self.map.retain(|e| e.at_ms() > from);
         self.legacy.retain(|_, (_, at)| *at > from);
-        // Every record stored at `from` or before sorts below this prefix of a key.
-        let end = from.saturating_add(1).to_be_bytes();
-        let old: Vec<sled::IVec> = tree
-            .range(..end.as_slice())
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for k in old {
-            tree.remove(k)?;
+        // Every record stored at `from` or before sorts below this prefix of a key. A window
+        // reaching before 1970 expires nothing: a negative time would sort above every other.
+        if from >= 0 {
+            let end = from.saturating_add(1).to_be_bytes();
+            let old: Vec<sled::IVec> = tree
+                .range(..end.as_slice())
+                .keys()
+                .collect::<Result<_, _>>()?;
+            for k in old {
+                tree.remove(k)?;
+            }
         }
         if let Some(l) = legacy {
             for (k, v) in l.iter().flatten() {
@@ -428,9 +431,10 @@ mod tests {
         value.extend_from_slice(&b.to_be_bytes());
         value.extend_from_slice(&(9u64 << 32).to_be_bytes());
         tree.insert(key, value)?;
+        let c = key_digest("R1\u{1f}d\u{1f}T3");
         tree.insert(
             record_key(now - 2 * DAY, b),
-            record_value(&[(b, 8 << 32 | 1)]),
+            record_value(&[(b, 8 << 32 | 1), (c, 6 << 32 | 2)]),
         )?;
         let mut s = Seen::load(&tree, None, now, 30 * DAY);
         assert_eq!(s.find(a, now, 30 * DAY), Found::Stored(7));
@@ -439,14 +443,35 @@ mod tests {
             Found::Stored(9),
             "the later record wins"
         );
-        assert_eq!(s.expire(&tree, None, now + 28 * DAY, 30 * DAY)?, 0);
+        assert_eq!(s.find(c, now, 30 * DAY), Found::Stored(6));
+        assert_eq!(s.expire(&tree, None, now + 28 * DAY, 30 * DAY)?, 1);
         assert_eq!(
             tree.len(),
             1,
-            "the older of the two formats' records expired first"
+            "the record stored first (the newer format) expired first"
         );
-        assert_eq!(s.expire(&tree, None, now + 30 * DAY, 30 * DAY)?, 2);
+        assert_eq!(s.find(c, now + 28 * DAY, 30 * DAY), Found::New);
+        assert_eq!(s.expire(&tree, None, now + 29 * DAY - 1, 30 * DAY)?, 0);
+        assert_eq!(
+            tree.len(),
+            1,
+            "the older format's record is kept until its time"
+        );
+        assert_eq!(s.expire(&tree, None, now + 29 * DAY, 30 * DAY)?, 2);
         assert_eq!(tree.len(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_window_reaching_before_1970_expires_nothing() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = sled::Config::new().path(dir.path()).open()?;
+        let tree = db.open_tree(TREE)?;
+        let a = (key_digest("T1"), 1 << 32);
+        tree.insert(record_key(DAY, a.0), record_value(&[a]))?;
+        let mut s = Seen::load(&tree, None, 2 * DAY, 100 * 365 * DAY);
+        assert_eq!(s.expire(&tree, None, 2 * DAY, 100 * 365 * DAY)?, 0);
+        assert_eq!((tree.len(), s.len()), (1, 1));
         Ok(())
     }
 
