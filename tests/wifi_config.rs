@@ -1,6 +1,7 @@
 //! `storegw check-config` on a broken `[sources.wifi]` section: every bad key named with its
 //! file and line.
 
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -130,5 +131,30 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // What docs/wifi.md tells store IT to do: append the printed section to the shipped file.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/storegw.toml");
+    let text = std::fs::read_to_string(&shipped)?;
+    let cfg = storegw::config::load(&shipped).map_err(|e| e.to_string())?;
+    assert_eq!(
+        format!("{:?}", cfg.sources.wifi.calibration),
+        format!(
+            "{:?}",
+            storegw::source::wifi::config::Calibration::default()
+        ),
+        "the shipped file's calibration is the defaults (its section commented out)"
+    );
+    std::fs::write(&path, format!("{text}\n{section}"))?;
+    let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
+        .arg("check-config")
+        .arg(&path)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "appended to the shipped file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = storegw::config::load(&path).map_err(|e| e.to_string())?;
+    assert_eq!(cfg.sources.wifi.calibration.equipment_fleet, 3);
+    assert_eq!(cfg.sources.wifi.calibration.in_store_rssi, Some(-75));
     Ok(())
 }

@@ -420,7 +420,9 @@ pub fn check_fresh(
 ///   `mqtt.tls`, `mqtt.allow_insecure`, `mqtt.username`), so credentials never go to a host
 ///   or over a channel the local file did not choose;
 /// - privacy: the whole `privacy` section, `sources.ble.known_beacons` and
-///   `sources.wifi.visits` (what is pseudonymized, how long a key lives, what is tracked);
+///   `sources.wifi.visits` (what is pseudonymized, how long a key lives, what is tracked),
+///   and `sources.wifi.infrastructure` (device addresses: hashed at load from the local file,
+///   they would be kept as written in a saved document);
 /// - data loss: the whole `spool` section (caps and ages that delete the backlog);
 /// - exposure: `http.listen`;
 /// - local paths: `sources.pos.watch.[].dir`.
@@ -438,6 +440,7 @@ pub const FORBIDDEN: &[&str] = &[
     "sources.ble.known_beacons",
     "sources.ble.allowlist",
     "sources.wifi.visits",
+    "sources.wifi.infrastructure",
     "sources.pos.watch.[].dir",
 ];
 
@@ -981,6 +984,11 @@ mod tests {
                 "sources.ble.known_beacons",
             ),
             ("[sources.wifi]\nvisits = true", "sources.wifi.visits"),
+            // Addresses: the local file's are hashed at load; a document is saved as signed.
+            (
+                "[sources.wifi]\ninfrastructure = [\"a4:5e:60:01:02:03\"]",
+                "sources.wifi.infrastructure",
+            ),
             ("[mqtt]\npassword_file = \"/tmp/p\"", "mqtt.password_file"),
             (
                 "[mqtt]\nclient_key_file = \"/tmp/k\"",
