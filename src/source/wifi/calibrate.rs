@@ -269,6 +269,14 @@ pub fn simulate(day: &Day, set: &PeopleSettings, in_store_rssi: i16, learn: bool
             close(idx, &mut presence, &mut addrs, &mut tracks, &mut out);
             idx += 1;
         }
+        // Two tracks found to be one phone (rule 6) fold as in the census (`footfall`): one
+        // stay, and one device in the minute's count.
+        if let Some(from) = s.merged {
+            presence.fold(from, s.track);
+            if tracks.remove(&from) {
+                tracks.insert(s.track);
+            }
+        }
         presence.observe(
             s.ts_ms,
             s.track,
@@ -584,6 +592,52 @@ mod tests {
         assert!((f.minute_mae - 5.0 / 3.0).abs() < 1e-9);
         assert!((f.empty_mean - 0.5).abs() < 1e-9);
         assert!((f.quarter_r - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn tracks_folded_into_one_phone_count_once_as_in_the_census() {
+        let s = |ts_ms: i64, track: u64, merged: Option<u64>| Sighting {
+            ts_ms,
+            addr: track,
+            track,
+            merged,
+            silence_ms: 300_000,
+            epoch: 0,
+            randomized: true,
+            rssi: Some(-50),
+            directed: false,
+            infrastructure: false,
+            learned: false,
+        };
+        let day = Day {
+            name: "d".into(),
+            // Two tracks in minute 0; in minute 1 the second is found to be the first's phone.
+            sightings: vec![
+                s(1_000, 1, None),
+                s(2_000, 2, None),
+                s(MINUTE_MS + 1_000, 1, Some(2)),
+                s(MINUTE_MS + 2_000, 1, None),
+            ],
+            truth: [(0, 1.0), (MINUTE_MS, 1.0)].into_iter().collect(),
+        };
+        let cal = Calibration {
+            hold: Dur::secs(120),
+            min_stay: Dur::secs(0),
+            ..Calibration::default()
+        };
+        let set = PeopleSettings::new(&cal, -70, 1000);
+        let m = simulate(&day, &set, -70, false);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].devices, m[0].present),
+            (2.0, 2.0),
+            "two tracks before the fold"
+        );
+        assert_eq!(
+            (m[1].devices, m[1].present),
+            (1.0, 1.0),
+            "one phone after it"
+        );
     }
 
     #[test]

@@ -659,6 +659,55 @@ mod tests {
         assert_eq!(out[2].body()["devices"], 0);
     }
 
+    /// Four phones in the store for 4.5 minutes (k = 1), then two (k = 3): the people figures
+    /// of the census, and the same small-count suppression as the device counts.
+    #[test]
+    fn people_arrivals_and_dwell_reach_the_census() {
+        let cal = crate::source::wifi::config::Calibration {
+            hold: Dur::secs(60),
+            min_stay: Dur::secs(0),
+            devices_per_person: 1.0,
+            background: 0.0,
+            ..Default::default()
+        };
+        let wifi = WifiConfig {
+            calibration: cal,
+            ..cfg(false)
+        };
+        let t0 = 1_700_000_040_000; // a window boundary
+        let run = |phones: &[&str], k: u32| {
+            let mut f = Footfall::new(&wifi, k);
+            let mut out = Vec::new();
+            for i in 0..10 {
+                for p in phones {
+                    f.observe(s(t0 + 1_000 + i * 30_000, p, Some(-50), 1), &mut out);
+                }
+            }
+            f.advance(t0 + 8 * 60_000, &mut out);
+            out.iter().map(|e| e.body()).collect::<Vec<_>>()
+        };
+        let c = run(&["r1", "r2", "r3", "r4"], 1);
+        assert_eq!(c[0]["people_estimated"], 4);
+        assert_eq!(c[0]["arrivals_estimated"], 4);
+        assert_eq!(c[0]["resident_estimated"], 0);
+        assert_eq!(c[1]["arrivals_estimated"], 0, "arrived once");
+        // Last probes at 271 s, held 60 s: present in the window from 300 s, where the stays
+        // (270 s each) end and reach the histogram; nobody in the next.
+        assert_eq!(c[5]["people_estimated"], 4);
+        assert_eq!(c[5]["dwell_histogram"]["2-5"], 4);
+        assert_eq!(c[4]["dwell_histogram"]["2-5"], 0);
+        assert_eq!(c[6]["people_estimated"], 0);
+        let few = run(&["r1", "r2"], 3);
+        assert_eq!(few[0]["people_estimated"], 0);
+        assert_eq!(few[0]["arrivals_estimated"], 0);
+        assert_eq!(few[0]["suppressed"], true);
+        assert_eq!(few[5]["dwell_histogram"]["2-5"], 0);
+        assert_eq!(few[5]["suppressed"], true);
+        let many = run(&["r1", "r2", "r3", "r4"], 3);
+        assert_eq!(many[0]["people_estimated"], 4);
+        assert_eq!(many[5]["dwell_histogram"]["2-5"], 4);
+    }
+
     #[test]
     fn an_empty_window_is_the_full_census_of_nothing() {
         let mut f = Footfall::new(&cfg(false), 3);
