@@ -73,12 +73,22 @@ fn people_estimated_on_days_not_calibrated_on() -> TestResult {
     let Some(dir) = occupancy() else {
         return Ok(());
     };
-    judge_calibrations(
+    let (lodo, split) = judge_calibrations(
         &dir,
         WifiConfig::default(),
         "without an infrastructure list (equipment learned by maker)",
         true,
-    )
+    )?;
+    // The targets of issue 21 (docs/wifi.md, "People"), on days the fit did not see, for a
+    // store that lists nothing: occupied quarter-hours within 12% (weighted) and r >= 0.95,
+    // occupied minutes within 2 people, an empty room under 0.1.
+    for (how, f) in [("leave one day out", lodo), ("split by date", split)] {
+        assert!(f.quarter_weighted_error <= 0.12, "{how}: {f:?}");
+        assert!(f.quarter_r >= 0.95, "{how}: {f:?}");
+        assert!(f.minute_mae <= 2.0, "{how}: {f:?}");
+        assert!(f.empty_mean <= 0.1, "{how}: {f:?}");
+    }
+    Ok(())
 }
 
 /// Neither listed nor learned: every fixed-address device counts alike (the days as if no
@@ -94,6 +104,7 @@ fn people_estimated_without_equipment() -> TestResult {
         "without equipment listed or learned",
         false,
     )
+    .map(|_| ())
 }
 
 /// The same judgement with the room's PCs listed as the store's equipment: they leave the
@@ -110,15 +121,17 @@ fn people_estimated_with_the_equipment_listed() -> TestResult {
     };
     // The list alone: learning the same PCs by maker as well gave the same figures (run on
     // 2026-12-04, docs/wifi.md) and doubles the grid.
-    judge_calibrations(&dir, cfg, "with the room's PCs listed", false)
+    judge_calibrations(&dir, cfg, "with the room's PCs listed", false).map(|_| ())
 }
 
+/// Calibrates and judges the days both ways; returns the people figures of leave one day
+/// out and of the split by date.
 fn judge_calibrations(
     dir: &std::path::Path,
     cfg: WifiConfig,
     what: &str,
     learn: bool,
-) -> TestResult {
+) -> Result<(Figures, Figures), Box<dyn std::error::Error>> {
     println!("###### {what}");
     let mut days = calibrate::load_dir(dir, &cfg)?;
     let learned = days.iter().any(|d| d.sightings.iter().any(|s| s.learned));
@@ -188,13 +201,13 @@ fn judge_calibrations(
     report("documented defaults, all days", &all);
 
     // What must hold whatever the data: people counting beats address counting on days it
-    // was not fitted on. (The targets of issue 21 are judged in docs/wifi.md, not asserted.)
-    for (p, a) in [(lodo, lodo_addr), (split, split_addr)] {
+    // was not fitted on.
+    for (p, a) in [(&lodo, lodo_addr), (&split, split_addr)] {
         assert!(p.quarter_weighted_error < a.quarter_weighted_error);
         assert!(p.minute_mae < a.minute_mae);
         assert!(p.quarter_r > 0.5);
     }
-    Ok(())
+    Ok((lodo, split))
 }
 
 /// `storegw calibrate wifi` reads captures and writes nothing: its output (stdout, stderr)
@@ -221,9 +234,32 @@ fn calibration_writes_no_address() -> TestResult {
     let before: Vec<_> = std::fs::read_dir(tmp.path())?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
+    // With the store's configuration, its equipment listed (some of the capture's addresses,
+    // in two spellings), as docs/wifi.md says to calibrate: the list is not echoed either.
+    let cfg_dir = tempfile::tempdir()?;
+    let listed: Vec<String> = macs
+        .iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, m)| {
+            let hex: Vec<String> = m.iter().map(|b| format!("{b:02X}")).collect();
+            format!("\"{}\"", hex.join(if i % 2 == 0 { ":" } else { "-" }))
+        })
+        .collect();
+    let cfg = cfg_dir.path().join("storegw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nstore_id = \"s1\"\ngateway_id = \"gw1\"\nstate_dir = \"{}\"\n[sources.wifi]\ninfrastructure = [{}]\n",
+            cfg_dir.path().join("state").display(),
+            listed.join(", ")
+        ),
+    )?;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_storegw"))
         .args(["calibrate", "wifi"])
         .arg(tmp.path())
+        .arg("--config")
+        .arg(&cfg)
         .current_dir(tmp.path())
         .output()?;
     assert!(
@@ -240,7 +276,13 @@ fn calibration_writes_no_address() -> TestResult {
     assert!(text.contains("[sources.wifi.calibration]"), "{text}");
     for mac in &macs {
         let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-        for spelling in [hex.join(":"), hex.join("-"), hex.concat()] {
+        let dotted = format!(
+            "{}.{}.{}",
+            &hex[..2].concat(),
+            &hex[2..4].concat(),
+            &hex[4..].concat()
+        );
+        for spelling in [hex.join(":"), hex.join("-"), hex.concat(), dotted] {
             assert!(!text.contains(&spelling), "an address leaked");
         }
     }

@@ -19,10 +19,15 @@ const WORST_CASE: &str = "[sources.wifi]\nvisits = true\nmin_dwell = \"0s\"\nbad
      group_source = \"keep\"\n[sources.wifi.calibration]\nequipment_fleet = 2\n\
      infrastructure_weight = 0.5\n";
 
-/// Every capture file under wifi/ (malformed ones included).
+/// Every capture file under wifi/ (malformed ones and the labelled phones included; the
+/// occupancy days are represented by the one in wifi/ itself).
 fn inputs(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
-    for d in [dir.to_path_buf(), dir.join("malformed")] {
+    for d in [
+        dir.to_path_buf(),
+        dir.join("malformed"),
+        dir.join("labelled"),
+    ] {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
             let ok = p
