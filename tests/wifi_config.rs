@@ -2,7 +2,15 @@
 //! file and line.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// `storegw check-config PATH`, as store IT runs it.
+fn check_config(path: &Path) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_storegw"))
+        .arg("check-config")
+        .arg(path)
+        .output()
+}
 
 #[test]
 fn bad_wifi_keys_are_reported_with_lines() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,10 +22,7 @@ fn bad_wifi_keys_are_reported_with_lines() -> Result<(), Box<dyn std::error::Err
          [sources.wifi]\nenabled = true\ninterface = \"wlan/1\"\nchannels = [6, 200]\n\
          window = \"7s\"\nin_store_rssi = 10\nsession_gap = \"1s\"\nbad_fcs = \"maybe\"\n",
     )?;
-    let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
-        .arg("check-config")
-        .arg(&path)
-        .output()?;
+    let out = check_config(&path)?;
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     // An unknown enum value is a parse error, reported alone with its line.
@@ -28,10 +33,7 @@ fn bad_wifi_keys_are_reported_with_lines() -> Result<(), Box<dyn std::error::Err
          [sources.wifi]\nenabled = true\ninterface = \"wlan/1\"\nchannels = [6, 200]\n\
          window = \"7s\"\nin_store_rssi = 10\nsession_gap = \"1s\"\n",
     )?;
-    let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
-        .arg("check-config")
-        .arg(&path)
-        .output()?;
+    let out = check_config(&path)?;
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     for (line, key) in [
@@ -61,10 +63,7 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
              devices_per_person = 0\nbackground = -1\nrandomized_weight = 1.5\ninfrastructure_weight = -0.5\nequipment_fleet = 1\nresident_after = \"2d\"\nmin_stay = \"3h\"\n"
         ),
     )?;
-    let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
-        .arg("check-config")
-        .arg(&path)
-        .output()?;
+    let out = check_config(&path)?;
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -122,10 +121,7 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
         &path,
         format!("{}{section}", head.replace(", \"not-a-mac\"", "")),
     )?;
-    let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
-        .arg("check-config")
-        .arg(&path)
-        .output()?;
+    let out = check_config(&path)?;
     assert!(
         out.status.success(),
         "{}",
@@ -144,10 +140,7 @@ fn calibration_and_infrastructure_are_checked() -> Result<(), Box<dyn std::error
         "the shipped file's calibration is the defaults (its section commented out)"
     );
     std::fs::write(&path, format!("{text}\n{section}"))?;
-    let out = Command::new(env!("CARGO_BIN_EXE_storegw"))
-        .arg("check-config")
-        .arg(&path)
-        .output()?;
+    let out = check_config(&path)?;
     assert!(
         out.status.success(),
         "appended to the shipped file: {}",
