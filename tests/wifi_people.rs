@@ -202,7 +202,7 @@ fn judge_calibrations(
 
     // What must hold whatever the data: people counting beats address counting on days it
     // was not fitted on.
-    for (p, a) in [(&lodo, lodo_addr), (&split, split_addr)] {
+    for (p, a) in [(lodo, lodo_addr), (split, split_addr)] {
         assert!(p.quarter_weighted_error < a.quarter_weighted_error);
         assert!(p.minute_mae < a.minute_mae);
         assert!(p.quarter_r > 0.5);

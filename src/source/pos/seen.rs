@@ -325,11 +325,18 @@ mod tests {
 
     const DAY: i64 = 86_400_000;
 
-    #[test]
-    fn records_round_trip_through_sled_and_expire() -> Result<(), Box<dyn std::error::Error>> {
+    /// A fresh sled database in a temporary directory (kept while the test runs) and its
+    /// records tree.
+    fn records() -> Result<(tempfile::TempDir, sled::Db, sled::Tree), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let db = sled::Config::new().path(dir.path()).open()?;
         let tree = db.open_tree(TREE)?;
+        Ok((dir, db, tree))
+    }
+
+    #[test]
+    fn records_round_trip_through_sled_and_expire() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, _db, tree) = records()?;
         let now = 100 * DAY;
         let a = (key_digest("R1\u{1f}2026-12-01\u{1f}T1"), 11 << 32);
         let b = (key_digest("R1\u{1f}2026-12-01\u{1f}T2"), 22 << 32);
@@ -351,9 +358,7 @@ mod tests {
     #[test]
     fn earlier_release_entries_are_honoured_until_they_expire(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let db = sled::Config::new().path(dir.path()).open()?;
-        let tree = db.open_tree(TREE)?;
+        let (_dir, db, tree) = records()?;
         let old = db.open_tree(LEGACY_TREE)?;
         let now = 100 * DAY;
         let mut v = (now - DAY).to_be_bytes().to_vec();
@@ -396,9 +401,7 @@ mod tests {
 
     #[test]
     fn damaged_records_are_skipped() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let db = sled::Config::new().path(dir.path()).open()?;
-        let tree = db.open_tree(TREE)?;
+        let (_dir, _db, tree) = records()?;
         tree.insert(b"short", b"x".to_vec())?;
         tree.insert(record_key(DAY, 1), vec![1u8; 20])?;
         let mut unknown = record_key(DAY, 2).to_vec();
@@ -415,9 +418,7 @@ mod tests {
 
     #[test]
     fn records_of_the_release_before_are_read() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let db = sled::Config::new().path(dir.path()).open()?;
-        let tree = db.open_tree(TREE)?;
+        let (_dir, _db, tree) = records()?;
         let now = 100 * DAY;
         let (a, b) = (
             key_digest("R1\u{1f}d\u{1f}T1"),
@@ -464,9 +465,7 @@ mod tests {
 
     #[test]
     fn a_window_reaching_before_1970_expires_nothing() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let db = sled::Config::new().path(dir.path()).open()?;
-        let tree = db.open_tree(TREE)?;
+        let (_dir, _db, tree) = records()?;
         let a = (key_digest("T1"), 1 << 32);
         tree.insert(record_key(DAY, a.0), record_value(&[a]))?;
         let mut s = Seen::load(&tree, None, 2 * DAY, 100 * 365 * DAY);
